@@ -1,0 +1,7 @@
+"""cnnstress: an HPC batch toolkit for stress-testing CNN image classifiers.
+
+See DESIGN.md (shared) and README.md. Importing the package imports nothing heavy: torch is loaded
+only by the modules that train (engine, models, augment, corrupt, worker).
+"""
+
+__version__ = "0.1.0"

@@ -1,0 +1,64 @@
+"""Corruption robustness: accuracy tables over (corruption, severity) and classes that break first."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+
+from cnnstress.analysis._checks import as_labels
+from cnnstress.analysis.metrics import per_class_accuracy
+
+
+def corruption_table(clean_acc: float, acc: Mapping[tuple[str, int], float]) -> dict:
+    """Summarise accuracies keyed by (corruption, severity).
+
+    Returns dict(clean_accuracy, per_corruption {corruption: [acc, ... by ascending severity]},
+    severities {corruption: [severity, ...]}, mean_corruption_accuracy (mean over all entries,
+    mCA), relative (mCA / clean accuracy; NaN when clean accuracy is 0)).
+    """
+    if not acc:
+        raise ValueError("acc must hold at least one (corruption, severity) entry")
+    by_corruption: dict[str, list[tuple[int, float]]] = {}
+    for key, value in acc.items():
+        if not (isinstance(key, tuple) and len(key) == 2):
+            raise ValueError(f"acc keys must be (corruption, severity) pairs, got {key!r}")
+        by_corruption.setdefault(str(key[0]), []).append((int(key[1]), float(value)))
+    per_corruption = {c: [a for _, a in sorted(v)] for c, v in sorted(by_corruption.items())}
+    severities = {c: [s for s, _ in sorted(v)] for c, v in sorted(by_corruption.items())}
+    mca = float(np.mean([float(v) for v in acc.values()]))
+    clean = float(clean_acc)
+    return {"clean_accuracy": clean, "per_corruption": per_corruption, "severities": severities,
+            "mean_corruption_accuracy": mca, "relative": mca / clean if clean > 0 else float("nan")}
+
+
+def rank_breaking(clean_acc: np.ndarray, acc_by_severity: Mapping[int, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Class indices ordered by accuracy drop at the lowest severity, and those drops (C,).
+
+    ``clean_acc`` and each ``acc_by_severity[s]`` are per-class accuracies (C,), NaN for absent
+    classes. Largest drop first; ties broken by the drop at the middle severity (the median of the
+    sorted severities), then by class index. Absent classes come last.
+    """
+    if not acc_by_severity:
+        raise ValueError("acc_by_severity must hold at least one severity")
+    sevs = sorted(int(s) for s in acc_by_severity)
+    low, mid = sevs[0], sevs[len(sevs) // 2]
+    drop_low = clean_acc - acc_by_severity[low]
+    drop_mid = clean_acc - acc_by_severity[mid]
+    absent = np.isnan(drop_low)
+    order = np.lexsort((np.arange(len(clean_acc)), -np.nan_to_num(drop_mid), -np.nan_to_num(drop_low), absent))
+    return order, drop_low
+
+
+def classes_breaking_first(labels: np.ndarray, clean_preds: np.ndarray,
+                           corrupted_preds_by_severity: Mapping[int, np.ndarray],
+                           num_classes: int) -> list[int]:
+    """Class indices ordered by how much their accuracy drops at the lowest severity (see
+    ``rank_breaking``), from per-image predictions."""
+    if not corrupted_preds_by_severity:
+        raise ValueError("corrupted_preds_by_severity must hold at least one severity")
+    y = as_labels(labels, num_classes=num_classes)
+    clean = per_class_accuracy(y, clean_preds, num_classes)
+    by_sev = {int(s): per_class_accuracy(y, p, num_classes) for s, p in corrupted_preds_by_severity.items()}
+    order, _ = rank_breaking(clean, by_sev)
+    return [int(i) for i in order]

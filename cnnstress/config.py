@@ -1,0 +1,215 @@
+"""Frozen run configuration: ``RunSpec`` and its parts.
+
+A ``RunSpec`` is the only thing handed to a worker. It holds plain JSON types only (str, int, float,
+bool, lists, dicts with str keys) so that ``RunSpec.from_json(spec.to_json()) == spec`` exactly, on any
+machine. No torch here: the launcher validates and expands grids on login nodes.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+SPEC_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Component:
+    """A named, registry-built thing with every parameter resolved (defaults filled in)."""
+
+    name: str
+    params: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Component:
+        return cls(name=d["name"], params=dict(d.get("params", {})))
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    epochs: int
+    batch_size: int
+    eval_batch_size: int
+    optimizer: Component
+    schedule: Component
+    augment: list[Component]
+    label_smoothing: float
+    amp: bool
+    amp_dtype: str  # "bfloat16" | "float16" (CUDA only; the CPU autocasts to bfloat16)
+    deterministic: bool
+    channels_last: bool
+    compile: bool
+    val_fraction: float
+    split_seed: int
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainSpec:
+        d = dict(d)
+        d["optimizer"] = Component.from_dict(d["optimizer"])
+        d["schedule"] = Component.from_dict(d["schedule"])
+        d["augment"] = [Component.from_dict(a) for a in d["augment"]]
+        return cls(**d)
+
+
+@dataclass(frozen=True)
+class StressSpec:
+    corruptions: list[str]
+    severities: list[int]
+    corruption_seed: int
+    faithfulness_samples: int  # test images used for Grad-CAM deletion/insertion curves
+    train_embedding_samples: int  # training images whose embeddings are stored (nearest neighbours)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> StressSpec:
+        return cls(**d)
+
+
+@dataclass(frozen=True)
+class Paths:
+    """Where things are on the machine that runs the worker. Not part of the run's identity."""
+
+    out_root: str
+    data_root: str
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Paths:
+        return cls(**d)
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    sweep: str
+    variant: str
+    seed: int
+    dataset: Component
+    num_classes: int
+    model: Component
+    train: TrainSpec
+    stress: StressSpec
+    gradcam_layer: str
+    grid_values: dict[str, Any]  # the [grid] values this run took, for readable ids and tables
+    paths: Paths
+    spec_version: int = SPEC_VERSION
+
+    # -- identity -----------------------------------------------------------------------------
+    def identity(self) -> dict[str, Any]:
+        """What makes two runs the same run: everything but where it happens to live."""
+        return _plain(self._identity)
+
+    @functools.cached_property
+    def _identity(self) -> dict[str, Any]:
+        # computed once per spec: spec_hash and settings_hash both need it (a grid of 5 000 runs
+        # asks for both of every run)
+        d = self.to_dict()
+        del d["paths"]
+        del d["sweep"]
+        return d
+
+    @functools.cached_property
+    def spec_hash(self) -> str:
+        canon = json.dumps(self._identity, sort_keys=True, separators=(",", ":"), allow_nan=False)
+        return hashlib.sha256(canon.encode()).hexdigest()[:10]
+
+    @functools.cached_property
+    def settings_hash(self) -> str:
+        """Like spec_hash but ignoring the variant's name: equal for runs that would train alike."""
+        ident = {k: v for k, v in self._identity.items() if k != "variant"}
+        canon = json.dumps(ident, sort_keys=True, separators=(",", ":"), allow_nan=False)
+        return hashlib.sha256(canon.encode()).hexdigest()[:10]
+
+    @property
+    def run_id(self) -> str:
+        """Readable prefix + hash of the canonical resolved spec: same spec, same id, anywhere."""
+        parts = [self.variant]
+        for key, value in sorted(self.grid_values.items()):
+            if key == "seed":
+                continue
+            parts.append(f"{key.split('.')[-1]}{_short(value)}")
+        parts.append(f"s{self.seed}")
+        prefix = _SAFE.sub("", "-".join(parts))[:60]
+        return f"{prefix}-{self.spec_hash}"
+
+    # -- JSON ---------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return _plain(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True, allow_nan=False)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RunSpec:
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"RunSpec: unknown keys {sorted(unknown)}; valid keys: {sorted(known)}")
+        d = dict(d)
+        if d.get("spec_version", SPEC_VERSION) != SPEC_VERSION:
+            raise ValueError(f"RunSpec: spec_version {d['spec_version']} is not {SPEC_VERSION}")
+        d["dataset"] = Component.from_dict(d["dataset"])
+        d["model"] = Component.from_dict(d["model"])
+        d["train"] = TrainSpec.from_dict(d["train"])
+        d["stress"] = StressSpec.from_dict(d["stress"])
+        d["paths"] = Paths.from_dict(d["paths"])
+        return cls(**d)
+
+    @classmethod
+    def from_json(cls, text: str) -> RunSpec:
+        return cls.from_dict(json.loads(text))
+
+
+_SAFE = re.compile(r"[^A-Za-z0-9_.-]")
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, bool):
+        return "T" if value else "F"
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, (list, dict)):
+        return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:4]
+    return str(value)
+
+
+def spec_diff(a: RunSpec, b: RunSpec) -> dict[str, tuple[Any, Any]]:
+    """Flattened key paths whose values differ between two specs (identity only, seed ignored).
+
+    The report uses this to show that a variant changes one constrained thing.
+    """
+    fa, fb = _flatten(a.identity()), _flatten(b.identity())
+    out = {}
+    for key in sorted(set(fa) | set(fb)):
+        if key in ("seed", "variant") or key.startswith("grid_values"):
+            continue
+        if fa.get(key) != fb.get(key):
+            out[key] = (fa.get(key), fb.get(key))
+    return out
+
+
+def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(d, dict):
+        out: dict[str, Any] = {}
+        for k, v in d.items():
+            out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+        return out
+    if isinstance(d, list) and d and all(isinstance(x, dict) and "name" in x for x in d):
+        # augmentation lists: compare as a list of names with their parameters
+        return {prefix: [x["name"] + ("(" + ", ".join(f"{k}={v}" for k, v in x["params"].items()) + ")"
+                                      if x.get("params") else "") for x in d]}
+    return {prefix: d}
+
+
+def _plain(obj: Any) -> Any:
+    """dataclasses.asdict's result, without its copy.deepcopy of every leaf (the leaves of a
+    RunSpec are str/int/float/bool/None, which deepcopy returns as they are)."""
+    names = getattr(type(obj), "__dataclass_fields__", None)
+    if names is not None:
+        return {name: _plain(getattr(obj, name)) for name in names}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_plain(v) for v in obj)
+    if isinstance(obj, dict):
+        return {_plain(k): _plain(v) for k, v in obj.items()}
+    return obj

@@ -1,0 +1,647 @@
+"""Datasets as uint8 NCHW numpy arrays: the embedded synthetic ``shapes`` set, CIFAR-10 and CIFAR-100.
+
+Torch-free on purpose: the gather job fetches test images by index through :func:`load_test` on a
+node that may have no torch. Only :func:`download` imports torchvision, lazily.
+
+Every dataset has an *official* train split and test split. :func:`load_splits` carves a validation
+split out of the official train split, stratified per class and fixed by ``split_seed`` so that all
+runs of a sweep validate on the same images. ``Split.index`` always holds positions in the official
+split the images came from.
+
+``shapes``: procedural 32x32 images of 10 shapes on a textured background whose hue is one of 10
+class hues. For a fraction ``shortcut`` of the training images the background hue is the class's
+own hue (a planted shortcut); for the other training images and for every test image the background
+class is uniform random, independent of the label. The arrays are cached under
+``<root>/shapes/shapes-<hash>.npz``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import pickle
+import shlex
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+from cnnstress import catalog
+
+DATASETS: tuple[str, ...] = tuple(catalog.DATASETS)
+
+# Bump whenever generate_shapes changes its output: it is part of the cache file name.
+GENERATOR_VERSION = 1
+
+IMAGE_SIZE = 32
+
+
+class DataError(ValueError):
+    """A dataset's files are missing or unreadable; the message says which file and what to run."""
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What a model and a report need to know about a dataset."""
+
+    name: str
+    num_classes: int
+    class_names: tuple[str, ...]
+    mean: tuple[float, float, float]  # per-channel mean of the train images, pixel values in [0, 1]
+    std: tuple[float, float, float]  # per-channel population std of the same
+
+
+@dataclass
+class Split:
+    """Images and labels of one split; ``index`` holds positions in the official split."""
+
+    x: np.ndarray  # uint8 (N, 3, 32, 32)
+    y: np.ndarray  # int64 (N,)
+    index: np.ndarray  # int64 (N,)
+    mask: np.ndarray | None = None  # bool (N, 32, 32) object pixels (shapes only)
+    bg_class: np.ndarray | None = None  # int64 (N,) class whose hue the background has (shapes only)
+
+    def __len__(self) -> int:
+        return int(self.y.shape[0])
+
+    def subset(self, positions: np.ndarray) -> Split:
+        """The images at ``positions`` (positions in this split, not official indices)."""
+        return Split(
+            x=self.x[positions],
+            y=self.y[positions],
+            index=self.index[positions],
+            mask=None if self.mask is None else self.mask[positions],
+            bg_class=None if self.bg_class is None else self.bg_class[positions],
+        )
+
+
+@dataclass
+class Splits:
+    """The three splits of one dataset plus its description (mean/std from ``train``)."""
+
+    info: DatasetInfo
+    train: Split
+    val: Split
+    test: Split
+
+
+# --------------------------------------------------------------------------------------- options
+
+
+def _check_dataset(dataset: str) -> str:
+    if dataset not in DATASETS:
+        raise ValueError(f"unknown dataset {dataset!r}; valid datasets: {', '.join(DATASETS)}")
+    return dataset
+
+
+def resolve_options(dataset: str, options: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The dataset's options with catalogue defaults filled in, checked against the catalogue."""
+    _check_dataset(dataset)
+    params = catalog.DATASETS[dataset][1]
+    given = dict(options or {})
+    unknown = sorted(set(given) - set(params))
+    if unknown:
+        valid = ", ".join(params) if params else "(none)"
+        raise ValueError(f"unknown option {unknown[0]!r} for dataset {dataset!r}; valid options: {valid}")
+    resolved: dict[str, Any] = {}
+    for key, param in params.items():
+        value = given.get(key, param.default)
+        resolved[key] = param.check(value, f"option {dataset}.{key}")
+    return resolved
+
+
+# ------------------------------------------------------------------------------------ public API
+
+
+def load_splits(
+    dataset: str,
+    root: str | os.PathLike,
+    *,
+    val_fraction: float,
+    split_seed: int,
+    options: Mapping[str, Any] | None = None,
+) -> Splits:
+    """Train/val/test splits; val is a stratified, ``split_seed``-fixed part of the official train."""
+    _check_val_fraction(val_fraction)
+    _check_split_seed(split_seed)
+    official_train, test, class_names = _load_official(dataset, root, options)
+    train_pos, val_pos = stratified_split(official_train.y, val_fraction, split_seed)
+    train = official_train.subset(train_pos)
+    val = official_train.subset(val_pos)
+    info = _make_info(dataset, class_names, train.x)
+    return Splits(info=info, train=train, val=val, test=test)
+
+
+def load_test(dataset: str, root: str | os.PathLike, options: Mapping[str, Any] | None = None) -> Split:
+    """The official test split, ``index`` = 0..N-1."""
+    return _load_official(dataset, root, options)[1]
+
+
+def dataset_info(dataset: str, root: str | os.PathLike, options: Mapping[str, Any] | None = None) -> DatasetInfo:
+    """Name, classes and mean/std; mean/std here are over the whole official train split.
+
+    (``load_splits(...).info`` computes them over the train part left after the validation split.)
+    """
+    official_train, _, class_names = _load_official(dataset, root, options)
+    return _make_info(dataset, class_names, official_train.x)
+
+
+def download(dataset: str, root: str | os.PathLike) -> Path:
+    """Fetch a dataset into ``root`` with torchvision's downloader and return its folder.
+
+    ``shapes`` needs no download (it is generated on first use); its cache folder is returned.
+    """
+    _check_dataset(dataset)
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    if dataset == "shapes":
+        folder = root / "shapes"
+        folder.mkdir(exist_ok=True)
+        return folder
+    import torchvision  # lazy: the rest of this module must work without torch
+
+    source = _CIFAR[dataset]
+    builder = getattr(torchvision.datasets, source.torchvision_class)
+    for train in (True, False):
+        builder(root=str(root), train=train, download=True)
+    _load_cifar(dataset, root)  # check that what arrived is readable
+    return root / source.folder
+
+
+# ------------------------------------------------------------------------------ split and stats
+
+
+def _check_val_fraction(val_fraction: float) -> None:
+    ok = isinstance(val_fraction, (int, float)) and not isinstance(val_fraction, bool)
+    if not ok or not (0.0 < float(val_fraction) <= 0.5):
+        raise ValueError(f"val_fraction = {val_fraction!r} is invalid; allowed: a number in (0, 0.5]")
+
+
+def _check_split_seed(split_seed: int) -> None:
+    if isinstance(split_seed, bool) or not isinstance(split_seed, (int, np.integer)) or split_seed < 0:
+        raise ValueError(f"split_seed = {split_seed!r} is invalid; allowed: an integer >= 0")
+
+
+def stratified_split(y: np.ndarray, val_fraction: float, split_seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Positions (sorted, int64) of the train part and the validation part of labels ``y``.
+
+    Each class contributes ``round(val_fraction * count)`` images to validation, at least one, and
+    keeps at least one for training (a class with a single image stays in train). Classes are
+    visited in ascending order with one generator, so the result depends only on ``y``,
+    ``val_fraction`` and ``split_seed``.
+    """
+    _check_val_fraction(val_fraction)
+    _check_split_seed(split_seed)
+    y = np.asarray(y)
+    rng = np.random.default_rng(split_seed)
+    val_parts = []
+    for cls in np.unique(y):
+        members = np.flatnonzero(y == cls)
+        count = members.size
+        n_val = min(max(1, round(val_fraction * count)), count - 1) if count >= 2 else 0
+        val_parts.append(rng.permutation(members)[:n_val])
+    val_pos = np.sort(np.concatenate(val_parts)).astype(np.int64) if val_parts else np.zeros(0, np.int64)
+    is_val = np.zeros(y.shape[0], dtype=bool)
+    is_val[val_pos] = True
+    train_pos = np.flatnonzero(~is_val).astype(np.int64)
+    return train_pos, val_pos
+
+
+def channel_stats(x: np.ndarray) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
+    """Per-channel mean and population std of uint8 NCHW images, as values in [0, 1], in float64.
+
+    Counts each byte value per channel (exact integers) instead of converting the whole array to
+    float64, which for CIFAR's train split would need more than a gigabyte.
+    """
+    if x.dtype != np.uint8 or x.ndim != 4 or x.shape[1] != 3:
+        raise ValueError(f"channel_stats needs uint8 (N, 3, H, W) images, got {x.dtype} {x.shape}")
+    values = np.arange(256, dtype=np.float64) / 255.0
+    means, stds = [], []
+    for c in range(3):
+        counts = np.bincount(x[:, c].reshape(-1), minlength=256).astype(np.float64)
+        total = counts.sum()
+        if total == 0:
+            raise ValueError("channel_stats needs at least one image")
+        mean = float((counts * values).sum() / total)
+        var = float((counts * (values - mean) ** 2).sum() / total)
+        means.append(mean)
+        stds.append(math.sqrt(var))
+    return (means[0], means[1], means[2]), (stds[0], stds[1], stds[2])
+
+
+def _make_info(dataset: str, class_names: tuple[str, ...], train_x: np.ndarray) -> DatasetInfo:
+    mean, std = channel_stats(train_x)
+    return DatasetInfo(name=dataset, num_classes=len(class_names), class_names=class_names, mean=mean, std=std)
+
+
+# ------------------------------------------------------------------------------------- registry
+
+# name -> loader(root, resolved options) -> (official train, official test, class names)
+_Loader = Callable[[Path, dict], "tuple[Split, Split, tuple[str, ...]]"]
+
+
+def _load_official(
+    dataset: str, root: str | os.PathLike, options: Mapping[str, Any] | None
+) -> tuple[Split, Split, tuple[str, ...]]:
+    opts = resolve_options(dataset, options)
+    return _LOADERS[dataset](Path(root), opts)
+
+
+# ----------------------------------------------------------------------------------------- CIFAR
+
+
+@dataclass(frozen=True)
+class _CifarSource:
+    folder: str
+    train_files: tuple[str, ...]
+    test_file: str
+    meta_file: str
+    label_key: bytes
+    names_key: bytes
+    num_classes: int
+    torchvision_class: str
+
+
+_CIFAR: dict[str, _CifarSource] = {
+    "cifar10": _CifarSource(
+        folder="cifar-10-batches-py",
+        train_files=tuple(f"data_batch_{i}" for i in range(1, 6)),
+        test_file="test_batch",
+        meta_file="batches.meta",
+        label_key=b"labels",
+        names_key=b"label_names",
+        num_classes=10,
+        torchvision_class="CIFAR10",
+    ),
+    "cifar100": _CifarSource(
+        folder="cifar-100-python",
+        train_files=("train",),
+        test_file="test",
+        meta_file="meta",
+        label_key=b"fine_labels",
+        names_key=b"fine_label_names",
+        num_classes=100,
+        torchvision_class="CIFAR100",
+    ),
+}
+
+
+def _download_hint(dataset: str, root: Path) -> str:
+    return f"download it with: python launch.py --download {dataset} --data-root {shlex.quote(str(root))}"
+
+
+def _read_pickle(path: Path, dataset: str, root: Path) -> dict:
+    """One official CIFAR pickle (a dict with bytes keys), or DataError naming the file."""
+    if not path.is_file():
+        raise DataError(f"{dataset}: missing file {path}; {_download_hint(dataset, root)}")
+    try:
+        with open(path, "rb") as fh:
+            content = pickle.load(fh, encoding="bytes")
+    except Exception as exc:  # truncated/corrupt pickles raise many different types
+        raise DataError(
+            f"{dataset}: file {path} is corrupt or truncated ({type(exc).__name__}: {exc}); "
+            f"delete it and {_download_hint(dataset, root)}"
+        ) from exc
+    if not isinstance(content, dict):
+        raise DataError(f"{dataset}: file {path} does not hold a dict as the official format does")
+    return content
+
+
+def _cifar_batch(path: Path, source: _CifarSource, dataset: str, root: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Images (N, 3, 32, 32) uint8 and labels (N,) int64 of one batch file, validated."""
+    content = _read_pickle(path, dataset, root)
+    for key in (b"data", source.label_key):
+        if key not in content:
+            raise DataError(f"{dataset}: file {path} lacks the key {key!r} of the official format")
+    data = content[b"data"]
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
+        shape = getattr(data, "shape", None)
+        raise DataError(f"{dataset}: file {path} has data {getattr(data, 'dtype', type(data))} {shape}, expected uint8 (N, 3072)")
+    try:
+        labels = np.asarray(content[source.label_key], dtype=np.int64).reshape(-1)
+    except (TypeError, ValueError) as exc:
+        raise DataError(f"{dataset}: file {path} has labels that are not integers") from exc
+    if labels.shape[0] != data.shape[0]:
+        raise DataError(f"{dataset}: file {path} has {data.shape[0]} images but {labels.shape[0]} labels")
+    if labels.size and (labels.min() < 0 or labels.max() >= source.num_classes):
+        raise DataError(f"{dataset}: file {path} has labels outside 0..{source.num_classes - 1}")
+    # Each row holds the R, G and B planes one after the other, each plane row-major.
+    images = np.ascontiguousarray(data.reshape(-1, 3, 32, 32))
+    return images, labels
+
+
+def _load_cifar(dataset: str, root: Path) -> tuple[Split, Split, tuple[str, ...]]:
+    source = _CIFAR[dataset]
+    root = Path(root)
+    folder = root / source.folder
+    if not folder.is_dir():
+        raise DataError(f"{dataset}: folder {folder} is missing; {_download_hint(dataset, root)}")
+    meta = _read_pickle(folder / source.meta_file, dataset, root)
+    names = meta.get(source.names_key)
+    if not isinstance(names, (list, tuple)) or len(names) != source.num_classes:
+        raise DataError(f"{dataset}: file {folder / source.meta_file} lacks {source.num_classes} {source.names_key!r}")
+    class_names = tuple(n.decode("utf-8") if isinstance(n, bytes) else str(n) for n in names)
+
+    train_parts = [_cifar_batch(folder / name, source, dataset, root) for name in source.train_files]
+    train_x = np.concatenate([p[0] for p in train_parts])
+    train_y = np.concatenate([p[1] for p in train_parts])
+    test_x, test_y = _cifar_batch(folder / source.test_file, source, dataset, root)
+    train = Split(x=train_x, y=train_y, index=np.arange(train_y.shape[0], dtype=np.int64))
+    test = Split(x=test_x, y=test_y, index=np.arange(test_y.shape[0], dtype=np.int64))
+    return train, test, class_names
+
+
+# ---------------------------------------------------------------------------------------- shapes
+#
+# Every shape is an inside-test on coordinates (u, v) of the shape's own frame: the image pixel
+# grid shifted to the shape's centre, rotated by its angle and divided by its scale in pixels, so
+# each shape fits roughly in the unit disk. The 10 shapes are chosen to stay different under any
+# rotation (no square vs. diamond, no plus vs. x).
+
+
+def _circle(u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    return u * u + v * v <= 0.80**2
+
+
+def _square(u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    return np.maximum(np.abs(u), np.abs(v)) <= 0.64
+
+
+def _regular_polygon(u: np.ndarray, v: np.ndarray, sides: int, circumradius: float) -> np.ndarray:
+    inside = np.ones(u.shape, dtype=bool)
+    apothem = circumradius * math.cos(math.pi / sides)
+    for i in range(sides):
+        angle = math.pi / 2 + math.pi / sides + 2 * math.pi * i / sides  # edge normals
+        inside &= u * math.cos(angle) + v * math.sin(angle) <= apothem
+    return inside
+
+
+def _triangle(u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    return _regular_polygon(u, v - 0.12, 3, 1.0)  # shifted so its bounding box is centred
+
+
+def _plus(u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    au, av = np.abs(u), np.abs(v)
+    return ((au <= 0.24) & (av <= 0.9)) | ((av <= 0.24) & (au <= 0.9))
+
+
+def _ring(u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    r2 = u * u + v * v
+    return (r2 >= 0.50**2) & (r2 <= 0.92**2)
+
+
+def _star(u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """Five-pointed star: fold the angle onto one half-spike and test against its outer edge."""
+    points, outer, inner = 5, 1.0, 0.42
+    sector = 2 * math.pi / points
+    angle = np.arctan2(v, u) + math.pi / 2  # a spike points "up"
+    folded = np.abs((angle + sector / 2) % sector - sector / 2)  # 0 at a tip, sector/2 between tips
+    r = np.sqrt(u * u + v * v)
+    px, py = r * np.cos(folded), r * np.sin(folded)
+    tip = (outer, 0.0)
+    notch = (inner * math.cos(sector / 2), inner * math.sin(sector / 2))
+    ex, ey = notch[0] - tip[0], notch[1] - tip[1]
+    # Origin side of the tip->notch edge: the cross product has the same sign as for (0, 0).
+    return ex * (py - tip[1]) - ey * (px - tip[0]) >= 0
+
+
+def _crescent(u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    return (u * u + v * v <= 0.85**2) & ((u - 0.42) ** 2 + v * v >= 0.68**2)
+
+
+def _heart(u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """The classic implicit heart (x^2 + y^2 - 1)^3 - x^2 y^3 <= 0, scaled into the unit disk."""
+    x = u * 1.25
+    y = -v * 1.25 + 0.12  # image rows grow downwards; the heart's lobes are at +y
+    return (x * x + y * y - 1.0) ** 3 - x * x * y**3 <= 0.0
+
+
+def _arrow(u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    shaft = (np.abs(v) <= 0.17) & (u >= -0.95) & (u <= 0.15)
+    head = (u >= 0.05) & (u <= 0.95) & (np.abs(v) <= 0.66 * (0.95 - u) / 0.90)
+    return shaft | head
+
+
+def _bar(u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    return (np.abs(u) <= 0.95) & (np.abs(v) <= 0.28)
+
+
+SHAPES: tuple[tuple[str, Callable[[np.ndarray, np.ndarray], np.ndarray]], ...] = (
+    ("circle", _circle),
+    ("square", _square),
+    ("triangle", _triangle),
+    ("plus", _plus),
+    ("ring", _ring),
+    ("star", _star),
+    ("crescent", _crescent),
+    ("heart", _heart),
+    ("arrow", _arrow),
+    ("bar", _bar),
+)
+SHAPE_NAMES: tuple[str, ...] = tuple(name for name, _ in SHAPES)
+NUM_SHAPES = len(SHAPES)
+
+_SUPERSAMPLE = 2  # 2x2 samples per pixel: anti-aliased edges
+_CHUNK = 1024  # images per vectorised block; part of the output (noise is drawn per block)
+
+
+def _hsv_to_rgb(h: np.ndarray, s: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """HSV (all in [0, 1], broadcastable) to RGB, stacked on a new axis 1."""
+    channels = []
+    for n in (5.0, 3.0, 1.0):
+        k = (n + h * 6.0) % 6.0
+        channels.append(v - v * s * np.clip(np.minimum(k, 4.0 - k), 0.0, 1.0))
+    return np.stack(np.broadcast_arrays(*channels), axis=1)
+
+
+def _shape_params(n: int, rng: np.random.Generator, shortcut: float) -> dict[str, np.ndarray]:
+    """Per-image random parameters, drawn in a fixed order (part of the output's definition)."""
+    y = rng.permutation(np.arange(n) % NUM_SHAPES).astype(np.int64)  # balanced classes
+    bg_class = rng.integers(0, NUM_SHAPES, size=n).astype(np.int64)  # independent of y ...
+    planted = rng.permutation(n)[: int(round(shortcut * n))]
+    bg_class[planted] = y[planted]  # ... except for the planted shortcut images
+    scale = rng.uniform(7.0, 12.0, n)  # pixels per shape unit
+    margin = 0.95 * scale
+    p = dict(
+        y=y,
+        bg_class=bg_class,
+        scale=scale,
+        angle=rng.uniform(0.0, 2 * math.pi, n),
+        cx=margin + rng.random(n) * (IMAGE_SIZE - 2 * margin),
+        cy=margin + rng.random(n) * (IMAGE_SIZE - 2 * margin),
+        dark_bg=rng.random(n) < 0.5,
+        bg_hue=(bg_class / NUM_SHAPES + rng.uniform(-0.02, 0.02, n)) % 1.0,
+        bg_sat=rng.uniform(0.55, 0.95, n),
+        stripe_freq=rng.uniform(0.08, 0.25, n),  # cycles per pixel
+        stripe_angle=rng.uniform(0.0, math.pi, n),
+        stripe_phase=rng.uniform(0.0, 2 * math.pi, n),
+        stripe_amp=rng.uniform(0.03, 0.10, n),
+        grad_angle=rng.uniform(0.0, 2 * math.pi, n),
+        grad_amp=rng.uniform(0.0, 0.08, n),
+        fg_hue=rng.random(n),
+        fg_sat=rng.uniform(0.0, 0.7, n),
+        light=rng.random(n),  # brightness within the allowed band, see _render
+    )
+    # Contrast: a dark background gets a bright shape and vice versa, so the shape always shows.
+    p["bg_val"] = np.where(p["dark_bg"], 0.25 + 0.20 * p["light"], 0.70 + 0.15 * p["light"])
+    p["fg_val"] = np.where(p["dark_bg"], 0.85 + 0.15 * rng.random(n), 0.20 * rng.random(n))
+    return p
+
+
+def _shape_alpha(p: dict[str, np.ndarray], sl: slice) -> np.ndarray:
+    """Fraction (n, 32, 32) of each pixel's 2x2 sub-samples inside the image's shape."""
+    size = IMAGE_SIZE * _SUPERSAMPLE
+    coords = (np.arange(size, dtype=np.float32) + 0.5) / _SUPERSAMPLE
+    gy, gx = np.meshgrid(coords, coords, indexing="ij")
+    cos = np.cos(p["angle"][sl]).astype(np.float32)[:, None, None]
+    sin = np.sin(p["angle"][sl]).astype(np.float32)[:, None, None]
+    inv = (1.0 / p["scale"][sl]).astype(np.float32)[:, None, None]
+    dx = gx[None] - p["cx"][sl].astype(np.float32)[:, None, None]
+    dy = gy[None] - p["cy"][sl].astype(np.float32)[:, None, None]
+    u = (dx * cos + dy * sin) * inv
+    v = (dy * cos - dx * sin) * inv
+    labels = p["y"][sl]
+    inside = np.zeros(u.shape, dtype=bool)
+    for cls, (_, fn) in enumerate(SHAPES):
+        members = np.flatnonzero(labels == cls)
+        if members.size:
+            inside[members] = fn(u[members], v[members])
+    hits = np.zeros((inside.shape[0], IMAGE_SIZE, IMAGE_SIZE), dtype=np.uint8)
+    for dy in range(_SUPERSAMPLE):
+        for dx in range(_SUPERSAMPLE):
+            hits += inside[:, dy::_SUPERSAMPLE, dx::_SUPERSAMPLE]
+    return hits.astype(np.float32) / np.float32(_SUPERSAMPLE * _SUPERSAMPLE)
+
+
+def _background(p: dict[str, np.ndarray], sl: slice) -> np.ndarray:
+    """Textured background (n, 3, 32, 32) in [0, 1]: class hue, stripes and a brightness gradient."""
+    coords = np.arange(IMAGE_SIZE, dtype=np.float32) + 0.5
+    gy, gx = np.meshgrid(coords, coords, indexing="ij")
+
+    def per_image(key: str) -> np.ndarray:
+        return p[key][sl].astype(np.float32)[:, None, None]
+
+    along = gx[None] * np.cos(per_image("stripe_angle")) + gy[None] * np.sin(per_image("stripe_angle"))
+    stripes = per_image("stripe_amp") * np.sin(2 * np.pi * per_image("stripe_freq") * along + per_image("stripe_phase"))
+    ramp = (gx[None] - 16) * np.cos(per_image("grad_angle")) + (gy[None] - 16) * np.sin(per_image("grad_angle"))
+    value = np.clip(per_image("bg_val") + stripes + per_image("grad_amp") * ramp / 16, 0.0, 1.0)
+    return _hsv_to_rgb(per_image("bg_hue"), per_image("bg_sat"), value)
+
+
+def generate_shapes(n: int, *, seed: int, shortcut: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``n`` shape images from ``seed``: x uint8 (n,3,32,32), y int64, mask bool (n,32,32), bg_class int64.
+
+    Classes are balanced (``n // 10`` or one more each). Exactly ``round(shortcut * n)`` images get
+    the background hue of their own class; the others a uniform random one, so the measured rate
+    ``mean(bg_class == y)`` is about ``shortcut + (1 - shortcut) / 10``.
+    """
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise ValueError(f"n = {n!r} is invalid; allowed: an integer >= 1")
+    if not (isinstance(shortcut, (int, float)) and 0.0 <= float(shortcut) <= 1.0):
+        raise ValueError(f"shortcut = {shortcut!r} is invalid; allowed: a number in [0, 1]")
+    rng = np.random.default_rng(seed)
+    p = _shape_params(int(n), rng, float(shortcut))
+    x = np.empty((n, 3, IMAGE_SIZE, IMAGE_SIZE), dtype=np.uint8)
+    mask = np.empty((n, IMAGE_SIZE, IMAGE_SIZE), dtype=bool)
+    for start in range(0, n, _CHUNK):
+        sl = slice(start, min(start + _CHUNK, n))
+        alpha = _shape_alpha(p, sl)[:, None]
+        fg = _hsv_to_rgb(p["fg_hue"][sl], p["fg_sat"][sl], p["fg_val"][sl]).astype(np.float32)[:, :, None, None]
+        image = alpha * fg + (1.0 - alpha) * _background(p, sl)
+        noise = rng.standard_normal(size=image.shape, dtype=np.float32)  # sensor-like noise
+        image = image * np.float32(255.0) + noise * np.float32(0.03 * 255.0)
+        x[sl] = np.clip(np.rint(image), 0, 255).astype(np.uint8)
+        mask[sl] = alpha[:, 0] >= 0.5
+    return x, p["y"], mask, p["bg_class"]
+
+
+def _test_seed(data_seed: int) -> int:
+    """The seed of the test images: derived from ``data_seed`` so that train and test differ."""
+    return int(np.random.SeedSequence([int(data_seed), 0x7E57]).generate_state(1, dtype=np.uint64)[0])
+
+
+def shapes_cache_path(root: str | os.PathLike, options: Mapping[str, Any] | None = None) -> Path:
+    """Where the generated arrays for these shapes options are cached."""
+    opts = resolve_options("shapes", options)
+    key = json.dumps(
+        [opts["n_train"], opts["n_test"], float(opts["shortcut"]), opts["data_seed"], GENERATOR_VERSION]
+    )
+    digest = hashlib.sha256(key.encode()).hexdigest()[:12]
+    return Path(root) / "shapes" / f"shapes-{digest}.npz"
+
+
+_SHAPES_KEYS = ("x", "y", "mask", "bg_class")
+
+
+def _read_shapes_cache(path: Path, n_train: int, n_test: int) -> dict[str, np.ndarray] | None:
+    """The cached arrays, or None (with a warning) when the file is unreadable or does not fit."""
+    expected = {"x": (np.uint8, (3, 32, 32)), "y": (np.int64, ()), "mask": (np.bool_, (32, 32)), "bg_class": (np.int64, ())}
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = {name: npz[name] for name in npz.files}
+        for part, count in (("train", n_train), ("test", n_test)):
+            for key, (dtype, tail) in expected.items():
+                arr = arrays[f"{part}_{key}"]
+                if arr.dtype != dtype or arr.shape != (count, *tail):
+                    raise ValueError(f"{part}_{key} has {arr.dtype} {arr.shape}")
+        return arrays
+    except Exception as exc:  # a cache: anything wrong with it means "generate again"
+        warnings.warn(f"shapes cache {path} is unreadable ({exc}); generating it again", stacklevel=3)
+        return None
+
+
+def _write_atomic_npz(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
+    """Write ``arrays`` to ``path`` through a temp file in the same folder and os.replace."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            np.savez(fh, **arrays)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def _load_shapes(root: Path, opts: dict) -> tuple[Split, Split, tuple[str, ...]]:
+    path = shapes_cache_path(root, opts)
+    arrays = _read_shapes_cache(path, opts["n_train"], opts["n_test"]) if path.is_file() else None
+    if arrays is None:
+        # Looked up through the module so that tests can check the cache is really used.
+        train = generate_shapes(opts["n_train"], seed=opts["data_seed"], shortcut=opts["shortcut"])
+        test = generate_shapes(opts["n_test"], seed=_test_seed(opts["data_seed"]), shortcut=0.0)
+        arrays = {f"train_{k}": a for k, a in zip(_SHAPES_KEYS, train)}
+        arrays.update({f"test_{k}": a for k, a in zip(_SHAPES_KEYS, test)})
+        try:
+            _write_atomic_npz(path, arrays)
+        except OSError as exc:  # a read-only data root still works, just without a cache
+            warnings.warn(f"could not cache shapes at {path}: {exc}", stacklevel=3)
+
+    def split(part: str) -> Split:
+        y = arrays[f"{part}_y"]
+        return Split(
+            x=arrays[f"{part}_x"],
+            y=y,
+            index=np.arange(y.shape[0], dtype=np.int64),
+            mask=arrays[f"{part}_mask"],
+            bg_class=arrays[f"{part}_bg_class"],
+        )
+
+    return split("train"), split("test"), SHAPE_NAMES
+
+
+_LOADERS: dict[str, _Loader] = {
+    "shapes": _load_shapes,
+    "cifar10": lambda root, opts: _load_cifar("cifar10", root),
+    "cifar100": lambda root, opts: _load_cifar("cifar100", root),
+}

@@ -1,0 +1,368 @@
+"""Training and evaluation stages. One loop for every variant: a modification is configuration.
+
+Stage functions take tensors that already live on the training device (the whole uint8 dataset
+sits there; batches are cut with a seeded permutation and augmented as whole batches), so no
+DataLoader workers and no PIL are involved.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .config import Component
+from .faults import maybe_fail
+
+# ------------------------------------------------------------------------------------------------
+# determinism and precision
+# ------------------------------------------------------------------------------------------------
+
+
+def set_determinism(seed: int, deterministic: bool) -> None:
+    """Seed every RNG and pin cuDNN/cuBLAS to deterministic kernels. Called once at worker start."""
+    if deterministic:
+        # cuBLAS needs a fixed workspace for deterministic GEMMs; must be set before the first
+        # CUDA call (https://docs.nvidia.com/cuda/cublas/index.html#results-reproducibility).
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    torch.backends.cudnn.deterministic = deterministic
+    torch.backends.cudnn.benchmark = not deterministic
+    torch.use_deterministic_algorithms(deterministic, warn_only=False)
+
+
+def cpu_has_bf16() -> bool:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return " amx_bf16" in flags or " avx512_bf16" in flags
+
+
+def select_device() -> torch.device:
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
+@dataclass(frozen=True)
+class Precision:
+    """One AMP path for every variant: autocast(enabled=...) + GradScaler(enabled=...)."""
+
+    device_type: str
+    dtype: torch.dtype
+    enabled: bool
+
+    @classmethod
+    def for_device(cls, device: torch.device, amp: bool, amp_dtype: str, cpu_bf16: bool | None = None) -> Precision:
+        """The CPU autocasts to bfloat16 only, and only where it has bf16 units (AMX or
+        AVX512-BF16): without them oneDNN emulates bf16 and a training step of simple_cnn was
+        measured 10-20x slower than float32 on this project's 2-core CI machine. ``cpu_bf16``
+        forces the choice (tests use it to exercise the CPU AMP path). On CUDA the grid chooses."""
+        if device.type == "cpu":
+            use = cpu_has_bf16() if cpu_bf16 is None else cpu_bf16
+            return cls("cpu", torch.bfloat16, amp and use)
+        return cls(device.type, getattr(torch, amp_dtype), amp)
+
+    @property
+    def needs_scaler(self) -> bool:
+        return self.enabled and self.dtype == torch.float16
+
+    def autocast(self):
+        return torch.autocast(self.device_type, dtype=self.dtype, enabled=self.enabled)
+
+    def scaler(self) -> torch.amp.GradScaler:
+        return torch.amp.GradScaler(self.device_type, enabled=self.needs_scaler)
+
+
+# ------------------------------------------------------------------------------------------------
+# optimizer and schedule
+# ------------------------------------------------------------------------------------------------
+
+
+def build_optimizer(model: nn.Module, comp: Component) -> torch.optim.Optimizer:
+    p = comp.params
+    params = model.parameters()
+    if comp.name == "sgd":
+        return torch.optim.SGD(params, lr=p["lr"], momentum=p["momentum"], nesterov=p["nesterov"] and p["momentum"] > 0,
+                               weight_decay=p["weight_decay"])
+    if comp.name == "adam":
+        return torch.optim.Adam(params, lr=p["lr"], weight_decay=p["weight_decay"])
+    if comp.name == "adamw":
+        return torch.optim.AdamW(params, lr=p["lr"], weight_decay=p["weight_decay"])
+    raise ValueError(f"unknown optimizer {comp.name!r}; valid: sgd, adam, adamw")
+
+
+def lr_factor(comp: Component, step: int, epochs: int, steps_per_epoch: int) -> float:
+    """Multiplier of the base lr after ``step`` optimizer steps (schedules advance per step)."""
+    p = comp.params
+    total = max(1, epochs * steps_per_epoch)
+    epoch_f = step / steps_per_epoch
+    if comp.name == "constant":
+        return 1.0
+    if comp.name == "multistep":
+        return p["gamma"] ** sum(1 for m in p["milestones"] if epoch_f >= m)
+    if comp.name == "cosine":
+        warm = p["warmup_epochs"] * steps_per_epoch
+        if step < warm:
+            return (step + 1) / warm
+        t = (step - warm) / max(1, total - warm)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, t)))
+    if comp.name == "onecycle":
+        up = max(1, int(p["pct_start"] * total))
+        lo = 1.0 / p["div_factor"]
+        if step < up:
+            return lo + (1.0 - lo) * step / up
+        t = min(1.0, (step - up) / max(1, total - up))
+        end = lo / 1e4
+        return end + (1.0 - end) * 0.5 * (1.0 + math.cos(math.pi * t))
+    raise ValueError(f"unknown schedule {comp.name!r}; valid: constant, multistep, cosine, onecycle")
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, comp: Component, epochs: int,
+                    steps_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR:
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(comp, step, epochs, steps_per_epoch))
+
+
+# ------------------------------------------------------------------------------------------------
+# stages
+# ------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class DeviceData:
+    """One split as tensors on the training device."""
+
+    x: Tensor  # uint8 (N,3,H,W)
+    y: Tensor  # int64 (N,)
+
+    @classmethod
+    def from_numpy(cls, x: np.ndarray, y: np.ndarray, device: torch.device) -> DeviceData:
+        return cls(torch.from_numpy(np.ascontiguousarray(x)).to(device), torch.from_numpy(y.astype(np.int64)).to(device))
+
+    def __len__(self) -> int:
+        return int(self.y.shape[0])
+
+
+def soft_cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
+    return torch.sum(-targets * F.log_softmax(logits.float(), dim=1), dim=1).mean()
+
+
+def train_steps(n: int, batch_size: int) -> int:
+    """Batches per training epoch: a final batch of one is dropped (BatchNorm cannot normalise a
+    single sample)."""
+    return n // batch_size + (1 if n % batch_size >= 2 else 0)
+
+
+def batches(n: int, batch_size: int, generator: torch.Generator) -> Iterator[Tensor]:
+    """Shuffled index batches for one training epoch (``train_steps`` of them)."""
+    order = torch.randperm(n, generator=generator, device=generator.device)
+    for i in range(train_steps(n, batch_size)):
+        yield order[i * batch_size:(i + 1) * batch_size]
+
+
+def train_one_epoch(model: nn.Module, data: DeviceData, augment: Callable, optimizer: torch.optim.Optimizer,
+                    scheduler, scaler: torch.amp.GradScaler, precision: Precision, generator: torch.Generator,
+                    batch_size: int, on_batch: Callable[[int, int], None] | None = None) -> dict[str, float]:
+    maybe_fail("epoch")  # tests: an injected MemoryError / crash inside training
+    model.train()
+    total_loss = torch.zeros((), device=data.y.device, dtype=torch.float64)
+    correct = torch.zeros((), device=data.y.device, dtype=torch.int64)
+    seen = 0
+    n_batches = train_steps(len(data), batch_size)
+    for i, idx in enumerate(batches(len(data), batch_size, generator)):
+        x, targets = augment(data.x[idx], data.y[idx], generator)
+        with precision.autocast():
+            logits = model(x)
+        loss = soft_cross_entropy(logits, targets)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        scheduler.step()
+        total_loss += loss.detach().double() * idx.numel()
+        correct += (logits.argmax(1) == data.y[idx]).sum()
+        seen += idx.numel()
+        if on_batch is not None:
+            on_batch(i + 1, n_batches)
+    if not math.isfinite(float(total_loss)):
+        raise FloatingPointError("training loss is not finite (diverged); lower the learning rate")
+    return {"loss": float(total_loss) / max(1, seen), "acc": float(correct) / max(1, seen)}
+
+
+def to_input(x_float01: Tensor, mean: Tensor, std: Tensor, channels_last: bool) -> Tensor:
+    """[0,1] float images -> normalised network input."""
+    x = (x_float01 - mean.view(1, 3, 1, 1)) / std.view(1, 3, 1, 1)
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
+@torch.inference_mode()
+def predict(model: nn.Module, x_uint8: Tensor, mean: Tensor, std: Tensor, precision: Precision,
+            batch_size: int, channels_last: bool = True, with_embedding: bool = False,
+            transform: Callable[[Tensor, int], Tensor] | None = None) -> tuple[Tensor, Tensor | None]:
+    """Logits (float32) and optionally penultimate embeddings for every image, in order.
+
+    ``transform(x01, batch_index)`` may alter each [0,1] batch first (corruptions)."""
+    model.eval()
+    logits, embeds = [], []
+    for b, start in enumerate(range(0, x_uint8.shape[0], batch_size)):
+        x01 = x_uint8[start:start + batch_size].float().div_(255)
+        if transform is not None:
+            x01 = transform(x01, b)
+        x = to_input(x01, mean, std, channels_last)
+        with precision.autocast():
+            emb = model.embed(x)
+            out = model.head(emb)
+        logits.append(out.float())
+        if with_embedding:
+            embeds.append(emb.float())
+    return torch.cat(logits), (torch.cat(embeds) if with_embedding else None)
+
+
+def evaluate(model: nn.Module, data: DeviceData, mean: Tensor, std: Tensor, precision: Precision,
+             batch_size: int, channels_last: bool = True) -> dict[str, float]:
+    logits, _ = predict(model, data.x, mean, std, precision, batch_size, channels_last)
+    loss = F.cross_entropy(logits, data.y).item()
+    acc = (logits.argmax(1) == data.y).float().mean().item()
+    return {"loss": loss, "acc": acc}
+
+
+# ------------------------------------------------------------------------------------------------
+# Grad-CAM
+# ------------------------------------------------------------------------------------------------
+
+
+class LayerActivations:
+    """Context manager that records a layer's output on each forward pass and removes its hook on
+    exit (the pattern of pytorch-grad-cam's ActivationsAndGradients; gradients are taken with
+    torch.autograd.grad with respect to the recorded output, so no gradient hook is needed).
+
+    With ``copies`` > 1 the layer's output is replaced by that many copies stacked along the batch,
+    so the rest of the network runs on copies*B rows: one backward pass then gives the gradient for
+    a different target class in each copy."""
+
+    def __init__(self, layer: nn.Module, copies: int = 1):
+        self.layer = layer
+        self.copies = copies
+        self.output: Tensor | None = None
+        self._handle = None
+
+    def _hook(self, module, inputs, output: Tensor) -> Tensor | None:
+        if self.copies > 1:
+            output = torch.cat([output] * self.copies)
+            self.output = output
+            return output
+        self.output = output
+        return None
+
+    def __enter__(self) -> LayerActivations:
+        self._handle = self.layer.register_forward_hook(self._hook)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._handle.remove()
+        self.output = None
+
+
+def gradcam(model: nn.Module, layer: nn.Module, x_uint8: Tensor, targets: list[Tensor], mean: Tensor,
+            std: Tensor, batch_size: int, channels_last: bool = True) -> list[Tensor]:
+    """Grad-CAM maps (N,h,w) at ``layer`` for each target-class vector in ``targets``.
+
+    Batched: per batch, one forward and one backward pass for every image and every target. The
+    layer's output is stacked once per target vector (``LayerActivations(copies=k)``), so the rest
+    of the network sees k*B rows; copy j's rows are scored on target vector j, and the gradient of
+    the summed scores is taken with respect to the stacked output only (torch.autograd.grad): no
+    parameter gradients, nothing before ``layer`` back-propagated. In eval mode rows are
+    independent, so gradient row j*B+i is image i's own gradient for target j. Computed in float32
+    (no autocast) so maps do not depend on AMP rounding. Each map is ReLU'd and scaled to max 1
+    (all-zero maps stay zero)."""
+    model.eval()
+    k = len(targets)
+    out: list[list[Tensor]] = [[] for _ in range(k)]
+    with LayerActivations(layer, copies=k) as rec:
+        for start in range(0, x_uint8.shape[0], batch_size):
+            xb = to_input(x_uint8[start:start + batch_size].float().div_(255), mean, std, channels_last)
+            b = xb.shape[0]
+            with torch.enable_grad():
+                logits = model(xb)
+                acts = rec.output
+                chosen = torch.cat([t[start:start + b] for t in targets]).view(-1, 1)
+                (grads,) = torch.autograd.grad(logits.gather(1, chosen).sum(), acts)
+                weights = grads.mean(dim=(2, 3), keepdim=True)
+                cam = F.relu((weights * acts.detach()).sum(dim=1))
+                peak = cam.flatten(1).amax(1).clamp_min(1e-12).view(-1, 1, 1)
+                cam = torch.where(peak > 1e-12, cam / peak, torch.zeros_like(cam)).float()
+                for j in range(k):
+                    out[j].append(cam[j * b:(j + 1) * b])
+    return [torch.cat(o) for o in out]
+
+
+@torch.inference_mode()
+def deletion_insertion(model: nn.Module, x_uint8: Tensor, saliency: Tensor, classes: Tensor, mean: Tensor,
+                       std: Tensor, precision: Precision, steps: int = 16,
+                       channels_last: bool = True) -> tuple[Tensor, Tensor]:
+    """Deletion and insertion curves (M, steps+1): probability of ``classes`` as the most salient
+    pixels (by ``saliency`` upsampled to the image) are removed from the image (deletion; removed
+    pixels take the dataset mean, i.e. 0 after normalisation) or revealed on a mean image
+    (insertion). A faithful map makes deletion fall fast and insertion rise fast."""
+    model.eval()
+    m, _, h, w = x_uint8.shape
+    sal = F.interpolate(saliency.float().unsqueeze(1), size=(h, w), mode="bilinear", align_corners=False).view(m, -1)
+    # rank of each pixel in the saliency order (0 = most salient); ties broken by position
+    order = torch.argsort(-sal, dim=1, stable=True)
+    rank = torch.empty_like(order)
+    rank.scatter_(1, order, torch.arange(h * w, device=order.device).expand(m, -1))
+    x = to_input(x_uint8.float().div(255), mean, std, channels_last=False)
+    dele, ins = [], []
+    for s in range(steps + 1):
+        k = round(s * h * w / steps)
+        keep_top = (rank < k).view(m, 1, h, w)  # the k most salient pixels
+        for curve, img in ((dele, torch.where(keep_top, torch.zeros_like(x), x)),
+                           (ins, torch.where(keep_top, x, torch.zeros_like(x)))):
+            inp = img.contiguous(memory_format=torch.channels_last) if channels_last else img
+            with precision.autocast():
+                logits = model(inp)
+            curve.append(torch.softmax(logits.float(), 1).gather(1, classes.view(-1, 1)).squeeze(1))
+    return torch.stack(dele, 1), torch.stack(ins, 1)
+
+
+# ------------------------------------------------------------------------------------------------
+# RNG state for checkpoints (plain tensors, so they load with torch.load(weights_only=True))
+# ------------------------------------------------------------------------------------------------
+
+
+def rng_state(generator: torch.Generator) -> dict[str, object]:
+    """Every RNG a run may draw from, in a form ``torch.load(weights_only=True)`` accepts (tensors,
+    ints, tuples). Only torch RNGs drive training today (data order and augmentation use
+    ``generator``), but Python's and numpy's are saved too, so that a future draw from them cannot
+    break resume silently."""
+    version, mt, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {"generator": generator.get_state(), "torch": torch.get_rng_state(),
+             "python": (version, torch.tensor(mt, dtype=torch.int64), gauss),
+             "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached))}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(generator: torch.Generator, state: dict[str, object]) -> None:
+    """Restore what ``rng_state`` saved. Any failure raises: resuming with a different random
+    stream would silently break bitwise reproducibility."""
+    generator.set_state(state["generator"])
+    torch.set_rng_state(state["torch"])
+    version, mt, gauss = state["python"]
+    random.setstate((version, tuple(int(x) for x in mt.tolist()), gauss))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    if torch.cuda.is_available() and "cuda" in state:
+        torch.cuda.set_rng_state_all(state["cuda"])

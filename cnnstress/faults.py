@@ -1,0 +1,37 @@
+"""Fault injection for the reliability tests: off unless CNNSTRESS_FAULT is set.
+
+``CNNSTRESS_FAULT="kill:checkpoint.pt:2"`` SIGKILLs this process half-way through its 2nd write of
+checkpoint.pt; ``enospc:results.h5`` raises "No space left on device" while results.h5 is written;
+``oom:epoch:1`` raises MemoryError in the first training epoch. Several faults are separated by
+commas. A point is a file name written atomically by store.py, or ``epoch``.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+
+_counts: dict[str, int] = {}
+
+
+def maybe_fail(point: str) -> None:
+    spec = os.environ.get("CNNSTRESS_FAULT")
+    if not spec:
+        return
+    _counts[point] = _counts.get(point, 0) + 1
+    for item in spec.split(","):
+        action, _, rest = item.strip().partition(":")
+        where, _, nth = rest.partition(":")
+        if where != point or _counts[point] != int(nth or 1):
+            continue
+        if action == "kill":
+            os.kill(os.getpid(), signal.SIGKILL)
+        elif action == "enospc":
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), point)
+        elif action == "oom":
+            raise MemoryError(f"injected out-of-memory at {point}")
+        elif action == "raise":
+            raise RuntimeError(f"injected failure at {point}")
+        else:
+            raise ValueError(f"CNNSTRESS_FAULT: unknown action {action!r}; valid: kill, enospc, oom, raise")

@@ -1,0 +1,610 @@
+"""Grid file (TOML) -> validated list of ``RunSpec``.
+
+base <- variant overrides <- cartesian [grid] -> one RunSpec per point. Every problem is a
+``GridError`` naming the file, the key path and what is allowed, raised before anything runs.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import os
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import catalog
+from .catalog import Param
+from .config import Component, Paths, RunSpec, StressSpec, TrainSpec
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on 3.10 only
+    import tomli as tomllib
+
+MAX_RUNS = 10_000
+MAX_GRID_FILE_BYTES = 1_000_000
+
+# Names that become folder names, Slurm job names and HTML: letters, digits, '_' and '-', no dots
+# (so never '..'), no slashes, quotes, spaces, '$', backticks or newlines.
+SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+# Slurm option values (partition, account, qos, constraint): Slurm's own characters, nothing a shell
+# or an sbatch line could read as something else.
+SAFE_SLURM = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.,:|&=+*\[\]-]{0,127}$")
+SAFE_SLURM_KEY = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+
+
+class GridError(ValueError):
+    """A grid problem, as one line: '<file>: <key path>: <what is wrong and what is allowed>'."""
+
+    def __init__(self, source: str, path: str, message: str):
+        # Keys, values and file names come from the user: a newline or other control character in
+        # one must not break the one-line promise (hypothesis found a key named "\n").
+        source, path, message = (_one_line(str(x)) for x in (source, path, message))
+        self.source, self.path, self.message = source, path, message
+        super().__init__(f"{source}: {path}: {message}" if path else f"{source}: {message}")
+
+
+def _one_line(text: str) -> str:
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
+
+
+# ------------------------------------------------------------------------------------------------
+# key tables
+# ------------------------------------------------------------------------------------------------
+
+TOP_KEYS = ("name", "description", "base", "variants", "grid", "compare", "stress", "report", "slurm")
+
+# [base] keys that are plain values, with their defaults and ranges (None default = required).
+BASE_SCALARS: dict[str, Param] = {
+    "dataset": Param(None, choices=tuple(catalog.DATASETS)),
+    "model": Param(None, choices=tuple(catalog.MODELS)),
+    "epochs": Param(None, 1, 10_000),
+    "batch_size": Param(128, 2, 65_536, doc="BatchNorm needs at least 2 samples per batch"),
+    "eval_batch_size": Param(1000, 1, 65_536),
+    "label_smoothing": Param(0.0, 0.0, 0.5),
+    "amp": Param(True),
+    "amp_dtype": Param("bfloat16", choices=("bfloat16", "float16")),
+    "deterministic": Param(True),
+    "channels_last": Param(True),
+    "compile": Param(False),
+    "val_fraction": Param(0.1, 0.001, 0.5),
+    "split_seed": Param(0, 0, 2**31 - 1),
+    "seed": Param(0, 0, 2**31 - 1),
+}
+BASE_TABLES = ("dataset_options", "model_options", "optimizer", "schedule")
+BASE_KEYS = tuple(BASE_SCALARS) + BASE_TABLES + ("augment",)
+BASE_DEFAULTS: dict[str, Any] = {
+    "optimizer": {"name": "sgd"},
+    "schedule": {"name": "constant"},
+    "augment": [],
+    "dataset_options": {},
+    "model_options": {},
+}
+# One sweep has one test set: these may not differ between runs (variants or [grid]).
+SWEEP_WIDE = ("dataset", "dataset_options", "val_fraction", "split_seed")
+
+STRESS_KEYS: dict[str, Param] = {
+    "corruptions": Param([], doc="names, or [\"all\"]"),
+    "severities": Param([1, 3, 5], 1, 5),
+    "seed": Param(0, 0, 2**31 - 1),
+    "faithfulness_samples": Param(200, 0, 10_000),
+    "train_embedding_samples": Param(1000, 0, 100_000),
+}
+REPORT_KEYS: dict[str, Param] = {
+    "confidence_threshold": Param(0.7, 0.01, 0.999),
+    "gradcam_layer": Param(""),
+    "canonical_cases": Param(6, 1, 50),
+    "top_failures": Param(32, 1, 400),
+}
+COMPARE_KEYS: dict[str, Param] = {"baseline": Param("baseline")}
+SLURM_KEYS: dict[str, Param] = {
+    "partition": Param(""),
+    "account": Param(""),
+    "qos": Param(""),
+    "constraint": Param(""),
+    "time_min": Param(60, 1, 60 * 24 * 30),
+    "gpus_per_task": Param(1, 0, 16),
+    "cpus_per_task": Param(4, 1, 1024),
+    "mem_gb": Param(16.0, 0.1, 8192.0),
+    "array_parallelism": Param(64, 1, 1_000_000),
+    "max_num_timeout": Param(3, 0, 100),
+    "signal_delay_s": Param(120, 10, 3600),
+    "gather_time_min": Param(60, 1, 60 * 24 * 7),
+    "gather_cpus": Param(2, 1, 256),
+    "gather_mem_gb": Param(8.0, 0.1, 8192.0),
+    "setup": Param([], doc="shell lines run before each task"),
+    "additional": Param({}, doc="extra sbatch options, name -> value"),
+}
+
+
+# ------------------------------------------------------------------------------------------------
+# the parsed grid
+# ------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Grid:
+    name: str
+    source: str
+    runs: list[RunSpec]
+    variants: list[str]
+    baseline: str
+    report: dict[str, Any]
+    slurm: dict[str, Any]
+    grid_keys: list[str]
+    raw: dict[str, Any] = field(repr=False, default_factory=dict)
+    overrides: list[str] = field(default_factory=list)  # the --set values it was expanded with
+
+
+def load_grid(
+    path: str | os.PathLike,
+    *,
+    overrides: list[str] | tuple[str, ...] = (),
+    out_root: str | os.PathLike = "scratch",
+    data_root: str | os.PathLike | None = None,
+) -> Grid:
+    """Read, validate and expand a grid file."""
+    path = Path(path)
+    source = str(path)
+    try:
+        size = path.stat().st_size
+    except OSError as e:
+        raise GridError(source, "", f"cannot read the grid file ({e.strerror})") from None
+    if size > MAX_GRID_FILE_BYTES:
+        raise GridError(source, "", f"file is {size} bytes; at most {MAX_GRID_FILE_BYTES} allowed")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise GridError(source, "", f"not valid TOML: {e}") from None
+    except OSError as e:  # a directory, a vanished file, no permission
+        raise GridError(source, "", f"cannot read the grid file ({e.strerror or e}); pass a .toml file") from None
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise GridError(source, "", f"not valid TOML: {e}") from None
+    return expand(raw, source=source, overrides=overrides, out_root=out_root, data_root=data_root)
+
+
+LAUNCH_FILE = "launch.json"  # beside a sweep's grid.toml: the --set values and data root it ran with
+
+
+def load_sweep_grid(sweep_dir: str | os.PathLike) -> Grid:
+    """The grid a sweep folder was launched with: its copy of grid.toml expanded with the launch's
+    --set values and data root (from launch.json), so the run ids are the ones on disk."""
+    sweep_dir = Path(sweep_dir)
+    launch: dict[str, Any] = {}
+    path = sweep_dir / LAUNCH_FILE
+    if path.exists():
+        try:
+            launch = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            raise GridError(str(path), "", f"cannot be read: {e}") from None
+    return load_grid(sweep_dir / "grid.toml", overrides=launch.get("overrides", []), out_root=sweep_dir.parent,
+                     data_root=launch.get("data_root"))
+
+
+def expand(
+    raw: dict[str, Any],
+    *,
+    source: str = "<grid>",
+    overrides: list[str] | tuple[str, ...] = (),
+    out_root: str | os.PathLike = "scratch",
+    data_root: str | os.PathLike | None = None,
+) -> Grid:
+    """Validate a parsed grid (a dict as tomllib returns it) and expand it into runs."""
+    v = _Validator(source)
+    if not isinstance(raw, dict):
+        raise GridError(source, "", "the grid must be a TOML table")
+    raw = _apply_overrides(raw, overrides, v)
+    v.check_keys(raw, TOP_KEYS, "")
+
+    name = v.safe_name(raw.get("name"), "name")
+    if "description" in raw:
+        v.typed(raw["description"], str, "description")
+    base_raw = v.table(raw.get("base"), "[base]", required=True)
+    v.check_keys(base_raw, BASE_KEYS, "[base]")
+    for key, p in BASE_SCALARS.items():
+        if p.default is None and key not in base_raw:
+            raise GridError(source, f"[base].{key}", f"is required ({p.describe()})")
+
+    variants_raw = dict(v.table(raw.get("variants", {}), "[variants]"))
+    if not variants_raw:
+        variants_raw = {"baseline": {}}
+    variant_names = []
+    for vname, vtab in list(variants_raw.items()):
+        v.safe_name(vname, f"[variants] name {vname!r}")
+        vt = variants_raw[vname] = v.table(vtab, f"[variants.{vname}]", required=True)
+        v.check_keys(vt, BASE_KEYS, f"[variants.{vname}]")
+        for key in SWEEP_WIDE + ("seed",):
+            if key in vt:
+                why = "one sweep has one dataset and split" if key != "seed" else "seeds go in [grid].seed"
+                raise GridError(source, f"[variants.{vname}].{key}", f"cannot differ between variants ({why})")
+        variant_names.append(vname)
+
+    compare = v.section(raw.get("compare", {}), COMPARE_KEYS, "[compare]")
+    baseline = raw.get("compare", {}).get("baseline") if isinstance(raw.get("compare"), dict) else None
+    if baseline is None:
+        baseline = "baseline" if "baseline" in variant_names else variant_names[0]
+    elif baseline not in variant_names:
+        raise GridError(source, "[compare].baseline", f"names no variant: {baseline!r}; variants are {variant_names}{_suggest(baseline, variant_names)}")
+    compare["baseline"] = baseline
+
+    grid_raw = _flatten_grid(v.table(raw.get("grid", {}), "[grid]"))
+    for key, values in grid_raw.items():
+        top = key.split(".")[0]
+        if top not in BASE_KEYS:
+            raise GridError(source, f"[grid].{key}", f"unknown key{_suggest(top, BASE_KEYS)}; valid keys: {', '.join(BASE_KEYS)}")
+        if top in SWEEP_WIDE:
+            raise GridError(source, f"[grid].{key}", "cannot vary within a sweep (one sweep has one dataset and split)")
+        if not isinstance(values, list):
+            raise GridError(source, f"[grid].{key}", f"must be a list of values, got {_tname(values)}")
+        if not values:
+            raise GridError(source, f"[grid].{key}", "is an empty list: the grid would have no runs")
+    grid_keys = sorted(grid_raw)
+    n_points = math.prod(len(grid_raw[k]) for k in grid_keys) * len(variant_names)
+    if n_points > MAX_RUNS:
+        raise GridError(source, "[grid]", f"expands to {n_points} runs; at most {MAX_RUNS} allowed")
+
+    stress = v.section(raw.get("stress", {}), STRESS_KEYS, "[stress]")
+    stress["corruptions"] = v.corruptions(stress["corruptions"])
+    stress["severities"] = v.int_list(stress["severities"], "[stress].severities", 1, 5)
+    report = v.section(raw.get("report", {}), REPORT_KEYS, "[report]")
+    slurm = v.section(raw.get("slurm", {}), SLURM_KEYS, "[slurm]")
+    v.slurm_strings(slurm)
+
+    out_abs = os.path.abspath(out_root)
+    data_abs = os.path.abspath(data_root) if data_root is not None else os.path.join(out_abs, "data")
+    paths = Paths(out_root=out_abs, data_root=data_abs)
+    stress_spec = StressSpec(
+        corruptions=stress["corruptions"],
+        severities=stress["severities"],
+        corruption_seed=stress["seed"],
+        faithfulness_samples=stress["faithfulness_samples"],
+        train_embedding_samples=stress["train_embedding_samples"],
+    )
+
+    runs: list[RunSpec] = []
+    seen: dict[str, str] = {}
+    for vname in variant_names:
+        merged = _merge(_merge(BASE_DEFAULTS, base_raw), variants_raw[vname])
+        for point in itertools.product(*(grid_raw[k] for k in grid_keys)):
+            values = dict(zip(grid_keys, point))
+            cfg = merged
+            for key, value in values.items():
+                cfg = _set_path(cfg, key, value)
+            where = _Origin(vname, variants_raw[vname], values)
+            spec = _build_spec(v, cfg, where, name=name, variant=vname, grid_values=values,
+                               report=report, stress=stress_spec, paths=paths)
+            where = f"[variants.{vname}]" + (f" with [grid] {values}" if values else "")
+            same = spec.settings_hash  # everything but the variant's name
+            if same in seen:
+                raise GridError(source, where, f"duplicate run: resolves to the same settings as {seen[same]} "
+                                               "(a variant must change something; grid values must differ)")
+            seen[same] = where
+            runs.append(spec)
+    if not runs:
+        raise GridError(source, "", "the grid expands to no runs")
+    return Grid(name=name, source=source, runs=runs, variants=variant_names, baseline=baseline,
+                report=report, slurm=slurm, grid_keys=grid_keys, raw=raw, overrides=list(overrides))
+
+
+# ------------------------------------------------------------------------------------------------
+# building one spec
+# ------------------------------------------------------------------------------------------------
+
+
+class _Origin:
+    """Names the section a merged value came from: [grid], the variant's table, or [base]."""
+
+    def __init__(self, variant: str, overrides: dict[str, Any], grid_values: dict[str, Any]):
+        self.variant, self.overrides, self.grid_values = variant, overrides, grid_values
+
+    def __call__(self, key: str) -> _Where:
+        return _Where(self, key)
+
+    def path(self, key: str) -> str:
+        top = key.split(".")[0]
+        if any(g == key or g.startswith(key + ".") or key.startswith(g + ".") for g in self.grid_values):
+            return f"[grid].{key} (variant {self.variant}, {self.grid_values})"
+        if top in self.overrides:
+            return f"[variants.{self.variant}].{key}"
+        return f"[base].{key}"
+
+
+class _Where:
+    """A key path, worked out only when an error message needs it (expanding a 5 000-run grid
+    asks for ~100 000 of them and formats none)."""
+
+    __slots__ = ("origin", "key")
+
+    def __init__(self, origin: _Origin, key: str):
+        self.origin, self.key = origin, key
+
+    def __str__(self) -> str:
+        return self.origin.path(self.key)
+
+    def __format__(self, spec: str) -> str:
+        return format(str(self), spec)
+
+
+def _build_spec(v: _Validator, cfg: dict[str, Any], where: _Origin, *, name: str, variant: str,
+                grid_values: dict[str, Any], report: dict[str, Any], stress: StressSpec,
+                paths: Paths) -> RunSpec:
+    sc = {}
+    for key, p in BASE_SCALARS.items():
+        sc[key] = v.value(cfg.get(key, p.default), p, where(key))
+    num_classes, dopts = catalog.DATASETS[sc["dataset"]]
+    dataset = Component(sc["dataset"], v.params(cfg.get("dataset_options", {}), dopts, where("dataset_options")))
+    model = Component(sc["model"], v.params(cfg.get("model_options", {}), catalog.MODELS[sc["model"]], where("model_options")))
+    optimizer = v.named(cfg["optimizer"], catalog.OPTIMIZERS, where("optimizer"))
+    schedule = v.named(cfg["schedule"], catalog.SCHEDULES, where("schedule"))
+    if schedule.name == "multistep":
+        ms = schedule.params["milestones"]
+        if any(m > sc["epochs"] for m in ms) or ms != sorted(set(ms)):
+            raise GridError(v.source, where("schedule.milestones"),
+                            f"must be increasing epochs in [1, epochs={sc['epochs']}], got {ms}")
+    if schedule.name == "cosine" and schedule.params["warmup_epochs"] >= sc["epochs"]:
+        raise GridError(v.source, where("schedule.warmup_epochs"),
+                        f"must be less than epochs={sc['epochs']} (a warm-up that never ends), got "
+                        f"{schedule.params['warmup_epochs']}")
+    augment = v.augment_list(cfg.get("augment", []), where("augment"))
+    layer = report["gradcam_layer"] or catalog.GRADCAM_DEFAULT[model.name]
+    valid_layers = catalog.gradcam_layer_paths(model.name, model.params)
+    if layer not in valid_layers:
+        nested = [p for p in valid_layers if "." in p]
+        raise GridError(v.source, "[report].gradcam_layer",
+                        f"{layer!r} is not a feature-map layer of {model.name}{_suggest(layer, valid_layers)}; valid: "
+                        f"{', '.join(catalog.GRADCAM_LAYERS[model.name])} (nested: {nested[0]} ... {nested[-1]})"[:400])
+    train = TrainSpec(
+        epochs=sc["epochs"], batch_size=sc["batch_size"], eval_batch_size=sc["eval_batch_size"],
+        optimizer=optimizer, schedule=schedule, augment=augment, label_smoothing=sc["label_smoothing"],
+        amp=sc["amp"], amp_dtype=sc["amp_dtype"], deterministic=sc["deterministic"],
+        channels_last=sc["channels_last"], compile=sc["compile"], val_fraction=sc["val_fraction"],
+        split_seed=sc["split_seed"],
+    )
+    return RunSpec(sweep=name, variant=variant, seed=sc["seed"], dataset=dataset, num_classes=num_classes,
+                   model=model, train=train, stress=stress, gradcam_layer=layer,
+                   grid_values=dict(sorted(grid_values.items())), paths=paths)
+
+
+class _Validator:
+    """Type and range checks that raise GridError with the key path."""
+
+    def __init__(self, source: str):
+        self.source = source
+
+    def fail(self, path: str, msg: str) -> GridError:
+        return GridError(self.source, path, msg)
+
+    def check_keys(self, table: dict[str, Any], allowed, path: str) -> None:
+        for key in table:
+            if key not in allowed:
+                where = f"{path}.{key}" if path else str(key)
+                raise self.fail(where, f"unknown key{_suggest(str(key), allowed)}; valid keys: {', '.join(allowed)}")
+
+    def table(self, value: Any, path: str, required: bool = False) -> dict[str, Any]:
+        if value is None:
+            if required:
+                raise self.fail(path, "is required (a TOML table)")
+            return {}
+        if not isinstance(value, dict):
+            raise self.fail(path, f"must be a table, got {_tname(value)}")
+        return value
+
+    def typed(self, value: Any, typ: type, path: str) -> Any:
+        if not isinstance(value, typ) or (typ is int and isinstance(value, bool)):
+            raise self.fail(path, f"must be {typ.__name__}, got {_tname(value)} {value!r}"[:300])
+        return value
+
+    def safe_name(self, value: Any, path: str) -> str:
+        if not isinstance(value, str) or not SAFE_NAME.fullmatch(value):
+            raise self.fail(path, f"{value!r} is not a safe name: use 1-64 letters, digits, '_' or '-', starting with a letter or digit"[:300])
+        return value
+
+    def value(self, value: Any, p: Param, path: str) -> Any:
+        """Check one value against a Param; ints are accepted where floats are expected."""
+        try:
+            return p.check(value)
+        except ValueError as e:
+            raise self.fail(path, str(e)) from None
+
+    def params(self, given: Any, spec: dict[str, Param], path: str) -> dict[str, Any]:
+        given = self.table(given, path)
+        self.check_keys(given, tuple(spec), path)
+        out = {}
+        for key, p in spec.items():
+            val = self.value(given.get(key, p.default), p, f"{path}.{key}")
+            if isinstance(p.default, list):
+                val = self.int_list(val, f"{path}.{key}", p.lo, p.hi)
+            out[key] = val
+        return dict(sorted(out.items()))
+
+    def named(self, given: Any, registry: dict[str, dict[str, Param]], path: str) -> Component:
+        given = self.table(given, path)
+        if "name" not in given:
+            raise self.fail(f"{path}.name", f"is required; allowed: {', '.join(registry)}")
+        name = given["name"]
+        if not isinstance(name, str) or name not in registry:
+            raise self.fail(f"{path}.name", f"{name!r} is not allowed{_suggest(str(name), registry)}; allowed: {', '.join(registry)}"[:400])
+        rest = {k: x for k, x in given.items() if k != "name"}
+        return Component(name, self.params(rest, registry[name], path))
+
+    def augment_list(self, given: Any, path: str) -> list[Component]:
+        if not isinstance(given, list):
+            raise self.fail(path, f"must be a list of augmentation names or {{name = ..., ...}} tables, got {_tname(given)}")
+        out, names = [], set()
+        for i, item in enumerate(given):
+            if isinstance(item, str):
+                item = {"name": item}
+            comp = self.named(item, catalog.AUGMENTS, f"{path}[{i}]")
+            if comp.name == "random_erasing" and comp.params["scale_min"] > comp.params["scale_max"]:
+                raise self.fail(f"{path}[{i}].scale_min", f"must be <= scale_max, got {comp.params['scale_min']} > "
+                                f"{comp.params['scale_max']}")
+            if comp.name in names:
+                raise self.fail(f"{path}[{i}]", f"{comp.name!r} is listed twice")
+            names.add(comp.name)
+            out.append(comp)
+        order = list(catalog.AUGMENTS)  # canonical order: the one they are applied in
+        return sorted(out, key=lambda c: order.index(c.name))
+
+    def int_list(self, value: Any, path: str, lo, hi) -> list[int]:
+        if not isinstance(value, list) or not all(isinstance(x, int) and not isinstance(x, bool) for x in value):
+            raise self.fail(path, f"must be a list of integers, got {value!r}"[:300])
+        for x in value:
+            if (lo is not None and x < lo) or (hi is not None and x > hi):
+                raise self.fail(path, f"{x} is out of range [{lo}, {hi}]")
+        if len(set(value)) != len(value):
+            raise self.fail(path, f"has duplicates: {value}")
+        return sorted(value)
+
+    def corruptions(self, value: Any) -> list[str]:
+        path = "[stress].corruptions"
+        if value == ["all"]:
+            return list(catalog.CORRUPTIONS)
+        if not isinstance(value, list) or not all(isinstance(x, str) for x in value):
+            raise self.fail(path, f"must be a list of corruption names, got {value!r}"[:300])
+        for x in value:
+            if x not in catalog.CORRUPTIONS:
+                raise self.fail(path, f"{x!r} is not a corruption{_suggest(x, catalog.CORRUPTIONS)}; allowed: {', '.join(catalog.CORRUPTIONS)} or [\"all\"]"[:500])
+        if len(set(value)) != len(value):
+            raise self.fail(path, f"has duplicates: {value}")
+        return [c for c in catalog.CORRUPTIONS if c in value]
+
+    def section(self, given: Any, spec: dict[str, Param], path: str) -> dict[str, Any]:
+        given = self.table(given, path)
+        self.check_keys(given, tuple(spec), path)
+        out = {}
+        for key, p in spec.items():
+            out[key] = self.value(given.get(key, p.default), p, f"{path}.{key}") if key in given else p.default
+        return out
+
+    def slurm_strings(self, slurm: dict[str, Any]) -> None:
+        for key in ("partition", "account", "qos", "constraint"):
+            val = slurm[key]
+            if val and (not SAFE_SLURM.fullmatch(val) or ".." in val):
+                raise self.fail(f"[slurm].{key}", f"{val!r} contains characters not allowed in a Slurm option (letters, digits and _ . , : | & = + * [ ] - only, no '..')"[:300])
+        setup = slurm["setup"]
+        if not isinstance(setup, list) or not all(isinstance(s, str) for s in setup):
+            raise self.fail("[slurm].setup", "must be a list of shell lines (strings)")
+        for i, line in enumerate(setup):
+            if any(c in line for c in "\n\r\x00"):
+                raise self.fail(f"[slurm].setup[{i}]", "must be one line: no newline or NUL characters")
+        extra = self.table(slurm["additional"], "[slurm].additional")
+        for key, val in extra.items():
+            if not SAFE_SLURM_KEY.fullmatch(key):
+                raise self.fail(f"[slurm].additional.{key}", "option names are lower-case letters, digits and '_'")
+            if isinstance(val, bool) or not isinstance(val, (str, int)) or (isinstance(val, str) and (not SAFE_SLURM.fullmatch(val) or ".." in val)):
+                raise self.fail(f"[slurm].additional.{key}", f"{val!r} is not a safe Slurm option value"[:300])
+
+
+# ------------------------------------------------------------------------------------------------
+# helpers
+# ------------------------------------------------------------------------------------------------
+
+
+_suggest = catalog.suggest
+_tname = catalog.type_name
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """Variant overrides: tables merge key by key, unless the override names another component
+    (then its parameters would not fit: it replaces the table)."""
+    out = dict(base)
+    for key, val in over.items():
+        old = out.get(key)
+        if isinstance(old, dict) and isinstance(val, dict) and val.get("name", old.get("name")) == old.get("name"):
+            out[key] = _merge(old, val)
+        else:
+            out[key] = val
+    return out
+
+
+def _set_path(cfg: dict[str, Any], dotted: str, value: Any) -> dict[str, Any]:
+    head, _, rest = dotted.partition(".")
+    out = dict(cfg)
+    if rest:
+        sub = out.get(head, {})
+        out[head] = _set_path(sub if isinstance(sub, dict) else {}, rest, value)
+    else:
+        out[head] = value
+    return out
+
+
+def _flatten_grid(table: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for key, val in table.items():
+        full = f"{prefix}.{key}" if prefix else key
+        if isinstance(val, dict):
+            out.update(_flatten_grid(val, full))
+        else:
+            out[full] = val
+    return out
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """'optimizer.lr=0.01' -> ('optimizer.lr', 0.01). Values are TOML literals; bare words are strings."""
+    if "=" not in text:
+        raise GridError("--set", text, "must look like key=value (e.g. epochs=2, optimizer.lr=0.01)")
+    key, _, val = text.partition("=")
+    key = key.strip()
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*", key):
+        raise GridError("--set", key, "is not a key path (letters, digits, '_' separated by '.')")
+    try:
+        parsed = tomllib.loads(f"v = {val}")["v"]
+    except tomllib.TOMLDecodeError:
+        parsed = val.strip()
+    return key, parsed
+
+
+def _apply_overrides(raw: dict[str, Any], overrides, v: _Validator) -> dict[str, Any]:
+    """--set applies to [base] unless the key starts with a section name (stress., report., ...)."""
+    for text in overrides:
+        key, value = parse_override(text)
+        head = key.split(".")[0]
+        if head in ("name",):
+            raw = _set_path(raw, key, value)
+        elif head in ("stress", "report", "slurm", "compare", "grid", "variants"):
+            raw = _set_path(raw, key, value)
+        elif head in BASE_KEYS:
+            _refuse_shadowed_override(raw, key, text)
+            raw = _set_path(raw, f"base.{key}", value)
+        else:
+            raise GridError("--set", key, f"unknown key{_suggest(head, BASE_KEYS)}; valid: name, stress.*, report.*, slurm.*, compare.*, grid.*, variants.*, or a [base] key: {', '.join(BASE_KEYS)}")
+    return raw
+
+
+def _refuse_shadowed_override(raw: dict[str, Any], key: str, text: str) -> None:
+    """A --set of a [base] key that [grid] or a variant sets too would change nothing (or only some
+    runs) without a word: say so, and name the --set that does what was meant."""
+    grid = raw.get("grid")
+    if isinstance(grid, dict):
+        for g in _flatten_grid(grid):
+            if g == key or g.startswith(key + ".") or key.startswith(g + "."):
+                raise GridError("--set", text, f"[grid].{g} sets this key for every run, so a [base] value "
+                                f"would change nothing; set the grid instead, e.g. --set grid.{g}=[...]")
+    variants = raw.get("variants")
+    if isinstance(variants, dict):
+        for name, table in variants.items():
+            node: Any = table
+            base: Any = raw.get("base")
+            for part in key.split("."):
+                if not isinstance(node, dict):
+                    break  # the variant replaces a whole value on the way: it shadows the key
+                if "name" in node and (not isinstance(base, dict) or base.get("name") != node["name"]):
+                    break  # it names another component, whose table replaces the base one
+                if part not in node:
+                    node = None
+                    break
+                node = node[part]
+                base = base.get(part) if isinstance(base, dict) else None
+            if node is not None and isinstance(table, dict):
+                raise GridError("--set", text, f"[variants.{name}] sets this key, so a [base] value would not "
+                                f"reach that variant; use --set variants.{name}.{key}=... (and the same for [base])")
+
+

@@ -1,0 +1,415 @@
+"""``python launch.py``: expand a grid, run or submit what is not finished, gather a report.
+
+Exit status: 0 when every run asked for is finished (local, debug, slurm/sbatch with --wait) or
+submitted (slurm/sbatch without --wait); 1 when some run failed (or the report is missing after
+--wait); 2 for bad input (grid errors, missing data) or when Slurm cannot be used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+from rich.console import Console
+from rich.table import Table
+
+from . import store
+from .grid import LAUNCH_FILE, Grid, GridError, load_grid
+
+CLUSTERS = ("local", "debug", "slurm", "sbatch")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="python launch.py",
+        description="Stress-test CNN classifiers: expand a grid, train every run, gather a report.")
+    ap.add_argument("--grid", help="grid file (TOML), e.g. jobs/demo.toml")
+    ap.add_argument("--cluster", choices=CLUSTERS, default="local",
+                    help="local: one process per run on this machine (default); debug: in this process; "
+                         "slurm: one job array through submitit; sbatch: the sbatch-script fallback")
+    ap.add_argument("--out", default="scratch", help="output root (default: scratch)")
+    ap.add_argument("--data-root", default=None, help="where datasets live (default: <out>/data)")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a [base] value (epochs=2, optimizer.lr=0.01) or a section value "
+                         "(stress.severities=[1], report.confidence_threshold=0.8); repeatable")
+    ap.add_argument("--dry-run", action="store_true",
+                    help="print the expanded runs (and, for slurm/sbatch, what would be submitted) and exit; "
+                         "writes and submits nothing")
+    ap.add_argument("--wait", action="store_true",
+                    help="slurm/sbatch: wait for every task and the gather job, then print each run's outcome")
+    ap.add_argument("--max-parallel", type=int, default=None,
+                    help="local: runs at once (default: one per visible GPU, 1 on CPU; never more than the "
+                         "visible GPUs, one GPU each; CUDA_VISIBLE_DEVICES='' trains on CPU); "
+                         "slurm/sbatch: array tasks at once (default: [slurm].array_parallelism)")
+    ap.add_argument("--rerun-failed", action="store_true",
+                    help="run or submit only runs that failed, are broken or never started "
+                         "(never ones that are queued, running or partly trained)")
+    ap.add_argument("--gather", action="store_true", help="only (re)build the report from finished runs")
+    ap.add_argument("--no-gather", action="store_true", help="do not build the report after local runs")
+    ap.add_argument("--status", action="store_true",
+                    help="show every run's state (done, running, pending, failed, broken, partial, missing) and exit")
+    ap.add_argument("--download", choices=("cifar10", "cifar100"),
+                    help="fetch a dataset with torchvision's downloader into --data-root and exit")
+    return ap
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    console = Console(highlight=False)
+    err = Console(stderr=True, highlight=False, soft_wrap=True)
+    out_root = Path(args.out)
+    data_root = Path(args.data_root) if args.data_root else out_root / "data"
+
+    if args.download:
+        from . import data
+
+        try:
+            path = data.download(args.download, data_root)
+        except Exception as e:  # noqa: BLE001 - network errors, disk errors: say what happened
+            err.print(f"[red]error:[/red] downloading {args.download} into {data_root} failed: {e}")
+            return 2
+        console.print(f"{args.download} is in {path}")
+        return 0
+    if not args.grid:
+        err.print("[red]error:[/red] --grid is required (e.g. --grid jobs/demo.toml); see --help")
+        return 2
+    if args.max_parallel is not None and args.max_parallel < 1:
+        err.print("[red]error:[/red] --max-parallel must be at least 1")
+        return 2
+    try:
+        grid = load_grid(args.grid, overrides=args.overrides, out_root=out_root, data_root=data_root)
+    except GridError as e:
+        err.print(f"error: {e}", markup=False)
+        return 2
+    sweep_dir = out_root / grid.name
+    slurm_like = args.cluster in ("slurm", "sbatch")
+    if slurm_like:
+        from . import cluster
+
+        try:  # [slurm].additional names that cnnstress sets itself: refused before anything happens
+            cluster.submitit_parameters(grid.slurm, grid.name)
+        except ValueError as e:
+            err.print(f"error: {grid.source}: {e}", markup=False)
+            return 2
+
+    if args.dry_run:
+        print_runs(grid, sweep_dir, console)
+        if slurm_like:
+            _print_plan(args, grid, sweep_dir, out_root, data_root, console)
+        return 0
+    if args.status:
+        print_status(grid, sweep_dir, console)
+        return 0
+    if args.gather:
+        return _gather(grid, sweep_dir, console)
+    if slurm_like:
+        return _launch_slurm(args, grid, sweep_dir, out_root, data_root, console, err)
+
+    write_sweep_files(grid, sweep_dir, Path(args.grid))
+    todo, skipped, busy = _select(grid, sweep_dir, args.rerun_failed, ask_slurm=False)
+    console.print(f"sweep [bold]{grid.name}[/bold]: {len(grid.runs)} runs, {skipped} already finished, "
+                  f"{len(todo)} to run ({args.cluster}); output in {sweep_dir}")
+    for st in busy:
+        console.print(f"  not started: {st.run_id} is {st.status} ({st.detail})", markup=False)
+    from . import cluster
+
+    if args.cluster == "debug":
+        outcomes = cluster.run_debug(todo, console)
+    else:
+        outcomes = cluster.run_local(todo, sweep_dir, console, args.max_parallel)
+    failed = [o for o in outcomes if o.status not in ("done", "skipped")]
+    for o in failed:
+        err.print(f"run {o.run_id}: {o.status}: {o.detail}", markup=False)
+    rc = 0 if not failed else 1
+    if not args.no_gather:
+        rc = max(rc, _gather(grid, sweep_dir, console))
+    return rc
+
+
+# ------------------------------------------------------------------------------------------------
+# which runs to start
+# ------------------------------------------------------------------------------------------------
+
+RERUN_STATUSES = ("failed", "broken", "missing")
+
+
+def _select(grid: Grid, sweep_dir: Path, rerun_failed: bool, ask_slurm: bool):
+    """(runs to start, number finished, statuses of runs someone is already working on).
+    Runs with a queued or running job, or a live claim, are never started twice. With
+    rerun_failed only failed, broken and missing runs are started (partial ones are not)."""
+    from . import cluster
+
+    statuses, _ = cluster.run_statuses(grid.runs, sweep_dir, ask_slurm=ask_slurm, verify_hash=True)
+    by_id = {r.run_id: r for r in grid.runs}
+    done = sum(st.status == "done" for st in statuses)
+    busy = [st for st in statuses if st.status in ("running", "pending")]
+    wanted = RERUN_STATUSES if rerun_failed else ("failed", "broken", "missing", "partial")
+    todo = [by_id[st.run_id] for st in statuses if st.status in wanted]
+    return todo, done, busy
+
+
+# ------------------------------------------------------------------------------------------------
+# Slurm
+# ------------------------------------------------------------------------------------------------
+
+
+def _gather_args(grid_copy: Path, out_root: Path, data_root: Path, overrides: Sequence[str]) -> list[str]:
+    from . import cluster
+
+    return cluster.gather_arguments(grid_copy, Path(os.path.abspath(out_root)), Path(os.path.abspath(data_root)),
+                                    overrides)
+
+
+def _launch_slurm(args: argparse.Namespace, grid: Grid, sweep_dir: Path, out_root: Path, data_root: Path,
+                  console: Console, err: Console) -> int:
+    """--cluster slurm|sbatch: submit every unfinished run that no job is working on, then the
+    gather job; return at once (or, with --wait, when every job has ended)."""
+    from . import cluster
+
+    try:
+        cluster.check_controller()
+    except cluster.SlurmError as e:
+        err.print(f"error: {e}", markup=False)
+        return 2
+    write_sweep_files(grid, sweep_dir, Path(args.grid))
+    todo, done, busy = _select(grid, sweep_dir, args.rerun_failed, ask_slurm=True)
+    console.print(f"sweep [bold]{grid.name}[/bold]: {len(grid.runs)} runs, {done} already finished, "
+                  f"{len(busy)} queued or running, {len(todo)} to submit ({args.cluster}); output in {sweep_dir}")
+    for st in busy:
+        console.print(f"  not resubmitted: {st.run_id} is {st.status} ({st.detail})", markup=False)
+    if not todo:
+        console.print("nothing to submit" + ("; see --status" if busy else ""))
+        return 0
+    gather_args = _gather_args(sweep_dir / "grid.toml", out_root, data_root, args.overrides)
+    t_submit = time.time()
+    try:
+        if args.cluster == "slurm":
+            launch = cluster.submit_slurm(todo, grid.slurm, grid.name, sweep_dir, gather_args, console,
+                                          args.max_parallel)
+        else:
+            launch = cluster.submit_sbatch(todo, grid.slurm, grid.name, sweep_dir, gather_args, args.max_parallel)
+    except cluster.SlurmError as e:
+        err.print(f"error: {e}", markup=False)
+        return 2
+    _print_launch(launch, todo, sweep_dir, time.time() - t_submit, console)
+    if not args.wait:
+        same = "".join(f" --set {_q(o)}" for o in args.overrides) + (f" --out {_q(args.out)}" if args.out != "scratch" else "")
+        console.print(f"follow with: python launch.py --grid {_q(args.grid)}{same} --status", markup=False)
+        return 0
+    try:
+        cluster.wait_for_launch(launch, todo, sweep_dir, console)
+    except KeyboardInterrupt:
+        console.print("stopped waiting; the jobs go on (see --status)")
+        return 130
+    except cluster.SlurmError as e:
+        err.print(f"error: {e}", markup=False)
+        return 1
+    rc = print_status(grid, sweep_dir, console, verify_hash=True)
+    report = sweep_dir / "report" / "index.html"
+    if report.exists() and report.stat().st_mtime >= t_submit:
+        console.print(f"report: {report}", markup=False)
+    else:
+        console.print(f"[red]no new report[/red]: the gather job {launch.gather} did not write {report}; "
+                      f"see {launch.gather_log()}", markup=True)
+        rc = 1
+    return rc
+
+
+def _q(text: str) -> str:
+    import shlex
+
+    return shlex.quote(str(text))
+
+
+def _print_launch(launch, todo: Sequence, sweep_dir: Path, seconds: float, console: Console) -> None:
+    arrays = ", ".join(launch.arrays)
+    console.print(f"submitted {len(todo)} runs as job array {arrays} and gather job {launch.gather} "
+                  f"(--dependency=afterany:{':'.join(launch.arrays)}) in {seconds:.1f}s", markup=False)
+    first = launch.runs[todo[0].run_id]
+    console.print(f"task logs: {launch.log_for(first)} (one per task; <array>_<task>)", markup=False)
+    console.print(f"run logs: {sweep_dir / 'runs' / '<run_id>' / 'log.txt'}; gather log: {launch.gather_log()}",
+                  markup=False)
+    console.print(f"jobs recorded in {sweep_dir / 'launches.jsonl'}", markup=False)
+
+
+def _print_plan(args: argparse.Namespace, grid: Grid, sweep_dir: Path, out_root: Path, data_root: Path,
+                console: Console) -> None:
+    """--dry-run for slurm/sbatch: what would be submitted, from the files alone (no squeue)."""
+    from . import cluster
+
+    statuses, _ = cluster.run_statuses(grid.runs, sweep_dir, ask_slurm=False) if sweep_dir.exists() else (
+        [cluster.RunStatus(r.run_id, "missing") for r in grid.runs], [])
+    wanted = RERUN_STATUSES if args.rerun_failed else ("failed", "broken", "missing", "partial")
+    ids = {st.run_id for st in statuses if st.status in wanted}
+    todo = [r for r in grid.runs if r.run_id in ids]
+    if not todo:
+        console.print("nothing would be submitted")
+        return
+    limit = cluster.max_array_size()
+    gather_args = _gather_args(sweep_dir / "grid.toml", out_root, data_root, args.overrides)
+    if args.cluster == "sbatch":
+        arrays, gather = cluster.sbatch_plan(todo, grid.slurm, grid.name, sweep_dir, sys.executable, gather_args,
+                                             limit, args.max_parallel)
+        console.print(f"would submit {len(todo)} runs as {len(arrays)} array(s) (MaxArraySize {limit}), then the "
+                      "gather job:", markup=False)
+        for argv, _, _ in arrays:
+            console.print(cluster.shell_join(argv), markup=False, highlight=False, soft_wrap=True)
+        console.print(cluster.shell_join(gather), markup=False, highlight=False, soft_wrap=True)
+        return
+    params = cluster.submitit_parameters(grid.slurm, grid.name, args.max_parallel)
+    chunks = cluster.chunk_items(len(todo), limit)
+    folder = sweep_dir / "submitit" / "slurm-<timestamp>-<pid>"
+    console.print(f"would submit {len(todo)} runs as {len(chunks)} submitit job array(s) (MaxArraySize {limit}), "
+                  f"then one gather job; the first array's sbatch script:", markup=False)
+    text = cluster.submitit_script_text(folder, params, int(grid.slurm["max_num_timeout"]),
+                                        len(chunks[0]) if len(chunks[0]) > 1 else None)
+    console.print(text, markup=False, highlight=False, soft_wrap=True)
+
+
+# ------------------------------------------------------------------------------------------------
+# --status
+# ------------------------------------------------------------------------------------------------
+
+STATUS_COLOURS = {"done": "green", "running": "cyan", "pending": "blue", "failed": "red", "broken": "red",
+                  "partial": "yellow", "missing": "white"}
+
+
+def print_status(grid: Grid, sweep_dir: Path, console: Console, verify_hash: bool = True) -> int:
+    # verify_hash: a results.h5 that no longer matches its DONE.json must show as broken; hashing
+    # costs about a second per GB of results, far less than training them.
+    """Every run's state from its files and (for Slurm launches) squeue/sacct, as a table.
+    Returns 0 when every run is done, else 1."""
+    from . import cluster
+
+    statuses, notes = cluster.run_statuses(grid.runs, sweep_dir, ask_slurm=True, verify_hash=verify_hash)
+    by_id = {r.run_id: r for r in grid.runs}
+    table = Table(title=f"status of {grid.name} ({sweep_dir})", title_justify="left")
+    table.add_column("run_id", no_wrap=True, min_width=max(len(r.run_id) for r in grid.runs))
+    for col in ("variant", "seed", *[k for k in grid.grid_keys if k != "seed"], "state", "epoch", "job", "detail"):
+        table.add_column(col, overflow="fold")
+    counts: dict[str, int] = {}
+    for st in statuses:
+        r = by_id[st.run_id]
+        counts[st.status] = counts.get(st.status, 0) + 1
+        colour = STATUS_COLOURS.get(st.status, "white")
+        restarts = (st.summary or {}).get("restarts")
+        detail = "; ".join(x for x in (st.detail, f"restarts: {restarts}" if restarts else "") if x)
+        short = detail if len(detail) <= 60 or st.status not in ("failed", "broken") else detail[:57] + "..."
+        table.add_row(st.run_id, r.variant, str(r.seed), *[str(r.grid_values[k]) for k in grid.grid_keys if k != "seed"],
+                      f"[{colour}]{st.status}[/{colour}]", f"{st.epoch}/{st.epochs}", st.job_id or "-",
+                      _escape(short))
+    console.print(table)
+    console.print("  ".join(f"{k}: {counts[k]}" for k in cluster.RUN_STATUSES if k in counts))
+    for st in statuses:  # whole reasons, unfolded, where a table cell would cut them
+        if st.status in ("failed", "broken"):
+            console.print(f"{st.status} {st.run_id}: {st.detail}", markup=False, soft_wrap=True)
+    for note in notes:
+        console.print(f"note: {note}", markup=False)
+    return 0 if counts.get("done", 0) == len(grid.runs) else 1
+
+
+def _escape(text: str) -> str:
+    from rich.markup import escape
+
+    return escape(text)
+
+
+def _gather(grid: Grid, sweep_dir: Path, console: Console) -> int:
+    try:
+        from . import gather
+    except ImportError:
+        console.print("(the gather report is not available in this version)")
+        return 0
+    index = gather.gather(sweep_dir, grid=grid, console=console)
+    console.print(f"report: {index}")
+    return 0
+
+
+def write_sweep_files(grid: Grid, sweep_dir: Path, grid_path: Path) -> None:
+    """grid.toml (as launched) and manifest.jsonl (one resolved RunSpec per line, for people and
+    tools; the sbatch fallback reads its own per-launch copy, since this one follows the grid).
+    Rewritten only when their content changes, so relaunching a finished grid touches no file."""
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    (sweep_dir / "runs").mkdir(exist_ok=True)
+    store.atomic_write_bytes(sweep_dir / "grid.toml", grid_path.read_bytes(), if_changed=True)
+    store.atomic_write_json(sweep_dir / LAUNCH_FILE, {"overrides": grid.overrides,
+                                                      "data_root": grid.runs[0].paths.data_root}, if_changed=True)
+    manifest = "".join(r.to_json() + "\n" for r in grid.runs).encode()
+    store.atomic_write_bytes(sweep_dir / "manifest.jsonl", manifest, if_changed=True)
+
+
+TABLE_ROWS = 200  # above this a rich table (about 10 ms a row) is replaced by groups + plain lines
+
+
+def print_runs(grid: Grid, sweep_dir: Path, console: Console, title: str | None = None) -> None:
+    """The expanded runs with their state on disk: a table for small grids; for big ones a table
+    with one row per (variant, non-seed grid values) group, then one plain line per run."""
+    states = _states(grid, sweep_dir)
+    if len(grid.runs) <= TABLE_ROWS:
+        _print_table(grid, states, console, title)
+    else:
+        _print_groups(grid, states, console, title)
+    counts: dict[str, int] = {}
+    for status in states:
+        counts[status] = counts.get(status, 0) + 1
+    console.print("  ".join(f"{k}: {v}" for k, v in sorted(counts.items())))
+
+
+def _states(grid: Grid, sweep_dir: Path) -> list[str]:
+    if not sweep_dir.exists():
+        return ["missing"] * len(grid.runs)
+    return [store.run_state(sweep_dir / "runs" / r.run_id, verify_hash=False).status for r in grid.runs]
+
+
+def _describe(r, grid: Grid) -> tuple[str, ...]:
+    opt = r.train.optimizer
+    return (f"{r.model.name} {_fmt_params(r.model.params)}".strip(), str(r.train.epochs),
+            ",".join(a.name for a in r.train.augment) or "-", f"{opt.name} lr={opt.params['lr']:g}")
+
+
+def _print_table(grid: Grid, states: list[str], console: Console, title: str | None) -> None:
+    keys = [k for k in grid.grid_keys if k != "seed"]
+    table = Table(title=title or f"{grid.name}: {len(grid.runs)} runs", title_justify="left")
+    table.add_column("run_id", no_wrap=True, min_width=max(len(r.run_id) for r in grid.runs))
+    for col in ("variant", "seed", *keys, "model", "epochs", "augment", "optimizer", "state"):
+        table.add_column(col, overflow="fold")
+    for r, status in zip(grid.runs, states):
+        table.add_row(r.run_id, r.variant + (" (baseline)" if r.variant == grid.baseline else ""), str(r.seed),
+                      *[str(r.grid_values[k]) for k in keys], *_describe(r, grid), status)
+    console.print(table)
+
+
+def _print_groups(grid: Grid, states: list[str], console: Console, title: str | None) -> None:
+    keys = [k for k in grid.grid_keys if k != "seed"]
+    groups: dict[tuple, list[int]] = {}
+    for i, r in enumerate(grid.runs):
+        groups.setdefault((r.variant, *[str(r.grid_values[k]) for k in keys]), []).append(i)
+    table = Table(title=title or f"{grid.name}: {len(grid.runs)} runs in {len(groups)} groups", title_justify="left")
+    for col in ("variant", *keys, "runs", "seeds", "model", "epochs", "augment", "optimizer", "states"):
+        table.add_column(col, overflow="fold")
+    for key, idx in groups.items():
+        first = grid.runs[idx[0]]
+        seeds = sorted(grid.runs[i].seed for i in idx)
+        st: dict[str, int] = {}
+        for i in idx:
+            st[states[i]] = st.get(states[i], 0) + 1
+        table.add_row(key[0] + (" (baseline)" if key[0] == grid.baseline else ""), *key[1:], str(len(idx)),
+                      f"{seeds[0]}..{seeds[-1]}" if len(seeds) > 1 else str(seeds[0]), *_describe(first, grid),
+                      " ".join(f"{k} {v}" for k, v in sorted(st.items())))
+    console.print(table)
+    # every run, as plain text: rich's layout costs ~10 ms a row, a plain line nothing
+    width = max(len(r.run_id) for r in grid.runs)
+    lines = [f"{r.run_id:<{width}}  {r.variant}  seed {r.seed}  {s}\n" for r, s in zip(grid.runs, states)]
+    console.file.write("".join(lines))
+
+
+def _fmt_params(params: dict) -> str:
+    return " ".join(f"{k}={v}" for k, v in params.items())
+
+
+if __name__ == "__main__":  # ``python -m cnnstress.launcher``: what slurm/gather.sbatch runs
+    sys.exit(main())

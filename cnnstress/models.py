@@ -1,0 +1,378 @@
+"""Model registry: the CNNs a grid file can name, built for 32x32 RGB input.
+
+Every model built here has the same small interface, which the engine and Grad-CAM rely on:
+
+* ``model.embed(x) -> (B, D)``: penultimate activations (after global average pooling, before the
+  classifier);
+* ``model.head``: the final ``nn.Linear`` (``D -> num_classes``);
+* ``model(x) == model.head(model.embed(x))``.
+
+Names and option defaults come from :data:`cnnstress.catalog.MODELS`.
+
+Initialisation is reproducible and independent of the architecture's construction order:
+``build_model`` draws one 63-bit seed from the global torch RNG, constructs the modules inside
+``torch.random.fork_rng`` (so construction-time draws do not leak into the global RNG state), then
+initialises the weights from a private generator seeded with that draw. Consequences:
+
+* ``torch.manual_seed(s); build_model(...)`` always gives the same weights;
+* ``build_model`` consumes exactly one draw from the global RNG whatever the model;
+* ``flexible_cnn`` with ``residual=True`` and ``residual=False`` get *identical* initial values for
+  every parameter they share, because the projection-shortcut convs are initialised last.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+import torchvision
+from torch import Tensor, nn
+
+from cnnstress import catalog
+
+MODELS: tuple[str, ...] = tuple(catalog.MODELS)
+
+#: Side of the square input images the models (and the Grad-CAM layer probe) are built for.
+INPUT_SIZE = 32
+
+
+# --------------------------------------------------------------------------------------------------
+# options
+# --------------------------------------------------------------------------------------------------
+
+
+def resolve_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
+    """Return ``options`` checked against the catalogue and completed with its defaults.
+
+    Raises ValueError naming an unknown model or option (listing the valid ones) or a bad value.
+    """
+    if name not in catalog.MODELS:
+        raise ValueError(f"unknown model {name!r}; valid models: {', '.join(MODELS)}")
+    spec = catalog.MODELS[name]
+    unknown = sorted(set(options) - set(spec))
+    if unknown:
+        valid = ", ".join(f"{k} ({p.describe()}, default {p.default!r})" for k, p in spec.items())
+        raise ValueError(
+            f"unknown option(s) {', '.join(map(repr, unknown))} for model {name!r}; "
+            f"valid options: {valid or 'none'}"
+        )
+    resolved = {key: param.default for key, param in spec.items()}
+    for key, value in options.items():
+        resolved[key] = spec[key].check(value, f"model {name!r} option {key!r}")
+    return resolved
+
+
+# --------------------------------------------------------------------------------------------------
+# building blocks
+# --------------------------------------------------------------------------------------------------
+
+
+def _conv3x3(c_in: int, c_out: int, stride: int = 1) -> nn.Conv2d:
+    # no bias: every conv here is followed by BatchNorm, whose shift makes a bias redundant
+    return nn.Conv2d(c_in, c_out, kernel_size=3, stride=stride, padding=1, bias=False)
+
+
+class _EmbedHeadMixin:
+    """``forward = head(embed(x))`` for models that define ``embed`` and ``head``."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.embed(x))  # type: ignore[attr-defined]
+
+
+class SimpleCNN(_EmbedHeadMixin, nn.Module):
+    """Three conv blocks (conv-bn-relu-conv-bn-relu); block1 and block2 end in a 2x2 max-pool.
+
+    Channels ``width, 2*width, 4*width``; block3 does not pool, so for 32x32 input its output is
+    8x8. Then global average pooling and ``head = Linear(4*width, num_classes)``.
+    """
+
+    def __init__(self, num_classes: int, width: int = 32) -> None:
+        super().__init__()
+        self.block1 = self._block(3, width, pool=True)
+        self.block2 = self._block(width, 2 * width, pool=True)
+        self.block3 = self._block(2 * width, 4 * width, pool=False)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.head = nn.Linear(4 * width, num_classes)
+
+    @staticmethod
+    def _block(c_in: int, c_out: int, *, pool: bool) -> nn.Sequential:
+        layers: list[nn.Module] = [
+            _conv3x3(c_in, c_out),
+            nn.BatchNorm2d(c_out),
+            nn.ReLU(inplace=True),
+            _conv3x3(c_out, c_out),
+            nn.BatchNorm2d(c_out),
+            nn.ReLU(inplace=True),
+        ]
+        if pool:
+            layers.append(nn.MaxPool2d(2))
+        return nn.Sequential(*layers)
+
+    def embed(self, x: Tensor) -> Tensor:
+        """Penultimate activations ``(B, 4*width)``."""
+        x = self.block3(self.block2(self.block1(x)))
+        return torch.flatten(self.pool(x), 1)
+
+
+class BasicBlock(nn.Module):
+    """conv3x3-bn-relu-conv3x3-bn, then (+ skip when residual), then relu.
+
+    With ``residual=True`` the skip is the identity, or ``shortcut`` = 1x1 conv (stride, no bias) +
+    BatchNorm when the shape changes. With ``residual=False`` there is no skip and no ``shortcut``
+    module; all other parameters are the same.
+    """
+
+    def __init__(self, c_in: int, c_out: int, stride: int, residual: bool) -> None:
+        super().__init__()
+        self.residual = residual
+        self.conv1 = _conv3x3(c_in, c_out, stride)
+        self.bn1 = nn.BatchNorm2d(c_out)
+        self.conv2 = _conv3x3(c_out, c_out)
+        self.bn2 = nn.BatchNorm2d(c_out)
+        self.relu = nn.ReLU(inplace=True)
+        self.shortcut: nn.Module | None = None
+        if residual and (stride != 1 or c_in != c_out):
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(c_in, c_out, kernel_size=1, stride=stride, bias=False), nn.BatchNorm2d(c_out)
+            )
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        if self.residual:
+            out = out + (x if self.shortcut is None else self.shortcut(x))
+        return self.relu(out)
+
+
+class FlexibleCNN(_EmbedHeadMixin, nn.Module):
+    """Stem conv-bn-relu, then ``stage1..stage3`` of ``depth`` BasicBlocks each.
+
+    Channels ``width, 2*width, 4*width``; the first block of stage2 and of stage3 has stride 2, so for
+    32x32 input stage3 is 8x8. Global average pooling and ``head = Linear(4*width, num_classes)``.
+
+    ``residual=True`` vs ``residual=False``: the only parameters that differ are the projection
+    shortcuts ``stage2.0.shortcut.{0.weight,1.weight,1.bias}`` and
+    ``stage3.0.shortcut.{0.weight,1.weight,1.bias}`` (plus the BatchNorm buffers
+    ``...shortcut.1.{running_mean,running_var,num_batches_tracked}``), present only with
+    ``residual=True``. stage1's blocks and every non-first block keep their shape, so their skips are
+    identities without parameters.
+    """
+
+    def __init__(self, num_classes: int, width: int = 32, depth: int = 2, residual: bool = True) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(_conv3x3(3, width), nn.BatchNorm2d(width), nn.ReLU(inplace=True))
+        self.stage1 = self._stage(width, width, depth, 1, residual)
+        self.stage2 = self._stage(width, 2 * width, depth, 2, residual)
+        self.stage3 = self._stage(2 * width, 4 * width, depth, 2, residual)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.head = nn.Linear(4 * width, num_classes)
+
+    @staticmethod
+    def _stage(c_in: int, c_out: int, depth: int, stride: int, residual: bool) -> nn.Sequential:
+        blocks = [BasicBlock(c_in, c_out, stride, residual)]
+        blocks += [BasicBlock(c_out, c_out, 1, residual) for _ in range(depth - 1)]
+        return nn.Sequential(*blocks)
+
+    def embed(self, x: Tensor) -> Tensor:
+        """Penultimate activations ``(B, 4*width)``."""
+        x = self.stage3(self.stage2(self.stage1(self.stem(x))))
+        return torch.flatten(self.pool(x), 1)
+
+
+class CifarResNet18(torchvision.models.ResNet):
+    """torchvision's ResNet-18 with the CIFAR stem: 3x3 stride-1 ``conv1`` (no bias), no max-pool.
+
+    Module paths are torchvision's (``conv1``, ``bn1``, ``layer1..layer4``, ``avgpool``, ``fc``);
+    ``maxpool`` is ``nn.Identity``. For 32x32 input layer3 is 8x8 and layer4 4x4. ``head`` is ``fc``.
+    """
+
+    def __init__(self, num_classes: int) -> None:
+        # the same constructor call as torchvision.models.resnet18(num_classes=num_classes)
+        super().__init__(torchvision.models.resnet.BasicBlock, [2, 2, 2, 2], num_classes=num_classes)
+        self.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
+        self.maxpool = nn.Identity()
+
+    @property
+    def head(self) -> nn.Linear:
+        """The classifier (torchvision's ``fc``); a property so ``state_dict`` keys stay torchvision's."""
+        return self.fc
+
+    def embed(self, x: Tensor) -> Tensor:
+        """Penultimate activations ``(B, 512)``: everything up to the flatten after ``avgpool``."""
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return torch.flatten(self.avgpool(x), 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc(self.embed(x))
+
+
+# --------------------------------------------------------------------------------------------------
+# initialisation
+# --------------------------------------------------------------------------------------------------
+
+
+def _init_module(module: nn.Module, generator: torch.Generator) -> None:
+    """Kaiming-normal (fan_out, relu) convs, BatchNorm weight 1 / bias 0, PyTorch-default Linear.
+
+    This is torchvision's ResNet scheme; Linear gets PyTorch's default (kaiming-uniform a=sqrt(5),
+    bias uniform +-1/sqrt(fan_in)) redrawn from ``generator``.
+    """
+    if isinstance(module, nn.Conv2d):
+        nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu", generator=generator)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, (nn.BatchNorm2d, nn.GroupNorm)):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.Linear):
+        nn.init.kaiming_uniform_(module.weight, a=math.sqrt(5), generator=generator)
+        if module.bias is not None:
+            bound = 1.0 / math.sqrt(module.in_features)
+            nn.init.uniform_(module.bias, -bound, bound, generator=generator)
+
+
+def _init_order(model: nn.Module) -> Iterator[nn.Module]:
+    """Modules in definition order, except shortcut projections, which come last.
+
+    Initialising the shortcuts last makes every shared parameter of a residual and a plain
+    ``flexible_cnn`` get the same values from the same seed.
+    """
+    shortcut_ids = {
+        id(m) for name, sub in model.named_modules() if name.endswith("shortcut") for m in sub.modules()
+    }
+    main = [m for m in model.modules() if id(m) not in shortcut_ids]
+    late = [m for m in model.modules() if id(m) in shortcut_ids]
+    yield from main
+    yield from late
+
+
+@torch.no_grad()
+def init_weights(model: nn.Module, generator: torch.Generator) -> None:
+    """Apply :func:`_init_module` to every module of ``model`` (shortcut projections last)."""
+    for module in _init_order(model):
+        _init_module(module, generator)
+
+
+# --------------------------------------------------------------------------------------------------
+# registry
+# --------------------------------------------------------------------------------------------------
+
+
+def _build_simple_cnn(num_classes: int, width: int) -> tuple[nn.Module, bool]:
+    return SimpleCNN(num_classes, width=width), True
+
+
+def _build_flexible_cnn(num_classes: int, width: int, depth: int, residual: bool) -> tuple[nn.Module, bool]:
+    return FlexibleCNN(num_classes, width=width, depth=depth, residual=residual), True
+
+
+def _build_resnet18(num_classes: int, init: str) -> tuple[nn.Module, bool]:
+    # "torchvision": keep the construction-time init (torchvision's kaiming scheme for its own convs,
+    # PyTorch's default for the replaced conv1 and fc). "kaiming": redraw everything with
+    # _init_module, so conv1 gets kaiming_normal_(fan_out, relu) like the other convs.
+    return CifarResNet18(num_classes), init == "kaiming"
+
+
+# name -> builder(num_classes, **resolved options) -> (module, whether to apply init_weights)
+_BUILDERS: dict[str, Callable[..., tuple[nn.Module, bool]]] = {
+    "simple_cnn": _build_simple_cnn,
+    "flexible_cnn": _build_flexible_cnn,
+    "resnet18": _build_resnet18,
+}
+assert tuple(_BUILDERS) == MODELS, "models.py registry and catalog.MODELS must name the same models"
+
+
+def build_model(name: str, num_classes: int, **options: Any) -> nn.Module:
+    """Build model ``name`` for ``num_classes`` classes; missing options take catalogue defaults.
+
+    Deterministic given ``torch.manual_seed``; consumes exactly one draw from the global CPU RNG.
+    Raises ValueError for an unknown model or option (listing the valid ones) or a bad value.
+    """
+    resolved = resolve_options(name, options)
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+        raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+    seed = int(torch.randint(0, 2**62, (1,)).item())
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)  # construction-time init (kept for resnet18 init="torchvision")
+        model, reinit = _BUILDERS[name](num_classes, **resolved)
+    if reinit:
+        init_weights(model, torch.Generator().manual_seed(seed))
+    return model
+
+
+# --------------------------------------------------------------------------------------------------
+# Grad-CAM layers
+# --------------------------------------------------------------------------------------------------
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    # torch.compile wraps the model; its module paths live on the original
+    return getattr(model, "_orig_mod", model)
+
+
+def _shallow_modules(model: nn.Module, max_depth: int = 2) -> list[tuple[str, nn.Module]]:
+    """``(path, module)`` for modules at depth 1..max_depth, in definition order."""
+    return [
+        (path, module)
+        for path, module in model.named_modules()
+        if path and path.count(".") < max_depth and not isinstance(module, nn.Identity)
+    ]
+
+
+@torch.no_grad()
+def gradcam_layers(model: nn.Module) -> list[str]:
+    """Module paths (top- and second-level) whose output is a spatial 4-D feature map.
+
+    Found by one probe forward pass in eval mode on a zero ``(1, 3, 32, 32)`` input (training flags
+    restored afterwards). Excluded: outputs that are not 4-D, 1x1 outputs (global pooling), modules
+    called more than once per forward (their activation would be ambiguous), and ``nn.Identity``.
+    """
+    model = _unwrap(model)
+    candidates = _shallow_modules(model)
+    outputs: dict[str, list[tuple[int, ...] | None]] = {path: [] for path, _ in candidates}
+
+    def make_hook(path: str) -> Callable[..., None]:
+        def hook(_module: nn.Module, _inputs: Any, output: Any) -> None:
+            outputs[path].append(tuple(output.shape) if isinstance(output, Tensor) else None)
+
+        return hook
+
+    handles = [module.register_forward_hook(make_hook(path)) for path, module in candidates]
+    flags = [(m, m.training) for m in model.modules()]
+    param = next(model.parameters(), None)
+    device = param.device if param is not None else torch.device("cpu")
+    dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
+    try:
+        model.eval()
+        model(torch.zeros(1, 3, INPUT_SIZE, INPUT_SIZE, device=device, dtype=dtype))
+    finally:
+        for handle in handles:
+            handle.remove()
+        for module, flag in flags:
+            module.training = flag
+    valid = []
+    for path, _ in candidates:
+        shapes = outputs[path]
+        if len(shapes) == 1 and shapes[0] is not None and len(shapes[0]) == 4:
+            if shapes[0][2] * shapes[0][3] > 1:
+                valid.append(path)
+    return valid
+
+
+def resolve_layer(model: nn.Module, path: str) -> nn.Module:
+    """The submodule at ``path`` (e.g. ``"layer3"``, ``"block3"``, ``"stage2.0"``) for Grad-CAM.
+
+    Raises ValueError naming ``path`` and listing the valid paths (:func:`gradcam_layers`).
+    """
+    valid = gradcam_layers(model)
+    if path not in valid:
+        top = [p for p in valid if "." not in p]
+        nested = [p for p in valid if "." in p]
+        raise ValueError(
+            f"unknown Grad-CAM layer {path!r} for {type(_unwrap(model)).__name__}; valid layers "
+            f"(modules with a spatial 4-D output): {', '.join(top)}; nested: {', '.join(nested)}"
+        )
+    return _unwrap(model).get_submodule(path)

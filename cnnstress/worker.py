@@ -1,0 +1,448 @@
+"""Train one RunSpec from scratch (or resume it), predict, and publish results.h5 + DONE.json.
+
+Usable as a callable (``run(spec)``, what cluster.py submits) and as a command:
+``python -m cnnstress.worker --spec spec.json`` or ``--manifest manifest.jsonl --index N``
+(the sbatch fallback; N defaults to $SLURM_ARRAY_TASK_ID).
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import io
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+import time
+import traceback
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+
+from . import data, store
+from .augment import BatchAugment
+from .config import RunSpec
+from .corrupt import corrupt, corrupt_seed
+from .engine import (DeviceData, Precision, build_optimizer, build_scheduler, deletion_insertion, evaluate,
+                     gradcam, predict, restore_rng_state, rng_state, select_device, set_determinism,
+                     train_one_epoch, train_steps)
+from .models import build_model, resolve_layer
+
+HISTORY_KEYS = ("epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "epoch_seconds")
+CHECKPOINT_KEYS = {"format", "spec_hash", "epoch", "model", "optimizer", "scheduler", "scaler", "rng", "history"}
+CHECKPOINT_FORMAT = 1
+# Corruptions are generated per fixed-size batch so the corrupted test set is the same for every
+# run of a sweep, whatever its eval_batch_size.
+STRESS_BATCH = 500
+FAITHFULNESS_STEPS = 16
+
+
+class RunBusy(RuntimeError):
+    """Another live process holds this run's claim."""
+
+
+def run_dir_for(spec: RunSpec) -> Path:
+    root = Path(spec.paths.out_root).resolve()
+    path = (root / spec.sweep / "runs" / spec.run_id).resolve()
+    if root not in path.parents:  # sweep and run ids are validated; this is the last line of defence
+        raise ValueError(f"run folder {path} escapes the output root {root}")
+    return path
+
+
+# ------------------------------------------------------------------------------------------------
+# claim: one process per run
+# ------------------------------------------------------------------------------------------------
+
+
+@contextmanager
+def claim(run_dir: Path) -> Iterator[None]:
+    """Exclusive claim on a run. An flock dies with its process, so a claim left by a killed worker
+    is recovered without any staleness guess. (flock over NFS depends on the mount; Lustre and
+    GPFS honour it with the default 'flock' mount option.)"""
+    path = run_dir / "claim.lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 4096, 0).decode(errors="replace").strip() or "unknown process"
+            raise RunBusy(f"run {run_dir.name} is being trained by {holder}") from None
+        info = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%dT%H:%M:%S")})
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, info.encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the flock
+
+
+def claim_holder(run_dir: Path) -> dict[str, Any] | None:
+    """Who holds the claim right now (None when nobody does)."""
+    path = run_dir / "claim.lock"
+    if not path.exists():
+        return None
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            return None
+        except BlockingIOError:
+            try:
+                return json.loads(os.pread(fd, 4096, 0).decode())
+            except ValueError:
+                return {"pid": None, "host": "?"}
+    finally:
+        os.close(fd)
+
+
+# ------------------------------------------------------------------------------------------------
+# log
+# ------------------------------------------------------------------------------------------------
+
+
+class RunLog:
+    """Appends timestamped lines to log.txt (and echoes them to stdout, which submitit captures)."""
+
+    def __init__(self, path: Path, echo: bool = True):
+        self.file = open(path, "a", encoding="utf-8")
+        self.echo = echo
+
+    def __call__(self, msg: str) -> None:
+        line = f"[{time.strftime('%H:%M:%S')}] {msg}"
+        self.file.write(line + "\n")
+        self.file.flush()
+        if self.echo:
+            print(line, flush=True)
+
+    def close(self) -> None:
+        self.file.close()
+
+
+# ------------------------------------------------------------------------------------------------
+# checkpoints
+# ------------------------------------------------------------------------------------------------
+
+
+def save_checkpoint(run_dir: Path, state: dict[str, Any]) -> None:
+    """Write checkpoint.pt atomically, keeping the previous one as checkpoint.prev.pt."""
+    data = _torch_bytes(state)
+    cur = run_dir / "checkpoint.pt"
+    if cur.exists():
+        os.replace(cur, run_dir / "checkpoint.prev.pt")
+    store.atomic_write_bytes(cur, data)
+
+
+def save_best(run_dir: Path, state: dict[str, Any]) -> None:
+    """Write best.pt atomically: the model weights of the epoch with the highest validation accuracy
+    so far (checkpoint.pt holds the latest epoch, so after the last one it is the final model)."""
+    store.atomic_write_bytes(run_dir / "best.pt", _torch_bytes(state))
+
+
+def _torch_bytes(state: dict[str, Any]) -> bytes:
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    return buf.getvalue()
+
+
+def load_checkpoint(run_dir: Path, spec_hash: str, device: torch.device, log: RunLog) -> dict[str, Any] | None:
+    """The newest readable checkpoint of this spec, or None. Unreadable ones are reported and
+    skipped, never trusted: weights_only=True refuses pickled code."""
+    for name in ("checkpoint.pt", "checkpoint.prev.pt"):
+        path = run_dir / name
+        if not path.exists():
+            continue
+        try:
+            state = torch.load(path, map_location=device, weights_only=True)
+            if not isinstance(state, dict) or set(state) != CHECKPOINT_KEYS:
+                raise ValueError(f"unexpected contents (keys {sorted(state) if isinstance(state, dict) else type(state).__name__})")
+            if state["format"] != CHECKPOINT_FORMAT or state["spec_hash"] != spec_hash:
+                raise ValueError("written for another spec or format")
+            return state
+        except Exception as e:  # noqa: BLE001 - any unreadable checkpoint means: fall back
+            log(f"WARNING: {name} is unusable ({type(e).__name__}: {str(e)[:200]}); falling back")
+    return None
+
+
+# ------------------------------------------------------------------------------------------------
+# the run
+# ------------------------------------------------------------------------------------------------
+
+
+def run(spec: RunSpec | dict | str, *, echo: bool = True) -> dict[str, Any]:
+    """Train, predict and publish one run. Returns {"run_id", "status", ...summary}.
+
+    Skips a finished run; resumes an unfinished one from its checkpoint; raises RunBusy if another
+    live process holds the run. On failure writes FAILED.json with the reason and re-raises."""
+    if isinstance(spec, str):
+        spec = RunSpec.from_json(spec)
+    elif isinstance(spec, dict):
+        spec = RunSpec.from_dict(spec)
+    run_dir = run_dir_for(spec)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    state = store.run_state(run_dir)
+    if state.status == "done":
+        return {"run_id": spec.run_id, "status": "skipped", **(state.summary or {})}
+    with claim(run_dir):
+        state = store.run_state(run_dir)  # another process may have finished it meanwhile
+        if state.status == "done":
+            return {"run_id": spec.run_id, "status": "skipped", **(state.summary or {})}
+        log = RunLog(run_dir / "log.txt", echo=echo)
+        try:
+            for leftover in store.cleanup_temp_files(run_dir):
+                log(f"removed leftover temp file {leftover.name} from an interrupted write")
+            if (run_dir / "DONE.json").exists():
+                log(f"DONE.json does not match results.h5 ({state.reason}); redoing the run")
+                os.remove(run_dir / "DONE.json")
+            store.clear_failed(run_dir)
+            store.atomic_write_json(run_dir / "spec.json", spec.to_dict())
+            summary = _train_and_publish(spec, run_dir, log)
+            return {"run_id": spec.run_id, "status": "done", **summary}
+        except Exception as e:
+            # Only real errors: SystemExit/KeyboardInterrupt (preemption, Ctrl-C) leave the run
+            # resumable instead of failed.
+            reason = f"{type(e).__name__}: {e}"
+            log(f"FAILED: {reason}")
+            try:
+                store.write_failed(run_dir, reason[:2000], traceback.format_exc())
+            except OSError as e2:  # e.g. the disk is full: the reason still reaches the log/stderr
+                log(f"could not write FAILED.json: {e2}")
+            raise
+        finally:
+            log.close()
+
+
+def _train_and_publish(spec: RunSpec, run_dir: Path, log: RunLog) -> dict[str, Any]:
+    t_start = time.time()
+    tr = spec.train
+    set_determinism(spec.seed, tr.deterministic)
+    device = select_device()
+    precision = Precision.for_device(device, tr.amp, tr.amp_dtype)
+    amp_note = str(precision.dtype).replace("torch.", "") if precision.enabled else "off"
+    if tr.amp and not precision.enabled:
+        amp_note = "off (this CPU has no bf16 units: float32 is faster here)"
+    log(f"run {spec.run_id}: {spec.model.name} on {spec.dataset.name}, {tr.epochs} epochs, device {_device_name(device)}, "
+        f"amp {amp_note}, deterministic={tr.deterministic}")
+
+    splits = data.load_splits(spec.dataset.name, spec.paths.data_root, val_fraction=tr.val_fraction,
+                              split_seed=tr.split_seed, options=spec.dataset.params)
+    info = splits.info
+    mean = torch.tensor(info.mean, device=device, dtype=torch.float32)
+    std = torch.tensor(info.std, device=device, dtype=torch.float32)
+    train = DeviceData.from_numpy(splits.train.x, splits.train.y, device)
+    val = DeviceData.from_numpy(splits.val.x, splits.val.y, device)
+    test = DeviceData.from_numpy(splits.test.x, splits.test.y, device)
+
+    model = build_model(spec.model.name, spec.num_classes, **spec.model.params).to(device)
+    if tr.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    layer = resolve_layer(model, spec.gradcam_layer)
+    optimizer = build_optimizer(model, tr.optimizer)
+    steps_per_epoch = train_steps(len(train), tr.batch_size)
+    scheduler = build_scheduler(optimizer, tr.schedule, tr.epochs, steps_per_epoch)
+    scaler = precision.scaler()
+    augment = BatchAugment([a.name for a in tr.augment], {a.name: a.params for a in tr.augment},
+                           mean=info.mean, std=info.std, num_classes=spec.num_classes,
+                           label_smoothing=tr.label_smoothing)
+    generator = torch.Generator(device=device)
+    generator.manual_seed(spec.seed)
+    history: dict[str, list[float]] = {k: [] for k in HISTORY_KEYS}
+
+    start_epoch = 0
+    ckpt = load_checkpoint(run_dir, spec.spec_hash, device, log)
+    if ckpt is not None:
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        scaler.load_state_dict(ckpt["scaler"])
+        try:
+            restore_rng_state(generator, ckpt["rng"])
+        except Exception as e:  # resuming on another random stream would silently break reproducibility
+            raise RuntimeError(f"checkpoint.pt: the RNG state could not be restored ({type(e).__name__}: {e}); "
+                               "refusing to resume on a different random stream. Delete checkpoint*.pt to "
+                               "restart this run from scratch.") from e
+        history = {k: list(v) for k, v in ckpt["history"].items()}
+        start_epoch = int(ckpt["epoch"])
+        log(f"resumed from checkpoint after epoch {start_epoch}" + (f" (Slurm restart {restarts()})" if restarts() else ""))
+    if tr.compile and tr.deterministic:
+        # Measured on CPU (docs/performance.md): two compiled runs of one spec differ (max |logit
+        # diff| 0.03), so compile=true gives up the bitwise-reproducibility promise.
+        log("WARNING: compile=true: torch.compile'd training is not bitwise reproducible")
+    step_model = torch.compile(model) if tr.compile else model
+
+    t_train = time.time()
+    for epoch in range(start_epoch, tr.epochs):
+        t0 = time.time()
+        lr = optimizer.param_groups[0]["lr"]
+        fit = train_one_epoch(step_model, train, augment, optimizer, scheduler, scaler, precision, generator,
+                              tr.batch_size)
+        ev = evaluate(model, val, mean, std, precision, tr.eval_batch_size, tr.channels_last)
+        seconds = time.time() - t0
+        best_before = max(history["val_acc"], default=-1.0)
+        for key, value in zip(HISTORY_KEYS, (epoch + 1, lr, fit["loss"], fit["acc"], ev["loss"], ev["acc"], seconds)):
+            history[key].append(float(value))
+        if ev["acc"] > best_before:
+            # Before checkpoint.pt: a crash in between redoes this epoch, which rewrites the same weights.
+            save_best(run_dir, {"format": CHECKPOINT_FORMAT, "spec_hash": spec.spec_hash, "epoch": epoch + 1,
+                                "val_acc": float(ev["acc"]), "model": model.state_dict()})
+        save_checkpoint(run_dir, {
+            "format": CHECKPOINT_FORMAT, "spec_hash": spec.spec_hash, "epoch": epoch + 1,
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+            "rng": rng_state(generator), "history": history,
+        })
+        store.atomic_write_json(run_dir / "progress.json", {"epoch": epoch + 1, "epochs": tr.epochs,
+                                                             "val_acc": ev["acc"], "updated": time.time()})
+        log(f"epoch {epoch + 1:>3}/{tr.epochs}  lr {lr:.4g}  train loss {fit['loss']:.4f} acc {fit['acc']:.4f}  "
+            f"val loss {ev['loss']:.4f} acc {ev['acc']:.4f}  {seconds:.1f}s")
+    train_seconds = time.time() - t_train
+
+    t_pred = time.time()
+    arrays = _predictions(spec, model, layer, splits, train, val, test, mean, std, precision, log)
+    predict_seconds = time.time() - t_pred
+    for key in HISTORY_KEYS:
+        arrays[f"history/{key}"] = np.asarray(history[key], dtype=np.int32 if key == "epoch" else np.float64)
+    test_acc = float((arrays["test/logits"].argmax(1) == splits.test.y).mean())
+    timings = {"train_s": train_seconds, "predict_s": predict_seconds, "total_s": time.time() - t_start}
+    attrs = {
+        "run_id": spec.run_id, "spec": spec.to_dict(), "variant": spec.variant, "seed": spec.seed,
+        "versions": _versions(), "device": _device_name(device), "git_sha": _git_sha(), "timings": timings,
+    }
+    sha = store.publish_results(run_dir, arrays, attrs)
+    summary = {
+        "test_accuracy": test_acc, "val_accuracy": history["val_acc"][-1] if history["val_acc"] else None,
+        "epochs": tr.epochs, "device": attrs["device"], "restarts": restarts(), **timings,
+    }
+    store.write_done(run_dir, summary, sha)
+    log(f"done: test accuracy {test_acc:.4f}; results.h5 sha256 {sha[:12]}; {timings['total_s']:.0f}s in all")
+    return summary
+
+
+def _predictions(spec: RunSpec, model, layer, splits: data.Splits, train: DeviceData, val: DeviceData,
+                 test: DeviceData, mean, std, precision: Precision, log: RunLog) -> dict[str, np.ndarray]:
+    tr, st = spec.train, spec.stress
+    bs, cl = tr.eval_batch_size, tr.channels_last
+    out: dict[str, np.ndarray] = {}
+
+    logits, emb = predict(model, test.x, mean, std, precision, bs, cl, with_embedding=True)
+    preds = logits.argmax(1)
+    out["test/index"] = splits.test.index
+    out["test/label"] = splits.test.y
+    out["test/logits"] = logits.cpu().numpy()
+    out["test/embedding"] = emb.cpu().numpy()
+
+    cam_pred, cam_true = gradcam(model, layer, test.x, [preds, test.y], mean, std, min(bs, 256), cl)
+    out["test/gradcam/pred"] = cam_pred.cpu().numpy()
+    out["test/gradcam/true"] = cam_true.cpu().numpy()
+    log(f"predicted {len(test)} test images; Grad-CAM at {spec.gradcam_layer} {tuple(cam_pred.shape[1:])}")
+
+    val_logits, _ = predict(model, val.x, mean, std, precision, bs, cl)
+    out["val/index"] = splits.val.index
+    out["val/label"] = splits.val.y
+    out["val/logits"] = val_logits.cpu().numpy()
+
+    if st.train_embedding_samples:
+        # the same training images for every run of the sweep (drawn with the split seed)
+        n = min(st.train_embedding_samples, len(train))
+        pos = np.sort(np.random.default_rng(tr.split_seed).permutation(len(train))[:n])
+        _, temb = predict(model, train.x[torch.from_numpy(pos).to(train.x.device)], mean, std, precision, bs, cl,
+                          with_embedding=True)
+        out["train_subset/index"] = splits.train.index[pos]
+        out["train_subset/label"] = splits.train.y[pos]
+        out["train_subset/embedding"] = temb.cpu().numpy()
+
+    for name in st.corruptions:
+        for sev in st.severities:
+            def transform(x01, b, name=name, sev=sev):
+                g = torch.Generator(device=x01.device)
+                g.manual_seed(corrupt_seed(st.corruption_seed, name, sev, b))
+                return corrupt(x01, name, sev, g)
+
+            clog, _ = predict(model, test.x, mean, std, precision, STRESS_BATCH, cl, transform=transform)
+            out[f"stress/{name}/{sev}/logits"] = clog.cpu().numpy()
+    if st.corruptions:
+        log(f"evaluated {len(st.corruptions)} corruptions x {len(st.severities)} severities")
+
+    if st.faithfulness_samples:
+        m = min(st.faithfulness_samples, len(test))
+        pos = np.sort(np.random.default_rng(st.corruption_seed).permutation(len(test))[:m])
+        tpos = torch.from_numpy(pos).to(test.x.device)
+        g = torch.Generator(device=test.x.device)
+        g.manual_seed(st.corruption_seed)
+        random_maps = torch.rand(cam_pred[tpos].shape, generator=g, device=test.x.device)
+        for label, maps in (("gradcam", cam_pred[tpos]), ("random", random_maps)):
+            dele, ins = deletion_insertion(model, test.x[tpos], maps, preds[tpos], mean, std, precision,
+                                           FAITHFULNESS_STEPS, cl)
+            out[f"faithfulness/deletion_{label}"] = dele.cpu().numpy()
+            out[f"faithfulness/insertion_{label}"] = ins.cpu().numpy()
+        out["faithfulness/positions"] = pos.astype(np.float32)
+    return out
+
+
+def restarts() -> int:
+    """How often Slurm requeued this task (preemption or time limit) before this attempt."""
+    try:
+        return int(os.environ.get("SLURM_RESTART_COUNT", "0"))
+    except ValueError:
+        return 0
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"cuda:{torch.cuda.current_device()} {torch.cuda.get_device_name()}"
+    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def _versions() -> dict[str, Any]:
+    return {"torch": torch.__version__, "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version(),
+            "python": platform.python_version(), "numpy": np.__version__}
+
+
+def _git_sha() -> str:
+    try:
+        res = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                             text=True, timeout=5)
+        return res.stdout.strip() if res.returncode == 0 else "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+# ------------------------------------------------------------------------------------------------
+# command line (the sbatch fallback and manual use)
+# ------------------------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m cnnstress.worker", description=__doc__.splitlines()[0])
+    src = ap.add_mutually_exclusive_group(required=True)
+    src.add_argument("--spec", help="a spec.json (one RunSpec)")
+    src.add_argument("--manifest", help="manifest.jsonl (one RunSpec per line)")
+    ap.add_argument("--index", type=int, default=None, help="line of the manifest (default: $SLURM_ARRAY_TASK_ID)")
+    args = ap.parse_args(argv)
+    if args.spec:
+        text = Path(args.spec).read_text()
+    else:
+        index = args.index if args.index is not None else int(os.environ.get("SLURM_ARRAY_TASK_ID", "-1"))
+        lines = Path(args.manifest).read_text().splitlines()
+        if not 0 <= index < len(lines):
+            print(f"error: index {index} is outside the manifest's {len(lines)} runs", file=sys.stderr)
+            return 2
+        text = lines[index]
+    try:
+        result = run(RunSpec.from_json(text))
+    except RunBusy as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 3
+    except Exception as e:  # noqa: BLE001 - reported in FAILED.json already
+        print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
+        return 1
+    print(json.dumps(result, sort_keys=True))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

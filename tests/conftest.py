@@ -1,0 +1,59 @@
+"""Shared fixtures. Paths deliberately contain spaces and quotes."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).parent))  # fake_cifar and helpers
+
+
+@pytest.fixture
+def weird_dir(tmp_path: Path) -> Path:
+    d = tmp_path / "my run's \"out\" dir"
+    d.mkdir()
+    return d
+
+
+def tiny_grid_text(name: str = "tiny", epochs: int = 2, extra: str = "") -> str:
+    """A shapes grid small enough to train in seconds on a CPU."""
+    return f"""
+name = "{name}"
+[base]
+dataset = "shapes"
+dataset_options = {{ n_train = 400, n_test = 200, shortcut = 0.8 }}
+model = "simple_cnn"
+model_options = {{ width = 4 }}
+epochs = {epochs}
+batch_size = 64
+eval_batch_size = 100
+optimizer = {{ name = "adam", lr = 0.003 }}
+[variants.baseline]
+[variants.flip]
+augment = ["flip"]
+[grid]
+seed = [1]
+[stress]
+corruptions = ["gaussian_noise"]
+severities = [1, 5]
+faithfulness_samples = 16
+train_embedding_samples = 32
+{extra}
+"""
+
+
+@pytest.fixture
+def tiny_grid(weird_dir: Path) -> Path:
+    p = weird_dir / "tiny grid.toml"
+    p.write_text(tiny_grid_text())
+    return p
+
+
+@pytest.fixture(autouse=True)
+def _few_threads(monkeypatch):
+    # two cores: keep torch from oversubscribing when tests start worker processes
+    monkeypatch.setenv("OMP_NUM_THREADS", os.environ.get("OMP_NUM_THREADS", "2"))

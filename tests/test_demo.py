@@ -1,0 +1,73 @@
+"""The demo grid end to end, as `make demo` runs it (minus the venv), at a tiny size."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cnnstress import data, store
+from cnnstress.grid import load_grid
+
+from conftest import REPO
+
+pytestmark = pytest.mark.slow
+
+SHRINK = ["--set", "epochs=2", "--set", "dataset_options.n_train=500", "--set", "dataset_options.n_test=200",
+          "--set", "stress.faithfulness_samples=20", "--set", "stress.train_embedding_samples=50"]
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo out's \"root\"")
+    cmd = [sys.executable, "launch.py", "--grid", "jobs/demo.toml", "--cluster", "local", "--out", str(out),
+           "--data-root", str(REPO / "scratch" / "test-data"), *SHRINK]
+    res = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    return cmd, out / "demo", res
+
+
+def _snapshot(folder: Path) -> dict[str, tuple[int, bytes]]:
+    return {str(p.relative_to(folder)): (p.stat().st_mtime_ns, p.read_bytes())
+            for p in folder.rglob("*") if p.is_file() and "submitit" not in p.parts}
+
+
+def test_demo_ends_with_a_report(demo):
+    _, sweep, res = demo
+    index = sweep / "report" / "index.html"
+    assert f"report: {index}" in " ".join(res.stdout.split())
+    summary = json.loads((sweep / "report" / "summary.json").read_text())
+    assert [r["status"] for r in summary["runs"]] == ["done"] * 4
+    assert set(summary["variants"]) == {"baseline", "cropflip"}
+    comp = summary["comparisons"][0]
+    assert comp["corrected"] + comp["worsened"] + comp["both_wrong"] + comp["both_right"] == 2 * 200
+
+
+def test_shortcut_numbers_match_an_independent_computation(demo):
+    """The planted background shortcut, measured on real small runs, as the report states it."""
+    cmd, sweep, _ = demo
+    summary = json.loads((sweep / "report" / "summary.json").read_text())
+    grid = load_grid(REPO / "jobs" / "demo.toml", overrides=[a for a in cmd[cmd.index("--set"):] if a != "--set"],
+                     out_root=sweep.parent, data_root=REPO / "scratch" / "test-data")
+    test = data.load_test("shapes", grid.runs[0].paths.data_root, grid.runs[0].dataset.params)
+    conflicting = test.bg_class != test.y
+    assert 0.8 < conflicting.mean() < 0.98  # in the test split the background is independent of the class
+    for run in summary["runs"]:
+        with store.open_results(sweep / "runs" / run["run_id"] / "results.h5") as r:
+            preds = r.read("test/logits").argmax(1)
+        follows = float(np.mean(preds[conflicting] == test.bg_class[conflicting]))
+        assert run["follows_background"] == pytest.approx(follows)
+        assert run["test_accuracy"] == pytest.approx(float(np.mean(preds == test.y)))
+
+
+def test_relaunching_the_finished_demo_trains_nothing_and_changes_no_file(demo):
+    cmd, sweep, _ = demo
+    before = _snapshot(sweep)
+    res = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0
+    assert "4 already finished, 0 to run" in " ".join(res.stdout.split())
+    assert _snapshot(sweep) == before  # runs and report: same bytes, same modification times

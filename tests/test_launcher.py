@@ -1,0 +1,54 @@
+"""launch.py as a user runs it: dry run, local cluster, relaunch."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from cnnstress import store
+from cnnstress.grid import load_grid
+from cnnstress.launcher import main
+
+from conftest import REPO
+
+
+def test_dry_run_prints_the_runs_and_writes_nothing(tiny_grid, tmp_path, capsys):
+    assert main(["--grid", str(tiny_grid), "--dry-run", "--out", str(tmp_path / "o")]) == 0
+    out = capsys.readouterr().out
+    for spec in load_grid(tiny_grid).runs:
+        assert spec.run_id in out
+    assert not (tmp_path / "o").exists()
+
+
+def test_bad_grid_exits_2_with_one_line(tiny_grid, tmp_path):
+    out = subprocess.run([sys.executable, "launch.py", "--grid", str(tiny_grid), "--set", "epochs=-1", "--dry-run"],
+                         cwd=REPO, capture_output=True, text=True)
+    assert out.returncode == 2
+    assert out.stderr.strip().count("\n") == 0 and "[base].epochs: -1 is out of range" in out.stderr
+
+
+@pytest.mark.slow
+def test_two_run_grid_through_local_cluster(tiny_grid, tmp_path):
+    out = tmp_path / "out 'x'"
+    args = ["--grid", str(tiny_grid), "--cluster", "local", "--out", str(out), "--no-gather",
+            "--data-root", str(REPO / "scratch" / "test-data"), "--set", "epochs=1"]
+    assert main(args) == 0
+    runs = load_grid(tiny_grid, overrides=["epochs=1"], out_root=out, data_root=REPO / "scratch" / "test-data").runs
+    for spec in runs:
+        assert store.run_state(out / "tiny" / "runs" / spec.run_id).status == "done"
+    assert (out / "tiny" / "manifest.jsonl").read_text().splitlines() == [r.to_json() for r in runs]
+    logs = list((out / "tiny" / "submitit").glob("local-*/*_log.out"))
+    assert len(logs) == 2  # one process per run
+    # the gather job finds the runs without being told the launch's --set and --data-root
+    from cnnstress import gather
+
+    assert gather.main([str(out / "tiny"), "--no-figures"]) == 0
+    summary = json.loads((out / "tiny" / "report" / "summary.json").read_text())
+    assert [r["status"] for r in summary["runs"]] == ["done", "done"]
+    # relaunch: nothing to do, nothing rewritten
+    snap = {p: p.stat().st_mtime_ns for p in (out / "tiny").rglob("*") if p.is_file() and "submitit" not in p.parts}
+    assert main(args) == 0
+    assert {p: p.stat().st_mtime_ns for p in snap} == snap

@@ -1,0 +1,207 @@
+"""Tests for cnnstress.report: a self-contained, escaped index.html with every section, valid PNG
+figures, 100-class rendering without images, and a real headless-Chromium render."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import re
+import shutil
+import subprocess
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pytest
+from rich.console import Console
+
+import synth
+from cnnstress import gather
+from cnnstress.report import html as report_html
+
+EVIL = "<script>alert(1)</script>"
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+class PageParser(HTMLParser):
+    """Collects ids, links, image sources, h2 texts and tag names of a page."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ids: set[str] = set()
+        self.hrefs: list[str] = []
+        self.srcs: list[str] = []
+        self.tags: list[str] = []
+        self.h2: list[str] = []
+        self._in_h2 = False
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append(tag)
+        a = dict(attrs)
+        if "id" in a:
+            self.ids.add(a["id"])
+        if "href" in a:
+            self.hrefs.append(a["href"])
+        if "src" in a:
+            self.srcs.append(a["src"])
+        self._in_h2 = tag == "h2"
+        if tag == "h2":
+            self.h2.append("")
+
+    def handle_endtag(self, tag):
+        if tag == "h2":
+            self._in_h2 = False
+
+    def handle_data(self, data):
+        if self._in_h2:
+            self.h2[-1] += data
+
+
+def parse(page: str) -> PageParser:
+    p = PageParser()
+    p.feed(page)
+    return p
+
+
+@pytest.fixture(scope="module")
+def shapes_report(tmp_path_factory):
+    root = tmp_path_factory.mktemp("report") / "my data's \"dir\""
+    s = synth.make_sweep(root, variants=("baseline", "cropflip"), seeds=(1, 2, 3), n_test=200,
+                         failed={("cropflip", 3): EVIL})
+    index = gather.gather(s.sweep_dir, console=Console(file=io.StringIO(), width=200))
+    return s, index, index.read_text(encoding="utf-8")
+
+
+@pytest.fixture(scope="module")
+def cifar100_report(tmp_path_factory):
+    """100 classes, one seed, no dataset on disk (images unavailable)."""
+    root = tmp_path_factory.mktemp("report100") / "c100 'x'"
+    s = synth.make_sweep(root, name="c100", dataset="cifar100", variants=("baseline", "cutmix"), seeds=(7,),
+                         n_test=600, corruptions=("contrast",), severities=(2,), threshold=0.5, top_failures=6,
+                         canonical=3)
+    index = gather.gather(s.sweep_dir, console=Console(file=io.StringIO(), width=200))
+    return s, index, index.read_text(encoding="utf-8")
+
+
+def test_page_is_self_contained(shapes_report) -> None:
+    _, _, page = shapes_report
+    p = parse(page)
+    assert p.srcs, "figures are embedded"
+    for src in p.srcs:
+        assert src.startswith("data:image/png;base64,"), src[:60]
+        assert base64.b64decode(src.split(",", 1)[1])[:8] == PNG_MAGIC
+    for href in p.hrefs:
+        assert href.startswith("#"), f"link out of the page: {href}"
+    assert "http://" not in page and "https://" not in page
+    assert "script" not in p.tags and "link" not in p.tags and "iframe" not in p.tags
+
+
+def test_toc_links_to_existing_ids_and_every_section(shapes_report) -> None:
+    _, _, page = shapes_report
+    p = parse(page)
+    targets = [h[1:] for h in p.hrefs]
+    assert len(targets) == len(report_html.SECTIONS)
+    for sid in targets:
+        assert sid in p.ids, f"TOC link #{sid} has no target"
+    assert p.h2 == [title for _, title in report_html.SECTIONS]
+    for sid, _ in report_html.SECTIONS:
+        assert sid in p.ids
+
+
+def test_hostile_reason_is_escaped(shapes_report) -> None:
+    s, _, page = shapes_report
+    assert EVIL not in page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert s.run("cropflip", 3).run_id in page
+
+
+def test_sections_hold_their_content(shapes_report) -> None:
+    s, index, page = shapes_report
+    summary = json.loads((index.parent / "summary.json").read_text())
+    # the shortcut sentence in words, with both variants' percentages
+    fb = {v: summary["variants"][v]["shortcut"]["follows_background"] for v in ("baseline", "cropflip")}
+    sentence = (f"baseline follows the background on {100 * fb['baseline']:.1f}% of conflicting images; "
+                f"cropflip on {100 * fb['cropflip']:.1f}%.")
+    assert sentence in page
+    assert summary["comparisons"][0]["verdict"] in html.unescape(page)
+    assert "train.augment" in page  # what differs between cropflip and the baseline
+    for name in ("corrected", "worsened", "both wrong", "both right", "McNemar"):
+        assert name in page
+    assert "images unavailable" not in page
+    # calibration under corruption: the robustness table carries NLL, Brier and ECE after T per variant
+    for head in ("ECE corrupted after T", "NLL corrupted", "Brier corrupted"):
+        assert f"<th>{head}</th>" in page
+    for v in summary["variants"].values():
+        for k in ("ece_after", "nll", "brier"):
+            assert f'<td class="num">{v[f"mean_corruption_{k}"]:.3f}</td>' in page, k
+
+
+def test_figure_files_are_valid_pngs(shapes_report) -> None:
+    _, index, page = shapes_report
+    files = sorted((index.parent / "figures").glob("*.png"))
+    names = {f.name for f in files}
+    for expected in ("overview.png", "val_accuracy.png", "thresholds.png", "confidence_hist.png",
+                     "reliability.png", "reliability_corrupted.png", "robustness.png", "faithfulness.png", "shortcut.png", "per_class.png",
+                     "neighbours.png", "curves_baseline.png", "confusion_cropflip.png",
+                     "top_failures_baseline.png", "waterfall_cropflip.png", "canonical_cropflip.png"):
+        assert expected in names
+    for f in files:
+        data = f.read_bytes()
+        assert data[:8] == PNG_MAGIC and len(data) > 5000, f.name
+        assert base64.b64encode(data).decode() in page, f"{f.name} is not the embedded figure"
+    assert len(parse(page).srcs) == len(files)
+
+
+def test_hundred_classes_without_images(cifar100_report) -> None:
+    s, index, page = cifar100_report
+    summary = json.loads((index.parent / "summary.json").read_text())
+    assert summary["images_available"] is False
+    assert "test images unavailable" in page
+    assert len(summary["comparisons"]) == 1
+    assert all(v["n_runs"] == 1 and v["test_accuracy_std"] is None for v in summary["variants"].values())
+    figs = {f.name: f for f in (index.parent / "figures").glob("*.png")}
+    assert {"confusion_baseline.png", "confusion_cutmix.png", "waterfall_cutmix.png", "per_class.png",
+            "canonical_cutmix.png"} <= set(figs)
+    assert all(figs[n].stat().st_size > 5000 for n in figs)
+    assert not any(n.startswith("top_failures_") for n in figs), "no images: top failures are a table"
+    assert not any(n.startswith("neighbours") for n in figs), "no images: neighbours are a table"
+    assert "most confident failures (seed 7)" in page and "neighbours (train index" in page
+    # 100 classes: no per-cell numbers in the confusion matrix
+    assert "With more than 20 classes the cells carry no numbers." in page
+    # every class in the waterfall (a tall figure: >= 0.13 in per bar at 100 dpi) and in the sorted table
+    import matplotlib.image as mpimg
+
+    assert mpimg.imread(figs["waterfall_cutmix.png"]).shape[0] >= 100 * 13
+    base, var = s.run("baseline", 7), s.run("cutmix", 7)
+    delta = {}
+    for c in range(100):
+        inside = base.arrays["test/label"] == c
+        acc = [float(np.mean(np.argmax(r.arrays["test/logits"][inside], axis=1) == c)) for r in (base, var)]
+        delta[c] = acc[1] - acc[0]
+    want = sorted(range(100), key=lambda c: (-delta[c], c))
+    section = page.split('<section id="per-class">', 1)[1].split("</section>", 1)[0]
+    rows = re.findall(r"<tr><td>(class \d+)</td><td class=\"num\">[^<]*</td><td class=\"num\">[^<]*</td>"
+                      r"<td class=\"num\">([^<]*)</td></tr>", section)
+    assert [name for name, _ in rows] == [f"class {c}" for c in want]
+    assert [float(d) for _, d in rows] == pytest.approx([100 * delta[c] for c in want], abs=0.006)
+    assert 0 <= summary["runs"][0]["test_accuracy"] <= 1
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="chromium is not installed (apt-get install chromium)")
+def test_headless_chromium_render(shapes_report, tmp_path: Path) -> None:
+    import matplotlib.image as mpimg
+
+    _, index, _ = shapes_report
+    shot = tmp_path / "shot.png"
+    proc = subprocess.run(["chromium", "--headless", "--no-sandbox", "--disable-gpu", f"--screenshot={shot}",
+                           "--window-size=1400,3000", "--hide-scrollbars", index.resolve().as_uri()],
+                          capture_output=True, text=True, timeout=60)
+    assert shot.is_file(), proc.stderr[-2000:]
+    assert shot.stat().st_size > 50_000
+    img = mpimg.imread(shot)
+    assert img.shape[0] == 3000 and img.shape[1] == 1400
+    assert float(np.std(img[..., :3])) > 0.05, "the screenshot is (nearly) a single colour"
+    # the lower half holds figures too (the page is long and laid out, not one line of text)
+    assert float(np.std(img[1500:, :, :3])) > 0.05

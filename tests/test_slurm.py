@@ -1,0 +1,355 @@
+"""--cluster slurm and --cluster sbatch against the live single-node dev cluster
+(``sudo bash slurm/dev-cluster.sh up``). Skipped with a reason when no controller answers, unless
+CNNSTRESS_REQUIRE_SLURM=1 (set by .ci/run), which turns the skip into a failure.
+
+The jobs run on this machine, so tmp_path works as shared storage. The two interrupted runs
+(``scontrol requeue`` and a 1-minute time limit) start when the module starts and are checked by
+its last test, so their requeue waits (about 35 s each on the dev cluster) overlap the others.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from cnnstress import cluster, store
+from cnnstress.grid import load_grid
+from cnnstress.launcher import main
+
+from conftest import REPO, tiny_grid_text
+
+pytestmark = pytest.mark.slurm
+
+DATA = REPO / "scratch" / "test-data"
+# Small and quick: the slurm tests test submission, not training.
+LEAN = ["--set", "stress.corruptions=[]", "--set", "stress.faithfulness_samples=0",
+        "--set", "stress.train_embedding_samples=0"]
+DEV_SLURM = """
+[slurm]
+partition = "debug"
+gpus_per_task = 0
+cpus_per_task = 1
+mem_gb = 1
+gather_cpus = 1
+gather_mem_gb = 1
+time_min = {time_min}
+signal_delay_s = 10
+max_num_timeout = 4
+"""
+INTERRUPTED_TEST = "test_requeued_and_timed_out_runs_resume_and_match_an_uninterrupted_run"
+
+
+def _grid_file(folder: Path, name: str, epochs: int = 1, time_min: int = 10, one_run: bool = False,
+               small: bool = False) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    text = tiny_grid_text(name=name, epochs=epochs, extra=DEV_SLURM.format(time_min=time_min))
+    if one_run:
+        text = text.replace('[variants.flip]\naugment = ["flip"]\n', "")
+    if small:
+        text = text.replace("n_train = 400, n_test = 200", "n_train = 200, n_test = 100")
+    path = folder / f"{name} grid.toml"
+    path.write_text(text)
+    return path
+
+
+# jobs/demo.toml itself, at tiny size: one seed, a tiny model and data, one epoch, one corruption
+DEMO_TINY = ["--set", "grid.seed=[42]", "--set", "dataset_options.n_train=400", "--set", "dataset_options.n_test=200",
+             "--set", "model_options.width=4", "--set", "epochs=1", "--set", 'stress.corruptions=["gaussian_noise"]',
+             "--set", "stress.severities=[1]", "--set", "stress.faithfulness_samples=16",
+             "--set", "stress.train_embedding_samples=32"]
+
+
+def _demo_grid(folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "the demo's \"grid\".toml"
+    path.write_text((REPO / "jobs" / "demo.toml").read_text())
+    return path
+
+
+def _demo_args(grid: Path, out: Path, kind: str) -> list[str]:
+    return ["--grid", str(grid), "--cluster", kind, "--out", str(out), "--data-root", str(DATA), *DEMO_TINY]
+
+
+def _demo_specs(grid: Path, out: Path):
+    return load_grid(grid, overrides=DEMO_TINY[1::2], out_root=out, data_root=DATA).runs
+
+
+def _launch_args(grid: Path, out: Path, kind: str) -> list[str]:
+    return ["--grid", str(grid), "--cluster", kind, "--out", str(out), "--data-root", str(DATA), *LEAN]
+
+
+def _specs(grid: Path, out: Path):
+    return load_grid(grid, overrides=LEAN[1::2], out_root=out, data_root=DATA).runs
+
+
+def wait_for_jobs(job_ids: list[str], timeout: float) -> dict[str, cluster.JobInfo]:
+    """Poll squeue (-t all) until none of these jobs is queued or running; their last states."""
+    t0 = time.time()
+    while True:
+        query = cluster.query_jobs(job_ids, use_sacct=False)
+        if query.ok and not any(j.active for j in query.jobs.values()):
+            return query.jobs
+        if time.time() - t0 > timeout:
+            states = {k: v.state for k, v in query.jobs.items()}
+            pytest.fail(f"jobs {job_ids} still active after {timeout:.0f} s: {states} {query.notes}")
+        time.sleep(1)
+
+
+def _logits(run_dir: Path) -> np.ndarray:
+    with h5py.File(run_dir / "results.h5", "r") as f:
+        return f["test/logits"][:]
+
+
+def _scancel_active(sweeps: list[Path]) -> None:
+    ids = [j for s in sweeps for launch in cluster.read_launches(s) for j in launch.job_ids()]
+    if ids:
+        active = [j for j, info in cluster.query_jobs(ids, use_sacct=False).jobs.items() if info.active]
+        if active:
+            subprocess.run(["scancel", *sorted({a.split("_")[0] for a in active})], capture_output=True)
+            # scancel only asks; wait (KillWait=5 on the dev cluster) so no test leaves a job running.
+            wait_for_jobs(active, timeout=60)
+
+
+# ------------------------------------------------------------------------------------------------
+# the live cluster, and the interrupted runs started in the background
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module", autouse=True)
+def live_cluster():
+    try:
+        cluster.check_controller()
+    except cluster.SlurmError as e:
+        if os.environ.get("CNNSTRESS_REQUIRE_SLURM") == "1":
+            pytest.fail(f"CNNSTRESS_REQUIRE_SLURM=1 but {e}")
+        pytest.skip(f"no live Slurm controller: {e}")
+    old = os.environ.get("OMP_NUM_THREADS")
+    os.environ["OMP_NUM_THREADS"] = "1"  # cpus_per_task = 1; the reference run uses the same
+    yield
+    if old is None:
+        os.environ.pop("OMP_NUM_THREADS", None)
+    else:
+        os.environ["OMP_NUM_THREADS"] = old
+
+
+class Interrupter(threading.Thread):
+    """Requeues one run with `scontrol requeue` once it has a checkpoint, and freezes the other
+    (SIGSTOP) once it has a checkpoint, so that Slurm's time-limit warning (USR2, 20-50 s after
+    the start of a 1-minute job) finds it mid-training whatever this machine's speed. Slurm
+    continues a stopped step when it signals it; after 55 s the thread would do it itself."""
+
+    def __init__(self, requeue_dir: Path, requeue_job: str, timed_dir: Path):
+        super().__init__(daemon=True)
+        self.requeue_dir, self.requeue_job, self.timed_dir = requeue_dir, requeue_job, timed_dir
+        self.events: list[str] = []
+        self.error = ""
+
+    def run(self) -> None:
+        try:
+            todo = {"requeue", "stop"}
+            t0 = time.time()
+            stopped_pid, t_stop = None, 0.0
+            while todo and time.time() - t0 < 300:
+                if "requeue" in todo and _epoch(self.requeue_dir) >= 1:
+                    res = subprocess.run(["scontrol", "requeue", self.requeue_job], capture_output=True, text=True)
+                    self.events.append(f"scontrol requeue {self.requeue_job}: rc {res.returncode} {res.stderr.strip()} "
+                                       f"at epoch {_epoch(self.requeue_dir)}")
+                    todo.discard("requeue")
+                if "stop" in todo and stopped_pid is None and _epoch(self.timed_dir) >= 1:
+                    holder = json.loads((self.timed_dir / "claim.lock").read_text())
+                    assert holder["host"] == socket.gethostname(), holder
+                    stopped_pid, t_stop = int(holder["pid"]), time.time()
+                    os.kill(stopped_pid, signal.SIGSTOP)
+                    self.events.append(f"SIGSTOP {stopped_pid} at epoch {_epoch(self.timed_dir)}")
+                elif stopped_pid is not None and "stop" in todo and time.time() - t_stop > 0.5:
+                    state = _proc_state(stopped_pid)
+                    if state not in ("T", "t"):
+                        self.events.append(f"pid {stopped_pid} {state or 'gone'} {time.time() - t_stop:.0f} s later")
+                        todo.discard("stop")
+                    elif time.time() - t_stop > 55:
+                        self.events.append(f"SIGCONT {stopped_pid} ourselves after 55 s")
+                        os.kill(stopped_pid, signal.SIGCONT)
+                        todo.discard("stop")
+                time.sleep(0.1)
+            if todo:
+                self.error = f"never got to {todo} within 300 s"
+        except Exception as e:  # noqa: BLE001 - reported by the test
+            self.error = f"{type(e).__name__}: {e}"
+
+
+def _epoch(run_dir: Path) -> int:
+    try:
+        return int(json.loads((run_dir / "progress.json").read_text())["epoch"])
+    except (OSError, ValueError, KeyError):
+        return 0
+
+
+def _proc_state(pid: int) -> str | None:
+    """The state letter of a process (R, S, T = stopped, Z...), None when it is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return None
+
+
+@pytest.fixture(scope="module")
+def interrupted(request, tmp_path_factory):
+    """Starts, at module start: one run to be requeued with scontrol, the same run under a
+    1-minute time limit, and an uninterrupted reference run of the same spec."""
+    root = tmp_path_factory.mktemp("interrupted runs' \"dir\"")
+    epochs = 30
+    rq_grid = _grid_file(root / "grids", "requeued", epochs=epochs, one_run=True, small=True)
+    tl_grid = _grid_file(root / "grids", "timelimit", epochs=epochs, time_min=1, one_run=True, small=True)
+    rq_out, tl_out = root / "rq out", root / "tl out"
+    assert main(_launch_args(tl_grid, tl_out, "slurm")) == 0
+    assert main(_launch_args(rq_grid, rq_out, "slurm")) == 0
+    spec = _specs(rq_grid, rq_out)[0]
+    assert spec.run_id == _specs(tl_grid, tl_out)[0].run_id  # the same run, in two sweeps
+    ref_spec = _specs(rq_grid, root / "reference out")[0]
+    ref_dir = root / "reference out" / "requeued" / "runs" / spec.run_id
+    ref_dir.mkdir(parents=True)
+    (ref_dir / "spec.json").write_text(ref_spec.to_json())
+    reference = subprocess.Popen([sys.executable, "-m", "cnnstress.worker", "--spec", str(ref_dir / "spec.json")],
+                                 cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    rq_launch = cluster.read_launches(rq_out / "requeued")[0]
+    thread = Interrupter(rq_out / "requeued" / "runs" / spec.run_id, rq_launch.runs[spec.run_id],
+                         tl_out / "timelimit" / "runs" / spec.run_id)
+    thread.start()
+    info = {"run_id": spec.run_id, "rq": rq_out / "requeued", "tl": tl_out / "timelimit", "ref_dir": ref_dir,
+            "reference": reference, "thread": thread, "t0": time.time()}
+    yield info
+    if reference.poll() is None:
+        reference.kill()
+    _scancel_active([info["rq"], info["tl"]])
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _start_interrupted_runs_first(request, live_cluster):
+    """The interrupted runs need minutes of (mostly idle) waiting: start them before anything else
+    when their test is selected."""
+    if any(item.name == INTERRUPTED_TEST for item in request.session.items):
+        request.getfixturevalue("interrupted")
+
+
+# ------------------------------------------------------------------------------------------------
+# end to end
+# ------------------------------------------------------------------------------------------------
+
+
+def _all_job_ids() -> set[str]:
+    out = subprocess.run(["squeue", "-h", "-r", "-t", "all", "-o", "%i"], capture_output=True, text=True, check=True)
+    return set(out.stdout.split())
+
+
+def test_slurm_wait_end_to_end_then_relaunch_submits_nothing(tmp_path, capsys):
+    grid = _demo_grid(tmp_path / "grids")
+    out = tmp_path / "out dir's \"x\""
+    t0 = time.time()
+    assert main([*_demo_args(grid, out, "slurm"), "--wait"]) == 0
+    seconds = time.time() - t0
+    printed = capsys.readouterr().out
+    sweep = out / "demo"
+    specs = _demo_specs(grid, out)
+    assert sorted(s.variant for s in specs) == ["baseline", "cropflip"]
+    for spec in specs:
+        assert store.run_state(sweep / "runs" / spec.run_id).status == "done"
+    summary = json.loads((sweep / "report" / "summary.json").read_text())
+    assert sorted((r["run_id"], r["status"]) for r in summary["runs"]) == sorted((s.run_id, "done") for s in specs)
+    # rich wraps long lines, at a space when it can (this path has one): compare without whitespace
+    assert "".join(f"report: {sweep / 'report' / 'index.html'}".split()) in "".join(printed.split())
+    launches = cluster.read_launches(sweep)
+    assert len(launches) == 1 and len(launches[0].arrays) == 1 and launches[0].gather
+    assert set(launches[0].runs) == {s.run_id for s in specs}
+    print(f"slurm --wait, 2 runs + gather: {seconds:.0f} s")
+    # relaunch: nothing is submitted
+    before = _all_job_ids()
+    assert main(_demo_args(grid, out, "slurm")) == 0
+    assert "nothing to submit" in capsys.readouterr().out
+    assert len(cluster.read_launches(sweep)) == 1
+    assert _all_job_ids() == before
+
+
+def test_sbatch_end_to_end_to_a_report(tmp_path, capsys):
+    grid = _demo_grid(tmp_path / "grids")
+    out = tmp_path / "out dir's \"y\""
+    assert main(_demo_args(grid, out, "sbatch")) == 0
+    sweep = out / "demo"
+    launch = cluster.read_launches(sweep)[0]
+    assert launch.cluster == "sbatch" and launch.gather
+    states = wait_for_jobs(launch.job_ids(), timeout=240)
+    assert states[launch.gather].state == "COMPLETED", states
+    for spec in _demo_specs(grid, out):
+        assert store.run_state(sweep / "runs" / spec.run_id).status == "done"
+        assert (sweep / "slurm-logs" / f"{launch.runs[spec.run_id]}.out").exists()
+    assert (sweep / "report" / "index.html").exists()
+    assert "gather.sbatch: job" in (sweep / "slurm-logs" / f"gather-{launch.gather}.out").read_text()
+    # --status agrees, from files and squeue
+    assert main(["--grid", str(grid), "--status", "--out", str(out), "--data-root", str(DATA), *DEMO_TINY]) == 0
+    assert "done: 2" in capsys.readouterr().out
+
+
+def test_failing_task_is_reported_while_the_other_run_and_the_gather_job_finish(tmp_path, capsys):
+    grid = _grid_file(tmp_path, "onefails")
+    out = tmp_path / "out"
+    ok, bad = _specs(grid, out)
+    # the flip run cannot write its spec.json: a directory is in the way, so the worker raises
+    obstacle = out / "onefails" / "runs" / bad.run_id / "spec.json"
+    obstacle.mkdir(parents=True)
+    assert main([*_launch_args(grid, out, "slurm"), "--wait"]) == 1
+    printed = capsys.readouterr().out.replace("\n", "")
+    sweep = out / "onefails"
+    assert store.run_state(sweep / "runs" / ok.run_id).status == "done"
+    assert store.run_state(sweep / "runs" / bad.run_id).status == "failed"
+    summary = json.loads((sweep / "report" / "summary.json").read_text())  # the gather job still ran
+    assert {r["run_id"]: r["status"] for r in summary["runs"]} == {ok.run_id: "done", bad.run_id: "failed"}
+    assert "report: " in printed
+    assert main(["--grid", str(grid), "--status", "--out", str(out), "--data-root", str(DATA), *LEAN]) == 0
+    status = capsys.readouterr().out
+    assert f"failed {bad.run_id}: IsADirectoryError" in status  # the reason, below the table
+    # --rerun-failed submits only the failed run
+    obstacle.rmdir()
+    assert main([*_launch_args(grid, out, "slurm"), "--rerun-failed"]) == 0
+    launches = cluster.read_launches(sweep)
+    assert len(launches) == 2 and list(launches[1].runs) == [bad.run_id]
+    _scancel_active([sweep])
+
+
+# ------------------------------------------------------------------------------------------------
+# preemption and time limits (started by the fixture when the module started)
+# ------------------------------------------------------------------------------------------------
+
+
+def test_requeued_and_timed_out_runs_resume_and_match_an_uninterrupted_run(interrupted):
+    run_id = interrupted["run_id"]
+    thread: Interrupter = interrupted["thread"]
+    thread.join(timeout=300)
+    assert not thread.error, f"{thread.error}; events: {thread.events}"
+    launches = {k: cluster.read_launches(interrupted[k])[0] for k in ("rq", "tl")}
+    wait_for_jobs([launches["rq"].runs[run_id], launches["tl"].runs[run_id]], timeout=300)
+    assert interrupted["reference"].wait(timeout=120) == 0, interrupted["reference"].stderr.read()
+    reference = _logits(interrupted["ref_dir"])
+    for key in ("rq", "tl"):
+        run_dir = interrupted[key] / "runs" / run_id
+        state = store.run_state(run_dir)
+        log = (run_dir / "log.txt").read_text()
+        assert state.status == "done", (key, state, log, thread.events)
+        assert re.search(r"resumed from checkpoint after epoch [1-9]\d* \(Slurm restart [1-9]\)", log), (key, log)
+        assert state.summary["restarts"] >= 1
+        np.testing.assert_array_equal(_logits(run_dir), reference, err_msg=key)
+    # the time-limited one was requeued by submitit's timeout handling (USR2 before the limit)
+    job = launches["tl"].runs[run_id]
+    text = "".join((Path(launches["tl"].folder) / f"{job}_0_log.{ext}").read_text() for ext in ("out", "err"))
+    assert "Caught signal SIGUSR2" in text and "this job is timed-out" in text and "Requeued job" in text
+    print(f"interrupted runs finished {time.time() - interrupted['t0']:.0f} s after submission; {thread.events}")

@@ -1,0 +1,200 @@
+"""The worker's real output: schema, bitwise determinism, resume after SIGKILL, skip on relaunch."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from cnnstress import store
+from cnnstress.grid import load_grid
+from cnnstress.worker import run, run_dir_for
+
+from conftest import REPO, tiny_grid_text
+
+pytestmark = pytest.mark.slow
+
+
+def _spec(tmp: Path, epochs: int = 2, variant: int = 0, extra: str = ""):
+    tmp.mkdir(parents=True, exist_ok=True)
+    grid = tmp / "g.toml"
+    grid.write_text(tiny_grid_text(epochs=epochs, extra=extra))
+    # one shared data root so the shapes cache is generated once per test session
+    return load_grid(grid, out_root=tmp / "out dir", data_root=REPO / "scratch" / "test-data").runs[variant]
+
+
+ARRAYS = ("test/logits", "test/embedding", "test/gradcam/pred", "test/gradcam/true", "val/logits",
+          "train_subset/embedding", "stress/gaussian_noise/1/logits", "faithfulness/deletion_gradcam")
+
+
+def _read(run_dir: Path) -> dict[str, np.ndarray]:
+    with store.open_results(run_dir / "results.h5") as r:
+        return {k: r.read(k) for k in ARRAYS}
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("worker run's \"dir\"")
+    spec = _spec(tmp)
+    result = run(spec, echo=False)
+    return spec, run_dir_for(spec), result
+
+
+def test_results_follow_the_design_schema(finished):
+    spec, run_dir, result = finished
+    assert result["status"] == "done"
+    info = store.validate_results(run_dir / "results.h5")
+    n, c = 200, 10
+    assert (info["n_test"], info["num_classes"], info["epochs"]) == (n, c, 2)
+    with h5py.File(run_dir / "results.h5", "r") as f:
+        assert f.attrs["schema_version"] == store.SCHEMA_VERSION
+        assert json.loads(f.attrs["spec"]) == spec.to_dict()
+        assert f.attrs["run_id"] == spec.run_id
+        expect = {"test/index": ((n,), np.int32), "test/label": ((n,), np.int16), "test/logits": ((n, c), np.float32),
+                  "test/gradcam/pred": ((n, 8, 8), np.float16), "test/gradcam/true": ((n, 8, 8), np.float16),
+                  "stress/gaussian_noise/5/logits": ((n, c), np.float16), "history/val_acc": ((2,), np.float64)}
+        for key, (shape, dtype) in expect.items():
+            assert f[key].shape == shape and f[key].dtype == dtype, key
+        assert f["test/embedding"].shape[0] == n and f["test/embedding"].dtype == np.float16
+        assert list(f["history/epoch"][:]) == [1, 2]
+        cams = f["test/gradcam/pred"][:].astype(np.float32)
+        assert cams.min() >= 0 and cams.max() <= 1.0 and np.isclose(cams.reshape(n, -1).max(1), 1, atol=1e-3).mean() > 0.9
+        # test labels are the dataset's, in its order
+        from cnnstress import data
+        test = data.load_test("shapes", spec.paths.data_root, spec.dataset.params)
+        assert np.array_equal(f["test/label"][:], test.y) and np.array_equal(f["test/index"][:], test.index)
+    done = json.loads((run_dir / "DONE.json").read_text())
+    assert done["results_sha256"] == store.sha256_file(run_dir / "results.h5")
+    logits = _read(run_dir)["test/logits"]
+    assert done["summary"]["test_accuracy"] == pytest.approx(float((logits.argmax(1) == test.y).mean()))
+    assert store.run_state(run_dir).status == "done"
+    assert "epoch   2/2" in (run_dir / "log.txt").read_text()
+    # best and final weights: best.pt is the epoch with the highest val accuracy (the first, on ties)
+    val_acc = _read_history(run_dir)
+    best = torch.load(run_dir / "best.pt", weights_only=True)
+    assert best["epoch"] == int(np.argmax(val_acc)) + 1 and best["val_acc"] == pytest.approx(val_acc.max())
+    final = torch.load(run_dir / "checkpoint.pt", weights_only=True)
+    assert final["epoch"] == 2 and best["spec_hash"] == final["spec_hash"] == spec.spec_hash
+    if best["epoch"] == 2:
+        assert all(torch.equal(best["model"][k], final["model"][k]) for k in final["model"])
+
+
+def _read_history(run_dir: Path) -> np.ndarray:
+    with h5py.File(run_dir / "results.h5", "r") as f:
+        return f["history/val_acc"][:]
+
+
+def test_same_spec_twice_is_bitwise_identical(finished, tmp_path):
+    spec, run_dir, _ = finished
+    again = _spec(tmp_path)
+    assert again.run_id == spec.run_id
+    run(again, echo=False)
+    a, b = _read(run_dir), _read(run_dir_for(again))
+    for key in ARRAYS:
+        assert np.array_equal(a[key], b[key]), key
+
+
+def test_relaunch_of_a_finished_run_trains_nothing_and_changes_no_file(finished):
+    spec, run_dir, _ = finished
+    before = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in run_dir.iterdir() if p.is_file()}
+    assert run(spec, echo=False)["status"] == "skipped"
+    after = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in run_dir.iterdir() if p.is_file()}
+    assert after == before
+
+
+def test_sigkill_after_an_epoch_then_resume_is_bitwise_equal(finished, tmp_path):
+    """Really kill a worker process after its first epoch; the relaunch resumes from the checkpoint
+    and its final arrays equal those of an uninterrupted run."""
+    spec3 = _spec(tmp_path / "ref", epochs=3)
+    run(spec3, echo=False)
+    killed = _spec(tmp_path / "killed", epochs=3)
+    rd = run_dir_for(killed)
+    rd.mkdir(parents=True)
+    (rd / "spec.json").write_text(killed.to_json())
+    proc = subprocess.Popen([sys.executable, "-m", "cnnstress.worker", "--spec", str(rd / "spec.json")], cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        try:
+            if json.loads((rd / "progress.json").read_text())["epoch"] >= 1:
+                break
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.02)
+    time.sleep(random.Random().uniform(0, 0.5))  # a random point after the first epoch's checkpoint
+    assert proc.poll() is None, "worker ended before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (rd / "DONE.json").exists()
+    assert store.run_state(rd).status == "partial"
+    result = run(killed, echo=False)
+    assert result["status"] == "done"
+    assert "resumed from checkpoint after epoch" in (rd / "log.txt").read_text()
+    a, b = _read(run_dir_for(spec3)), _read(rd)
+    for key in ARRAYS:
+        assert np.array_equal(a[key], b[key]), key
+    best_a = torch.load(run_dir_for(spec3) / "best.pt", weights_only=True)
+    best_b = torch.load(rd / "best.pt", weights_only=True)
+    assert best_a["epoch"] == best_b["epoch"]
+    assert all(torch.equal(best_a["model"][k], best_b["model"][k]) for k in best_a["model"])
+
+
+def test_worker_command_line_reads_a_manifest_line(finished, tmp_path):
+    spec, run_dir, _ = finished
+    manifest = tmp_path / "manifest.jsonl"
+    manifest.write_text(spec.to_json() + "\n")
+    env = {**os.environ, "SLURM_ARRAY_TASK_ID": "0"}
+    out = subprocess.run([sys.executable, "-m", "cnnstress.worker", "--manifest", str(manifest)], cwd=REPO, env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout.strip().splitlines()[-1])["status"] == "skipped"
+    env["SLURM_ARRAY_TASK_ID"] = "1"
+    out = subprocess.run([sys.executable, "-m", "cnnstress.worker", "--manifest", str(manifest)], cwd=REPO, env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "outside the manifest" in out.stderr
+
+
+def test_cifar_pickles_train_end_to_end(tmp_path):
+    """The real CIFAR loading path (official pickle format, written small by the test) through a run."""
+    from fake_cifar import write_fake_cifar
+
+    root = tmp_path / "data root's"
+    write_fake_cifar(root, "cifar10", n_train=250, n_test=100, seed=3)
+    grid = tmp_path / "g.toml"
+    grid.write_text(tiny_grid_text(epochs=1).replace('dataset = "shapes"', 'dataset = "cifar10"')
+                    .replace("dataset_options = { n_train = 400, n_test = 200, shortcut = 0.8 }", ""))
+    spec = load_grid(grid, out_root=tmp_path / "out", data_root=root).runs[0]
+    assert run(spec, echo=False)["status"] == "done"
+    info = store.validate_results(run_dir_for(spec) / "results.h5")
+    assert (info["n_test"], info["num_classes"]) == (100, 10)
+
+
+def test_missing_cifar_names_the_download_command(tmp_path):
+    grid = tmp_path / "g.toml"
+    grid.write_text(tiny_grid_text(epochs=1).replace('dataset = "shapes"', 'dataset = "cifar100"')
+                    .replace("dataset_options = { n_train = 400, n_test = 200, shortcut = 0.8 }", ""))
+    spec = load_grid(grid, out_root=tmp_path / "out", data_root=tmp_path / "empty").runs[0]
+    with pytest.raises(Exception, match="python launch.py --download cifar100"):
+        run(spec, echo=False)
+    assert "--download cifar100" in store.run_state(run_dir_for(spec)).reason
+
+
+def test_a_run_folder_cannot_escape_the_output_root(finished):
+    """Names are validated by the grid; run_dir_for refuses a spec built around it anyway."""
+    import dataclasses
+
+    spec, _, _ = finished
+    for sweep in ("../../etc", "/abs"):
+        bad = dataclasses.replace(spec, sweep=sweep)
+        with pytest.raises(ValueError, match="escapes the output root"):
+            run_dir_for(bad)
