@@ -2,8 +2,9 @@
 
 ``CNNSTRESS_FAULT="kill:checkpoint.pt:2"`` SIGKILLs this process half-way through its 2nd write of
 checkpoint.pt; ``enospc:results.h5`` raises "No space left on device" while results.h5 is written;
-``oom:epoch:1`` raises MemoryError in the first training epoch. Several faults are separated by
-commas. A point is a file name written atomically by store.py, or ``epoch``.
+``oom:epoch:1`` raises MemoryError in the first training epoch; ``slow:epoch:0.5`` sleeps 0.5 s at
+every epoch (so that a test's signal reaches a tiny run mid-training whatever the machine's speed;
+results are unchanged). Several faults are separated by commas. A point is a file name written atomically by store.py, or ``epoch``.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import errno
 import os
 import signal
+import time
 
 _counts: dict[str, int] = {}
 
@@ -23,6 +25,9 @@ def maybe_fail(point: str) -> None:
     for item in spec.split(","):
         action, _, rest = item.strip().partition(":")
         where, _, nth = rest.partition(":")
+        if action == "slow" and where == point:
+            time.sleep(float(nth or 1))
+            continue
         if where != point or _counts[point] != int(nth or 1):
             continue
         if action == "kill":
@@ -34,4 +39,4 @@ def maybe_fail(point: str) -> None:
         elif action == "raise":
             raise RuntimeError(f"injected failure at {point}")
         else:
-            raise ValueError(f"CNNSTRESS_FAULT: unknown action {action!r}; valid: kill, enospc, oom, raise")
+            raise ValueError(f"CNNSTRESS_FAULT: unknown action {action!r}; valid: kill, enospc, oom, raise, slow")

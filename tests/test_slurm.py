@@ -214,7 +214,14 @@ def interrupted(request, tmp_path_factory):
     tl_grid = _grid_file(root / "grids", "timelimit", epochs=epochs, time_min=1, one_run=True, small=True)
     rq_out, tl_out = root / "rq out", root / "tl out"
     assert main(_launch_args(tl_grid, tl_out, "slurm")) == 0
-    assert main(_launch_args(rq_grid, rq_out, "slurm")) == 0
+    # `scontrol requeue` sends SIGTERM, which submitit ignores, and SIGKILL KillWait (5 s) later: a
+    # tiny run at full speed can finish all its epochs in that window (CI saw it, 30 epochs in 5 s),
+    # so the requeued run sleeps 0.5 s an epoch. Slurm keeps the job's environment across requeues.
+    os.environ["CNNSTRESS_FAULT"] = "slow:epoch:0.5"
+    try:
+        assert main(_launch_args(rq_grid, rq_out, "slurm")) == 0
+    finally:
+        del os.environ["CNNSTRESS_FAULT"]
     spec = _specs(rq_grid, rq_out)[0]
     assert spec.run_id == _specs(tl_grid, tl_out)[0].run_id  # the same run, in two sweeps
     ref_spec = _specs(rq_grid, root / "reference out")[0]
