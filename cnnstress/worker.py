@@ -129,11 +129,19 @@ class RunLog:
 
 
 def save_checkpoint(run_dir: Path, state: dict[str, Any]) -> None:
-    """Write checkpoint.pt atomically, keeping the previous one as checkpoint.prev.pt."""
+    """Write checkpoint.pt atomically, keeping the previous one as checkpoint.prev.pt.
+
+    checkpoint.pt exists at every instant once written: the old one is hard-linked to the prev name
+    while the new one is written. (Renaming it away first left a window, as long as the write, in
+    which a SIGKILL left only checkpoint.prev.pt; a test caught --status calling that run missing.)"""
     data = _torch_bytes(state)
-    cur = run_dir / "checkpoint.pt"
+    cur, prev = run_dir / store.CHECKPOINT_NAME, run_dir / store.PREV_CHECKPOINT_NAME
     if cur.exists():
-        os.replace(cur, run_dir / "checkpoint.prev.pt")
+        prev.unlink(missing_ok=True)
+        try:
+            os.link(cur, prev)
+        except OSError:  # a file system without hard links: the short window comes back
+            os.replace(cur, prev)
     store.atomic_write_bytes(cur, data)
 
 
@@ -152,7 +160,7 @@ def _torch_bytes(state: dict[str, Any]) -> bytes:
 def load_checkpoint(run_dir: Path, spec_hash: str, device: torch.device, log: RunLog) -> dict[str, Any] | None:
     """The newest readable checkpoint of this spec, or None. Unreadable ones are reported and
     skipped, never trusted: weights_only=True refuses pickled code."""
-    for name in ("checkpoint.pt", "checkpoint.prev.pt"):
+    for name in (store.CHECKPOINT_NAME, store.PREV_CHECKPOINT_NAME):
         path = run_dir / name
         if not path.exists():
             continue

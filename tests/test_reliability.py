@@ -81,6 +81,10 @@ def test_sigkill_during_a_write_leaves_only_valid_files_and_relaunch_completes(f
     assert _temp_files(rd), "the kill happened half-way through a temp file"
     _published_files_are_valid(rd)
     assert store.run_state(rd).status != "done"
+    if fault.startswith("kill:checkpoint.pt"):
+        # killed while writing epoch 2's checkpoint: epoch 1's is still there under its own name
+        assert torch.load(rd / "checkpoint.pt", weights_only=True)["epoch"] == 1
+        assert store.run_state(rd).status == "partial"
     result = run(spec, echo=False)
     assert result["status"] == "done"
     assert _temp_files(rd) == []
@@ -165,7 +169,8 @@ def test_two_launches_at_once_train_each_run_once(tmp_path):
     out = tmp_path / "out"
     cmd = [sys.executable, "launch.py", "--grid", str(grid), "--cluster", "debug", "--out", str(out),
            "--data-root", str(DATA), "--no-gather"]
-    first = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    first = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                             env={**os.environ, "CNNSTRESS_FAULT": "slow:epoch:0.2"})  # busy on any machine
     rd0 = run_dir_for(runs[0])
     deadline = time.time() + 120
     while time.time() < deadline and claim_holder(rd0) is None:

@@ -431,6 +431,10 @@ def test_run_state_missing_partial_failed(run_dir: Path) -> None:
     (run_dir / "spec.json").write_text("{}")
     assert store.run_state(run_dir).status == "missing"
 
+    store.atomic_write_bytes(run_dir / "checkpoint.prev.pt", b"ckpt")  # the worker resumes from it too
+    state = store.run_state(run_dir)
+    assert state.status == "partial" and "checkpoint.prev.pt" in state.reason
+    (run_dir / "checkpoint.prev.pt").unlink()
     store.atomic_write_bytes(run_dir / "checkpoint.pt", b"ckpt")
     state = store.run_state(run_dir)
     assert state.status == "partial" and "checkpoint.pt" in state.reason

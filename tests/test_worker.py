@@ -121,8 +121,10 @@ def test_sigkill_after_an_epoch_then_resume_is_bitwise_equal(finished, tmp_path)
     rd = run_dir_for(killed)
     rd.mkdir(parents=True)
     (rd / "spec.json").write_text(killed.to_json())
+    # 0.4 s more an epoch, so that the kill lands before the end on a machine of any speed
     proc = subprocess.Popen([sys.executable, "-m", "cnnstress.worker", "--spec", str(rd / "spec.json")], cwd=REPO,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "CNNSTRESS_FAULT": "slow:epoch:0.4"})
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
         try:
