@@ -4,7 +4,8 @@
 checkpoint.pt; ``enospc:results.h5`` raises "No space left on device" while results.h5 is written;
 ``oom:epoch:1`` raises MemoryError in the first training epoch; ``slow:epoch:0.5`` sleeps 0.5 s at
 every epoch (so that a test's signal reaches a tiny run mid-training whatever the machine's speed;
-results are unchanged). Several faults are separated by commas. A point is a file name written atomically by store.py, or ``epoch``.
+results are unchanged); ``hold:epoch:/some/file`` waits at every epoch until that file exists (at
+most 10 minutes), so a test decides when the run may go on. Several faults are separated by commas. A point is a file name written atomically by store.py, or ``epoch``.
 """
 
 from __future__ import annotations
@@ -28,6 +29,11 @@ def maybe_fail(point: str) -> None:
         if action == "slow" and where == point:
             time.sleep(float(nth or 1))
             continue
+        if action == "hold" and where == point:
+            deadline = time.monotonic() + 600
+            while not os.path.exists(nth) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            continue
         if where != point or _counts[point] != int(nth or 1):
             continue
         if action == "kill":
@@ -39,4 +45,4 @@ def maybe_fail(point: str) -> None:
         elif action == "raise":
             raise RuntimeError(f"injected failure at {point}")
         else:
-            raise ValueError(f"CNNSTRESS_FAULT: unknown action {action!r}; valid: kill, enospc, oom, raise, slow")
+            raise ValueError(f"CNNSTRESS_FAULT: unknown action {action!r}; valid: kill, enospc, oom, raise, slow, hold")

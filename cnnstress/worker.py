@@ -68,11 +68,17 @@ def claim(run_dir: Path) -> Iterator[None]:
     path = run_dir / "claim.lock"
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 4096, 0).decode(errors="replace").strip() or "unknown process"
-            raise RunBusy(f"run {run_dir.name} is being trained by {holder}") from None
+        # A few tries over a second: claim_holder (--status, another launch) takes a shared lock for
+        # a moment, and a worker that met it would otherwise give up a run nobody trains.
+        for attempt in range(20):
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if attempt == 19:
+                    holder = os.pread(fd, 4096, 0).decode(errors="replace").strip() or "unknown process"
+                    raise RunBusy(f"run {run_dir.name} is being trained by {holder}") from None
+                time.sleep(0.05)
         info = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%dT%H:%M:%S")})
         os.ftruncate(fd, 0)
         os.pwrite(fd, info.encode(), 0)
@@ -92,10 +98,13 @@ def claim_holder(run_dir: Path) -> dict[str, Any] | None:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
             return None
         except BlockingIOError:
-            try:
-                return json.loads(os.pread(fd, 4096, 0).decode())
-            except ValueError:
-                return {"pid": None, "host": "?"}
+            # the holder writes its name just after it takes the lock: give it a moment
+            for _ in range(20):
+                try:
+                    return json.loads(os.pread(fd, 4096, 0).decode())
+                except ValueError:
+                    time.sleep(0.01)
+            return {"pid": None, "host": "?"}
     finally:
         os.close(fd)
 

@@ -603,10 +603,11 @@ def test_array_script_requeues_on_usr2_up_to_the_cap_and_keeps_the_worker_status
     proc = subprocess.Popen(["bash", str(REPO / "slurm" / "array.sbatch"), str(manifest), str(py), "10", "2"],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     out_dir = Path(env["FAKE_OUT"])
-    for _ in range(100):
-        if (out_dir / "argv").exists():
-            break
+    deadline = time.time() + 60
+    while time.time() < deadline and not (out_dir / "argv").exists():
         time.sleep(0.05)
+    # the worker runs, so the script is past `trap requeue USR2`: the signal goes to the trap
+    assert (out_dir / "argv").exists(), "the worker never started"
     proc.send_signal(signal.SIGUSR2)
     time.sleep(0.5)
     (out_dir / "go").touch()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 
 import pytest
@@ -29,7 +30,7 @@ def test_slow_sleeps_at_every_occurrence_of_its_point_only(monkeypatch):
     ("raise:epoch:1", RuntimeError, "injected failure at epoch"),
     ("oom:epoch:1", MemoryError, "injected out-of-memory"),
     ("enospc:epoch:1", OSError, "No space left"),
-    ("explode:epoch:1", ValueError, "valid: kill, enospc, oom, raise, slow"),
+    ("explode:epoch:1", ValueError, "valid: kill, enospc, oom, raise, slow, hold"),
 ])
 def test_actions_fire_at_the_nth_occurrence(monkeypatch, spec, exc, match):
     monkeypatch.setenv("CNNSTRESS_FAULT", spec.replace(":1", ":2"))
@@ -37,3 +38,14 @@ def test_actions_fire_at_the_nth_occurrence(monkeypatch, spec, exc, match):
     faults.maybe_fail("epoch")  # the first occurrence passes
     with pytest.raises(exc, match=match):
         faults.maybe_fail("epoch")
+
+
+def test_hold_waits_until_its_file_exists(monkeypatch, tmp_path):
+    gate = tmp_path / "go on"
+    monkeypatch.setenv("CNNSTRESS_FAULT", f"hold:epoch:{gate}")
+    opened = threading.Timer(0.3, gate.touch)
+    opened.start()
+    t0 = time.monotonic()
+    faults.maybe_fail("epoch")
+    assert gate.exists() and time.monotonic() - t0 >= 0.3
+    opened.join()

@@ -165,19 +165,25 @@ def test_failed_rng_restore_is_an_error_not_skipped(tmp_path):
 
 @pytest.mark.slow
 def test_two_launches_at_once_train_each_run_once(tmp_path):
-    grid, runs = _runs(tmp_path, epochs=8)  # long enough that the second launch meets the first at work
+    grid, runs = _runs(tmp_path, epochs=8)
     out = tmp_path / "out"
     cmd = [sys.executable, "launch.py", "--grid", str(grid), "--cluster", "debug", "--out", str(out),
            "--data-root", str(DATA), "--no-gather"]
+    # The first launch holds at each epoch until `gate` exists, so the second meets it at work
+    # on a machine of any speed; the gate opens once the second launch has ended.
+    gate = tmp_path / "gate"
     first = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                             env={**os.environ, "CNNSTRESS_FAULT": "slow:epoch:0.2"})  # busy on any machine
+                             env={**os.environ, "CNNSTRESS_FAULT": f"hold:epoch:{gate}"})
     rd0 = run_dir_for(runs[0])
     deadline = time.time() + 120
-    while time.time() < deadline and claim_holder(rd0) is None:
+    while time.time() < deadline and not (claim_holder(rd0) or {}).get("pid"):
         time.sleep(0.05)
     holder = claim_holder(rd0)
     assert holder is not None and holder["pid"] == first.pid
-    second = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    try:
+        second = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    finally:
+        gate.touch()
     first.communicate(timeout=600)
     said = " ".join((second.stdout + second.stderr).split())
     # the second launch says which process holds which run

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import random
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -18,7 +20,7 @@ import torch
 
 from cnnstress import store
 from cnnstress.grid import load_grid
-from cnnstress.worker import run, run_dir_for
+from cnnstress.worker import RunBusy, claim, claim_holder, run, run_dir_for
 
 from conftest import REPO, tiny_grid_text
 
@@ -200,3 +202,27 @@ def test_a_run_folder_cannot_escape_the_output_root(finished):
         bad = dataclasses.replace(spec, sweep=sweep)
         with pytest.raises(ValueError, match="escapes the output root"):
             run_dir_for(bad)
+
+
+# --- claim: one process per run ------------------------------------------------------------------
+
+
+def test_claim_is_exclusive_and_names_its_holder(tmp_path):
+    with claim(tmp_path):
+        holder = claim_holder(tmp_path)
+        assert holder["pid"] == os.getpid()
+        # flock is per open file, so a second claim from this process is refused like another's
+        with pytest.raises(RunBusy, match=f'"pid": {os.getpid()}'):
+            with claim(tmp_path):
+                pass
+    assert claim_holder(tmp_path) is None  # released with the context
+
+
+def test_claim_waits_out_a_status_check_that_holds_the_lock_for_a_moment(tmp_path):
+    """claim_holder takes a shared lock for an instant; a worker claiming then must not give up."""
+    (tmp_path / "claim.lock").write_text("")
+    fd = os.open(tmp_path / "claim.lock", os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    threading.Timer(0.2, os.close, args=(fd,)).start()  # like a slow `--status`
+    with claim(tmp_path):
+        assert claim_holder(tmp_path)["pid"] == os.getpid()
