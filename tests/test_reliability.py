@@ -108,6 +108,7 @@ def _finished_then_undone(tmp_path: Path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("damage", ["truncate", "garbage", "both"])
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol:UserWarning")  # the garbage says protocol 4
 def test_damaged_checkpoint_falls_back_and_says_so(damage, tmp_path, reference):
     spec, rd = _finished_then_undone(tmp_path)
     cur = rd / "checkpoint.pt"
