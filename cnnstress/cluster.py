@@ -260,7 +260,7 @@ def record_unreported_end(run_dir: Path, exit_status: int | None) -> str | None:
         how = f"its process exited with status {exit_status} without a result"
     else:
         how = "its process ended without a result"
-    if any((run_dir / name).exists() for name in (store.CHECKPOINT_NAME, store.PREV_CHECKPOINT_NAME)):
+    if any((run_dir / name).exists() for name in store.CHECKPOINT_NAMES):
         after = f" after epoch {_progress_epochs(run_dir)}" if _progress_epochs(run_dir) else ""
         rest = f"checkpoint{after} kept, relaunch resumes"
     else:

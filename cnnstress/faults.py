@@ -5,7 +5,8 @@ checkpoint.pt; ``enospc:results.h5`` raises "No space left on device" while resu
 ``oom:epoch:1`` raises MemoryError in the first training epoch; ``slow:epoch:0.5`` sleeps 0.5 s at
 every epoch (so that a test's signal reaches a tiny run mid-training whatever the machine's speed;
 results are unchanged); ``hold:epoch:/some/file`` waits at every epoch until that file exists (at
-most 10 minutes), so a test decides when the run may go on. Several faults are separated by commas. A point is a file name written atomically by store.py, or ``epoch``.
+most 10 minutes), so a test decides when the run may go on. Several faults are separated by commas.
+A point is a file name written atomically by store.py, or ``epoch``.
 """
 
 from __future__ import annotations
@@ -26,15 +27,17 @@ def maybe_fail(point: str) -> None:
     for item in spec.split(","):
         action, _, rest = item.strip().partition(":")
         where, _, nth = rest.partition(":")
-        if action == "slow" and where == point:
+        if where != point:
+            continue
+        if action == "slow":  # at every occurrence; its third field is seconds
             time.sleep(float(nth or 1))
             continue
-        if action == "hold" and where == point:
+        if action == "hold":  # at every occurrence; its third field is a path
             deadline = time.monotonic() + 600
             while not os.path.exists(nth) and time.monotonic() < deadline:
                 time.sleep(0.05)
             continue
-        if where != point or _counts[point] != int(nth or 1):
+        if _counts[point] != int(nth or 1):
             continue
         if action == "kill":
             os.kill(os.getpid(), signal.SIGKILL)

@@ -42,6 +42,7 @@ DONE_NAME = "DONE.json"
 FAILED_NAME = "FAILED.json"
 CHECKPOINT_NAME = "checkpoint.pt"
 PREV_CHECKPOINT_NAME = "checkpoint.prev.pt"
+CHECKPOINT_NAMES = (CHECKPOINT_NAME, PREV_CHECKPOINT_NAME)  # newest first: what a resume may read
 
 # Chunks of about 1 MiB: big enough that gzip works well and reading a whole dataset is a few
 # hundred chunk reads, small enough that reading a few rows does not inflate much.
@@ -887,7 +888,7 @@ def run_state(run_dir: str | os.PathLike[str], *, verify_hash: bool = True) -> R
         return _done_state(run_dir, verify_hash)
     if (run_dir / FAILED_NAME).exists():
         return RunState("failed", _failed_reason(run_dir))
-    present = [name for name in (CHECKPOINT_NAME, PREV_CHECKPOINT_NAME, RESULTS_NAME) if (run_dir / name).exists()]
+    present = [name for name in (*CHECKPOINT_NAMES, RESULTS_NAME) if (run_dir / name).exists()]
     if present:
         return RunState("partial", f"{' and '.join(present)} present, no DONE.json")
     return RunState("missing", "")

@@ -70,15 +70,15 @@ def claim(run_dir: Path) -> Iterator[None]:
     try:
         # A few tries over a second: claim_holder (--status, another launch) takes a shared lock for
         # a moment, and a worker that met it would otherwise give up a run nobody trains.
-        for attempt in range(20):
+        for _ in range(20):
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 break
             except BlockingIOError:
-                if attempt == 19:
-                    holder = os.pread(fd, 4096, 0).decode(errors="replace").strip() or "unknown process"
-                    raise RunBusy(f"run {run_dir.name} is being trained by {holder}") from None
                 time.sleep(0.05)
+        else:
+            holder = os.pread(fd, 4096, 0).decode(errors="replace").strip() or "unknown process"
+            raise RunBusy(f"run {run_dir.name} is being trained by {holder}")
         info = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%dT%H:%M:%S")})
         os.ftruncate(fd, 0)
         os.pwrite(fd, info.encode(), 0)
@@ -169,7 +169,7 @@ def _torch_bytes(state: dict[str, Any]) -> bytes:
 def load_checkpoint(run_dir: Path, spec_hash: str, device: torch.device, log: RunLog) -> dict[str, Any] | None:
     """The newest readable checkpoint of this spec, or None. Unreadable ones are reported and
     skipped, never trusted: weights_only=True refuses pickled code."""
-    for name in (store.CHECKPOINT_NAME, store.PREV_CHECKPOINT_NAME):
+    for name in store.CHECKPOINT_NAMES:
         path = run_dir / name
         if not path.exists():
             continue
