@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Single-node Slurm cluster for cnnstress tests and CI (Debian 12, root, no systemd).
 #
-#   slurm/dev-cluster.sh up       install if missing, write config, start daemons, wait until usable
+#   slurm/dev-cluster.sh up       install if missing, write config, start daemons, wait until usable;
+#                                 after a reboot it cancels the jobs the saved state still lists
 #   slurm/dev-cluster.sh down     stop only the daemons that `up` started (PIDs recorded in a state dir)
 #   slurm/dev-cluster.sh status   show daemons, `scontrol ping`, `sinfo`; exit 0 when up, 1 when down
 #
@@ -459,6 +460,7 @@ cluster_up() {
 # After a reboot (or a container restart: CI runs on a machine whose /var/lib survived but whose
 # processes did not) the records name daemons that are gone; wait_for would take each for one that
 # died just now. Forget them so `up` starts everything afresh.
+RESTARTED=0
 forget_dead_daemons() {
     local d pid
     for d in munged mariadbd slurmdbd slurmctld slurmd; do
@@ -466,8 +468,28 @@ forget_dead_daemons() {
         if [[ -n "$pid" ]] && ! pid_alive "$pid" "$d"; then
             log "forgetting $d (pid $pid): recorded by an earlier 'up', no longer running"
             rm -f "$PID_DIR/$d.pid"
+            [[ "$d" != slurmctld ]] || RESTARTED=1
         fi
     done
+}
+
+queue_empty() {
+    [[ -z "$(squeue -h -o %A 2>/dev/null)" ]]
+}
+
+# slurmctld restores the jobs of its saved state. After a reboot the running ones are ghosts, their
+# processes gone with the machine, yet RUNNING on the node's CPUs (seen here: still RUNNING 30 s
+# after `up`); the queued ones would start and train for test runs whose files are gone. This
+# cluster serves tests and CI: cancel them all. (A clean `down` removes the records: the next `up`
+# cancels nothing, and slurmd finds the steps that outlived it.)
+cancel_jobs_from_before_restart() {
+    local ids
+    ids="$(squeue -h -o %A 2>/dev/null | sort -u | tr '\n' ' ')"
+    [[ -n "${ids// /}" ]] || return 0
+    log "cancelling jobs left from before the restart (their processes died with it): ${ids% }"
+    # shellcheck disable=SC2086 # one argument per job id
+    scancel $ids || true
+    wait_for "the cancelled jobs to leave the queue" "$LOG_DIR/slurmctld.log" queue_empty
 }
 
 # --- commands ------------------------------------------------------------------------------
@@ -512,6 +534,9 @@ cmd_up() {
     start_slurm_daemon slurmctld slurmctld
     start_slurm_daemon slurmd slurmd
     wait_for "slurmctld to answer 'scontrol ping'" "$LOG_DIR/slurmctld.log" ping_up
+    if ((RESTARTED)); then
+        cancel_jobs_from_before_restart
+    fi
     wait_for "node $NODE to be idle in sinfo" "$LOG_DIR/slurmd.log" node_ready
     if [[ "$(cat "$STATE_DIR/accounting")" == "1" ]]; then
         wait_for "slurmctld to register with slurmdbd" "$LOG_DIR/slurmctld.log" dbd_connected

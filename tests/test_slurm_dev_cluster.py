@@ -45,6 +45,21 @@ def _squeue() -> list[str]:
     return out.stdout.splitlines()
 
 
+def _sbatch(*options: str) -> str:
+    out = subprocess.run(["sbatch", "--parsable", "-p", "debug", "-t", "10", "--mem=100M", "-o", "/dev/null",
+                          *options, "--wrap", "sleep 600"], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip().split(";")[0]
+
+
+def _pids_of_job(job: str) -> list[int]:
+    """The job's processes and their slurmstepd: what a reboot would kill."""
+    listed = subprocess.run(["scontrol", "listpids", job], capture_output=True, text=True, timeout=30).stdout
+    pids = [int(line.split()[0]) for line in listed.splitlines()[1:] if line.split()]
+    steps = subprocess.run(["pgrep", "-f", f"slurmstepd: \\[{job}\\."], capture_output=True, text=True).stdout
+    return pids + [int(p) for p in steps.split()]
+
+
 def _alive(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1].split()[0]
@@ -60,12 +75,25 @@ def test_up_after_a_reboot_forgets_dead_daemons_and_starts_them_again(live_dev_c
     assert not _squeue(), f"jobs still queued or running: {_squeue()}"
     records = {p.stem: p.read_text() for p in PID_DIR.glob("*.pid")}
     assert {"slurmctld", "slurmd"} <= records.keys()
-    # A reboot, as CI sees it: every daemon gone, its record still there. The daemons are stopped
-    # cleanly rather than SIGKILLed: a SIGKILLed slurmctld loses its last seconds of job state and
-    # brings back, RUNNING, jobs that had just been cancelled.
+    # Jobs the reboot interrupts: one running (both CPUs), one queued behind it.
+    jobs = [_sbatch("--cpus-per-task=2"), _sbatch("--cpus-per-task=1")]
+    deadline = time.time() + 60
+    while f"{jobs[0]} RUNNING" not in _squeue() and time.time() < deadline:
+        time.sleep(0.5)
+    assert sorted(_squeue()) == sorted([f"{jobs[0]} RUNNING", f"{jobs[1]} PENDING"]), _squeue()
+    job_pids = _pids_of_job(jobs[0])
+    assert job_pids
+    # A reboot, as CI sees it: every daemon and job process gone, the daemons' records and the
+    # controller's saved state still there. The daemons are stopped cleanly rather than SIGKILLed:
+    # a SIGKILLed slurmctld loses its last seconds of job state.
     down = _script("down")
     assert down.returncode == 0, down.stdout + down.stderr
     assert not any(_alive(int(pid)) for pid in records.values())
+    for pid in job_pids:
+        try:
+            os.kill(pid, 9)
+        except ProcessLookupError:
+            pass
     for daemon, pid in records.items():
         (PID_DIR / f"{daemon}.pid").write_text(pid)
     assert _script("status").returncode == 1  # really down
@@ -74,6 +102,10 @@ def test_up_after_a_reboot_forgets_dead_daemons_and_starts_them_again(live_dev_c
     assert up.returncode == 0, up.stdout + up.stderr
     for daemon, pid in records.items():
         assert f"forgetting {daemon} (pid {pid.strip()})" in up.stdout
+    # the running job would otherwise stay RUNNING on the node as a ghost, holding its CPUs
+    assert f"cancelling jobs left from before the restart (their processes died with it): {jobs[0]} {jobs[1]}" \
+        in up.stdout, up.stdout
+    assert _squeue() == []
     assert _script("status").returncode == 0
     new = {p.stem: p.read_text() for p in PID_DIR.glob("*.pid")}
     assert new.keys() == records.keys() and all(new[d] != records[d] for d in records)
