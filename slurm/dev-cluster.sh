@@ -484,7 +484,7 @@ queue_empty() {
 # cancels nothing, and slurmd finds the steps that outlived it.)
 cancel_jobs_from_before_restart() {
     local ids
-    ids="$(squeue -h -o %A 2>/dev/null | sort -u | tr '\n' ' ')"
+    ids="$(squeue -h -o %A 2>/dev/null | sort -nu | tr '\n' ' ')"  # numeric: 99 before 100
     [[ -n "${ids// /}" ]] || return 0
     log "cancelling jobs left from before the restart (their processes died with it): ${ids% }"
     # shellcheck disable=SC2086 # one argument per job id

@@ -147,9 +147,10 @@ def live_cluster():
 class Interrupter(threading.Thread):
     """Requeues one run with `scontrol requeue` once it has a checkpoint, and freezes the other
     (SIGSTOP) once it has a checkpoint, so that Slurm's time-limit warning (USR2, 20-50 s after
-    the start of a 1-minute job) finds it mid-training whatever this machine's speed. A stopped
-    process only queues USR2 (proctrack/linuxproc just kill()s it), so the thread continues it as
-    soon as USR2 is pending; after 55 s it would continue it anyway."""
+    the start of a 1-minute job) finds it mid-training whatever this machine's speed. Slurm has
+    been seen continuing the stopped process itself (13 s later, here), but with
+    proctrack/linuxproc it may only queue USR2, so the thread continues it as soon as USR2 is
+    pending; after 55 s it would continue it anyway."""
 
     def __init__(self, requeue_dir: Path, requeue_job: str, timed_dir: Path):
         super().__init__(daemon=True)
