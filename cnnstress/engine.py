@@ -11,7 +11,7 @@ import math
 import os
 import random
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Callable, Iterator, MutableMapping
 
 import numpy as np
 import torch
@@ -26,18 +26,62 @@ from .faults import maybe_fail
 # ------------------------------------------------------------------------------------------------
 
 
-def set_determinism(seed: int, deterministic: bool) -> None:
-    """Seed every RNG and pin cuDNN/cuBLAS to deterministic kernels. Called once at worker start."""
-    if deterministic:
-        # cuBLAS needs a fixed workspace for deterministic GEMMs; must be set before the first
-        # CUDA call (https://docs.nvidia.com/cuda/cublas/index.html#results-reproducibility).
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+#: The values of CUBLAS_WORKSPACE_CONFIG that make cuBLAS GEMMs deterministic; PyTorch accepts exactly
+#: these two strings (``Context::checkCuBLASConfigDeterministic`` in ATen's Context.cpp) and raises on
+#: a deterministic GEMM otherwise. The first is the default here (more workspace, faster).
+CUBLAS_WORKSPACE_VAR = "CUBLAS_WORKSPACE_CONFIG"
+CUBLAS_DETERMINISTIC_CONFIGS = (":4096:8", ":16:8")
+
+
+def configure_cublas_workspace(deterministic: bool, environ: MutableMapping[str, str] | None = None) -> str:
+    """Set CUBLAS_WORKSPACE_CONFIG before anything can touch CUDA, or refuse a conflicting value.
+
+    cuBLAS reads the variable once per process, when its first handle is created (the first GEMM):
+    a later change has no effect. So it is set whenever it is unset, deterministic run or not: under
+    ``--cluster debug`` several runs share one process, and a non-deterministic run that left it
+    unset would make every GEMM of a later deterministic run raise. A value the user set that is not
+    one of the deterministic ones is kept for a non-deterministic run and is an error for a
+    deterministic one. Returns the value in force."""
+    env = os.environ if environ is None else environ
+    value = env.get(CUBLAS_WORKSPACE_VAR)
+    if value is None or value == "":
+        env[CUBLAS_WORKSPACE_VAR] = value = CUBLAS_DETERMINISTIC_CONFIGS[0]
+    elif deterministic and value not in CUBLAS_DETERMINISTIC_CONFIGS:
+        raise ValueError(
+            f"{CUBLAS_WORKSPACE_VAR}={value!r} makes cuBLAS non-deterministic, but the run asks for "
+            f"deterministic = true; allowed: {' or '.join(CUBLAS_DETERMINISTIC_CONFIGS)} (or unset it: "
+            f"cnnstress then sets {CUBLAS_DETERMINISTIC_CONFIGS[0]}), or set deterministic = false")
+    return value
+
+
+def set_determinism(seed: int, deterministic: bool) -> dict[str, str]:
+    """Seed every RNG, pin cuDNN/cuBLAS to deterministic kernels and make float32 mean IEEE float32.
+    Called once at worker start, before the first CUDA call. Returns the precision settings in
+    force, for the results' root attributes.
+
+    torch 2.14 runs float32 cuDNN convolutions as TF32 by default
+    (``torch.backends.cudnn.conv.fp32_precision == "tf32"``): a float32 Grad-CAM, deletion/insertion
+    pass or blur corruption would carry a 10-bit mantissa on an Ampere or newer GPU. Only the new
+    ``fp32_precision`` API is used: mixing it with the legacy ``allow_tf32`` flags raises."""
+    workspace = configure_cublas_workspace(deterministic)
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
     torch.backends.cudnn.deterministic = deterministic
     torch.backends.cudnn.benchmark = not deterministic
     torch.use_deterministic_algorithms(deterministic, warn_only=False)
+    torch.backends.cudnn.conv.fp32_precision = "ieee"
+    torch.backends.cuda.matmul.fp32_precision = "ieee"
+    return precision_settings(workspace)
+
+
+def precision_settings(workspace: str | None = None) -> dict[str, str]:
+    """The float32 and determinism settings in force, as strings (root attributes of results.h5)."""
+    return {"cudnn_conv_fp32_precision": str(torch.backends.cudnn.conv.fp32_precision),
+            "cuda_matmul_fp32_precision": str(torch.backends.cuda.matmul.fp32_precision),
+            "deterministic_algorithms": str(torch.are_deterministic_algorithms_enabled()),
+            "cudnn_deterministic": str(torch.backends.cudnn.deterministic),
+            CUBLAS_WORKSPACE_VAR: str(workspace if workspace is not None else os.environ.get(CUBLAS_WORKSPACE_VAR, ""))}
 
 
 def cpu_has_bf16() -> bool:
@@ -205,11 +249,27 @@ def to_input(x_float01: Tensor, mean: Tensor, std: Tensor, channels_last: bool) 
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
+def float32_head(model: nn.Module, x: Tensor, precision: Precision) -> tuple[Tensor, Tensor]:
+    """(logits, embedding), both float32: the trunk (``model.features``) runs under autocast, the
+    global pooling and the head in float32 on the float32 feature map.
+
+    Under bfloat16 autocast a logit carries 8 significant bits (a step of 0.0625 near 10): stored
+    that way it moves NLL and ECE, makes argmax ties, and makes a run on a CPU with bf16 units differ
+    from one without. Pooling a float32 copy of the map and a float32 Linear give what is stored its
+    full precision."""
+    with precision.autocast():
+        fmap = model.features(x)
+    with torch.autocast(precision.device_type, enabled=False):
+        emb = model.pooled(fmap.float())
+        return model.head(emb), emb
+
+
 @torch.inference_mode()
 def predict(model: nn.Module, x_uint8: Tensor, mean: Tensor, std: Tensor, precision: Precision,
             batch_size: int, channels_last: bool = True, with_embedding: bool = False,
             transform: Callable[[Tensor, int], Tensor] | None = None) -> tuple[Tensor, Tensor | None]:
-    """Logits (float32) and optionally penultimate embeddings for every image, in order.
+    """Logits (float32, from a float32 head) and optionally penultimate embeddings (float32) for
+    every image, in order.
 
     ``transform(x01, batch_index)`` may alter each [0,1] batch first (corruptions)."""
     model.eval()
@@ -218,13 +278,10 @@ def predict(model: nn.Module, x_uint8: Tensor, mean: Tensor, std: Tensor, precis
         x01 = x_uint8[start:start + batch_size].float().div_(255)
         if transform is not None:
             x01 = transform(x01, b)
-        x = to_input(x01, mean, std, channels_last)
-        with precision.autocast():
-            emb = model.embed(x)
-            out = model.head(emb)
-        logits.append(out.float())
+        out, emb = float32_head(model, to_input(x01, mean, std, channels_last), precision)
+        logits.append(out)
         if with_embedding:
-            embeds.append(emb.float())
+            embeds.append(emb)
     return torch.cat(logits), (torch.cat(embeds) if with_embedding else None)
 
 
@@ -256,13 +313,15 @@ class LayerActivations:
         self.output: Tensor | None = None
         self._handle = None
 
-    def _hook(self, module, inputs, output: Tensor) -> Tensor | None:
-        if self.copies > 1:
-            output = torch.cat([output] * self.copies)
-            self.output = output
-            return output
-        self.output = output
-        return None
+    def _hook(self, module, inputs, output: Tensor) -> Tensor:
+        acts = torch.cat([output] * self.copies) if self.copies > 1 else output
+        self.output = acts
+        # The network goes on with a copy: a next module that works in place (a BatchNorm followed
+        # by ReLU(inplace=True), as in simple_cnn, flexible_cnn's stem and resnet18's bn1) would
+        # otherwise overwrite the recorded activation and rebase its autograd history, so the map
+        # would be the ReLU's, labelled as the BatchNorm's. The gradient with respect to ``acts``
+        # flows back through the clone unchanged.
+        return acts.clone()
 
     def __enter__(self) -> LayerActivations:
         self._handle = self.layer.register_forward_hook(self._hook)
@@ -309,12 +368,28 @@ def gradcam(model: nn.Module, layer: nn.Module, x_uint8: Tensor, targets: list[T
 @torch.inference_mode()
 def deletion_insertion(model: nn.Module, x_uint8: Tensor, saliency: Tensor, classes: Tensor, mean: Tensor,
                        std: Tensor, precision: Precision, steps: int = 16,
-                       channels_last: bool = True) -> tuple[Tensor, Tensor]:
+                       channels_last: bool = True, batch_size: int = 256) -> tuple[Tensor, Tensor]:
     """Deletion and insertion curves (M, steps+1): probability of ``classes`` as the most salient
     pixels (by ``saliency`` upsampled to the image) are removed from the image (deletion; removed
     pixels take the dataset mean, i.e. 0 after normalisation) or revealed on a mean image
-    (insertion). A faithful map makes deletion fall fast and insertion rise fast."""
+    (insertion). A faithful map makes deletion fall fast and insertion rise fast.
+
+    ``batch_size`` images at a time: the (up to 10 000) sampled images never sit on the device as
+    one batch of masked copies. Probabilities come from a float32 head (:func:`float32_head`)."""
     model.eval()
+    dele, ins = [], []
+    for start in range(0, x_uint8.shape[0], batch_size):
+        sl = slice(start, start + batch_size)
+        d, i = _deletion_insertion_batch(model, x_uint8[sl], saliency[sl], classes[sl], mean, std, precision,
+                                         steps, channels_last)
+        dele.append(d)
+        ins.append(i)
+    return torch.cat(dele), torch.cat(ins)
+
+
+def _deletion_insertion_batch(model: nn.Module, x_uint8: Tensor, saliency: Tensor, classes: Tensor, mean: Tensor,
+                              std: Tensor, precision: Precision, steps: int,
+                              channels_last: bool) -> tuple[Tensor, Tensor]:
     m, _, h, w = x_uint8.shape
     sal = F.interpolate(saliency.float().unsqueeze(1), size=(h, w), mode="bilinear", align_corners=False).view(m, -1)
     # rank of each pixel in the saliency order (0 = most salient); ties broken by position
@@ -329,9 +404,8 @@ def deletion_insertion(model: nn.Module, x_uint8: Tensor, saliency: Tensor, clas
         for curve, img in ((dele, torch.where(keep_top, torch.zeros_like(x), x)),
                            (ins, torch.where(keep_top, x, torch.zeros_like(x)))):
             inp = img.contiguous(memory_format=torch.channels_last) if channels_last else img
-            with precision.autocast():
-                logits = model(inp)
-            curve.append(torch.softmax(logits.float(), 1).gather(1, classes.view(-1, 1)).squeeze(1))
+            logits, _ = float32_head(model, inp, precision)
+            curve.append(torch.softmax(logits, 1).gather(1, classes.view(-1, 1)).squeeze(1))
     return torch.stack(dele, 1), torch.stack(ins, 1)
 
 

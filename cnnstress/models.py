@@ -75,7 +75,19 @@ def _conv3x3(c_in: int, c_out: int, stride: int = 1) -> nn.Conv2d:
 
 
 class _EmbedHeadMixin:
-    """``forward = head(embed(x))`` for models that define ``embed`` and ``head``."""
+    """``forward = head(embed(x))`` with ``embed = pooled(features(x))``, for models that define
+    ``features`` (the convolutional trunk: a 4-D map), ``pool`` (global average pooling) and ``head``.
+
+    The split lets prediction run the trunk under autocast and the pooling and the head in float32
+    (engine.float32_head): what results.h5 stores is never AMP-rounded."""
+
+    def embed(self, x: Tensor) -> Tensor:
+        """Penultimate activations ``(B, D)``."""
+        return self.pooled(self.features(x))  # type: ignore[attr-defined]
+
+    def pooled(self, feature_map: Tensor) -> Tensor:
+        """Global average pooling of a ``features`` map, flattened to ``(B, D)``."""
+        return torch.flatten(self.pool(feature_map), 1)  # type: ignore[attr-defined]
 
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.embed(x))  # type: ignore[attr-defined]
@@ -110,10 +122,9 @@ class SimpleCNN(_EmbedHeadMixin, nn.Module):
             layers.append(nn.MaxPool2d(2))
         return nn.Sequential(*layers)
 
-    def embed(self, x: Tensor) -> Tensor:
-        """Penultimate activations ``(B, 4*width)``."""
-        x = self.block3(self.block2(self.block1(x)))
-        return torch.flatten(self.pool(x), 1)
+    def features(self, x: Tensor) -> Tensor:
+        """block3's map ``(B, 4*width, 8, 8)`` for 32x32 input."""
+        return self.block3(self.block2(self.block1(x)))
 
 
 class BasicBlock(nn.Module):
@@ -175,10 +186,9 @@ class FlexibleCNN(_EmbedHeadMixin, nn.Module):
         blocks += [BasicBlock(c_out, c_out, 1, residual) for _ in range(depth - 1)]
         return nn.Sequential(*blocks)
 
-    def embed(self, x: Tensor) -> Tensor:
-        """Penultimate activations ``(B, 4*width)``."""
-        x = self.stage3(self.stage2(self.stage1(self.stem(x))))
-        return torch.flatten(self.pool(x), 1)
+    def features(self, x: Tensor) -> Tensor:
+        """stage3's map ``(B, 4*width, 8, 8)`` for 32x32 input."""
+        return self.stage3(self.stage2(self.stage1(self.stem(x))))
 
 
 class CifarResNet18(torchvision.models.ResNet):
@@ -199,11 +209,18 @@ class CifarResNet18(torchvision.models.ResNet):
         """The classifier (torchvision's ``fc``); a property so ``state_dict`` keys stay torchvision's."""
         return self.fc
 
+    def features(self, x: Tensor) -> Tensor:
+        """layer4's map ``(B, 512, 4, 4)`` for 32x32 input."""
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        return self.layer4(self.layer3(self.layer2(self.layer1(x))))
+
+    def pooled(self, feature_map: Tensor) -> Tensor:
+        """``avgpool`` then flatten: ``(B, 512)``."""
+        return torch.flatten(self.avgpool(feature_map), 1)
+
     def embed(self, x: Tensor) -> Tensor:
         """Penultimate activations ``(B, 512)``: everything up to the flatten after ``avgpool``."""
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
-        return torch.flatten(self.avgpool(x), 1)
+        return self.pooled(self.features(x))
 
     def forward(self, x: Tensor) -> Tensor:
         return self.fc(self.embed(x))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 import random as pyrandom
 
@@ -10,12 +11,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cnnstress import engine
+from cnnstress import catalog, engine
 from cnnstress.augment import BatchAugment
 from cnnstress.config import Component
 from cnnstress.engine import (DeviceData, Precision, build_optimizer, build_scheduler, deletion_insertion, gradcam,
                               batches, lr_factor, predict, set_determinism, train_one_epoch, train_steps)
-from cnnstress.models import build_model, resolve_layer
+from cnnstress.models import build_model, gradcam_layers, resolve_layer
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
 
@@ -108,9 +109,18 @@ def test_deletion_of_the_relevant_pixels_beats_a_random_map():
     evidence fastest and reveals it fastest."""
 
     class Quadrant(torch.nn.Module):
+        # the model interface the engine relies on: features -> pooled -> head
+        def features(self, x):
+            return x[:, :, :16, :16].mean((1, 2, 3)).view(-1, 1, 1, 1)
+
+        def pooled(self, f):
+            return f.flatten(1)
+
+        def head(self, e):
+            return torch.cat([e * 4, -e * 4], 1)
+
         def forward(self, x):
-            s = x[:, :, :16, :16].mean((1, 2, 3))
-            return torch.stack([s * 4, -s * 4], 1)
+            return self.head(self.pooled(self.features(x)))
 
     x = torch.full((6, 3, 32, 32), 255, dtype=torch.uint8)
     relevant = torch.zeros(6, 8, 8)
@@ -151,3 +161,78 @@ def test_rng_state_round_trips_every_rng_through_a_weights_only_load(tmp_path):
            np.random.standard_normal())
     assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])
     assert got[2:] == expected[2:]
+
+
+def test_deletion_insertion_in_batches_equals_one_batch():
+    """Issue 10.7: the sampled images go through in batches (a small GPU must not hold 10 000 masked
+    copies at once); the curves do not depend on the batch size."""
+    torch.manual_seed(0)
+    model = build_model("simple_cnn", 10, width=4).eval()
+    x = torch.randint(0, 256, (7, 3, 32, 32), dtype=torch.uint8)
+    sal = torch.rand(7, 8, 8, generator=torch.Generator().manual_seed(1))
+    cls = torch.arange(7) % 10
+    mean, std = torch.tensor(MEAN), torch.tensor(STD)
+    p = Precision("cpu", torch.bfloat16, False)
+    whole = deletion_insertion(model, x, sal, cls, mean, std, p, 8, False, batch_size=100)
+    for bs in (1, 3):
+        parts = deletion_insertion(model, x, sal, cls, mean, std, p, 8, False, batch_size=bs)
+        for a, b in zip(whole, parts):
+            torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_stored_logits_and_embeddings_come_from_a_float32_head_under_bfloat16_autocast():
+    """Issue 10.4: under bf16 autocast every logit used to be a bf16 number (8 significant bits);
+    the head now runs in float32 on the float32 feature map, so logits and embeddings equal an
+    independent float32 computation of pooling + Linear over the autocast trunk's output."""
+    torch.manual_seed(0)
+    model = build_model("simple_cnn", 10, width=8).eval()
+    x = torch.randint(0, 256, (16, 3, 32, 32), dtype=torch.uint8)
+    mean, std = torch.tensor(MEAN), torch.tensor(STD)
+    amp = Precision("cpu", torch.bfloat16, True)
+    logits, emb = predict(model, x, mean, std, amp, 8, False, with_embedding=True)
+    assert logits.dtype == emb.dtype == torch.float32
+    xin = (x.float() / 255 - mean.view(1, 3, 1, 1)) / std.view(1, 3, 1, 1)
+    with torch.no_grad():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            fmap = model.features(xin)
+        assert fmap.dtype == torch.bfloat16  # the trunk did run in bfloat16
+        ref_emb = fmap.float().mean((2, 3))
+        ref_logits = ref_emb @ model.head.weight.T + model.head.bias
+    torch.testing.assert_close(emb, ref_emb, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(logits, ref_logits, rtol=1e-5, atol=1e-5)
+    # not bf16-rounded: most logits are not representable in bfloat16
+    assert (logits.to(torch.bfloat16).float() != logits).float().mean() > 0.5
+
+
+def _without_inplace(model: torch.nn.Module) -> torch.nn.Module:
+    ref = copy.deepcopy(model)
+    for module in ref.modules():
+        if hasattr(module, "inplace"):
+            module.inplace = False
+    return ref
+
+
+@pytest.mark.parametrize("name, options", [("simple_cnn", {"width": 4}), ("flexible_cnn", {"width": 4, "depth": 1}),
+                                           ("flexible_cnn", {"width": 4, "depth": 1, "residual": False}),
+                                           ("resnet18", {})])
+def test_gradcam_at_every_accepted_layer_equals_a_model_without_inplace_ops(name, options):
+    """Issue 10.5: at a BatchNorm followed by ReLU(inplace=True) the recorded activation was
+    overwritten by the ReLU (the map was the ReLU's). Every layer the grid accepts gives the map of
+    the same weights in a copy with every in-place op switched off, for both target vectors."""
+    torch.manual_seed(0)
+    model = build_model(name, 10, **options)
+    model.train()
+    with torch.no_grad():
+        model(torch.randn(8, 3, 32, 32))  # running statistics away from 0/1, so BN is not the identity
+    model.eval()
+    ref = _without_inplace(model)
+    x = torch.randint(0, 256, (5, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(2))
+    mean, std = torch.tensor(MEAN), torch.tensor(STD)
+    targets = [torch.arange(5) % 10, (torch.arange(5) + 3) % 10]
+    layers = catalog.gradcam_layer_paths(name, options)  # what the grid accepts
+    assert set(layers) == set(gradcam_layers(model))
+    for path in layers:
+        got = gradcam(model, model.get_submodule(path), x, targets, mean, std, 3, channels_last=False)
+        want = gradcam(ref, ref.get_submodule(path), x, targets, mean, std, 3, channels_last=False)
+        for g, w in zip(got, want):
+            torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-5, msg=f"{name} {path}")
