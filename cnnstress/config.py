@@ -81,6 +81,20 @@ class Paths:
 
 
 @dataclass(frozen=True)
+class Runtime:
+    """How the worker looks after a run, not what it computes. Not part of the run's identity:
+    changing it resumes the same runs."""
+
+    # Minutes between checkpoints (0: after every epoch). A checkpoint is also written when the job
+    # is told to stop (Slurm's USR2 before the time limit, preemption, SIGTERM) and at the end.
+    checkpoint_every_min: float = 10.0
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Runtime:
+        return cls(**d)
+
+
+@dataclass(frozen=True)
 class RunSpec:
     sweep: str
     variant: str
@@ -94,6 +108,7 @@ class RunSpec:
     grid_values: dict[str, Any]  # the [grid] values this run took, for readable ids and tables
     paths: Paths
     spec_version: int = SPEC_VERSION
+    runtime: Runtime = Runtime()
 
     # -- identity -----------------------------------------------------------------------------
     def identity(self) -> dict[str, Any]:
@@ -107,6 +122,7 @@ class RunSpec:
         d = self.to_dict()
         del d["paths"]
         del d["sweep"]
+        del d["runtime"]
         return d
 
     @functools.cached_property
@@ -154,6 +170,7 @@ class RunSpec:
         d["train"] = TrainSpec.from_dict(d["train"])
         d["stress"] = StressSpec.from_dict(d["stress"])
         d["paths"] = Paths.from_dict(d["paths"])
+        d["runtime"] = Runtime.from_dict(d.get("runtime", {}))  # spec.json written before it existed
         return cls(**d)
 
     @classmethod

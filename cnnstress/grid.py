@@ -18,7 +18,7 @@ from typing import Any
 
 from . import catalog
 from .catalog import Param
-from .config import Component, Paths, RunSpec, StressSpec, TrainSpec
+from .config import Component, Paths, Runtime, RunSpec, StressSpec, TrainSpec
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -76,6 +76,8 @@ BASE_SCALARS: dict[str, Param] = {
     "val_fraction": Param(0.1, 0.001, 0.5),
     "split_seed": Param(0, 0, 2**31 - 1),
     "seed": Param(0, 0, 2**31 - 1),
+    # how often the worker writes checkpoint.pt; not part of a run's identity (config.Runtime)
+    "checkpoint_every_min": Param(10.0, 0.0, 24 * 60.0, doc="0: after every epoch"),
 }
 BASE_TABLES = ("dataset_options", "model_options", "optimizer", "schedule")
 BASE_KEYS = tuple(BASE_SCALARS) + BASE_TABLES + ("augment",)
@@ -87,7 +89,7 @@ BASE_DEFAULTS: dict[str, Any] = {
     "model_options": {},
 }
 # One sweep has one test set: these may not differ between runs (variants or [grid]).
-SWEEP_WIDE = ("dataset", "dataset_options", "val_fraction", "split_seed")
+SWEEP_WIDE = ("dataset", "dataset_options", "val_fraction", "split_seed", "checkpoint_every_min")
 
 STRESS_KEYS: dict[str, Param] = {
     "corruptions": Param([], doc="names, or [\"all\"]"),
@@ -223,7 +225,8 @@ def expand(
         v.check_keys(vt, BASE_KEYS, f"[variants.{vname}]")
         for key in SWEEP_WIDE + ("seed",):
             if key in vt:
-                why = "one sweep has one dataset and split" if key != "seed" else "seeds go in [grid].seed"
+                why = ("seeds go in [grid].seed" if key == "seed" else "it is how the sweep is looked after, set it in [base]"
+                       if key == "checkpoint_every_min" else "one sweep has one dataset and split")
                 raise GridError(source, f"[variants.{vname}].{key}", f"cannot differ between variants ({why})")
         variant_names.append(vname)
 
@@ -241,7 +244,8 @@ def expand(
         if top not in BASE_KEYS:
             raise GridError(source, f"[grid].{key}", f"unknown key{_suggest(top, BASE_KEYS)}; valid keys: {', '.join(BASE_KEYS)}")
         if top in SWEEP_WIDE:
-            raise GridError(source, f"[grid].{key}", "cannot vary within a sweep (one sweep has one dataset and split)")
+            raise GridError(source, f"[grid].{key}", "cannot vary within a sweep (one sweep has one dataset, one split "
+                                                     "and one checkpoint cadence)")
         if not isinstance(values, list):
             raise GridError(source, f"[grid].{key}", f"must be a list of values, got {_tname(values)}")
         if not values:
@@ -370,7 +374,8 @@ def _build_spec(v: _Validator, cfg: dict[str, Any], where: _Origin, *, name: str
     )
     return RunSpec(sweep=name, variant=variant, seed=sc["seed"], dataset=dataset, num_classes=num_classes,
                    model=model, train=train, stress=stress, gradcam_layer=layer,
-                   grid_values=dict(sorted(grid_values.items())), paths=paths)
+                   grid_values=dict(sorted(grid_values.items())), paths=paths,
+                   runtime=Runtime(checkpoint_every_min=sc["checkpoint_every_min"]))
 
 
 class _Validator:

@@ -151,6 +151,11 @@ ROOT_ATTRS: dict[str, str] = {
     "git_sha": "str",
     "timings": "json",
 }
+# Root attributes a file may lack (written before they existed); readers say so, never fail.
+# precision: AMP on/off and dtype, and the float32 and determinism settings in force (TF32 off).
+OPTIONAL_ROOT_ATTRS: dict[str, str] = {
+    "precision": "json",
+}
 
 
 def _template_regex(template: str) -> re.Pattern[str]:
@@ -384,17 +389,18 @@ def _storage_options(field: Field, arr: np.ndarray) -> dict[str, Any]:
 def _encode_attrs(attrs: Mapping[str, Any]) -> dict[str, Any]:
     """Root attributes as stored: JSON kinds as text, ints as int64, plus schema_version."""
     names = set(attrs)
-    wanted = set(ROOT_ATTRS) - {"schema_version"}
+    required = set(ROOT_ATTRS) - {"schema_version"}
+    kinds = {**ROOT_ATTRS, **OPTIONAL_ROOT_ATTRS}
     if "schema_version" in names:
         raise ResultsError("attrs: schema_version is set by store, do not pass it")
-    if names - wanted or wanted - names:
+    if names - set(kinds) or required - names:
         raise ResultsError(
-            f"attrs: missing {sorted(wanted - names)}, unknown {sorted(names - wanted)}; "
-            f"expected exactly {sorted(wanted)}"
+            f"attrs: missing {sorted(required - names)}, unknown {sorted(names - set(kinds))}; "
+            f"expected exactly {sorted(required)} (optional: {sorted(OPTIONAL_ROOT_ATTRS)})"
         )
     out: dict[str, Any] = {"schema_version": np.int64(SCHEMA_VERSION)}
-    for name in sorted(wanted):
-        kind, value = ROOT_ATTRS[name], attrs[name]
+    for name in sorted(names):
+        kind, value = kinds[name], attrs[name]
         if kind == "json":
             if isinstance(value, str):
                 value = _parse_json_object(value, f"attrs: {name}")
@@ -496,11 +502,13 @@ def _decode_attrs(fh: h5py.File, label: str) -> dict[str, Any]:
     if int(version) != SCHEMA_VERSION:
         raise ResultsError(f"{label}: schema_version {int(version)} is not supported (this code reads {SCHEMA_VERSION})")
     missing = sorted(set(ROOT_ATTRS) - set(raw))
-    unknown = sorted(set(raw) - set(ROOT_ATTRS))
+    unknown = sorted(set(raw) - set(ROOT_ATTRS) - set(OPTIONAL_ROOT_ATTRS))
     if missing or unknown:
-        raise ResultsError(f"{label}: root attributes missing {missing}, unknown {unknown}; expected {sorted(ROOT_ATTRS)}")
+        raise ResultsError(f"{label}: root attributes missing {missing}, unknown {unknown}; expected {sorted(ROOT_ATTRS)} "
+                           f"(optional: {sorted(OPTIONAL_ROOT_ATTRS)})")
     out: dict[str, Any] = {}
-    for name, kind in ROOT_ATTRS.items():
+    kinds = {**ROOT_ATTRS, **{k: v for k, v in OPTIONAL_ROOT_ATTRS.items() if k in raw}}
+    for name, kind in kinds.items():
         value = raw[name]
         if isinstance(value, np.ndarray) and value.shape == ():
             value = value[()]

@@ -13,9 +13,11 @@ import io
 import json
 import os
 import platform
+import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import traceback
 from contextlib import contextmanager
@@ -166,15 +168,21 @@ def _torch_bytes(state: dict[str, Any]) -> bytes:
     return buf.getvalue()
 
 
-def load_checkpoint(run_dir: Path, spec_hash: str, device: torch.device, log: RunLog) -> dict[str, Any] | None:
+def load_checkpoint(run_dir: Path, spec_hash: str, log: RunLog) -> dict[str, Any] | None:
     """The newest readable checkpoint of this spec, or None. Unreadable ones are reported and
-    skipped, never trusted: weights_only=True refuses pickled code."""
+    skipped, never trusted: weights_only=True refuses pickled code.
+
+    Always loaded to the CPU, whatever device the run trains on: ``load_state_dict`` places the
+    model's and the optimizer's tensors next to their parameters, and the RNG states must stay CPU
+    byte tensors (``Generator.set_state`` and ``torch.set_rng_state`` refuse anything else: ATen's
+    ``check_rng_state``). Loading with ``map_location=device`` made every resume on a GPU fail, and
+    would have put Adam's ``step`` counters on the GPU (a host sync per parameter per step)."""
     for name in store.CHECKPOINT_NAMES:
         path = run_dir / name
         if not path.exists():
             continue
         try:
-            state = torch.load(path, map_location=device, weights_only=True)
+            state = torch.load(path, map_location="cpu", weights_only=True)
             if not isinstance(state, dict) or set(state) != CHECKPOINT_KEYS:
                 raise ValueError(f"unexpected contents (keys {sorted(state) if isinstance(state, dict) else type(state).__name__})")
             if state["format"] != CHECKPOINT_FORMAT or state["spec_hash"] != spec_hash:
@@ -183,6 +191,118 @@ def load_checkpoint(run_dir: Path, spec_hash: str, device: torch.device, log: Ru
         except Exception as e:  # noqa: BLE001 - any unreadable checkpoint means: fall back
             log(f"WARNING: {name} is unusable ({type(e).__name__}: {str(e)[:200]}); falling back")
     return None
+
+
+def _copy_tensors(obj: Any) -> Any:
+    """``obj`` with every tensor cloned (on its own device) and containers rebuilt: a snapshot that
+    training can go on from without changing it."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().clone()
+    if isinstance(obj, dict):
+        return {k: _copy_tensors(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_copy_tensors(v) for v in obj)
+    return obj
+
+
+class CheckpointKeeper:
+    """Decides when checkpoint.pt and best.pt are written: when ``every_s`` seconds have passed
+    since the last write (0: after every epoch), when the job is told to stop, and at the end.
+
+    On a GPU an epoch of a small model takes seconds while checkpoint.pt (ResNet-18 + momentum,
+    ~90 MB), its rotation and best.pt are fsynced: written every epoch that can be a large part of a
+    run on a shared file system. Between writes the keeper holds a snapshot of the state after the
+    last finished epoch (tensors cloned where they live: on a GPU a device-to-device copy, no host
+    sync), so a stop signal in the middle of an epoch still saves every finished epoch, and a resume
+    continues bitwise from an epoch boundary."""
+
+    def __init__(self, run_dir: Path, every_s: float, log: RunLog, written_epoch: int = 0):
+        self.run_dir = run_dir
+        self.every_s = every_s
+        self.log = log
+        self.written_epoch = written_epoch
+        self.last_write = time.monotonic()
+        self._snapshot: dict[str, Any] | None = None
+        self._best: dict[str, Any] | None = None
+        self._writing = False
+
+    def epoch_end(self, state: dict[str, Any], best: dict[str, Any] | None, *, final: bool) -> bool:
+        """Offer the state after an epoch (and best.pt's contents when this epoch is the best so
+        far). Writes now when due; otherwise keeps a copy. Returns whether it wrote."""
+        due = final or self.every_s <= 0 or time.monotonic() - self.last_write >= self.every_s
+        if due:  # written at once from the live tensors: no copy needed
+            self._snapshot, self._best = state, (best if best is not None else self._best)
+            return self.flush()
+        self._snapshot = _copy_tensors(state)
+        if best is not None:
+            self._best = _copy_tensors(best)
+        return False
+
+    def flush(self, why: str = "") -> bool:
+        """Write the newest finished epoch if it is not on disk yet (best.pt first: a crash in
+        between redoes epochs from the older checkpoint, which rewrite the same best weights).
+        Safe to call from a signal handler: a write already in progress is left to finish."""
+        snap = self._snapshot
+        if self._writing or snap is None or snap["epoch"] <= self.written_epoch:
+            return False
+        self._writing = True
+        try:
+            if self._best is not None:
+                save_best(self.run_dir, self._best)
+                self._best = None
+            save_checkpoint(self.run_dir, snap)
+            self.written_epoch = snap["epoch"]
+            self.last_write = time.monotonic()
+            self._snapshot = None  # on disk now; release the copy
+        finally:
+            self._writing = False
+        if why:
+            self.log(f"checkpoint after epoch {self.written_epoch} written ({why})")
+        return True
+
+
+class StopRequested(BaseException):
+    """The job was told to stop (SIGTERM, or SIGUSR2 where nobody else handles it). A BaseException,
+    like SystemExit: the run is left resumable, not failed."""
+
+    def __init__(self, signum: int):
+        self.signum = signum
+        super().__init__(f"stopped by {signal.Signals(signum).name}")
+
+
+#: What a job is told before it is stopped: SIGTERM (scontrol requeue, preemption, scancel, the
+#: sbatch fallback's USR2 trap, which requeues) and SIGUSR2 (submitit's --signal=USR2@delay before the
+#: time limit, and preemption).
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR2)
+
+
+@contextmanager
+def stop_signals(keeper: CheckpointKeeper) -> Iterator[None]:
+    """While training: on a stop signal, write the newest finished epoch first, then do what the
+    signal did before. Where another handler was installed (submitit: USR2 checkpoints and requeues
+    the job, then exits; SIGTERM is logged and ignored), it runs next, unchanged. Where none was,
+    the worker stops with StopRequested. Previous handlers are restored on exit. Only the main
+    thread can install handlers; elsewhere this does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
+
+    def handler(signum: int, frame: Any) -> None:
+        keeper.flush(f"{signal.Signals(signum).name} received")
+        before = previous[signum]
+        if callable(before):
+            before(signum, frame)
+        elif before != signal.SIG_IGN:
+            raise StopRequested(signum)
+
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, handler)
+    try:
+        yield
+    finally:
+        for sig, before in previous.items():
+            signal.signal(sig, before if before is not None else signal.SIG_DFL)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -236,7 +356,7 @@ def run(spec: RunSpec | dict | str, *, echo: bool = True) -> dict[str, Any]:
 def _train_and_publish(spec: RunSpec, run_dir: Path, log: RunLog) -> dict[str, Any]:
     t_start = time.time()
     tr = spec.train
-    set_determinism(spec.seed, tr.deterministic)
+    precision_attrs = set_determinism(spec.seed, tr.deterministic)
     device = select_device()
     precision = Precision.for_device(device, tr.amp, tr.amp_dtype)
     amp_note = str(precision.dtype).replace("torch.", "") if precision.enabled else "off"
@@ -270,7 +390,7 @@ def _train_and_publish(spec: RunSpec, run_dir: Path, log: RunLog) -> dict[str, A
     history: dict[str, list[float]] = {k: [] for k in HISTORY_KEYS}
 
     start_epoch = 0
-    ckpt = load_checkpoint(run_dir, spec.spec_hash, device, log)
+    ckpt = load_checkpoint(run_dir, spec.spec_hash, log)
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
@@ -292,30 +412,42 @@ def _train_and_publish(spec: RunSpec, run_dir: Path, log: RunLog) -> dict[str, A
     step_model = torch.compile(model) if tr.compile else model
 
     t_train = time.time()
-    for epoch in range(start_epoch, tr.epochs):
-        t0 = time.time()
-        lr = optimizer.param_groups[0]["lr"]
-        fit = train_one_epoch(step_model, train, augment, optimizer, scheduler, scaler, precision, generator,
-                              tr.batch_size)
-        ev = evaluate(model, val, mean, std, precision, tr.eval_batch_size, tr.channels_last)
-        seconds = time.time() - t0
-        best_before = max(history["val_acc"], default=-1.0)
-        for key, value in zip(HISTORY_KEYS, (epoch + 1, lr, fit["loss"], fit["acc"], ev["loss"], ev["acc"], seconds)):
-            history[key].append(float(value))
-        if ev["acc"] > best_before:
-            # Before checkpoint.pt: a crash in between redoes this epoch, which rewrites the same weights.
-            save_best(run_dir, {"format": CHECKPOINT_FORMAT, "spec_hash": spec.spec_hash, "epoch": epoch + 1,
-                                "val_acc": float(ev["acc"]), "model": model.state_dict()})
-        save_checkpoint(run_dir, {
-            "format": CHECKPOINT_FORMAT, "spec_hash": spec.spec_hash, "epoch": epoch + 1,
-            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-            "rng": rng_state(generator), "history": history,
-        })
-        store.atomic_write_json(run_dir / "progress.json", {"epoch": epoch + 1, "epochs": tr.epochs,
-                                                             "val_acc": ev["acc"], "updated": time.time()})
-        log(f"epoch {epoch + 1:>3}/{tr.epochs}  lr {lr:.4g}  train loss {fit['loss']:.4f} acc {fit['acc']:.4f}  "
-            f"val loss {ev['loss']:.4f} acc {ev['acc']:.4f}  {seconds:.1f}s")
+    keeper = CheckpointKeeper(run_dir, 60.0 * spec.runtime.checkpoint_every_min, log, written_epoch=start_epoch)
+    with stop_signals(keeper):
+        try:
+            for epoch in range(start_epoch, tr.epochs):
+                t0 = time.time()
+                lr = optimizer.param_groups[0]["lr"]
+                fit = train_one_epoch(step_model, train, augment, optimizer, scheduler, scaler, precision, generator,
+                                      tr.batch_size)
+                ev = evaluate(model, val, mean, std, precision, tr.eval_batch_size, tr.channels_last)
+                seconds = time.time() - t0
+                best_before = max(history["val_acc"], default=-1.0)
+                for key, value in zip(HISTORY_KEYS, (epoch + 1, lr, fit["loss"], fit["acc"], ev["loss"], ev["acc"], seconds)):
+                    history[key].append(float(value))
+                best = None
+                if ev["acc"] > best_before:
+                    best = {"format": CHECKPOINT_FORMAT, "spec_hash": spec.spec_hash, "epoch": epoch + 1,
+                            "val_acc": float(ev["acc"]), "model": model.state_dict()}
+                keeper.epoch_end({
+                    "format": CHECKPOINT_FORMAT, "spec_hash": spec.spec_hash, "epoch": epoch + 1,
+                    "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+                    "rng": rng_state(generator), "history": history,
+                }, best, final=epoch + 1 == tr.epochs)
+                store.atomic_write_json(run_dir / "progress.json", {
+                    "epoch": epoch + 1, "epochs": tr.epochs, "val_acc": ev["acc"], "updated": time.time(),
+                    "checkpoint_epoch": keeper.written_epoch})
+                log(f"epoch {epoch + 1:>3}/{tr.epochs}  lr {lr:.4g}  train loss {fit['loss']:.4f} acc {fit['acc']:.4f}  "
+                    f"val loss {ev['loss']:.4f} acc {ev['acc']:.4f}  {seconds:.1f}s")
+        except BaseException as e:
+            # Stopped (signal, Ctrl-C, submitit's exit) or crashed: keep every finished epoch. A
+            # failing write must not hide why training ended.
+            try:
+                keeper.flush(f"training ended by {type(e).__name__}")
+            except Exception as e2:  # noqa: BLE001
+                log(f"could not write the last checkpoint: {type(e2).__name__}: {e2}")
+            raise
     train_seconds = time.time() - t_train
 
     t_pred = time.time()
@@ -328,6 +460,8 @@ def _train_and_publish(spec: RunSpec, run_dir: Path, log: RunLog) -> dict[str, A
     attrs = {
         "run_id": spec.run_id, "spec": spec.to_dict(), "variant": spec.variant, "seed": spec.seed,
         "versions": _versions(), "device": _device_name(device), "git_sha": _git_sha(), "timings": timings,
+        "precision": {"amp": precision.enabled, "amp_dtype": str(precision.dtype).replace("torch.", "")
+                      if precision.enabled else "none", "head": "float32", **precision_attrs},
     }
     sha = store.publish_results(run_dir, arrays, attrs)
     summary = {
@@ -393,7 +527,7 @@ def _predictions(spec: RunSpec, model, layer, splits: data.Splits, train: Device
         random_maps = torch.rand(cam_pred[tpos].shape, generator=g, device=test.x.device)
         for label, maps in (("gradcam", cam_pred[tpos]), ("random", random_maps)):
             dele, ins = deletion_insertion(model, test.x[tpos], maps, preds[tpos], mean, std, precision,
-                                           FAITHFULNESS_STEPS, cl)
+                                           FAITHFULNESS_STEPS, cl, batch_size=min(bs, 256))
             out[f"faithfulness/deletion_{label}"] = dele.cpu().numpy()
             out[f"faithfulness/insertion_{label}"] = ins.cpu().numpy()
         out["faithfulness/positions"] = pos.astype(np.float32)
@@ -454,6 +588,9 @@ def main(argv: list[str] | None = None) -> int:
     except RunBusy as e:
         print(f"error: {e}", file=sys.stderr)
         return 3
+    except StopRequested as e:  # the run stays resumable: every finished epoch is in checkpoint.pt
+        print(f"stopped: {e}; a relaunch resumes from the last checkpoint", file=sys.stderr)
+        return 128 + e.signum
     except Exception as e:  # noqa: BLE001 - reported in FAILED.json already
         print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
         return 1

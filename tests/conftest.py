@@ -35,6 +35,7 @@ dataset_options = {{ n_train = 400, n_test = 200, shortcut = 0.8 }}
 model = "simple_cnn"
 model_options = {{ width = 4 }}
 epochs = {epochs}
+checkpoint_every_min = 0
 batch_size = 64
 eval_batch_size = 100
 optimizer = {{ name = "adam", lr = 0.003 }}

@@ -236,3 +236,29 @@ def test_gradcam_at_every_accepted_layer_equals_a_model_without_inplace_ops(name
         want = gradcam(ref, ref.get_submodule(path), x, targets, mean, std, 3, channels_last=False)
         for g, w in zip(got, want):
             torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-5, msg=f"{name} {path}")
+
+
+def test_cublas_workspace_is_set_for_every_run_and_a_conflicting_value_is_refused():
+    """Issue 10.2: cuBLAS reads CUBLAS_WORKSPACE_CONFIG once per process, so it is set even for a
+    non-deterministic run (a later deterministic run in the same --cluster debug process would
+    otherwise raise at every GEMM), a value the user chose is kept where it is allowed, and a
+    non-deterministic value is refused for a deterministic run, naming the variable and the values."""
+    env: dict[str, str] = {}
+    assert engine.configure_cublas_workspace(False, env) == ":4096:8" and env == {"CUBLAS_WORKSPACE_CONFIG": ":4096:8"}
+    assert engine.configure_cublas_workspace(True, env) == ":4096:8"
+    env = {"CUBLAS_WORKSPACE_CONFIG": ":16:8"}
+    assert engine.configure_cublas_workspace(True, env) == ":16:8"
+    env = {"CUBLAS_WORKSPACE_CONFIG": ":0:0"}
+    assert engine.configure_cublas_workspace(False, env) == ":0:0"  # the user's choice, for a run that allows it
+    with pytest.raises(ValueError, match=r"CUBLAS_WORKSPACE_CONFIG=':0:0'.*allowed: :4096:8 or :16:8"):
+        engine.configure_cublas_workspace(True, env)
+
+
+def test_set_determinism_makes_float32_ieee_and_reports_it():
+    """Issue 10.4: torch 2.14 runs float32 cuDNN convolutions as TF32 by default; float32 means IEEE
+    float32 here, and the settings are returned for the results' root attributes."""
+    torch.backends.cudnn.conv.fp32_precision = "tf32"  # torch's default
+    settings = set_determinism(0, True)
+    assert torch.backends.cudnn.conv.fp32_precision == "ieee"
+    assert torch.backends.cuda.matmul.fp32_precision == "ieee"
+    assert settings["cudnn_conv_fp32_precision"] == "ieee" and settings["deterministic_algorithms"] == "True"
