@@ -128,6 +128,70 @@ def visible_gpus() -> list[str]:
     return parse_nvidia_smi_list(res.stdout) if res.returncode == 0 else []
 
 
+#: Asked in a child process: the launcher itself never initialises CUDA (a CUDA context is not
+#: inherited by forked children, and would hold memory on a GPU the runs need).
+TORCH_DEVICE_COUNT = "import torch; print(torch.cuda.device_count())"
+#: Files a machine with an NVIDIA driver has, whether or not nvidia-smi is installed.
+NVIDIA_DEVICE_FILES = ("/dev/nvidiactl", "/dev/nvidia0", "/proc/driver/nvidia/version")
+
+
+@dataclass
+class GpuCensus:
+    """The GPUs ``--cluster local`` pins its runs to, and a warning when runs will train on the
+    CPU of a machine that has a GPU."""
+
+    devices: list[str]
+    torch_count: int | None  # None: not asked (no sign of a GPU) or the child failed
+    warning: str = ""
+
+
+def local_gpu_census(python: str = sys.executable, device_files: Sequence[str] = NVIDIA_DEVICE_FILES) -> GpuCensus:
+    """Count GPUs as torch does, not as nvidia-smi does: with nvidia-smi missing or failing, or with
+    a CPU-only torch build, the runs used to train on the CPU of a GPU machine without a word.
+
+    The CUDA_VISIBLE_DEVICES entries (or, when it is unset, nvidia-smi's devices) are kept only as
+    far as torch sees them: the first ``torch.cuda.device_count()`` of them (CUDA enumerates the
+    listed devices in order), or indices 0..n-1 when nvidia-smi is missing. Where there is no sign
+    of an NVIDIA GPU at all (no CUDA_VISIBLE_DEVICES entries, no nvidia-smi device, no driver
+    files), torch is not asked: it could not see one either."""
+    explicit = os.environ.get("CUDA_VISIBLE_DEVICES")
+    named = visible_gpus()
+    driver = [f for f in device_files if os.path.exists(f)]
+    if explicit is not None and not named:
+        return GpuCensus([], None)  # CUDA_VISIBLE_DEVICES='' : the user asked for the CPU
+    if not named and not driver:
+        return GpuCensus([], None)
+    count = torch_gpu_count(python)
+    if count is None:
+        devices: list[str] = []
+    elif named:
+        devices = named[:count]
+    else:
+        devices = [str(i) for i in range(count)]
+    warning = ""
+    if not devices:
+        evidence = (f"nvidia-smi lists {', '.join(named)}" if named and explicit is None else
+                    f"CUDA_VISIBLE_DEVICES={explicit}" if named else f"the NVIDIA driver is loaded ({driver[0]})")
+        why = ("the check failed" if count is None else
+               "torch.cuda.device_count() is 0: a CPU-only torch build, or a driver too old for its CUDA")
+        warning = (f"WARNING: this machine has a GPU ({evidence}) but torch sees none ({why}): every run will "
+                   "train on the CPU. Install a CUDA build of torch, or set CUDA_VISIBLE_DEVICES='' to say the "
+                   "CPU is meant.")
+    return GpuCensus(devices, count, warning)
+
+
+def torch_gpu_count(python: str = sys.executable) -> int | None:
+    """``torch.cuda.device_count()`` in a child process with this environment; None if it fails."""
+    try:
+        res = subprocess.run([python, "-c", TORCH_DEVICE_COUNT], capture_output=True, text=True, timeout=300)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    try:
+        return int(res.stdout.strip().splitlines()[-1]) if res.returncode == 0 else None
+    except (ValueError, IndexError):
+        return None
+
+
 def parse_nvidia_smi_list(text: str) -> list[str]:
     """``nvidia-smi -L`` -> device UUIDs: a GPU's own, or its MIG instances' when it is split.
     UUIDs, not indices: nvidia-smi counts GPUs in PCI order, CUDA by default fastest first."""
@@ -167,7 +231,10 @@ def run_local(runs: Sequence[RunSpec], sweep_dir: Path, console: Console, max_pa
               poll_s: float = 0.5, task: LocalTrainTask | None = None) -> list[Outcome]:
     """One process per run via submitit's LocalExecutor, throttled to ``max_parallel``, which
     is capped to the number of visible GPUs when there are any (each run gets one of its own)."""
-    gpus = visible_gpus()
+    census = local_gpu_census()
+    if census.warning:
+        console.print(census.warning, style="bold red", markup=False)
+    gpus = census.devices
     if max_parallel is None:
         max_parallel = max(1, len(gpus))
     elif gpus and max_parallel > len(gpus):

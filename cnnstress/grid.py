@@ -111,7 +111,7 @@ SLURM_KEYS: dict[str, Param] = {
     "qos": Param(""),
     "constraint": Param(""),
     "time_min": Param(60, 1, 60 * 24 * 30),
-    "gpus_per_task": Param(1, 0, 16),
+    "gpus_per_task": Param(1, 0, 16, doc="0 or 1: a run trains on one GPU (checked in expand)"),
     "cpus_per_task": Param(4, 1, 1024),
     "mem_gb": Param(16.0, 0.1, 8192.0),
     "array_parallelism": Param(64, 1, 1_000_000),
@@ -261,6 +261,12 @@ def expand(
     report = v.section(raw.get("report", {}), REPORT_KEYS, "[report]")
     slurm = v.section(raw.get("slurm", {}), SLURM_KEYS, "[slurm]")
     v.slurm_strings(slurm)
+    if slurm["gpus_per_task"] > 1:
+        # A worker trains one run on one device; more GPUs per task would sit idle while billed.
+        raise GridError(source, "[slurm].gpus_per_task",
+                        f"{slurm['gpus_per_task']}: a run trains on one GPU, so the others would sit idle; allowed: "
+                        "0 (CPU nodes) or 1. Slurm already packs one-GPU array tasks onto a node's GPUs; raise "
+                        "[slurm].array_parallelism for more at once")
 
     out_abs = os.path.abspath(out_root)
     data_abs = os.path.abspath(data_root) if data_root is not None else os.path.join(out_abs, "data")

@@ -359,6 +359,9 @@ def _train_and_publish(spec: RunSpec, run_dir: Path, log: RunLog) -> dict[str, A
     precision_attrs = set_determinism(spec.seed, tr.deterministic)
     device = select_device()
     precision = Precision.for_device(device, tr.amp, tr.amp_dtype)
+    if device.type == "cpu" and os.environ.get("CUDA_VISIBLE_DEVICES", "").strip():
+        log(f"WARNING: CUDA_VISIBLE_DEVICES={os.environ['CUDA_VISIBLE_DEVICES']} names a GPU but torch sees none "
+            f"(torch {torch.__version__}, CUDA {torch.version.cuda}): training on the CPU")
     amp_note = str(precision.dtype).replace("torch.", "") if precision.enabled else "off"
     if tr.amp and not precision.enabled:
         amp_note = "off (this CPU has no bf16 units: float32 is faster here)"

@@ -36,7 +36,7 @@ account = "proj-42"
 qos = "normal"
 constraint = "a100|h100"
 time_min = 90
-gpus_per_task = 2
+gpus_per_task = 1
 cpus_per_task = 6
 mem_gb = 1.5
 array_parallelism = 2
@@ -149,7 +149,7 @@ def test_slurm_table_maps_to_submitit_parameters(tmp_path):
     grid = load_grid(_grid(tmp_path, FULL_SLURM), out_root=tmp_path / "o")
     params = cluster.submitit_parameters(grid.slurm, grid.name)
     assert params == {
-        "job_name": "cnnstress-tiny", "time": 90, "cpus_per_task": 6, "mem": "1536MB", "gpus_per_node": 2,
+        "job_name": "cnnstress-tiny", "time": 90, "cpus_per_task": 6, "mem": "1536MB", "gpus_per_node": 1,
         "partition": "gpu", "account": "proj-42", "qos": "normal", "constraint": "a100|h100",
         "array_parallelism": 2, "signal_delay_s": 90,
         "setup": ["module load cuda/12.1", 'echo "hello $USER"'],
@@ -212,7 +212,7 @@ def test_submitit_script_carries_every_mapped_parameter(tmp_path):
     text = cluster.submitit_script_text(tmp_path / "f", cluster.submitit_parameters(grid.slurm, grid.name), 4, 3)
     lines = set(text.splitlines())
     for line in ("#SBATCH --array=0-2%2", "#SBATCH --partition=gpu", "#SBATCH --account=proj-42",
-                 "#SBATCH --qos=normal", "#SBATCH --constraint='a100|h100'", "#SBATCH --gpus-per-node=2",
+                 "#SBATCH --qos=normal", "#SBATCH --constraint='a100|h100'", "#SBATCH --gpus-per-node=1",
                  "#SBATCH --cpus-per-task=6", "#SBATCH --mem=1536MB", "#SBATCH --time=90",
                  "#SBATCH --signal=USR2@90", "#SBATCH --requeue", "#SBATCH --mail-type=END",
                  "#SBATCH --reservation=res1", "#SBATCH --job-name=cnnstress-tiny", "module load cuda/12.1"):
@@ -795,6 +795,8 @@ def test_local_runs_get_the_parents_gpus_one_each(tmp_path, monkeypatch, visible
     record.mkdir()
     monkeypatch.setenv("FAKE_GPU_OUT", str(record))
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
+    # this machine has no GPU: torch's count (asked in a child) stands in for the parent's two
+    monkeypatch.setattr(cluster, "torch_gpu_count", lambda python=None: len([v for v in visible.split(",") if v]))
     console = Console(record=True, width=200)
     outcomes = cluster.run_local(grid.runs, tmp_path / "o" / "tiny", console, max_parallel, poll_s=0.05,
                                  task=cluster.LocalTrainTask([sys.executable, str(worker)]))
@@ -809,3 +811,51 @@ def test_local_runs_get_the_parents_gpus_one_each(tmp_path, monkeypatch, visible
             assert all(b["device"] != a["device"] for b in overlapping)
     text = console.export_text()
     assert ("capped to 2: one run per visible GPU (2, 3)" in text) == bool(visible)
+
+
+def _fake_python(tmp_path: Path, prints: str) -> str:
+    """A stand-in for the child that asks torch: prints ``prints`` and leaves a marker."""
+    exe = tmp_path / "fake python"
+    marker = tmp_path / "asked"
+    exe.write_text(f"#!/bin/sh\ntouch '{marker}'\necho {prints}\n")
+    exe.chmod(0o755)
+    return str(exe)
+
+
+def test_local_gpu_census_counts_as_torch_does_and_warns_when_runs_would_fall_back_to_the_cpu(tmp_path, monkeypatch):
+    """Issue 10.6: GPUs are counted by torch in a child process (nvidia-smi may be missing, torch may
+    be a CPU build), and a machine that has a GPU torch cannot use says so loudly."""
+    driver = tmp_path / "nvidiactl"
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")  # no nvidia-smi
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    # no sign of a GPU: torch is not even asked
+    census = cluster.local_gpu_census(_fake_python(tmp_path, "2"), device_files=[str(driver)])
+    assert census == cluster.GpuCensus([], None, "") and not (tmp_path / "asked").exists()
+    driver.write_text("")
+    # the driver is there and torch sees two GPUs: indices, as CUDA numbers them
+    assert cluster.local_gpu_census(_fake_python(tmp_path, "2"), device_files=[str(driver)]).devices == ["0", "1"]
+    # the driver is there, torch sees none: loud, names the evidence
+    census = cluster.local_gpu_census(_fake_python(tmp_path, "0"), device_files=[str(driver)])
+    assert census.devices == [] and census.torch_count == 0
+    assert "WARNING: this machine has a GPU (the NVIDIA driver is loaded" in census.warning
+    assert "every run will train on the CPU" in census.warning
+    # CUDA_VISIBLE_DEVICES entries are kept as far as torch sees them
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,GPU-ab12")
+    assert cluster.local_gpu_census(_fake_python(tmp_path, "1"), device_files=[]).devices == ["3"]
+    census = cluster.local_gpu_census(_fake_python(tmp_path, "0"), device_files=[])
+    assert census.devices == [] and "CUDA_VISIBLE_DEVICES=3,GPU-ab12" in census.warning
+    # CUDA_VISIBLE_DEVICES='' means the CPU on purpose: no child, no warning
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    (tmp_path / "asked").unlink()
+    assert cluster.local_gpu_census(_fake_python(tmp_path, "2"), device_files=[str(driver)]) == cluster.GpuCensus([], None, "")
+    assert not (tmp_path / "asked").exists()
+
+
+def test_torch_gpu_count_asks_the_real_torch_in_a_child():
+    assert cluster.torch_gpu_count() == torch_device_count_here()
+
+
+def torch_device_count_here() -> int:
+    import torch
+
+    return torch.cuda.device_count()

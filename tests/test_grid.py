@@ -199,3 +199,21 @@ def test_control_characters_in_keys_stay_on_one_line(where, key):
         raw.setdefault(where, {})[key] = [1] if where == "grid" else None
     msg = err(raw)  # asserts a single line starting with the file name
     assert "unknown key" in msg and repr(key)[1:-1] in msg
+
+
+def test_more_than_one_gpu_per_task_is_refused_with_the_reason(tiny_grid):
+    """Issue 10.6: a worker trains one run on one GPU; a task given more would leave them idle."""
+    with pytest.raises(GridError, match=r"\[slurm\]\.gpus_per_task: 2: a run trains on one GPU.*allowed: 0 \(CPU nodes\) or 1"):
+        load_grid(tiny_grid, overrides=["slurm.gpus_per_task=2"])
+    assert load_grid(tiny_grid, overrides=["slurm.gpus_per_task=0"]).slurm["gpus_per_task"] == 0
+
+
+def test_checkpoint_cadence_is_sweep_wide_and_not_part_of_the_run_id(tiny_grid):
+    every = load_grid(tiny_grid, overrides=["checkpoint_every_min=0"]).runs
+    timed = load_grid(tiny_grid, overrides=["checkpoint_every_min=15"]).runs
+    assert [r.run_id for r in every] == [r.run_id for r in timed]
+    assert {r.runtime.checkpoint_every_min for r in timed} == {15.0}
+    with pytest.raises(GridError, match=r"\[grid\]\.checkpoint_every_min: cannot vary"):
+        load_grid(tiny_grid, overrides=["grid.checkpoint_every_min=[0, 5]"])
+    with pytest.raises(GridError, match=r"\[base\]\.checkpoint_every_min: -1 is out of range"):
+        load_grid(tiny_grid, overrides=["checkpoint_every_min=-1"])

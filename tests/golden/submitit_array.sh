@@ -7,7 +7,7 @@
 #SBATCH --constraint='a100|h100'
 #SBATCH --cpus-per-task=6
 #SBATCH --error='<TMP>/out dir'"'"'s "q"/golden/submitit/slurm-20250101-000000-1/%A_%a_0_log.err'
-#SBATCH --gpus-per-node=2
+#SBATCH --gpus-per-node=1
 #SBATCH --job-name=cnnstress-golden
 #SBATCH --mail-type=END
 #SBATCH --mem=1536MB
