@@ -267,15 +267,19 @@ def float32_head(model: nn.Module, x: Tensor, precision: Precision) -> tuple[Ten
 @torch.inference_mode()
 def predict(model: nn.Module, x_uint8: Tensor, mean: Tensor, std: Tensor, precision: Precision,
             batch_size: int, channels_last: bool = True, with_embedding: bool = False,
-            transform: Callable[[Tensor, int], Tensor] | None = None) -> tuple[Tensor, Tensor | None]:
+            transform: Callable[[Tensor, int], Tensor] | None = None,
+            index: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
     """Logits (float32, from a float32 head) and optionally penultimate embeddings (float32) for
-    every image, in order.
+    every image, in order, or for the images at ``index`` (gathered batch by batch, so a subset of a
+    split is never copied whole on the device).
 
     ``transform(x01, batch_index)`` may alter each [0,1] batch first (corruptions)."""
     model.eval()
     logits, embeds = [], []
-    for b, start in enumerate(range(0, x_uint8.shape[0], batch_size)):
-        x01 = x_uint8[start:start + batch_size].float().div_(255)
+    n = x_uint8.shape[0] if index is None else index.shape[0]
+    for b, start in enumerate(range(0, n, batch_size)):
+        rows = x_uint8[start:start + batch_size] if index is None else x_uint8[index[start:start + batch_size]]
+        x01 = rows.float().div_(255)
         if transform is not None:
             x01 = transform(x01, b)
         out, emb = float32_head(model, to_input(x01, mean, std, channels_last), precision)

@@ -503,7 +503,7 @@ def _predictions(spec: RunSpec, model, layer, splits: data.Splits, train: Device
         # the same training images for every run of the sweep (drawn with the split seed)
         n = min(st.train_embedding_samples, len(train))
         pos = np.sort(np.random.default_rng(tr.split_seed).permutation(len(train))[:n])
-        _, temb = predict(model, train.x[torch.from_numpy(pos).to(train.x.device)], mean, std, precision, bs, cl,
+        _, temb = predict(model, train.x, mean, std, precision, bs, cl, index=torch.from_numpy(pos).to(train.x.device),
                           with_embedding=True)
         out["train_subset/index"] = splits.train.index[pos]
         out["train_subset/label"] = splits.train.y[pos]

@@ -262,3 +262,16 @@ def test_set_determinism_makes_float32_ieee_and_reports_it():
     assert torch.backends.cudnn.conv.fp32_precision == "ieee"
     assert torch.backends.cuda.matmul.fp32_precision == "ieee"
     assert settings["cudnn_conv_fp32_precision"] == "ieee" and settings["deterministic_algorithms"] == "True"
+
+
+def test_predict_on_an_index_equals_predict_on_the_gathered_images():
+    """Issue 10.7: a subset is gathered batch by batch, never copied whole onto the device."""
+    torch.manual_seed(0)
+    model = build_model("simple_cnn", 10, width=4).eval()
+    x = torch.randint(0, 256, (20, 3, 32, 32), dtype=torch.uint8)
+    idx = torch.tensor([17, 2, 5, 11, 0, 19, 3])
+    mean, std = torch.tensor(MEAN), torch.tensor(STD)
+    p = Precision("cpu", torch.bfloat16, False)
+    a = predict(model, x[idx], mean, std, p, 3, False, with_embedding=True)
+    b = predict(model, x, mean, std, p, 3, False, with_embedding=True, index=idx)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
