@@ -35,6 +35,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from . import store
+from .claims import claim_holder
 from .config import RunSpec
 
 LOCAL_TIMEOUT_MIN = 60 * 24 * 7  # submitit's LocalExecutor kills jobs after 2 minutes by default
@@ -887,11 +888,7 @@ def classify(disk: store.RunState, job: JobInfo | None, claim: dict[str, Any] | 
 
 
 def _live_claim(run_dir: Path) -> dict[str, Any] | None:
-    if not (run_dir / "claim.lock").exists():
-        return None
-    from .worker import claim_holder  # imports torch: only when a claim file exists
-
-    return claim_holder(run_dir)
+    return claim_holder(run_dir)  # None when there is no claim file
 
 
 def run_statuses(runs: Sequence[RunSpec], sweep_dir: Path, ask_slurm: bool = True,

@@ -19,7 +19,8 @@ from hypothesis import strategies as st
 
 from cnnstress import store
 from cnnstress.grid import GridError, expand, load_grid
-from cnnstress.worker import claim_holder, run, run_dir_for
+from cnnstress.claims import claim_holder
+from cnnstress.worker import run, run_dir_for
 
 from conftest import REPO, tiny_grid_text
 

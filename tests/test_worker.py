@@ -20,7 +20,8 @@ import torch
 
 from cnnstress import store
 from cnnstress.grid import load_grid
-from cnnstress.worker import RunBusy, claim, claim_holder, run, run_dir_for
+from cnnstress.claims import RunBusy, claim, claim_holder
+from cnnstress.worker import run, run_dir_for
 
 from conftest import REPO, tiny_grid_text
 
