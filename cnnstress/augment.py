@@ -275,7 +275,9 @@ def _rgb_to_hsv(x: Tensor) -> Tensor:
 def _hsv_to_rgb(hsv: Tensor) -> Tensor:
     # branch-free form: channel n in (5, 3, 1) is v - v*s*clamp(min(k, 4 - k), 0, 1), k = (n + 6h) mod 6
     h, s, v = hsv.unbind(dim=1)
-    n = torch.tensor([5.0, 3.0, 1.0], device=hsv.device, dtype=hsv.dtype).view(1, 3, 1, 1)
+    # n = (5, 3, 1) made on the device (exact in every float dtype): torch.tensor([...], device=cuda)
+    # would be a synchronous host-to-device copy on every batch
+    n = (5.0 - 2.0 * torch.arange(3, device=hsv.device, dtype=hsv.dtype)).view(1, 3, 1, 1)
     k = torch.remainder(n + 6.0 * h.unsqueeze(1), 6.0)
     ramp = torch.minimum(k, 4.0 - k).clamp(0.0, 1.0)
     return (v.unsqueeze(1) * (1.0 - s.unsqueeze(1) * ramp)).clamp(0.0, 1.0)
@@ -323,8 +325,10 @@ def box_mask(top: Tensor, left: Tensor, bottom: Tensor, right: Tensor, h: int, w
 
 def _centred_box(cy: Tensor, cx: Tensor, side_h: Tensor | int, side_w: Tensor | int, h: int, w: int) -> Tensor:
     """Mask of a side_h x side_w box centred at (cy, cx), clipped to the image."""
-    top = cy - torch.div(torch.as_tensor(side_h, device=cy.device), 2, rounding_mode="floor")
-    left = cx - torch.div(torch.as_tensor(side_w, device=cx.device), 2, rounding_mode="floor")
+    # an int side stays a Python int (torch.as_tensor(int, device=cuda) is a synchronous host-to-device
+    # copy per batch); floor division of ints and of int64 tensors gives the same values
+    top = cy - (side_h // 2 if isinstance(side_h, int) else torch.div(side_h, 2, rounding_mode="floor"))
+    left = cx - (side_w // 2 if isinstance(side_w, int) else torch.div(side_w, 2, rounding_mode="floor"))
     return box_mask(top.clamp(0, h), left.clamp(0, w), (top + side_h).clamp(0, h), (left + side_w).clamp(0, w), h, w)
 
 
@@ -350,6 +354,7 @@ class BatchAugment:
         std: Sequence[float],
         num_classes: int,
         label_smoothing: float = 0.0,
+        channels_last: bool = True,
     ) -> None:
         resolved = resolve_params(names, params)
         self.names: tuple[str, ...] = tuple(n for n in CANONICAL_ORDER if n in resolved)
@@ -361,6 +366,7 @@ class BatchAugment:
             raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing!r}")
         self.num_classes = num_classes
         self.label_smoothing = float(label_smoothing)
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
 
     @classmethod
     def from_config(
@@ -384,7 +390,8 @@ class BatchAugment:
         )
 
     def __call__(self, x_uint8: Tensor, y: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
-        """``(x, targets)``: float32 normalised ``(B, 3, H, W)`` channels_last, float32 ``(B, C)``."""
+        """``(x, targets)``: float32 normalised ``(B, 3, H, W)`` (channels_last unless built with
+        ``channels_last=False``), float32 ``(B, C)``."""
         _check_images(x_uint8)
         if y.shape != (x_uint8.shape[0],) or y.dtype != torch.int64:
             raise ValueError(f"expected int64 labels of shape ({x_uint8.shape[0]},), got {y.dtype} {tuple(y.shape)}")
@@ -405,7 +412,7 @@ class BatchAugment:
             x, t = self._cutmix(x, t, g)
         if "mixup" in p:
             x, t = self._mixup(x, t, g)
-        return x.contiguous(memory_format=torch.channels_last), t
+        return x.contiguous(memory_format=self.memory_format), t
 
     # each step draws its randomness from g in a fixed order, then applies a pure function
 

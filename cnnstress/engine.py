@@ -93,6 +93,15 @@ def cpu_has_bf16() -> bool:
     return " amx_bf16" in flags or " avx512_bf16" in flags
 
 
+def use_channels_last(device: torch.device, wanted: bool) -> bool:
+    """Whether to train and predict in channels_last on ``device``: as the grid asks on a GPU, never
+    on the CPU. On the CPU torch 2.14.1's oneDNN backward of a 1x1 stride-2 channels_last Conv2d
+    with few input channels (flexible_cnn's and resnet18's projection shortcuts at small widths)
+    corrupts memory: measured here, a flexible_cnn width-4 float32 step aborted with "double free or
+    corruption" with one thread and hung with two; NCHW is fine. On the CPU channels_last buys little."""
+    return wanted and device.type != "cpu"
+
+
 def select_device() -> torch.device:
     return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
 

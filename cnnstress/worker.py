@@ -31,8 +31,8 @@ from .augment import BatchAugment
 from .config import RunSpec
 from .corrupt import corrupt, corrupt_seed
 from .engine import (DeviceData, Precision, build_optimizer, build_scheduler, deletion_insertion, evaluate,
-                     gradcam, predict, restore_rng_state, rng_state, select_device, set_determinism,
-                     train_one_epoch, train_steps)
+                     gradcam, predict, restore_rng_state, rng_state, select_device, set_determinism, train_one_epoch,
+                     train_steps, use_channels_last)
 from .models import build_model, resolve_layer
 
 HISTORY_KEYS = ("epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "epoch_seconds")
@@ -319,7 +319,10 @@ def _train_and_publish(spec: RunSpec, run_dir: Path, log: RunLog) -> dict[str, A
     test = DeviceData.from_numpy(splits.test.x, splits.test.y, device)
 
     model = build_model(spec.model.name, spec.num_classes, **spec.model.params).to(device)
-    if tr.channels_last:
+    cl = use_channels_last(device, tr.channels_last)
+    if tr.channels_last and not cl:
+        log("channels_last off on the CPU (a oneDNN defect in torch 2.14: engine.use_channels_last)")
+    if cl:
         model = model.to(memory_format=torch.channels_last)
     layer = resolve_layer(model, spec.gradcam_layer)
     optimizer = build_optimizer(model, tr.optimizer)
@@ -328,7 +331,7 @@ def _train_and_publish(spec: RunSpec, run_dir: Path, log: RunLog) -> dict[str, A
     scaler = precision.scaler()
     augment = BatchAugment([a.name for a in tr.augment], {a.name: a.params for a in tr.augment},
                            mean=info.mean, std=info.std, num_classes=spec.num_classes,
-                           label_smoothing=tr.label_smoothing)
+                           label_smoothing=tr.label_smoothing, channels_last=cl)
     generator = torch.Generator(device=device)
     generator.manual_seed(spec.seed)
     history: dict[str, list[float]] = {k: [] for k in HISTORY_KEYS}
@@ -364,7 +367,7 @@ def _train_and_publish(spec: RunSpec, run_dir: Path, log: RunLog) -> dict[str, A
                 lr = optimizer.param_groups[0]["lr"]
                 fit = train_one_epoch(step_model, train, augment, optimizer, scheduler, scaler, precision, generator,
                                       tr.batch_size)
-                ev = evaluate(model, val, mean, std, precision, tr.eval_batch_size, tr.channels_last)
+                ev = evaluate(model, val, mean, std, precision, tr.eval_batch_size, cl)
                 seconds = time.time() - t0
                 best_before = max(history["val_acc"], default=-1.0)
                 for key, value in zip(HISTORY_KEYS, (epoch + 1, lr, fit["loss"], fit["acc"], ev["loss"], ev["acc"], seconds)):
@@ -395,7 +398,7 @@ def _train_and_publish(spec: RunSpec, run_dir: Path, log: RunLog) -> dict[str, A
     train_seconds = time.time() - t_train
 
     t_pred = time.time()
-    arrays = _predictions(spec, model, layer, splits, train, val, test, mean, std, precision, log)
+    arrays = _predictions(spec, model, layer, splits, train, val, test, mean, std, precision, cl, log)
     predict_seconds = time.time() - t_pred
     for key in HISTORY_KEYS:
         arrays[f"history/{key}"] = np.asarray(history[key], dtype=np.int32 if key == "epoch" else np.float64)
@@ -418,9 +421,9 @@ def _train_and_publish(spec: RunSpec, run_dir: Path, log: RunLog) -> dict[str, A
 
 
 def _predictions(spec: RunSpec, model, layer, splits: data.Splits, train: DeviceData, val: DeviceData,
-                 test: DeviceData, mean, std, precision: Precision, log: RunLog) -> dict[str, np.ndarray]:
+                 test: DeviceData, mean, std, precision: Precision, cl: bool, log: RunLog) -> dict[str, np.ndarray]:
     tr, st = spec.train, spec.stress
-    bs, cl = tr.eval_batch_size, tr.channels_last
+    bs = tr.eval_batch_size
     out: dict[str, np.ndarray] = {}
 
     logits, emb = predict(model, test.x, mean, std, precision, bs, cl, with_embedding=True)

@@ -332,3 +332,20 @@ def test_claim_waits_out_a_status_check_that_holds_the_lock_for_a_moment(tmp_pat
     threading.Timer(0.2, os.close, args=(fd,)).start()  # like a slow `--status`
     with claim(tmp_path):
         assert claim_holder(tmp_path)["pid"] == os.getpid()
+
+
+def test_flexible_cnn_with_projection_shortcuts_trains_on_the_cpu(tmp_path):
+    """torch 2.14.1's oneDNN backward of a 1x1 stride-2 channels_last conv from 4 channels aborted
+    ("double free or corruption") or hung on this CPU: the worker trains NCHW on the CPU."""
+    spec = _spec(tmp_path, epochs=1, extra="")
+    d = spec.to_dict()
+    spec = type(spec).from_dict({**d, "model": {"name": "flexible_cnn", "params": {"width": 4, "depth": 1, "residual": True}},
+                                 "gradcam_layer": "stage3", "train": {**d["train"], "amp": False}})  # float32: the crashing path
+    rd = run_dir_for(spec)
+    rd.mkdir(parents=True)
+    (rd / "spec.json").write_text(spec.to_json())
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    out = subprocess.run([sys.executable, "-m", "cnnstress.worker", "--spec", str(rd / "spec.json")], cwd=REPO,
+                         capture_output=True, text=True, timeout=300, env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "channels_last off on the CPU" in (rd / "log.txt").read_text()
