@@ -35,18 +35,8 @@ from cnnstress import catalog
 
 AUGMENTS: tuple[str, ...] = tuple(catalog.AUGMENTS)
 
-#: The order augmentations are applied in, regardless of the order they are named in.
-CANONICAL_ORDER: tuple[str, ...] = (
-    "crop",
-    "flip",
-    "rotation",
-    "color_jitter",
-    "cutout",
-    "random_erasing",
-    "cutmix",
-    "mixup",
-)
-assert sorted(CANONICAL_ORDER) == sorted(AUGMENTS), "CANONICAL_ORDER must list every catalog augment"
+#: The order augmentations are applied in, regardless of the order they are named in: the catalog's.
+CANONICAL_ORDER: tuple[str, ...] = AUGMENTS
 
 # Rejection rounds drawn at once for the Gamma sampler; each round accepts with probability > 0.95,
 # so a sample is left without an accepted candidate with probability < 0.05**12 ~ 2e-16.
@@ -107,12 +97,9 @@ def resolve_params(
         values = {k: p.default for k, p in spec.items()}
         values.update({k: spec[k].check(v, f"augment {name!r} parameter {k!r}") for k, v in given.items()})
         resolved[name] = values
-    erasing = resolved.get("random_erasing")
-    if erasing is not None and erasing["scale_min"] > erasing["scale_max"]:
-        raise ValueError(
-            f"augment 'random_erasing' needs scale_min <= scale_max, got "
-            f"{erasing['scale_min']} > {erasing['scale_max']}"
-        )
+        problem = catalog.augment_problem(name, values)
+        if problem is not None:
+            raise ValueError(f"augment {name!r} parameter {problem[0]!r}: {problem[1]}")
     return resolved
 
 

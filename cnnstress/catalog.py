@@ -126,6 +126,8 @@ MODELS: dict[str, dict[str, Param]] = {
 # Grad-CAM layer used when [report].gradcam_layer is not given.
 GRADCAM_DEFAULT: dict[str, str] = {"simple_cnn": "block3", "flexible_cnn": "stage3", "resnet18": "layer3"}
 
+#: Every augmentation with its parameters, in the order they are applied (augment.CANONICAL_ORDER),
+#: whatever order a grid lists them in.
 AUGMENTS: dict[str, dict[str, Param]] = {
     "crop": {"padding": Param(4, 0, 16, doc="zero padding before a random 32x32 crop")},
     "flip": {"p": Param(0.5, 0.0, 1.0, doc="probability of a horizontal flip")},
@@ -145,6 +147,14 @@ AUGMENTS: dict[str, dict[str, Param]] = {
     "cutmix": {"alpha": Param(1.0, 0.01, 10.0), "p": Param(0.5, 0.0, 1.0)},
     "mixup": {"alpha": Param(0.2, 0.01, 10.0), "p": Param(1.0, 0.0, 1.0)},
 }
+
+
+def augment_problem(name: str, params: dict[str, Any]) -> tuple[str, str] | None:
+    """A problem no single parameter's range can express, as (parameter, message), or None. The one
+    check behind the grid's validation and BatchAugment's."""
+    if name == "random_erasing" and params["scale_min"] > params["scale_max"]:
+        return "scale_min", f"must be <= scale_max, got {params['scale_min']} > {params['scale_max']}"
+    return None
 
 OPTIMIZERS: dict[str, dict[str, Param]] = {
     "sgd": {

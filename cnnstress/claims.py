@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-CLAIM_FILE = "claim.lock"
+from .layout import CLAIM_FILE
 
 
 class RunBusy(RuntimeError):

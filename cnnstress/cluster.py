@@ -34,8 +34,9 @@ import submitit
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from . import store
+from . import states, store
 from .claims import claim_holder
+from .layout import EXIT_BUSY, LAUNCHES_FILE, LAUNCHES_LOCK, PROGRESS_FILE, SPEC_FILE
 from .config import RunSpec
 
 LOCAL_TIMEOUT_MIN = 60 * 24 * 7  # submitit's LocalExecutor kills jobs after 2 minutes by default
@@ -78,7 +79,7 @@ class LocalTrainTask:
         argv = self.worker_argv or [sys.executable, "-m", "cnnstress.worker"]
         env = {**os.environ, "CUDA_VISIBLE_DEVICES": device}
         with tempfile.TemporaryDirectory(prefix="cnnstress-spec-") as tmp:
-            spec_file = Path(tmp) / "spec.json"
+            spec_file = Path(tmp) / SPEC_FILE
             spec_file.write_text(spec_json)
             # stderr is this job's log file (inherited); stdout is read to get the result line
             proc = subprocess.Popen([*argv, "--spec", str(spec_file)], cwd=PACKAGE_ROOT, env=env,
@@ -92,7 +93,7 @@ class LocalTrainTask:
             rc = proc.wait()
         if rc == 0:
             return json.loads(last)
-        if rc == 3:  # worker.main: another live process holds the run
+        if rc == EXIT_BUSY:  # worker.main: another live process holds the run
             raise RuntimeError(f"RunBusy: another live process holds {run_dir}")
         state = store.run_state(Path(run_dir), verify_hash=False)
         if state.status == "failed":  # the worker wrote its reason
@@ -343,7 +344,7 @@ def record_unreported_end(run_dir: Path, exit_status: int | None) -> str | None:
 
 def _progress_epochs(run_dir: Path) -> int:
     try:
-        return int(json.loads((run_dir / "progress.json").read_text())["epoch"])
+        return int(json.loads((run_dir / PROGRESS_FILE).read_text())["epoch"])
     except (OSError, ValueError, KeyError):
         return 0
 
@@ -723,9 +724,9 @@ def record_launch(sweep_dir: Path, launch: Launch) -> None:
     since they only ever see a whole old or a whole new file."""
     import fcntl
 
-    path = sweep_dir / "launches.jsonl"
+    path = sweep_dir / LAUNCHES_FILE
     sweep_dir.mkdir(parents=True, exist_ok=True)
-    with open(sweep_dir / "launches.jsonl.lock", "a") as lock:
+    with open(sweep_dir / LAUNCHES_LOCK, "a") as lock:
         fcntl.flock(lock.fileno(), fcntl.LOCK_EX)  # released when the file is closed
         old = path.read_bytes() if path.exists() else b""
         if old and not old.endswith(b"\n"):
@@ -735,7 +736,7 @@ def record_launch(sweep_dir: Path, launch: Launch) -> None:
 
 def read_launches(sweep_dir: Path) -> list[Launch]:
     """The launches recorded for a sweep, oldest first (unreadable lines are skipped)."""
-    path = sweep_dir / "launches.jsonl"
+    path = sweep_dir / LAUNCHES_FILE
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except OSError:
@@ -842,7 +843,7 @@ def query_jobs(job_ids: Sequence[str], use_sacct: bool = True) -> JobQuery:
 # run status: files first, then the recorded job's state
 # ------------------------------------------------------------------------------------------------
 
-RUN_STATUSES = ("done", "running", "pending", "failed", "broken", "partial", "missing")
+RUN_STATUSES = states.ALL  # the one vocabulary (states.py)
 
 
 @dataclass

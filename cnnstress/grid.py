@@ -173,7 +173,7 @@ def load_grid(
     return expand(raw, source=source, overrides=overrides, out_root=out_root, data_root=data_root)
 
 
-LAUNCH_FILE = "launch.json"  # beside a sweep's grid.toml: the --set values and data root it ran with
+from .layout import GRID_COPY, LAUNCH_FILE  # noqa: E402 - beside a sweep's grid.toml: its --set values and data root
 
 
 def load_sweep_grid(sweep_dir: str | os.PathLike) -> Grid:
@@ -187,7 +187,7 @@ def load_sweep_grid(sweep_dir: str | os.PathLike) -> Grid:
             launch = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as e:
             raise GridError(str(path), "", f"cannot be read: {e}") from None
-    return load_grid(sweep_dir / "grid.toml", overrides=launch.get("overrides", []), out_root=sweep_dir.parent,
+    return load_grid(sweep_dir / GRID_COPY, overrides=launch.get("overrides", []), out_root=sweep_dir.parent,
                      data_root=launch.get("data_root"))
 
 
@@ -454,9 +454,9 @@ class _Validator:
             if isinstance(item, str):
                 item = {"name": item}
             comp = self.named(item, catalog.AUGMENTS, f"{path}[{i}]")
-            if comp.name == "random_erasing" and comp.params["scale_min"] > comp.params["scale_max"]:
-                raise self.fail(f"{path}[{i}].scale_min", f"must be <= scale_max, got {comp.params['scale_min']} > "
-                                f"{comp.params['scale_max']}")
+            problem = catalog.augment_problem(comp.name, comp.params)
+            if problem is not None:
+                raise self.fail(f"{path}[{i}].{problem[0]}", problem[1])
             if comp.name in names:
                 raise self.fail(f"{path}[{i}]", f"{comp.name!r} is listed twice")
             names.add(comp.name)

@@ -17,8 +17,9 @@ from typing import Sequence
 from rich.console import Console
 from rich.table import Table
 
-from . import store
-from .grid import LAUNCH_FILE, Grid, GridError, load_grid
+from . import states, store
+from .grid import Grid, GridError, load_grid
+from .layout import GRID_COPY, LAUNCH_FILE, MANIFEST_FILE, REPORT_DIR
 
 CLUSTERS = ("local", "debug", "slurm", "sbatch")
 
@@ -134,9 +135,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 # which runs to start
 # ------------------------------------------------------------------------------------------------
 
-RERUN_STATUSES = ("failed", "broken", "missing")
-
-
 def _select(grid: Grid, sweep_dir: Path, rerun_failed: bool, ask_slurm: bool):
     """(runs to start, number finished, statuses of runs someone is already working on).
     Runs with a queued or running job, or a live claim, are never started twice. With
@@ -146,8 +144,8 @@ def _select(grid: Grid, sweep_dir: Path, rerun_failed: bool, ask_slurm: bool):
     statuses, _ = cluster.run_statuses(grid.runs, sweep_dir, ask_slurm=ask_slurm, verify_hash=True)
     by_id = {r.run_id: r for r in grid.runs}
     done = sum(st.status == "done" for st in statuses)
-    busy = [st for st in statuses if st.status in ("running", "pending")]
-    wanted = RERUN_STATUSES if rerun_failed else ("failed", "broken", "missing", "partial")
+    busy = [st for st in statuses if states.STATES[st.status].busy]
+    wanted = states.to_start(rerun_failed)
     todo = [by_id[st.run_id] for st in statuses if st.status in wanted]
     return todo, done, busy
 
@@ -184,7 +182,7 @@ def _launch_slurm(args: argparse.Namespace, grid: Grid, sweep_dir: Path, out_roo
     if not todo:
         console.print("nothing to submit" + ("; see --status" if busy else ""))
         return 0
-    gather_args = _gather_args(sweep_dir / "grid.toml", out_root, data_root, args.overrides)
+    gather_args = _gather_args(sweep_dir / GRID_COPY, out_root, data_root, args.overrides)
     t_submit = time.time()
     try:
         if args.cluster == "slurm":
@@ -209,7 +207,7 @@ def _launch_slurm(args: argparse.Namespace, grid: Grid, sweep_dir: Path, out_roo
         err.print(f"error: {e}", markup=False)
         return 1
     rc = print_status(grid, sweep_dir, console, verify_hash=True)
-    report = sweep_dir / "report" / "index.html"
+    report = sweep_dir / REPORT_DIR / "index.html"
     if report.exists() and report.stat().st_mtime >= t_submit:
         console.print(f"report: {report}", markup=False)
     else:
@@ -243,14 +241,14 @@ def _print_plan(args: argparse.Namespace, grid: Grid, sweep_dir: Path, out_root:
 
     statuses, _ = cluster.run_statuses(grid.runs, sweep_dir, ask_slurm=False) if sweep_dir.exists() else (
         [cluster.RunStatus(r.run_id, "missing") for r in grid.runs], [])
-    wanted = RERUN_STATUSES if args.rerun_failed else ("failed", "broken", "missing", "partial")
+    wanted = states.to_start(args.rerun_failed)
     ids = {st.run_id for st in statuses if st.status in wanted}
     todo = [r for r in grid.runs if r.run_id in ids]
     if not todo:
         console.print("nothing would be submitted")
         return
     limit = cluster.max_array_size()
-    gather_args = _gather_args(sweep_dir / "grid.toml", out_root, data_root, args.overrides)
+    gather_args = _gather_args(sweep_dir / GRID_COPY, out_root, data_root, args.overrides)
     if args.cluster == "sbatch":
         arrays, gather = cluster.sbatch_plan(todo, grid.slurm, grid.name, sweep_dir, sys.executable, gather_args,
                                              limit, args.max_parallel)
@@ -335,11 +333,11 @@ def write_sweep_files(grid: Grid, sweep_dir: Path, grid_path: Path) -> None:
     Rewritten only when their content changes, so relaunching a finished grid touches no file."""
     sweep_dir.mkdir(parents=True, exist_ok=True)
     (sweep_dir / "runs").mkdir(exist_ok=True)
-    store.atomic_write_bytes(sweep_dir / "grid.toml", grid_path.read_bytes(), if_changed=True)
+    store.atomic_write_bytes(sweep_dir / GRID_COPY, grid_path.read_bytes(), if_changed=True)
     store.atomic_write_json(sweep_dir / LAUNCH_FILE, {"overrides": grid.overrides,
                                                       "data_root": grid.runs[0].paths.data_root}, if_changed=True)
     manifest = "".join(r.to_json() + "\n" for r in grid.runs).encode()
-    store.atomic_write_bytes(sweep_dir / "manifest.jsonl", manifest, if_changed=True)
+    store.atomic_write_bytes(sweep_dir / MANIFEST_FILE, manifest, if_changed=True)
 
 
 TABLE_ROWS = 200  # above this a rich table (about 10 ms a row) is replaced by groups + plain lines

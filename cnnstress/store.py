@@ -37,12 +37,9 @@ from .faults import maybe_fail
 
 SCHEMA_VERSION: int = 1
 
-RESULTS_NAME = "results.h5"
-DONE_NAME = "DONE.json"
-FAILED_NAME = "FAILED.json"
-CHECKPOINT_NAME = "checkpoint.pt"
-PREV_CHECKPOINT_NAME = "checkpoint.prev.pt"
-CHECKPOINT_NAMES = (CHECKPOINT_NAME, PREV_CHECKPOINT_NAME)  # newest first: what a resume may read
+# the run folder's file names are defined once, in layout.py (re-exported here for store's callers)
+from .layout import (CHECKPOINT_NAME, CHECKPOINT_NAMES, DONE_NAME, FAILED_NAME,  # noqa: E402,F401
+                     PREV_CHECKPOINT_NAME, RESULTS_NAME)
 
 # Chunks of about 1 MiB: big enough that gzip works well and reading a whole dataset is a few
 # hundred chunk reads, small enough that reading a few rows does not inflate much.

@@ -26,6 +26,8 @@ import numpy as np
 import torch
 
 from . import data, store
+from .layout import (BEST_FILE, DONE_NAME, EXIT_BUSY, EXIT_DONE, EXIT_FAILED, EXIT_USAGE, HISTORY_KEYS, LOG_FILE,
+                     PROGRESS_FILE, SPEC_FILE)
 from .claims import RunBusy, claim
 from .augment import BatchAugment
 from .config import RunSpec
@@ -35,7 +37,6 @@ from .engine import (DeviceData, Precision, build_optimizer, build_scheduler, de
                      train_steps, use_channels_last)
 from .models import build_model, resolve_layer
 
-HISTORY_KEYS = ("epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "epoch_seconds")
 CHECKPOINT_KEYS = {"format", "spec_hash", "epoch", "model", "optimizer", "scheduler", "scaler", "rng", "history"}
 CHECKPOINT_FORMAT = 1
 # Corruptions are generated per fixed-size batch so the corrupted test set is the same for every
@@ -100,7 +101,7 @@ def save_checkpoint(run_dir: Path, state: dict[str, Any]) -> None:
 def save_best(run_dir: Path, state: dict[str, Any]) -> None:
     """Write best.pt atomically: the model weights of the epoch with the highest validation accuracy
     so far (checkpoint.pt holds the latest epoch, so after the last one it is the final model)."""
-    store.atomic_write_bytes(run_dir / "best.pt", _torch_bytes(state))
+    store.atomic_write_bytes(run_dir / BEST_FILE, _torch_bytes(state))
 
 
 def _torch_bytes(state: dict[str, Any]) -> bytes:
@@ -269,15 +270,15 @@ def run(spec: RunSpec | dict | str, *, echo: bool = True) -> dict[str, Any]:
         state = store.run_state(run_dir)  # another process may have finished it meanwhile
         if state.status == "done":
             return {"run_id": spec.run_id, "status": "skipped", **(state.summary or {})}
-        log = RunLog(run_dir / "log.txt", echo=echo)
+        log = RunLog(run_dir / LOG_FILE, echo=echo)
         try:
             for leftover in store.cleanup_temp_files(run_dir):
                 log(f"removed leftover temp file {leftover.name} from an interrupted write")
-            if (run_dir / "DONE.json").exists():
+            if (run_dir / DONE_NAME).exists():
                 log(f"DONE.json does not match results.h5 ({state.reason}); redoing the run")
-                os.remove(run_dir / "DONE.json")
+                os.remove(run_dir / DONE_NAME)
             store.clear_failed(run_dir)
-            store.atomic_write_json(run_dir / "spec.json", spec.to_dict())
+            store.atomic_write_json(run_dir / SPEC_FILE, spec.to_dict())
             summary = _train_and_publish(spec, run_dir, log)
             return {"run_id": spec.run_id, "status": "done", **summary}
         except Exception as e:
@@ -382,7 +383,7 @@ def _train_and_publish(spec: RunSpec, run_dir: Path, log: RunLog) -> dict[str, A
                     "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
                     "rng": rng_state(generator), "history": history,
                 }, best, final=epoch + 1 == tr.epochs)
-                store.atomic_write_json(run_dir / "progress.json", {
+                store.atomic_write_json(run_dir / PROGRESS_FILE, {
                     "epoch": epoch + 1, "epochs": tr.epochs, "val_acc": ev["acc"], "updated": time.time(),
                     "checkpoint_epoch": keeper.written_epoch})
                 log(f"epoch {epoch + 1:>3}/{tr.epochs}  lr {lr:.4g}  train loss {fit['loss']:.4f} acc {fit['acc']:.4f}  "
@@ -528,21 +529,21 @@ def main(argv: list[str] | None = None) -> int:
         lines = Path(args.manifest).read_text().splitlines()
         if not 0 <= index < len(lines):
             print(f"error: index {index} is outside the manifest's {len(lines)} runs", file=sys.stderr)
-            return 2
+            return EXIT_USAGE
         text = lines[index]
     try:
         result = run(RunSpec.from_json(text))
     except RunBusy as e:
         print(f"error: {e}", file=sys.stderr)
-        return 3
+        return EXIT_BUSY
     except StopRequested as e:  # the run stays resumable: every finished epoch is in checkpoint.pt
         print(f"stopped: {e}; a relaunch resumes from the last checkpoint", file=sys.stderr)
         return 128 + e.signum
     except Exception as e:  # noqa: BLE001 - reported in FAILED.json already
         print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
-        return 1
+        return EXIT_FAILED
     print(json.dumps(result, sort_keys=True))
-    return 0
+    return EXIT_DONE
 
 
 if __name__ == "__main__":

@@ -1,0 +1,44 @@
+"""The names on disk, defined once: the files of a run folder and of a sweep folder, and the
+per-epoch history keys of results.h5. Torch-free and h5py-free, so every side may import it.
+
+    <out>/<sweep>/
+      grid.toml  manifest.jsonl  launch.json  launches.jsonl (+ .lock)
+      runs/<run_id>/  spec.json  log.txt  progress.json  claim.lock  checkpoint.pt  checkpoint.prev.pt
+                      best.pt  results.h5  DONE.json  FAILED.json
+      report/  sbatch/  slurm-logs/  submitit/
+"""
+
+from __future__ import annotations
+
+# -- a run folder ------------------------------------------------------------------------------
+SPEC_FILE = "spec.json"
+LOG_FILE = "log.txt"
+PROGRESS_FILE = "progress.json"  # epoch, epochs, val_acc, updated, checkpoint_epoch (for --status)
+CLAIM_FILE = "claim.lock"  # flock held by the process training the run
+CHECKPOINT_NAME = "checkpoint.pt"
+PREV_CHECKPOINT_NAME = "checkpoint.prev.pt"
+CHECKPOINT_NAMES = (CHECKPOINT_NAME, PREV_CHECKPOINT_NAME)  # newest first: what a resume may read
+BEST_FILE = "best.pt"
+RESULTS_NAME = "results.h5"
+DONE_NAME = "DONE.json"
+FAILED_NAME = "FAILED.json"
+
+# -- a sweep folder ----------------------------------------------------------------------------
+RUNS_DIR = "runs"
+GRID_COPY = "grid.toml"  # the grid as launched
+MANIFEST_FILE = "manifest.jsonl"  # one resolved RunSpec per line
+LAUNCH_FILE = "launch.json"  # the last launch's --set values and data root
+LAUNCHES_FILE = "launches.jsonl"  # one line per launch (appended under LAUNCHES_LOCK)
+LAUNCHES_LOCK = "launches.jsonl.lock"
+REPORT_DIR = "report"
+
+# -- results.h5 --------------------------------------------------------------------------------
+#: /history/<key>, one value per epoch, in this order (the worker writes them, gather reads them).
+HISTORY_KEYS = ("epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "epoch_seconds")
+
+# -- the worker command's exit status (python -m cnnstress.worker; read by cluster.py and array.sbatch)
+EXIT_DONE = 0
+EXIT_FAILED = 1  # FAILED.json says why
+EXIT_USAGE = 2  # bad arguments (e.g. a manifest index out of range)
+EXIT_BUSY = 3  # another live process holds the run's claim
+# told to stop (SIGTERM, SIGUSR2): 128 + the signal number, like a shell; the run stays resumable

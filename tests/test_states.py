@@ -1,0 +1,33 @@
+"""The one vocabulary of run states (issue 11.4)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from cnnstress import cluster, states
+
+from conftest import REPO
+
+
+def test_what_a_launch_starts_and_what_summary_json_says():
+    assert set(states.to_start(rerun_failed=False)) == {"failed", "broken", "partial", "missing"}
+    # --rerun-failed leaves partial runs alone: they may still be running elsewhere
+    assert set(states.to_start(rerun_failed=True)) == {"failed", "broken", "missing"}
+    assert {n for n, s in states.STATES.items() if s.busy} == {"running", "pending"}
+    assert {n: states.summary_status(n) for n in states.ALL} == {
+        "done": "done", "failed": "failed", "broken": "failed", "partial": "missing", "missing": "missing",
+        "running": "missing", "pending": "missing"}
+    assert states.summary_status("something new") == "missing"
+    assert {s.summary_status for s in states.STATES.values()} == set(states.SUMMARY_STATUSES)
+
+
+def test_the_cluster_side_speaks_the_same_vocabulary():
+    assert tuple(cluster.RUN_STATUSES) == states.ALL
+
+
+def test_states_module_is_torch_and_h5py_free():
+    out = subprocess.run([sys.executable, "-c", "import sys, cnnstress.states, cnnstress.layout; "
+                          "print(sorted(m for m in ('torch', 'h5py') if m in sys.modules))"],
+                         cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "[]", out.stderr
