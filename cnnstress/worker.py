@@ -176,8 +176,8 @@ class CheckpointKeeper:
             self._snapshot, self._best = state, (best if best is not None else self._best)
             return self.flush()
         self._snapshot = _copy_tensors(state)
-        if best is not None:
-            self._best = _copy_tensors(best)
+        if best is not None:  # the same epoch's weights: share the snapshot's copy, not a second one
+            self._best = {**best, "model": self._snapshot["model"]}
         return False
 
     def flush(self, why: str = "") -> bool:
