@@ -265,3 +265,45 @@ def test_analysis_modules_import_only_numpy():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=Path(__file__).resolve().parents[1])
     assert out.stdout.strip() == "[]"
+
+
+# ----------------------------------------------------------------------------- one implementation each
+
+
+def test_failure_columns_are_failure_records():
+    """The report's failures.json columns and failure_records are one implementation."""
+    rng = np.random.default_rng(11)
+    n, c = 400, 7
+    logits = (rng.normal(size=(n, c)) * 3).astype(np.float32)
+    labels = rng.integers(0, c, size=n)
+    index = rng.permutation(10 * n)[:n]
+    names = [f"k{i}" for i in range(c)]
+    cols = failures.failure_columns(logits, labels, index, 0.6, names)
+    assert cols.records() == failures.failure_records(logits, labels, index, 0.6, names)
+    assert len(cols) == len(metrics.high_confidence_failures(logits, labels, 0.6))
+    assert cols.records(3) == cols.records()[:3]
+    same = failures.failure_columns(logits, labels, index, 0.6, names, probs=metrics.softmax(logits))
+    assert same.records() == cols.records()
+    with pytest.raises(ValueError):
+        failures.failure_columns(logits, labels, index, 0.6, names[:-1])
+
+
+def test_breaking_from_counts_is_classes_breaking_first():
+    """Pooled per-class counts (what gather keeps per run) rank classes as classes_breaking_first does
+    on the concatenated predictions."""
+    rng = np.random.default_rng(12)
+    c, n = 6, 300
+    labels = np.concatenate([rng.integers(0, c - 1, size=n)])  # class c-1 absent
+    clean = np.where(rng.random(n) < 0.8, labels, rng.integers(0, c, size=n))
+    by_sev = {s: np.where(rng.random(n) < 0.8 - 0.1 * s, labels, rng.integers(0, c, size=n)) for s in (1, 3, 5)}
+    want = robustness.classes_breaking_first(labels, clean, by_sev, c)
+    # the same images split into two "seeds", counts summed
+    halves = (slice(0, n // 2), slice(n // 2, n))
+    support = sum(robustness.class_counts(labels[h], clean[h], c)[0] for h in halves)
+    right = sum(robustness.class_counts(labels[h], clean[h], c)[1] for h in halves)
+    pooled = {s: sum(robustness.class_counts(labels[h], p[h], c)[1] for h in halves) for s, p in by_sev.items()}
+    order, drop, present = robustness.breaking_from_counts(support, right, pooled)
+    assert [int(i) for i in order] == want
+    assert not present[c - 1] and np.isnan(drop[c - 1])
+    acc = metrics.per_class_accuracy(labels, clean, c) - metrics.per_class_accuracy(labels, by_sev[1], c)
+    np.testing.assert_array_equal(drop[present], acc[present])

@@ -7,6 +7,7 @@ top softmax probability exceeds the threshold (``report.confidence_threshold``).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -56,27 +57,68 @@ def canonical_failures(base_logits: np.ndarray, labels: np.ndarray, threshold: f
     return cand[order][: int(k)].astype(np.int64)
 
 
+@dataclass(frozen=True)
+class FailureColumns:
+    """One run's high-confidence failures as numpy columns, sorted by confidence descending.
+
+    A dict per failure costs ~0.5 KiB of Python objects; these columns cost 40 bytes per failure,
+    so a sweep's gather keeps every run's failures as columns and makes dicts only when writing
+    (``record``/``records``). ``confidence`` stays float64: failures.json prints it in full.
+    """
+
+    test_index: np.ndarray  # (k,) int64, position in the dataset's official test split
+    position: np.ndarray  # (k,) int64, row of the stored test set
+    true: np.ndarray  # (k,) int64
+    pred: np.ndarray  # (k,) int64
+    confidence: np.ndarray  # (k,) float64 top softmax probability
+    names: tuple[str, ...]  # class names, shared by every record
+
+    def __len__(self) -> int:
+        return int(self.position.shape[0])
+
+    def record(self, i: int) -> dict:
+        """The failures.json entry of failure ``i`` (plain Python types)."""
+        true, pred = int(self.true[i]), int(self.pred[i])
+        return {"test_index": int(self.test_index[i]), "position": int(self.position[i]),
+                "true": true, "true_name": self.names[true], "pred": pred, "pred_name": self.names[pred],
+                "confidence": float(self.confidence[i])}
+
+    def records(self, stop: int | None = None) -> list[dict]:
+        """The entries of the first ``stop`` failures (all when None)."""
+        n = len(self) if stop is None else min(len(self), max(0, stop))
+        return [self.record(i) for i in range(n)]
+
+
+def failure_columns(logits: np.ndarray, labels: np.ndarray, index: np.ndarray, threshold: float,
+                    class_names: Sequence[str], probs: np.ndarray | None = None) -> FailureColumns:
+    """One run's high-confidence failures as columns, sorted by confidence descending.
+
+    ``logits`` (N, C), ``labels`` (N,), ``index`` (N,) positions in the dataset's official test
+    split, ``class_names`` C names. ``probs`` is ``softmax(logits)`` when the caller already has it
+    (it is computed here otherwise).
+    """
+    x = np.asarray(logits)
+    if x.ndim != 2:
+        x = as_logits(x)  # raises with the shape
+    n, c = x.shape
+    y = as_labels(labels, n=n, num_classes=c)
+    idx = as_labels(index, n=n, name="index")
+    names = tuple(str(v) for v in class_names)
+    if len(names) != c:
+        raise ValueError(f"class_names has {len(names)} names, logits have {c} classes")
+    p = softmax(x) if probs is None else probs
+    pos = high_confidence_failures(x, y, threshold)
+    pred = p[pos].argmax(axis=1).astype(np.int64)
+    return FailureColumns(test_index=idx[pos], position=pos, true=y[pos], pred=pred,
+                          confidence=np.asarray(p[pos, pred], dtype=np.float64), names=names)
+
+
 def failure_records(logits: np.ndarray, labels: np.ndarray, index: np.ndarray, threshold: float,
                     class_names: Sequence[str]) -> list[dict]:
     """The ``failures.json`` entries of one run, sorted by confidence descending.
 
     ``logits`` (N, C), ``labels`` (N,), ``index`` (N,) positions in the dataset's official test
     split, ``class_names`` C names. Each entry: {test_index, position, true, true_name, pred,
-    pred_name, confidence}, all plain Python types.
+    pred_name, confidence}, all plain Python types (``failure_columns(...).records()``).
     """
-    x = as_logits(logits)
-    n, c = x.shape
-    y = as_labels(labels, n=n, num_classes=c)
-    idx = as_labels(index, n=n, name="index")
-    names = list(class_names)
-    if len(names) != c:
-        raise ValueError(f"class_names has {len(names)} names, logits have {c} classes")
-    probs = softmax(x)
-    records = []
-    for pos in high_confidence_failures(x, y, threshold):
-        pred = int(np.argmax(probs[pos]))
-        records.append({"test_index": int(idx[pos]), "position": int(pos),
-                        "true": int(y[pos]), "true_name": str(names[y[pos]]),
-                        "pred": pred, "pred_name": str(names[pred]),
-                        "confidence": float(probs[pos, pred])})
-    return records
+    return failure_columns(logits, labels, index, threshold, class_names).records()

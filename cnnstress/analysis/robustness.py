@@ -7,7 +7,6 @@ from collections.abc import Mapping
 import numpy as np
 
 from cnnstress.analysis._checks import as_labels
-from cnnstress.analysis.metrics import per_class_accuracy
 
 
 def corruption_table(clean_acc: float, acc: Mapping[tuple[str, int], float]) -> dict:
@@ -50,15 +49,46 @@ def rank_breaking(clean_acc: np.ndarray, acc_by_severity: Mapping[int, np.ndarra
     return order, drop_low
 
 
+def breaking_from_counts(support: np.ndarray, clean_right: np.ndarray,
+                         right_by_severity: Mapping[int, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``rank_breaking`` from per-class counts: (order, drop at the lowest severity, present).
+
+    ``support`` (C,) test images per class, ``clean_right`` (C,) right clean predictions per class
+    and ``right_by_severity[s]`` (C,) right predictions per class on the corrupted set at severity
+    ``s``; counts may be summed over seeds (pooled). Per-class accuracy is right / support, NaN
+    where the support is 0 (``present`` is False there). Gather keeps these (C,) counts per run
+    instead of (N,) predictions.
+    """
+    if not right_by_severity:
+        raise ValueError("right_by_severity must hold at least one severity")
+    support = np.asarray(support, dtype=np.float64)
+    present = support > 0
+
+    def per_class(right: np.ndarray) -> np.ndarray:
+        out = np.full(support.shape, np.nan)
+        np.divide(np.asarray(right, dtype=np.float64), support, out=out, where=present)
+        return out
+
+    order, drop_low = rank_breaking(per_class(clean_right), {int(s): per_class(c) for s, c in right_by_severity.items()})
+    return order, drop_low, present
+
+
+def class_counts(labels: np.ndarray, preds: np.ndarray, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """(support, right): test images and right predictions per true class, (C,) int64 each."""
+    y = as_labels(labels, num_classes=num_classes)
+    p = np.asarray(preds)
+    return (np.bincount(y, minlength=num_classes).astype(np.int64),
+            np.bincount(y[p == y], minlength=num_classes).astype(np.int64))
+
+
 def classes_breaking_first(labels: np.ndarray, clean_preds: np.ndarray,
                            corrupted_preds_by_severity: Mapping[int, np.ndarray],
                            num_classes: int) -> list[int]:
     """Class indices ordered by how much their accuracy drops at the lowest severity (see
-    ``rank_breaking``), from per-image predictions."""
+    ``rank_breaking``), from per-image predictions: ``breaking_from_counts`` over ``class_counts``."""
     if not corrupted_preds_by_severity:
         raise ValueError("corrupted_preds_by_severity must hold at least one severity")
-    y = as_labels(labels, num_classes=num_classes)
-    clean = per_class_accuracy(y, clean_preds, num_classes)
-    by_sev = {int(s): per_class_accuracy(y, p, num_classes) for s, p in corrupted_preds_by_severity.items()}
-    order, _ = rank_breaking(clean, by_sev)
+    support, clean = class_counts(labels, clean_preds, num_classes)
+    by_sev = {int(s): class_counts(labels, p, num_classes)[1] for s, p in corrupted_preds_by_severity.items()}
+    order, _, _ = breaking_from_counts(support, clean, by_sev)
     return [int(i) for i in order]

@@ -1,6 +1,6 @@
 """The gather report: figures (matplotlib, Agg) and one self-contained HTML page.
 
-``render(report, report_dir)`` draws every figure of a ``model.ReportData`` into
+``render(report, report_dir)`` draws every figure the sections (``report.sections``) ask for into
 ``report_dir/figures/*.png`` and returns the text of ``index.html`` with the same figures embedded
 as base64 PNG; the caller writes index.html (last, atomically) next to the JSON and CSV files.
 
@@ -25,8 +25,9 @@ def render(report: ReportData, report_dir: Path, *, figures: bool = True) -> str
     figs = {}
     if figures:
         from . import figures as drawing  # matplotlib loads here, on first use
+        from .sections import SECTIONS
 
-        figs = drawing.draw_all(report, Path(report_dir) / "figures")
+        figs = drawing.draw_all(report, Path(report_dir) / "figures", SECTIONS)
     return html.page(report, figs)
 
 

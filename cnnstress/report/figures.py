@@ -1,4 +1,5 @@
-"""Every figure of the report, drawn from ``model.ReportData`` with matplotlib's Agg backend.
+"""The report's drawing library (matplotlib's Agg backend): the figure functions the sections
+(``report.sections``) ask for, and ``draw_all``, which draws every section's ``FigureSpec``s.
 
 Figures are built with the object API (``matplotlib.figure.Figure``, no pyplot), so no global
 figure list grows; each is saved once to PNG bytes, written to ``figures/<name>.png`` and released.
@@ -11,7 +12,7 @@ from __future__ import annotations
 import io
 import textwrap
 from pathlib import Path
-from typing import Callable
+from typing import Any
 
 import matplotlib
 
@@ -24,7 +25,7 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from .. import store  # noqa: E402
 from ..analysis.metrics import row_normalize  # noqa: E402
-from .model import CaseView, Cell, Comparison, FigureRef, Group, ReportData, slug  # noqa: E402
+from .model import Case, CaseView, Cell, Comparison, FigureRef, ReportData, slug  # noqa: E402
 
 DPI = 100
 LAYOUT = "constrained"
@@ -95,9 +96,9 @@ def _band(ax, x: np.ndarray, runs: np.ndarray, col, label: str, ls: str = "-") -
         ax.fill_between(x, runs.min(axis=0), runs.max(axis=0), color=col, alpha=0.18, lw=0)
 
 
-def curves(cell: Cell) -> Figure | None:
-    """Training and validation loss and accuracy of one cell, mean over seeds with a min..max band."""
-    h = cell.history
+def curves(cell: Cell, h: dict[str, np.ndarray] | None) -> Figure | None:
+    """Training and validation loss and accuracy of one cell (``h``: name -> (S, E)), mean over
+    seeds with a min..max band."""
     if not h:
         return None
     fig = _figure(9.0, 3.0)
@@ -117,15 +118,15 @@ def curves(cell: Cell) -> Figure | None:
     return fig
 
 
-def val_accuracy(cells: list[Cell]) -> Figure | None:
-    """Every cell's validation accuracy on one plot."""
-    cells = [c for c in cells if c.history]
-    if not cells:
+def val_accuracy(items: list[tuple[Cell, dict[str, np.ndarray]]]) -> Figure | None:
+    """Every cell's validation accuracy on one plot (``items``: (cell, history))."""
+    items = [(c, h) for c, h in items if h]
+    if not items:
         return None
     fig = _figure(7.0, 3.6)
     ax = fig.subplots()
-    for c in cells:
-        _band(ax, c.history["epoch"][0], c.history["val_acc"], color(c), f"{c.label} (n={c.n_runs})")
+    for c, h in items:
+        _band(ax, h["epoch"][0], h["val_acc"], color(c), f"{c.label} (n={c.n_runs})")
     ax.set(title="validation accuracy, all variants", xlabel="epoch", ylabel="accuracy")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.legend(loc="lower right")
@@ -137,8 +138,9 @@ def val_accuracy(cells: list[Cell]) -> Figure | None:
 # ------------------------------------------------------------------------------------------------
 
 
-def overview(report: ReportData) -> Figure | None:
-    """One-page comparison: accuracy per run, delta vs baseline with CI, disagreement, ECE."""
+def overview(report: ReportData, calibration_of: Any) -> Figure | None:
+    """One-page comparison: accuracy per run, delta vs baseline with CI, disagreement, ECE
+    (``calibration_of(cell)``: the cell's calibration means, a dict)."""
     cells = [c for c in report.cells if c.n_runs]
     if not cells:
         return None
@@ -182,8 +184,8 @@ def overview(report: ReportData) -> Figure | None:
                     va="center", transform=ax.transAxes)
             ax.set_axis_off()
     x = np.arange(len(cells))
-    ece = [cl.calibration.get("ece") for cl in cells]
-    after = [cl.calibration.get("ece_after") for cl in cells]
+    ece = [calibration_of(cl).get("ece") for cl in cells]
+    after = [calibration_of(cl).get("ece_after") for cl in cells]
     d.bar(x - 0.18, [e if e is not None else 0 for e in ece], 0.36, color=[color(cl) for cl in cells], label="ECE")
     if any(v is not None for v in after):
         d.bar(x + 0.18, [e if e is not None else 0 for e in after], 0.36, color=[color(cl) for cl in cells],
@@ -212,15 +214,14 @@ def _class_ticks(ax, names: list[str]) -> None:
     ax.grid(False)
 
 
-def confusion(cell: Cell, names: list[str]) -> Figure | None:
+def confusion(cell: Cell, cm: np.ndarray | None, names: list[str]) -> Figure | None:
     """Confusion matrix of one cell summed over seeds: counts and row-normalised.
 
     Laid out by hand (margins from the longest class name) rather than by a layout engine: with
     hundreds of cell labels the engine's repeated text measuring is most of the drawing time.
     """
-    if cell.confusion is None:
+    if cm is None:
         return None
-    cm = cell.confusion
     c = cm.shape[0]
     side = 4.0 if c <= CELL_TEXT_MAX_CLASSES else 5.2
     label_in = (max(len(n) for n in names) if c <= BARS_MAX_CLASSES else 3) * 0.065 + 0.45
@@ -250,11 +251,14 @@ def confusion(cell: Cell, names: list[str]) -> Figure | None:
     return fig
 
 
-def per_class(cells: list[Cell], names: list[str]) -> Figure | None:
-    """Per-class accuracy of every cell side by side (a scatter against the baseline above 30 classes)."""
-    cells = [c for c in cells if c.per_class is not None]
-    if not cells:
+def per_class(items: list[tuple[Cell, np.ndarray]], names: list[str]) -> Figure | None:
+    """Per-class accuracy of every cell side by side (a scatter against the baseline above 30 classes);
+    ``items``: (cell, (C,) accuracy)."""
+    items = [(c, a) for c, a in items if a is not None]
+    if not items:
         return None
+    cells = [c for c, _ in items]
+    acc = {id(c): a for c, a in items}
     c = len(names)
     if c <= BARS_MAX_CLASSES:
         fig = _figure(min(14.0, max(7.0, 0.28 * c * len(cells) + 2.0)), 3.8)
@@ -262,7 +266,7 @@ def per_class(cells: list[Cell], names: list[str]) -> Figure | None:
         width = 0.8 / len(cells)
         x = np.arange(c)
         for k, cl in enumerate(cells):
-            ax.bar(x - 0.4 + width * (k + 0.5), cl.per_class, width, color=color(cl), label=cl.label)
+            ax.bar(x - 0.4 + width * (k + 0.5), acc[id(cl)], width, color=color(cl), label=cl.label)
         ax.set_xticks(x, names, rotation=45, ha="right")
         ax.set(ylabel="accuracy", title="per-class test accuracy (mean over seeds)", ylim=(0, 1.22))
         ax.set_yticks(np.linspace(0, 1, 6))
@@ -274,10 +278,10 @@ def per_class(cells: list[Cell], names: list[str]) -> Figure | None:
     ax = fig.subplots()
     ax.plot([0, 1], [0, 1], color="grey", lw=1)
     for cl in others:
-        ax.scatter(base.per_class, cl.per_class, s=12, color=color(cl), label=cl.label, alpha=0.8)
-        delta = cl.per_class - base.per_class
+        ax.scatter(acc[id(base)], acc[id(cl)], s=12, color=color(cl), label=cl.label, alpha=0.8)
+        delta = acc[id(cl)] - acc[id(base)]
         for i in np.argsort(-np.abs(np.nan_to_num(delta)))[:5]:
-            ax.annotate(names[i], (base.per_class[i], cl.per_class[i]), fontsize=6, xytext=(3, 3),
+            ax.annotate(names[i], (acc[id(base)][i], acc[id(cl)][i]), fontsize=6, xytext=(3, 3),
                         textcoords="offset points")
     ax.set(xlabel=f"{base.label} accuracy", ylabel="variant accuracy", xlim=(-0.02, 1.02), ylim=(-0.02, 1.02),
            title=f"per-class accuracy, {c} classes (labels: 5 largest changes)")
@@ -285,14 +289,15 @@ def per_class(cells: list[Cell], names: list[str]) -> Figure | None:
     return fig
 
 
-def waterfall(comp: Comparison, names: list[str]) -> Figure | None:
+def waterfall(comp: Comparison, per_class_order: np.ndarray, per_class_delta: np.ndarray,
+              names: list[str]) -> Figure | None:
     """Per-class accuracy change vs baseline, sorted (top and bottom 20 when there are many classes)."""
-    order = [int(i) for i in comp.per_class_order if not np.isnan(comp.per_class_delta[i])]
+    order = [int(i) for i in per_class_order if not np.isnan(per_class_delta[i])]
     if not order:
         return None
     cut = len(order) > WATERFALL_FULL
     shown = order[:20] + order[-20:] if cut else order
-    vals = 100 * comp.per_class_delta[shown]
+    vals = 100 * per_class_delta[shown]
     tall = len(shown) > WATERFALL_TALL
     # 0.13 in per bar with 6 pt labels keeps 100 class names legible without overlap (0.2 in / 7 pt below)
     fig = _figure(6.5, (0.13 if tall else 0.2) * len(shown) + 1.4)
@@ -317,15 +322,15 @@ def waterfall(comp: Comparison, names: list[str]) -> Figure | None:
 # ------------------------------------------------------------------------------------------------
 
 
-def thresholds(cells: list[Cell], ts: np.ndarray, threshold: float) -> Figure | None:
-    """High-confidence failure counts across thresholds, every cell on one plot."""
-    cells = [c for c in cells if c.threshold_counts is not None]
-    if not cells:
+def thresholds(items: list[tuple[Cell, np.ndarray]], ts: np.ndarray, threshold: float) -> Figure | None:
+    """High-confidence failure counts across thresholds, every cell on one plot ((cell, counts) items)."""
+    items = [(c, t) for c, t in items if t is not None]
+    if not items:
         return None
     fig = _figure(7.0, 3.6)
     ax = fig.subplots()
-    for c in cells:
-        ax.plot(ts, c.threshold_counts, color=color(c), label=c.label, lw=1.6)
+    for c, counts in items:
+        ax.plot(ts, counts, color=color(c), label=c.label, lw=1.6)
     ax.axvline(threshold, color="grey", ls=":", lw=1)
     ax.set(xlabel="confidence threshold", ylabel="wrong predictions above it (mean over seeds)",
            title="high-confidence failures across thresholds")
@@ -343,16 +348,16 @@ def _panels(n: int, per_row: int = 4, w: float = 3.2, h: float = 2.8) -> tuple[F
     return fig, axes[:n]
 
 
-def confidence_hist(cells: list[Cell]) -> Figure | None:
+def confidence_hist(items: list[tuple[Cell, dict[str, np.ndarray]]]) -> Figure | None:
     """Top-probability distributions of right and wrong predictions, one panel per cell."""
-    cells = [c for c in cells if c.conf_hist is not None]
-    if not cells:
+    items = [(c, h) for c, h in items if h is not None]
+    if not items:
         return None
-    fig, axes = _panels(len(cells))
-    for ax, c in zip(axes, cells):
-        e = c.conf_hist["edges"]
+    fig, axes = _panels(len(items))
+    for ax, (c, hist) in zip(axes, items):
+        e = hist["edges"]
         for key, col, lab in (("right_counts", "#2ca02c", "right"), ("wrong_counts", "#d62728", "wrong")):
-            counts = c.conf_hist[key].astype(float)
+            counts = hist[key].astype(float)
             total = counts.sum()
             share = counts / total if total else counts
             ax.stairs(share, e, color=col, label=f"{lab} (n={int(total)})", fill=True, alpha=0.35)
@@ -362,18 +367,19 @@ def confidence_hist(cells: list[Cell]) -> Figure | None:
     return fig
 
 
-def reliability(cells: list[Cell], corrupted: bool = False) -> Figure | None:
-    """Reliability diagrams, pooled over seeds, one panel per cell.
+def reliability(items: list[tuple[Cell, dict[str, np.ndarray] | None, dict[str, Any]]],
+                corrupted: bool = False) -> Figure | None:
+    """Reliability diagrams, pooled over seeds, one panel per cell; ``items``: (cell, bins, scores)
+    with scores holding "ece" and "ece_after".
 
     ``corrupted``: the cells' diagrams on the corrupted test sets (each corruption at its highest
     severity, pooled), titled with the ECE on all corrupted sets before and after the clean temperature.
     """
-    cells = [c for c in cells if (c.stress_reliability if corrupted else c.reliability) is not None]
-    if not cells:
+    items = [it for it in items if it[1] is not None]
+    if not items:
         return None
-    fig, axes = _panels(len(cells), w=3.1, h=3.1)
-    for ax, c in zip(axes, cells):
-        r = c.stress_reliability if corrupted else c.reliability
+    fig, axes = _panels(len(items), w=3.1, h=3.1)
+    for ax, (c, r, k) in zip(axes, items):
         e = r["bin_edges"]
         mids = (e[:-1] + e[1:]) / 2
         ok = r["count"] > 0
@@ -381,7 +387,6 @@ def reliability(cells: list[Cell], corrupted: bool = False) -> Figure | None:
                label="accuracy")
         ax.plot([0, 1], [0, 1], color="grey", ls="--", lw=1)
         ax.plot(r["confidence"][ok], r["accuracy"][ok], "o", color="black", ms=2.5, label="(confidence, accuracy)")
-        k = c.corruption_calibration if corrupted else c.calibration
         ece, after = k.get("ece"), k.get("ece_after")
         title = f"{c.label}: ECE {ece:.3f}" if ece is not None else c.label
         if after is not None:
@@ -459,9 +464,8 @@ def mosaic(tiles: list[list[np.ndarray | None]], captions: list[list[str]], titl
     return fig
 
 
-def top_failures(cell: Cell, per_row: int = 8) -> Figure | None:
+def top_failures(cell: Cell, items: list[dict[str, Any]], seed: int | None, per_row: int = 8) -> Figure | None:
     """The cell's most confident wrong predictions (first seed): image, index, true → predicted."""
-    items = cell.top_failures
     if not items or all(it.get("image") is None for it in items):
         return None
     tiles, caps = [], []
@@ -470,7 +474,7 @@ def top_failures(cell: Cell, per_row: int = 8) -> Figure | None:
         tiles.append([it["image"] for it in chunk])
         caps.append([f"#{it['test_index']}  {it['confidence']:.2f}\n{it['true_name'][:12]}→{it['pred_name'][:12]}"
                      for it in chunk])
-    return mosaic(tiles, caps, f"{cell.label}, seed {cell.top_failures_seed}: {len(items)} most confident "
+    return mosaic(tiles, caps, f"{cell.label}, seed {seed}: {len(items)} most confident "
                                "failures (test index, confidence, true → predicted)")
 
 
@@ -483,16 +487,19 @@ def _view_caption(v: CaseView | None, which: str, true_name: str) -> str:
     return f"{true_name[:14]}\n(true class)"
 
 
-def canonical(group: Group, comp: Comparison | None) -> Figure | None:
-    """Canonical cases: image, then Grad-CAM (predicted and true class) of baseline and variant."""
-    cases = group.cases[:CASE_ROWS_MAX]
+def canonical(cases: list[Case], comp: Comparison | None, views: list[CaseView | None],
+              layer: str) -> Figure | None:
+    """Canonical cases: image, then Grad-CAM (predicted and true class) of baseline and variant
+    (``views``: the variant's view of each case, aligned with ``cases``; ``layer``: the baseline's
+    Grad-CAM layer text)."""
+    cases = cases[:CASE_ROWS_MAX]
     if not cases:
         return None
     tiles, caps = [], []
     base_name = cases[0].baseline.seed if cases[0].baseline else None
     for j, case in enumerate(cases):
         b = case.baseline
-        v = comp.cases[j] if comp is not None and j < len(comp.cases) else None
+        v = views[j] if comp is not None and j < len(views) else None
         row = [case.image, overlay(case.image, b.cam_pred if b else None), overlay(case.image, b.cam_true if b else None)]
         cap = [f"#{case.test_index} true {case.true_name[:12]}\nfails in {100 * case.fail_fraction:.0f}% of seeds",
                _view_caption(b, "pred", case.true_name), _view_caption(b, "true", case.true_name)]
@@ -506,18 +513,17 @@ def canonical(group: Group, comp: Comparison | None) -> Figure | None:
         heads += [f"{comp.variant[:12]}: pred", f"{comp.variant[:12]}: true"]
     title = f"canonical failures: Grad-CAM for the predicted and the true class (baseline seed {base_name})"
     if comp is not None:
-        seed = next((v.seed for v in comp.cases if v is not None), None)
+        seed = next((v.seed for v in views if v is not None), None)
         title = (f"{comp.label} vs {comp.baseline}: Grad-CAM for the predicted and the true class "
                  f"(seeds: {comp.baseline} {base_name}, {comp.variant} {seed})")
-    layer = group.cells[0].gradcam_text if group.cells else ""
     if layer:
         title += f"; layer {layer}"
     return mosaic(tiles, caps, title, col_titles=heads, tile_in=1.35)
 
 
-def neighbours(group: Group) -> Figure | None:
+def neighbours(cases: list[Case]) -> Figure | None:
     """Each canonical case beside its nearest training images in the baseline's feature space."""
-    cases = [c for c in group.cases[:CASE_ROWS_MAX] if c.neighbours]
+    cases = [c for c in cases[:CASE_ROWS_MAX] if c.neighbours]
     if not cases or all(c.image is None and all(n.image is None for n in c.neighbours) for c in cases):
         return None
     tiles, caps = [], []
@@ -536,22 +542,25 @@ def neighbours(group: Group) -> Figure | None:
 # ------------------------------------------------------------------------------------------------
 
 
-def robustness(cells: list[Cell]) -> Figure | None:
-    """Accuracy vs severity per corruption (small multiples), clean accuracy at severity 0."""
-    cells = [c for c in cells if c.stress]
-    if not cells:
+def robustness(items: list[tuple[Cell, dict[str, dict[str, list]]]]) -> Figure | None:
+    """Accuracy vs severity per corruption (small multiples), clean accuracy at severity 0;
+    ``items``: (cell, {corruption: {"severities", "accuracy"}})."""
+    items = [(c, st) for c, st in items if st]
+    if not items:
         return None
-    corruptions = sorted({k for c in cells for k in c.stress})
+    cells = [c for c, _ in items]
+    stress = {id(c): st for c, st in items}
+    corruptions = sorted({k for c in cells for k in stress[id(c)]})
     fig, axes = _panels(len(corruptions), per_row=4, w=3.0, h=2.6)
     for ax, name in zip(axes, corruptions):
         for c in cells:
-            if name not in c.stress:
+            if name not in stress[id(c)]:
                 continue
-            s = c.stress[name]
+            s = stress[id(c)][name]
             ax.plot([0] + s["severities"], [c.acc_mean] + s["accuracy"], "o-", color=color(c), label=c.label,
                     ms=3, lw=1.4)
         ax.set(title=name.replace("_", " "), xlabel="severity (0 = clean)", ylabel="accuracy", ylim=(0, 1))
-        ax.set_xticks([0] + sorted({s for c in cells if name in c.stress for s in c.stress[name]["severities"]}))
+        ax.set_xticks([0] + sorted({s for c in cells if name in stress[id(c)] for s in stress[id(c)][name]["severities"]}))
     axes[0].legend(fontsize=7, loc="lower left")
     return fig
 
@@ -559,34 +568,35 @@ def robustness(cells: list[Cell]) -> Figure | None:
 _FAITH_STYLE = {"gradcam": "-", "random": ":"}
 
 
-def faithfulness(cells: list[Cell]) -> Figure | None:
+def faithfulness(items: list[tuple[Cell, dict[str, Any]]]) -> Figure | None:
     """Mean deletion and insertion curves, Grad-CAM (solid) vs random maps (dotted), AUC in the legend."""
-    cells = [c for c in cells if c.faithfulness and c.faithfulness["curves"]]
-    if not cells:
+    items = [(c, f) for c, f in items if f and f["curves"]]
+    if not items:
         return None
     fig = _figure(10.0, 3.6)
     axes = fig.subplots(1, 2)
     for ax, kind, better in ((axes[0], "deletion", "lower"), (axes[1], "insertion", "higher")):
-        for c in cells:
+        for c, faith in items:
             for maps, ls in _FAITH_STYLE.items():
                 key = f"{kind}_{maps}"
-                if key not in c.faithfulness["curves"]:
+                if key not in faith["curves"]:
                     continue
-                y = c.faithfulness["curves"][key]
+                y = faith["curves"][key]
                 x = np.linspace(0, 1, y.shape[0])
                 ax.plot(x, y, ls=ls, color=color(c), lw=1.6,
-                        label=f"{c.label} {maps}: AUC {c.faithfulness['auc'][key]:.3f}")
+                        label=f"{c.label} {maps}: AUC {faith['auc'][key]:.3f}")
         ax.set(title=f"{kind} ({better} AUC = more faithful)", xlabel="fraction of pixels " +
                ("removed" if kind == "deletion" else "inserted"), ylabel="probability of the predicted class")
         ax.legend(fontsize=7)
     return fig
 
 
-def shortcut(cells: list[Cell]) -> Figure | None:
+def shortcut(items: list[tuple[Cell, dict[str, Any]]]) -> Figure | None:
     """Grad-CAM energy inside the object and accuracy on background-conflicting images, per cell."""
-    cells = [c for c in cells if c.shortcut]
-    if not cells:
+    items = [(c, sc) for c, sc in items if sc]
+    if not items:
         return None
+    cells = [c for c, _ in items]
     fig = _figure(10.0, 3.4)
     a, b = fig.subplots(1, 2)
     x = np.arange(len(cells))
@@ -595,7 +605,7 @@ def shortcut(cells: list[Cell]) -> Figure | None:
     def bars(ax, keys: list[tuple[str, str]], title: str, ylabel: str) -> None:
         w = 0.8 / len(keys)
         for k, (key, lab) in enumerate(keys):
-            vals = [c.shortcut.get(key) for c in cells]
+            vals = [sc.get(key) for _, sc in items]
             ax.bar(x - 0.4 + w * (k + 0.5), [v if v is not None else 0 for v in vals], w, label=lab,
                    color=["#1f77b4", "#d62728", "#ff7f0e"][k % 3])
         ax.set_xticks(x, labels, rotation=15, ha="right")
@@ -615,57 +625,13 @@ def shortcut(cells: list[Cell]) -> Figure | None:
 # ------------------------------------------------------------------------------------------------
 
 
-def draw_all(report: ReportData, folder: Path) -> dict[str, FigureRef]:
-    """Draw every figure the data allows; returns name -> FigureRef (names are stable ids)."""
+def draw_all(report: ReportData, folder: Path, sections: list[Any]) -> dict[str, FigureRef]:
+    """Draw every figure the sections ask for and the data allows; returns name -> FigureRef (names
+    are stable ids). Figures from an earlier gather that this one did not draw are removed."""
     out = FigureWriter(folder)
-    names = report.class_names
-    cells = report.cells
-    steps: list[tuple[str, Callable[[], Figure | None], str]] = [
-        ("overview", lambda: overview(report), "One-page comparison: test accuracy per run, accuracy delta vs the "
-                                               "baseline with its 95% bootstrap CI, disagreement counts and ECE."),
-        ("val_accuracy", lambda: val_accuracy(cells), "Validation accuracy of every variant (band: min..max over seeds)."),
-        ("thresholds", lambda: thresholds(cells, report.thresholds, report.threshold),
-         "Number of wrong predictions with confidence above each threshold (mean over seeds); dotted line: the "
-         "report's threshold."),
-        ("confidence_hist", lambda: confidence_hist(cells),
-         "Confidence of right and wrong predictions (pooled over seeds, each group normalised to 1)."),
-        ("reliability", lambda: reliability(cells), "Reliability diagrams pooled over seeds; title: ECE before → after "
-                                                    "temperature scaling (fitted on validation logits)."),
-        ("robustness", lambda: robustness(cells), "Accuracy under each corruption by severity (mean over seeds)."),
-        ("reliability_corrupted", lambda: reliability(cells, corrupted=True),
-         "Reliability diagrams under corruption: every corruption at its highest severity, pooled over corruptions "
-         "and seeds, with the ECE of those bins; second line: mean ECE over all corrupted sets before → after the "
-         "temperature fitted on clean validation logits."),
-        ("faithfulness", lambda: faithfulness(cells), "Deletion and insertion curves: Grad-CAM maps vs random maps "
-                                                      "(mean over the sampled test images and seeds)."),
-        ("shortcut", lambda: shortcut(cells), "Grad-CAM energy inside the object mask and accuracy when the "
-                                              "background hue names another class (mean over seeds)."),
-    ]
-    for gi, group in enumerate(report.groups):
-        g = f"_g{gi}" if len(report.groups) > 1 else ""
-        steps.append((f"per_class{g}", lambda group=group: per_class(group.cells, names),
-                      "Per-class test accuracy (mean over seeds)."))
-        steps.append((f"neighbours{g}", lambda group=group: neighbours(group),
-                      "Canonical failures beside their nearest training images (baseline feature space)."))
-        for cell in group.cells:
-            key = slug(cell.label)
-            steps.append((f"curves_{key}", lambda cell=cell: curves(cell),
-                          f"{cell.label}: loss and accuracy per epoch, mean over seeds with a min..max band."))
-            steps.append((f"confusion_{key}", lambda cell=cell: confusion(cell, names),
-                          f"{cell.label}: confusion matrix summed over seeds (rows: true class)."))
-            steps.append((f"top_failures_{key}", lambda cell=cell: top_failures(cell),
-                          f"{cell.label}: most confident failures of seed {cell.top_failures_seed}."))
-        if not group.comparisons:
-            steps.append((f"canonical{g}", lambda group=group: canonical(group, None),
-                          "Canonical failures with the baseline's Grad-CAM."))
-        for comp in group.comparisons:
-            key = slug(comp.label)
-            steps.append((f"waterfall_{key}", lambda comp=comp: waterfall(comp, names),
-                          f"{comp.label} − {comp.baseline}: per-class accuracy change, sorted."))
-            steps.append((f"canonical_{key}", lambda group=group, comp=comp: canonical(group, comp),
-                          f"Canonical failures: Grad-CAM of {comp.baseline} and {comp.variant} side by side."))
+    specs = [spec for section in sections for spec in section.figures(report)]
     with matplotlib.rc_context(STYLE):
-        for name, draw, caption in steps:
-            out.add(name, draw(), caption)
+        for spec in specs:
+            out.add(spec.name, spec.draw(), spec.caption)
     out.remove_stale()
     return out.refs

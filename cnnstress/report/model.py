@@ -1,5 +1,5 @@
-"""What the report shows, as plain data: built by ``cnnstress.gather``, drawn by ``report.figures``
-and written out by ``report.html``.
+"""What the report shows, as plain data: built by ``cnnstress.gather`` and the report sections
+(``report.sections``), drawn and written out by them.
 
 No matplotlib here, so gather can build these without importing a plotting library. Arrays are
 small reductions (per class, per threshold, per epoch, a few 32x32 images and maps); nothing is
@@ -73,7 +73,11 @@ class Case:
 
 @dataclass
 class Cell:
-    """One variant within one group of non-seed grid values, summarised over its finished seeds."""
+    """One variant within one group of non-seed grid values, summarised over its finished seeds.
+
+    The fields are what every section shares (who, which seeds, accuracy); what one section
+    aggregates lives in ``parts[section.id]`` (None when no run of the cell has it).
+    """
 
     label: str  # "variant" or "variant [group]"
     variant: str
@@ -86,26 +90,11 @@ class Cell:
     acc_mean: float | None = None
     acc_std: float | None = None  # ddof=1; None with fewer than two seeds
     acc_ci95: tuple[float, float] | None = None
-    high_conf: list[int] = field(default_factory=list)
-    history: dict[str, np.ndarray] = field(default_factory=dict)  # name -> (S, E)
-    confusion: np.ndarray | None = None  # (C, C) int64, summed over seeds
-    per_class: np.ndarray | None = None  # (C,) mean over seeds
-    threshold_counts: np.ndarray | None = None  # (T,) mean over seeds
-    conf_hist: dict[str, np.ndarray] | None = None  # edges, right_counts, wrong_counts (summed)
-    calibration: dict[str, float | None] = field(default_factory=dict)  # means over seeds
-    reliability: dict[str, np.ndarray] | None = None  # pooled over seeds
-    stress: dict[str, dict[str, list[float]]] = field(default_factory=dict)  # corruption -> severities, accuracy
-    mca: float | None = None  # mean corruption accuracy, mean over seeds
-    # ece, nll, brier, ece_after (clean validation temperature) on the corrupted sets, mean over all and seeds
-    corruption_calibration: dict[str, float | None] = field(default_factory=dict)
-    stress_reliability: dict[str, np.ndarray] | None = None  # highest severities, pooled over corruptions, seeds
-    breaking: dict[str, list[tuple[str, float]]] = field(default_factory=dict)  # corruption -> (class, drop)
-    faithfulness: dict[str, Any] | None = None  # curves {kind: (K,)}, auc {kind: float}, n
     gradcam: list[tuple[str, tuple[int, int] | None]] = field(default_factory=list)  # (layer, (h, w)) of its runs
-    shortcut: dict[str, float | None] | None = None
-    top_failures: list[dict[str, Any]] = field(default_factory=list)  # first seed, by confidence
-    top_failures_seed: int | None = None
     diff: list[tuple[str, Any, Any]] = field(default_factory=list)  # vs the baseline: key, baseline, this
+    runs: list[Any] = field(default_factory=list, repr=False)  # gather's RunData of run_ids, by seed
+    parts: dict[str, Any] = field(default_factory=dict, repr=False)  # section id -> its aggregate
+    missing: dict[str, list[tuple[str, list[str]]]] = field(default_factory=dict, repr=False)  # section id -> (run id, arrays it lacks)
 
     @property
     def n_runs(self) -> int:
@@ -120,16 +109,13 @@ class Cell:
 
 @dataclass
 class Comparison:
-    """A variant against the baseline of its group (compare_variant plus per-class deltas)."""
+    """A variant against the baseline of its group (compare_variant's statistics)."""
 
     variant: str
     baseline: str
     group: str
     label: str
     stats: dict[str, Any]  # compare_variant's dict, with base_seed/var_seed per pair
-    per_class_order: np.ndarray  # (C,) class indices, largest gain first
-    per_class_delta: np.ndarray  # (C,) variant - baseline, class order
-    cases: list[CaseView | None] = field(default_factory=list)  # aligned with Group.cases
 
 
 @dataclass
@@ -138,11 +124,12 @@ class Group:
 
     label: str  # "" when the grid varies nothing but the seed
     cells: list[Cell]
-    comparisons: list[Comparison] = field(default_factory=list)
-    cases: list[Case] = field(default_factory=list)
-    case_note: str = ""  # why there are no (or fewer) cases, when so
-    neighbour_note: str = ""
-    shortcut_sentence: str = ""
+    parts: dict[str, Any] = field(default_factory=dict, repr=False)  # section id -> its group-level result
+
+    @property
+    def comparisons(self) -> list[Comparison]:
+        """The comparison section's result: each variant with finished runs against the baseline."""
+        return self.parts.get("comparison") or []
 
 
 @dataclass
@@ -155,7 +142,7 @@ class ReportData:
     class_names: list[str]
     baseline: str
     threshold: float
-    thresholds: np.ndarray  # the thresholds of Cell.threshold_counts
+    thresholds: np.ndarray  # the thresholds of the failures section's threshold counts
     top_failures_k: int
     # one per expected run: run_id, variant, seed, group, status (done/failed/missing), state (done,
     # failed, broken, partial, missing), reason
@@ -165,6 +152,7 @@ class ReportData:
     groups: list[Group]
     notes: list[str] = field(default_factory=list)  # e.g. "test images unavailable: ..."
     summary_lines: list[str] = field(default_factory=list)
+    parts: dict[str, Any] = field(default_factory=dict, repr=False)  # section id -> its report-level result
 
     @property
     def cells(self) -> list[Cell]:

@@ -1,0 +1,182 @@
+"""The report section interface: one template, small overrides (in the spirit of pytorch-grad-cam's
+``BaseCAM``).
+
+Gather opens each finished run's ``results.h5`` once and hands it to every section in registry
+order (``sections/__init__.py``); then it builds one ``Cell`` per (group, variant) and one ``Group``
+per set of non-seed grid values, and the page. A section overrides only what it needs:
+
+============================  ==================================================================
+``reduce(res, run)``          one run -> a small reduction (memory stays bounded by one run);
+                              stored as ``run.parts[id]`` of gather's RunData
+``aggregate(cell, parts, ctx)`` the reductions of a cell's finished seeds -> ``cell.parts[id]``
+``compare(group, ctx)``       across the cells of a group (baseline vs variants) -> ``group.parts[id]``
+``finish(report, ctx)``       once every group is built -> ``report.parts[id]``
+``run_fields``                fields of the run's row in summary.json (and runs.csv columns)
+``variant_fields``            fields of the cell's entry under summary.json's ``variants``
+``summary_fields``            top-level summary.json fields
+``summary_lines``             sentences for the page's summary and summary.json's ``summary``
+``figures(report)``           ``FigureSpec``s: name, a draw function returning a matplotlib
+                              Figure (or None), caption; drawn only when figures are asked for
+``html(report, figs)``        the section's body on the page
+============================  ==================================================================
+
+The template methods ``read`` (per run) and ``render`` (the ``<section>`` on the page) are not
+overridden: ``read`` skips a run whose results.h5 lacks one of ``requires`` and records that,
+and ``render`` then says so on the page instead of failing.
+
+Importing this module loads no matplotlib: draw functions import it when they are called.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable
+
+import numpy as np
+
+from ..markup import empty, esc, para
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..model import Cell, FigureRef, Group, ReportData
+
+
+@dataclass(frozen=True)
+class FigureSpec:
+    """A figure a section asks for: saved as ``figures/<slug(name)>.png`` and embedded in the page."""
+
+    name: str
+    draw: Callable[[], Any]  # -> matplotlib.figure.Figure | None (None: nothing to draw)
+    caption: str
+
+
+@dataclass
+class RunContext:
+    """What gather already read from one run, shared by every section's ``reduce``.
+
+    ``parts`` holds the reductions of the sections before this one (registry order), so a
+    section may use an earlier one's result (robustness uses calibration's temperature).
+    """
+
+    spec: Any  # config.RunSpec
+    where: str  # the results.h5 path, for messages
+    labels: np.ndarray  # (N,) int64
+    index: np.ndarray  # (N,) int64 positions in the dataset's official test split
+    logits: np.ndarray  # (N, C) float32 test logits
+    probs: np.ndarray  # (N, C) float64 softmax of logits
+    preds: np.ndarray  # (N,) int64 argmax of probs
+    conf: np.ndarray  # (N,) float64 top probability
+    correct: np.ndarray  # (N,) bool
+    num_classes: int
+    names: list[str]  # class names (generic "class i" when the dataset's are unavailable)
+    threshold: float  # report.confidence_threshold
+    mask: np.ndarray | None = None  # (N, 32, 32) object masks aligned with the stored positions (shapes)
+    bg_class: np.ndarray | None = None  # (N,) background classes (shapes)
+    positions: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # picked: per-image detail
+    neighbours: bool = False  # whether this run's picked positions get nearest training neighbours
+    parts: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class GatherContext:
+    """Sweep-wide inputs for ``aggregate``, ``compare`` and ``finish``."""
+
+    grid: Any  # grid.Grid
+    names: list[str]
+    threshold: float
+    top_k: int  # report.top_failures
+    baseline: str
+    image: Callable[[int], np.ndarray | None]  # official test index -> (32, 32, 3) uint8, or None
+    has_images: bool  # whether the dataset's images are on this machine (and match the stored test set)
+    ref_index: np.ndarray | None  # (N,) official test index of each stored position
+    ref_labels: np.ndarray | None  # (N,)
+    canonical: dict[str, np.ndarray]  # group label -> canonical case positions
+    case_notes: dict[str, str]  # group label -> why cases lack their first baseline seed's detail
+    notes: list[str]  # the page's notes (a section may add one)
+    spec0: Any  # the grid's first RunSpec (dataset, paths)
+
+
+class Section:
+    """One section of the report. Subclasses set ``id`` and ``title`` and override what they need."""
+
+    id: str = ""  # the HTML id and the key of parts[...]
+    title: str = ""  # the <h2> heading and the table of contents entry
+    requires: tuple[str, ...] = ()  # results.h5 datasets ``reduce`` needs (a run lacking one is skipped)
+    run_keys: tuple[str, ...] = ()  # the keys ``run_fields`` returns (None for runs without a result)
+
+    # -- overrides ---------------------------------------------------------------------------------
+
+    def reduce(self, res: Any, run: RunContext) -> Any:
+        """One run's reduction (res: store.Results, opened once for every section)."""
+        return None
+
+    def aggregate(self, cell: Cell, parts: list[Any], ctx: GatherContext) -> Any:
+        """The reductions of the cell's finished seeds (by seed; ``cell.runs`` are those runs) -> the
+        cell's aggregate. Called only when at least one run has a reduction."""
+        return None
+
+    def compare(self, group: Group, ctx: GatherContext) -> Any:
+        """A result across the cells of one group (cell.parts are set) -> group.parts[id]."""
+        return None
+
+    def finish(self, report: ReportData, ctx: GatherContext) -> Any:
+        """A result over the whole report, once every group is built -> report.parts[id]."""
+        return None
+
+    def run_fields(self, run: Any, part: Any) -> dict[str, Any]:
+        """summary.json run-row fields of one read run (``part`` is its reduction)."""
+        return {}
+
+    def variant_fields(self, cell: Cell, agg: Any) -> dict[str, Any]:
+        """summary.json ``variants`` fields of one cell (``agg`` is None when it has no finished run)."""
+        return {}
+
+    def summary_fields(self, report: ReportData) -> dict[str, Any]:
+        """Top-level summary.json fields."""
+        return {}
+
+    def summary_lines(self, report: ReportData) -> list[str]:
+        """Sentences for the page's summary list (and summary.json's ``summary``)."""
+        return []
+
+    def figures(self, report: ReportData) -> list[FigureSpec]:
+        """The figures this section draws (names are stable ids; draw functions import matplotlib)."""
+        return []
+
+    def html(self, report: ReportData, figs: dict[str, FigureRef]) -> str:
+        """The section's body (escaped HTML)."""
+        raise NotImplementedError
+
+    # -- template methods --------------------------------------------------------------------------
+
+    def read(self, res: Any, run: RunContext) -> tuple[bool, Any]:
+        """Reduce one run unless its results.h5 lacks a required dataset: (read?, part or missing keys)."""
+        lacking = [k for k in self.requires if not res.has(k)]
+        if lacking:
+            return False, lacking
+        part = self.reduce(res, run)
+        run.parts[self.id] = part
+        return True, part
+
+    def missing_note(self, report: ReportData) -> tuple[str, bool]:
+        """A note naming the finished runs that lack this section's arrays, and whether every run does."""
+        lacking = [(c, rid, keys) for c in report.cells for rid, keys in c.missing.get(self.id, [])]
+        if not lacking:
+            return "", False
+        n_done = sum(c.n_runs for c in report.cells)
+        keys = sorted({k for _, _, ks in lacking for k in ks})
+        runs = ", ".join(rid for _, rid, _ in lacking)
+        text = (f"Not available for {len(lacking)} of {n_done} finished runs: their results.h5 lacks "
+                f"{', '.join(keys)} ({runs}).")
+        return para(text, "note"), len(lacking) >= n_done
+
+    def render(self, report: ReportData, figs: dict[str, FigureRef]) -> str:
+        """The whole ``<section>``: heading, a note when runs lack arrays, then the body."""
+        note, none = self.missing_note(report)
+        body = note + (empty("No finished run has the arrays this section needs.") if none
+                       else self.html(report, figs))
+        return f'<section id="{esc(self.id)}"><h2>{esc(self.title)}</h2>{body}</section>'
+
+
+def cell_parts(cells: list[Cell], section_id: str) -> list[tuple[Cell, Any]]:
+    """(cell, aggregate) of the cells that have one for ``section_id``."""
+    return [(c, c.parts[section_id]) for c in cells if c.parts.get(section_id) is not None]

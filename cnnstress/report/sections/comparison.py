@@ -1,0 +1,113 @@
+"""Baseline vs variant: per seed pair and summed, disagreement against the seed noise floor, a verdict."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ...analysis import compare
+from ..markup import empty, esc, para, pct, points, table
+from ..model import Comparison
+from .base import Section
+
+N_BOOT = 2000
+
+
+def _pairs_table(comp: Comparison) -> str:
+    s = comp.stats
+    rows = []
+    for p in s["pairs"]:
+        mc = p["mcnemar"]
+        rows.append([f"{p['base_seed']} / {p['var_seed']}", p["corrected"], p["worsened"], p["both_wrong"],
+                     p["both_right"], f"{mc['p_value']:.3g} ({mc['method']})"])
+    rows.append(["sum", s["corrected"], s["worsened"], s["both_wrong"], s["both_right"], ""])
+    return table(("seeds (baseline / variant)", "corrected", "worsened", "both wrong", "both right", "McNemar p"),
+                 rows, numeric=(1, 2, 3, 4, 5))
+
+
+def comparison_summary(comp: Comparison) -> dict:
+    s = comp.stats
+    return {
+        "variant": comp.variant, "baseline": comp.baseline, "group": comp.group,
+        "n_pairs": s["n_pairs"], "accuracy_delta_mean": s["accuracy_delta_mean"], "ci95": s["ci95"],
+        "corrected": s["corrected"], "worsened": s["worsened"], "both_wrong": s["both_wrong"],
+        "both_right": s["both_right"],
+        "pairs": [{"base_seed": p["base_seed"], "var_seed": p["var_seed"], "base_run_id": p["base_run_id"],
+                   "var_run_id": p["var_run_id"], "corrected": p["corrected"], "worsened": p["worsened"],
+                   "both_wrong": p["both_wrong"], "both_right": p["both_right"],
+                   "mcnemar_p": p["mcnemar"]["p_value"], "mcnemar_method": p["mcnemar"]["method"]}
+                  for p in s["pairs"]],
+        "baseline_noise_floor": s["baseline_noise_floor"], "variant_disagreement": s["variant_disagreement"],
+        "disagreement_exceeds_floor": s["disagreement_exceeds_floor"],
+        "persistent_failures": s["persistent_failures"],
+        "variant_persistent_failures": s["variant_persistent_failures"], "exceeds_noise": s["exceeds_noise"],
+        "verdict": s["verdict"],
+    }
+
+
+class ComparisonSection(Section):
+    id = "comparison"
+    title = "Baseline vs variant"
+
+    def compare(self, group, ctx):
+        """compare_variant over sorted-seed pairs of every variant with finished runs (a list)."""
+        base_cell = group.cells[0]
+        out = []
+        for var_cell in group.cells[1:]:
+            if not base_cell.runs or not var_cell.runs:
+                continue
+            stats = compare.compare_variant(np.stack([r.correct for r in base_cell.runs]),
+                                            np.stack([r.correct for r in var_cell.runs]), n_boot=N_BOOT, seed=0)
+            for p in stats["pairs"]:
+                i = p["pair"]
+                p.update(base_seed=base_cell.seeds[i], var_seed=var_cell.seeds[i], base_run_id=base_cell.run_ids[i],
+                         var_run_id=var_cell.run_ids[i])
+            out.append(Comparison(variant=var_cell.variant, baseline=ctx.baseline, group=group.label,
+                                  label=var_cell.label, stats=stats))
+        return out
+
+    def summary_fields(self, report):
+        return {"comparisons": [comparison_summary(c) for c in report.comparisons]}
+
+    def summary_lines(self, report):
+        lines = []
+        for comp in report.comparisons:
+            where = f" [{comp.group}]" if comp.group else ""
+            lines.append(f"{comp.variant} vs {comp.baseline}{where}: {comp.stats['verdict']}.")
+        for g in report.groups:
+            where = f" [{g.label}]" if g.label else ""
+            if g.cells and not g.cells[0].n_runs and any(c.n_runs for c in g.cells[1:]):
+                lines.append(f"No comparison{where}: the baseline '{report.baseline}' has no finished run.")
+        return lines
+
+    def html(self, report, figs):
+        if not report.comparisons:
+            return empty("No comparison: it needs at least one finished baseline run and one finished variant run "
+                         "in the same group.")
+        out = [para("On the full test set, per seed pair (paired by sorted seed order) and summed: corrected = "
+                    "variant right where the baseline is wrong, worsened = the reverse.")]
+        for comp in report.comparisons:
+            s = comp.stats
+            lo, hi = s["ci95"]
+            out.append(f"<h3>{esc(comp.label)} vs {esc(comp.baseline)}</h3>")  # labels name the group
+            out.append(_pairs_table(comp))
+            pf = s["persistent_failures"]
+            out.append(table(("statistic", "value"), [
+                ["accuracy delta (points)", f"{points(s['accuracy_delta_mean'])} [{points(lo)}, {points(hi)}]"],
+                ["seed pairs", s["n_pairs"]],
+                ["baseline seed noise floor (share of images two baseline seeds disagree on)",
+                 pct(s["baseline_noise_floor"])],
+                ["variant vs baseline disagreement (mean over pairs)",
+                 pct(s["variant_disagreement"]) + {True: " (above the floor)", False: " (within the floor)",
+                                                    None: ""}[s["disagreement_exceeds_floor"]]],
+                ["persistent baseline failures (wrong in every seed)", pf["persistent"]],
+                ["... of which the variant gets right in every paired seed", pf["persistent_fixed_by_variant"]],
+                ["seed-dependent baseline failures", pf["seed_dependent"]],
+                ["persistent / seed-dependent variant failures",
+                 f'{s["variant_persistent_failures"]["persistent"]} / '
+                 f'{s["variant_persistent_failures"]["seed_dependent"]}'],
+            ], numeric=(1,)))
+            out.append(f'<p class="verdict">Verdict: {esc(s["verdict"])}.</p>')
+        return "".join(out)
+
+
+SECTION = ComparisonSection()

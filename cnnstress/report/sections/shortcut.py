@@ -1,0 +1,111 @@
+"""Background shortcut (shapes): Grad-CAM energy inside the object mask, and whether the model
+follows a background hue that names another class."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ...analysis import gradcam, shortcut
+from ..markup import empty, figure, gradcam_note, num, para, pct, table
+from .base import FigureSpec, Section
+from .calibration import mean_or_none
+
+# Grad-CAM rows per block when computing mask energy: (rows, 32, 32) float64 stays ~8 MiB.
+ENERGY_ROWS = 1024
+
+
+def _nanmean(values: np.ndarray) -> float | None:
+    """Mean ignoring NaN; None when nothing is left."""
+    v = np.asarray(values, dtype=np.float64)
+    v = v[~np.isnan(v)]
+    return float(v.mean()) if v.size else None
+
+
+def mask_energy(res, mask: np.ndarray) -> np.ndarray:
+    """Each predicted-class Grad-CAM map's energy inside the object mask, read in blocks of rows."""
+    key = "test/gradcam/pred"
+    n = res.shape(key)[0]
+    energy = np.full(n, np.nan)
+    for start in range(0, n, ENERGY_ROWS):
+        stop = min(n, start + ENERGY_ROWS)
+        energy[start:stop] = gradcam.energy_in_mask(res.read(key, rows=slice(start, stop)), mask[start:stop])
+    return energy
+
+
+def sentence(cells) -> str:
+    """'baseline follows the background on X% of conflicting images; cropflip on Y%'."""
+    parts = []
+    for c in cells:
+        sc = c.parts.get(ShortcutSection.id)
+        if sc and sc.get("follows_background") is not None:
+            fb = "n/a" if sc["follows_background"] is None else f"{100 * sc['follows_background']:.1f}%"
+            parts.append(f"{c.variant} follows the background on {fb} of conflicting images" if not parts
+                         else f"{c.variant} on {fb}")
+    return "; ".join(parts) + "." if parts else ""
+
+
+class ShortcutSection(Section):
+    id = "shortcut"
+    title = "Background shortcut"
+    run_keys = ("follows_background",)
+
+    def reduce(self, res, run):
+        if run.mask is None:
+            return None
+        energy = mask_energy(res, run.mask)
+        if run.bg_class is None:
+            return None
+        sc = shortcut.shortcut_accuracy(run.labels, run.preds, run.bg_class)
+        correct = run.correct
+        return {"energy_right": _nanmean(energy[correct]), "energy_wrong": _nanmean(energy[~correct]),
+                "energy_all": _nanmean(energy), **{k: (None if isinstance(v, float) and math.isnan(v) else v)
+                                                   for k, v in sc.items()}}
+
+    def aggregate(self, cell, parts, ctx):
+        sc = [s for s in parts if s]
+        return {k: mean_or_none([s.get(k) for s in sc]) for k in sc[0]} if sc else None
+
+    def compare(self, group, ctx):
+        return sentence(group.cells)
+
+    def run_fields(self, run, part):
+        return {"follows_background": (part or {}).get("follows_background")}
+
+    def variant_fields(self, cell, agg):
+        return {"shortcut": agg}
+
+    def summary_lines(self, report):
+        return [("Background shortcut" + (f" [{g.label}]" if g.label else "") + ": ") + g.parts[self.id]
+                for g in report.groups if g.parts.get(self.id)]
+
+    def figures(self, report):
+        def draw():
+            from .. import figures as F
+
+            return F.shortcut([(c, c.parts.get(self.id)) for c in report.cells])
+
+        return [FigureSpec("shortcut", draw, "Grad-CAM energy inside the object mask and accuracy when the "
+                                             "background hue names another class (mean over seeds).")]
+
+    def html(self, report, figs):
+        items = [(c, c.parts[self.id]) for c in report.cells if c.parts.get(self.id)]
+        if not items:
+            return empty("Not available: needs the shapes dataset (object masks and background classes) on this "
+                         "machine.")
+        out = [para(g.parts[self.id], "verdict") for g in report.groups if g.parts.get(self.id)]
+        rows = [[c.label, num(s.get("energy_right")), num(s.get("energy_wrong")),
+                 pct(s.get("acc_aligned"), 1), pct(s.get("acc_conflicting"), 1),
+                 pct(s.get("follows_background"), 1), num(s.get("n_conflicting"), 0)] for c, s in items]
+        out.append(para("Energy: fraction of the predicted class's Grad-CAM mass inside the object mask. A "
+                        "conflicting image has a background hue that names another class than its label."))
+        out.append(gradcam_note(report, [c for c, _ in items]))
+        out.append(table(("variant", "energy in object (right)", "energy in object (wrong)", "accuracy, aligned",
+                          "accuracy, conflicting", "follows background", "conflicting images"), rows,
+                         numeric=range(1, 7)))
+        out.append(figure(figs, "shortcut"))
+        return "".join(out)
+
+
+SECTION = ShortcutSection()
