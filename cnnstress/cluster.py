@@ -399,17 +399,14 @@ class SlurmError(RuntimeError):
 
 
 class GatherTask:
-    """The gather job: rebuilds the report with ``launch.py --gather`` and the launch's own
-    arguments (the sweep's copy of the grid, --set overrides, --out, --data-root), so the report
-    sees exactly the runs that were submitted."""
+    """The gather job: rebuilds the report with the launch's own arguments (the sweep's copy of the
+    grid, --set overrides, --out, --data-root), so the report sees exactly the runs that were
+    submitted. It calls the gather side (``gather.gather_as_launched``), not the command line."""
 
     def __call__(self, launcher_args: list[str]) -> str:
-        from . import launcher
+        from . import gather  # the gather half (numpy, h5py, matplotlib), loaded only in the gather job
 
-        rc = launcher.main([*launcher_args, "--gather"])
-        if rc != 0:
-            raise RuntimeError(f"gather exited with status {rc} (arguments: {launcher_args})")
-        return "report written"
+        return f"report written: {gather.gather_as_launched(launcher_args)}"
 
 
 def gather_arguments(grid_copy: Path, out_root: Path, data_root: Path, overrides: Sequence[str]) -> list[str]:

@@ -35,7 +35,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 from rich.console import Console
@@ -43,10 +43,10 @@ from rich.markup import escape as rich_escape
 from rich.table import Table
 from rich.text import Text
 
-from . import data, store
+from . import data, states, store
 from .analysis import compare, failures, metrics
 from .config import RunSpec, spec_diff
-from .grid import Grid, GridError, load_sweep_grid
+from .grid import Grid, GridError, load_grid, load_sweep_grid
 from .report.model import Cell, Group, ReportData
 from .report.sections import SECTIONS
 from .report.sections.base import GatherContext, RunContext
@@ -60,9 +60,8 @@ from .report.sections.calibration import scores as calibration_scores
 #                       still be running, or was killed (preemption, time limit, SIGKILL) and resumes
 #                       on relaunch; gather cannot tell it has ended, so it is "no result yet", as DESIGN
 #                       means by missing, not a failure.
-RUN_STATUSES = ("done", "failed", "missing")
-RUN_STATES = ("done", "failed", "broken", "partial", "missing")
-STATUS_OF_STATE = {"done": "done", "failed": "failed", "broken": "failed", "partial": "missing", "missing": "missing"}
+RUN_STATUSES = states.SUMMARY_STATUSES
+RUN_STATES = states.ON_DISK  # gather reads files only: no running/pending here
 
 
 # ------------------------------------------------------------------------------------------------
@@ -204,7 +203,7 @@ class Entry:
     @property
     def status(self) -> str:
         """DESIGN.md's status (done, failed or missing) of the state."""
-        return STATUS_OF_STATE.get(self.state, "missing")  # a state this gather does not know: no result
+        return states.summary_status(self.state)
 
 
 def _results_as_of(entries: list[Entry]) -> str:
@@ -544,11 +543,11 @@ def _summary_lines(entries: list[Entry], report: ReportData) -> list[str]:
     n = len(entries)
     done = counts.get("done", 0)
     line = f"{done} of {n} runs finished"
-    states = report.state_counts
+    by_state = report.state_counts
     others = []
     for s in RUN_STATUSES[1:]:
         if counts.get(s):
-            finer = [f"{states[t]} {t}" for t in RUN_STATES if t != s and STATUS_OF_STATE[t] == s and states.get(t)]
+            finer = [f"{by_state[t]} {t}" for t in RUN_STATES if t != s and states.summary_status(t) == s and by_state.get(t)]
             others.append(f"{counts[s]} {s}" + (f" ({', '.join(finer)})" if finer else ""))
     lines = [line + (f" ({', '.join(others)}; see Run status)." if others else ".")]
     for section in SECTIONS:
@@ -671,6 +670,21 @@ def gather(sweep_dir: Path, grid: Grid | None = None, console: Console | None = 
     console.print(f"gathered {counts['done']} runs in {time.perf_counter() - t0:.1f}s: {index}", markup=False,
                   highlight=False)
     return index
+
+
+def gather_as_launched(launch_args: Sequence[str], console: Console | None = None) -> Path:
+    """The gather job: the report of the sweep exactly as it was launched. ``launch_args`` are the
+    launch's own arguments (``cluster.gather_arguments``: ``--grid`` the sweep's copy of the grid,
+    ``--out``, ``--data-root`` and its ``--set`` values), so the report sees the runs that were
+    submitted. The cluster side calls this, never the command line (no launcher <-> cluster cycle)."""
+    ap = argparse.ArgumentParser(prog="gather job", add_help=False, exit_on_error=False)
+    ap.add_argument("--grid", required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--data-root", required=True)
+    ap.add_argument("--set", dest="overrides", action="append", default=[])
+    args = ap.parse_args(list(launch_args))
+    grid = load_grid(args.grid, overrides=args.overrides, out_root=args.out, data_root=args.data_root)
+    return gather(Path(args.out) / grid.name, grid=grid, console=console)
 
 
 def main(argv: list[str] | None = None) -> int:

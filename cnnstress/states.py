@@ -40,6 +40,8 @@ STATES: dict[str, State] = {s.name: s for s in (
 ALL = tuple(STATES)
 #: summary.json's three values
 SUMMARY_STATUSES = ("done", "failed", "missing")
+#: what the files alone can say (gather and the report; running/pending need the claim or Slurm)
+ON_DISK = ("done", "failed", "broken", "partial", "missing")
 
 
 def to_start(rerun_failed: bool) -> tuple[str, ...]:

@@ -31,3 +31,28 @@ def test_states_module_is_torch_and_h5py_free():
                           "print(sorted(m for m in ('torch', 'h5py') if m in sys.modules))"],
                          cwd=REPO, capture_output=True, text=True, timeout=60)
     assert out.stdout.strip() == "[]", out.stderr
+
+
+def test_gather_reports_states_in_the_same_vocabulary():
+    from cnnstress import gather
+
+    assert gather.RUN_STATUSES == states.SUMMARY_STATUSES
+    assert set(gather.RUN_STATES) == {n for n in states.ALL if not states.STATES[n].busy}
+
+
+def test_the_gather_job_imports_no_launcher():
+    """No cycle: the cluster's gather job calls the gather side, not the command line."""
+    code = ("import sys, cnnstress.cluster as c; import cnnstress.gather; "
+            "print('cnnstress.launcher' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "False", out.stderr
+
+
+def test_the_gather_job_rebuilds_the_report_from_the_launch_arguments(tmp_path):
+    from synth import make_sweep
+
+    s = make_sweep(tmp_path, seeds=(1,), corruptions=())
+    args = cluster.gather_arguments(s.sweep_dir / "grid.toml", tmp_path, tmp_path / "data", [])
+    assert cluster.GatherTask()(args).startswith("report written: ")
+    assert (s.sweep_dir / "report" / "index.html").exists()
+    assert (s.sweep_dir / "report" / "summary.json").exists()
