@@ -96,9 +96,10 @@ def cpu_has_bf16() -> bool:
 def use_channels_last(device: torch.device, wanted: bool) -> bool:
     """Whether to train and predict in channels_last on ``device``: as the grid asks on a GPU, never
     on the CPU. On the CPU torch 2.14.1's oneDNN backward of a 1x1 stride-2 channels_last Conv2d
-    with few input channels (flexible_cnn's and resnet18's projection shortcuts at small widths)
-    corrupts memory: measured here, a flexible_cnn width-4 float32 step aborted with "double free or
-    corruption" with one thread and hung with two; NCHW is fine. On the CPU channels_last buys little."""
+    from 4 or 6 input channels (flexible_cnn's projection shortcut at widths 4 and 6) corrupts
+    memory: measured here, a flexible_cnn width-4 float32 step aborted with "double free or
+    corruption" with one thread and hung with two; 8 and 16 channels and NCHW were fine. Rather than
+    guess which shapes are safe, the CPU trains NCHW, where channels_last buys little anyway."""
     return wanted and device.type != "cpu"
 
 
