@@ -34,7 +34,7 @@ import submitit
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from . import states, store
+from . import atomic, states, store
 from .claims import claim_holder
 from .layout import EXIT_BUSY, LAUNCHES_FILE, LAUNCHES_LOCK, PROGRESS_FILE, SPEC_FILE
 from .config import RunSpec
@@ -728,7 +728,7 @@ def record_launch(sweep_dir: Path, launch: Launch) -> None:
         old = path.read_bytes() if path.exists() else b""
         if old and not old.endswith(b"\n"):
             old += b"\n"
-        store.atomic_write_bytes(path, old + (json.dumps(launch.to_dict(), sort_keys=True) + "\n").encode())
+        atomic.atomic_write_bytes(path, old + (json.dumps(launch.to_dict(), sort_keys=True) + "\n").encode())
 
 
 def read_launches(sweep_dir: Path) -> list[Launch]:
@@ -974,7 +974,7 @@ def _write_launch_file(path: Path, data: bytes) -> None:
     """A content-named file that queued tasks read until they end (manifest, setup lines): written
     once (an identical one is left alone) and made read-only, since nobody should edit it."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    store.atomic_write_bytes(path, data, if_changed=True)
+    atomic.atomic_write_bytes(path, data, if_changed=True)
     path.chmod(0o444)
 
 

@@ -17,7 +17,7 @@ from typing import Sequence
 from rich.console import Console
 from rich.table import Table
 
-from . import states, store
+from . import atomic, states, store
 from .grid import Grid, GridError, load_grid
 from .layout import GRID_COPY, LAUNCH_FILE, MANIFEST_FILE, REPORT_DIR
 
@@ -333,11 +333,11 @@ def write_sweep_files(grid: Grid, sweep_dir: Path, grid_path: Path) -> None:
     Rewritten only when their content changes, so relaunching a finished grid touches no file."""
     sweep_dir.mkdir(parents=True, exist_ok=True)
     (sweep_dir / "runs").mkdir(exist_ok=True)
-    store.atomic_write_bytes(sweep_dir / GRID_COPY, grid_path.read_bytes(), if_changed=True)
-    store.atomic_write_json(sweep_dir / LAUNCH_FILE, {"overrides": grid.overrides,
+    atomic.atomic_write_bytes(sweep_dir / GRID_COPY, grid_path.read_bytes(), if_changed=True)
+    atomic.atomic_write_json(sweep_dir / LAUNCH_FILE, {"overrides": grid.overrides,
                                                       "data_root": grid.runs[0].paths.data_root}, if_changed=True)
     manifest = "".join(r.to_json() + "\n" for r in grid.runs).encode()
-    store.atomic_write_bytes(sweep_dir / MANIFEST_FILE, manifest, if_changed=True)
+    atomic.atomic_write_bytes(sweep_dir / MANIFEST_FILE, manifest, if_changed=True)
 
 
 TABLE_ROWS = 200  # above this a rich table (about 10 ms a row) is replaced by groups + plain lines

@@ -23,7 +23,7 @@ from matplotlib import colormaps  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from .. import store  # noqa: E402
+from .. import atomic  # noqa: E402
 from ..analysis.metrics import row_normalize  # noqa: E402
 from .model import Case, CaseView, Cell, Comparison, FigureRef, ReportData, slug  # noqa: E402
 
@@ -67,7 +67,7 @@ class FigureWriter:
         fig.savefig(buf, format="png", dpi=DPI, metadata={"Software": None})  # no version stamp
         fig.clf()  # release the artists now; no pyplot, so nothing else holds the figure
         filename = f"{slug(name)}.png"
-        store.atomic_write_bytes(self.folder / filename, buf.getvalue(), if_changed=True)
+        atomic.atomic_write_bytes(self.folder / filename, buf.getvalue(), if_changed=True)
         ref = FigureRef(name=name, filename=filename, png=buf.getvalue(), caption=caption)
         self.refs[name] = ref
         return ref
