@@ -36,7 +36,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from . import atomic, states, store
 from .claims import claim_holder
-from .layout import EXIT_BUSY, LAUNCHES_FILE, LAUNCHES_LOCK, PROGRESS_FILE, SPEC_FILE
+from .layout import EXIT_BUSY, LAUNCHES_FILE, LAUNCHES_LOCK, PROGRESS_FILE, RUNS_DIR, SPEC_FILE
 from .config import RunSpec
 
 LOCAL_TIMEOUT_MIN = 60 * 24 * 7  # submitit's LocalExecutor kills jobs after 2 minutes by default
@@ -261,11 +261,11 @@ def run_local(runs: Sequence[RunSpec], sweep_dir: Path, console: Console, max_pa
             while queue and len(active) < max_parallel:
                 spec = queue.pop(0)
                 gpu = free.pop(0) if free else None  # never None when there are GPUs (capped above)
-                job = executor.submit(task, spec.to_json(), str(sweep_dir / "runs" / spec.run_id), gpu or "")
+                job = executor.submit(task, spec.to_json(), str(sweep_dir / RUNS_DIR / spec.run_id), gpu or "")
                 active[spec.run_id] = (job, spec, gpu)
                 bars[spec.run_id] = progress.add_task(spec.run_id, total=spec.train.epochs)
             for rid, (job, spec, gpu) in list(active.items()):
-                done_epochs = _progress_epochs(sweep_dir / "runs" / rid)
+                done_epochs = _progress_epochs(sweep_dir / RUNS_DIR / rid)
                 progress.update(bars[rid], completed=done_epochs)
                 if not job.done():
                     continue
@@ -276,7 +276,7 @@ def run_local(runs: Sequence[RunSpec], sweep_dir: Path, console: Console, max_pa
                 if oc.status == "failed":
                     # FAILED.json holds the reason (submitit's exception text ends with log paths);
                     # if even the task process died, nobody wrote one yet
-                    run_dir = sweep_dir / "runs" / rid
+                    run_dir = sweep_dir / RUNS_DIR / rid
                     state = store.run_state(run_dir, verify_hash=False)
                     reason = state.reason if state.status == "failed" else record_unreported_end(run_dir, None)
                     if reason:
@@ -885,10 +885,6 @@ def classify(disk: store.RunState, job: JobInfo | None, claim: dict[str, Any] | 
     return disk.status, disk.reason
 
 
-def _live_claim(run_dir: Path) -> dict[str, Any] | None:
-    return claim_holder(run_dir)  # None when there is no claim file
-
-
 def run_statuses(runs: Sequence[RunSpec], sweep_dir: Path, ask_slurm: bool = True,
                  verify_hash: bool = False) -> tuple[list[RunStatus], list[str]]:
     """Every run's status, and notes on what could not be asked."""
@@ -898,12 +894,12 @@ def run_statuses(runs: Sequence[RunSpec], sweep_dir: Path, ask_slurm: bool = Tru
     query = query_jobs(wanted) if wanted else JobQuery({}, True)
     out = []
     for spec in runs:
-        run_dir = sweep_dir / "runs" / spec.run_id
+        run_dir = sweep_dir / RUNS_DIR / spec.run_id
         disk = store.run_state(run_dir, verify_hash=verify_hash) if run_dir.exists() else store.RunState("missing", "")
         job_id, launch = latest.get(spec.run_id, ("", None))
         job = query.jobs.get(job_id) if job_id else None
         epoch = _progress_epochs(run_dir)
-        claim = _live_claim(run_dir) if disk.status != "done" and (job is None or not job.active) else None
+        claim = claim_holder(run_dir) if disk.status != "done" and (job is None or not job.active) else None
         status, detail = classify(disk, job, claim, epoch, job_id, query.ok)
         log = launch.log_for(job_id) if launch is not None and job_id else ""
         if status in ("failed", "broken") and log:
@@ -1079,7 +1075,7 @@ def wait_for_launch(launch: Launch, runs: Sequence[RunSpec], sweep_dir: Path, co
                 if rid in reported:
                     continue
                 job = query.jobs.get(launch.runs[rid])
-                finished = (sweep_dir / "runs" / rid / store.DONE_NAME).exists()
+                finished = (sweep_dir / RUNS_DIR / rid / store.DONE_NAME).exists()
                 if finished or (query.ok and (job is None or not job.active)):
                     reported.add(rid)
                     progress.advance(bar)

@@ -44,6 +44,7 @@ from rich.table import Table
 from rich.text import Text
 
 from . import data, states, store
+from .layout import REPORT_DIR, RUNS_DIR
 from .analysis import compare, failures, metrics
 from .config import RunSpec, spec_diff
 from .grid import Grid, GridError, load_grid, load_sweep_grid
@@ -563,7 +564,7 @@ def _summary_lines(entries: list[Entry], report: ReportData) -> list[str]:
 def _group_entries(grid: Grid, sweep_dir: Path) -> tuple[list[Entry], dict[str, list[Entry]]]:
     entries, groups = [], {}
     for spec in grid.runs:
-        e = Entry(spec=spec, run_dir=sweep_dir / "runs" / spec.run_id, group=group_label(spec))
+        e = Entry(spec=spec, run_dir=sweep_dir / RUNS_DIR / spec.run_id, group=group_label(spec))
         entries.append(e)
         groups.setdefault(e.group, []).append(e)
     return entries, groups
@@ -648,7 +649,7 @@ def gather(sweep_dir: Path, grid: Grid | None = None, console: Console | None = 
 
     from .report import render  # matplotlib is loaded only now, and only by report/
 
-    report_dir = sweep_dir / "report"
+    report_dir = sweep_dir / REPORT_DIR
     (report_dir / "figures").mkdir(parents=True, exist_ok=True)
     html_text = render(report, report_dir, figures=figures)
     store.atomic_write_json(report_dir / "summary.json", build_summary(grid, entries, report), if_changed=True)

@@ -19,6 +19,7 @@ from typing import Any
 from . import catalog
 from .catalog import Param
 from .config import Component, Paths, Runtime, RunSpec, StressSpec, TrainSpec
+from .layout import GRID_COPY, LAUNCH_FILE  # LAUNCH_FILE: importers take it from here too
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -171,9 +172,6 @@ def load_grid(
     except tomllib.TOMLDecodeError as e:
         raise GridError(source, "", f"not valid TOML: {e}") from None
     return expand(raw, source=source, overrides=overrides, out_root=out_root, data_root=data_root)
-
-
-from .layout import GRID_COPY, LAUNCH_FILE  # noqa: E402 - beside a sweep's grid.toml: its --set values and data root
 
 
 def load_sweep_grid(sweep_dir: str | os.PathLike) -> Grid:

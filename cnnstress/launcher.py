@@ -19,7 +19,7 @@ from rich.table import Table
 
 from . import atomic, states, store
 from .grid import Grid, GridError, load_grid
-from .layout import GRID_COPY, LAUNCH_FILE, MANIFEST_FILE, REPORT_DIR
+from .layout import GRID_COPY, LAUNCH_FILE, MANIFEST_FILE, REPORT_DIR, RUNS_DIR
 
 CLUSTERS = ("local", "debug", "slurm", "sbatch")
 
@@ -135,13 +135,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 # which runs to start
 # ------------------------------------------------------------------------------------------------
 
-def _select(grid: Grid, sweep_dir: Path, rerun_failed: bool, ask_slurm: bool):
+def _select(grid: Grid, sweep_dir: Path, rerun_failed: bool, ask_slurm: bool, verify_hash: bool = True):
     """(runs to start, number finished, statuses of runs someone is already working on).
     Runs with a queued or running job, or a live claim, are never started twice. With
     rerun_failed only failed, broken and missing runs are started (partial ones are not)."""
     from . import cluster
 
-    statuses, _ = cluster.run_statuses(grid.runs, sweep_dir, ask_slurm=ask_slurm, verify_hash=True)
+    statuses, _ = cluster.run_statuses(grid.runs, sweep_dir, ask_slurm=ask_slurm, verify_hash=verify_hash)
     by_id = {r.run_id: r for r in grid.runs}
     done = sum(st.status == "done" for st in statuses)
     busy = [st for st in statuses if states.STATES[st.status].busy]
@@ -239,11 +239,8 @@ def _print_plan(args: argparse.Namespace, grid: Grid, sweep_dir: Path, out_root:
     """--dry-run for slurm/sbatch: what would be submitted, from the files alone (no squeue)."""
     from . import cluster
 
-    statuses, _ = cluster.run_statuses(grid.runs, sweep_dir, ask_slurm=False) if sweep_dir.exists() else (
-        [cluster.RunStatus(r.run_id, "missing") for r in grid.runs], [])
-    wanted = states.to_start(args.rerun_failed)
-    ids = {st.run_id for st in statuses if st.status in wanted}
-    todo = [r for r in grid.runs if r.run_id in ids]
+    # the files alone (no squeue, no hashing): a folder that does not exist yet reads as missing
+    todo, _, _ = _select(grid, sweep_dir, args.rerun_failed, ask_slurm=False, verify_hash=False)
     if not todo:
         console.print("nothing would be submitted")
         return
@@ -332,7 +329,7 @@ def write_sweep_files(grid: Grid, sweep_dir: Path, grid_path: Path) -> None:
     tools; the sbatch fallback reads its own per-launch copy, since this one follows the grid).
     Rewritten only when their content changes, so relaunching a finished grid touches no file."""
     sweep_dir.mkdir(parents=True, exist_ok=True)
-    (sweep_dir / "runs").mkdir(exist_ok=True)
+    (sweep_dir / RUNS_DIR).mkdir(exist_ok=True)
     atomic.atomic_write_bytes(sweep_dir / GRID_COPY, grid_path.read_bytes(), if_changed=True)
     atomic.atomic_write_json(sweep_dir / LAUNCH_FILE, {"overrides": grid.overrides,
                                                       "data_root": grid.runs[0].paths.data_root}, if_changed=True)
@@ -360,7 +357,7 @@ def print_runs(grid: Grid, sweep_dir: Path, console: Console, title: str | None 
 def _states(grid: Grid, sweep_dir: Path) -> list[str]:
     if not sweep_dir.exists():
         return ["missing"] * len(grid.runs)
-    return [store.run_state(sweep_dir / "runs" / r.run_id, verify_hash=False).status for r in grid.runs]
+    return [store.run_state(sweep_dir / RUNS_DIR / r.run_id, verify_hash=False).status for r in grid.runs]
 
 
 def _describe(r, grid: Grid) -> tuple[str, ...]:

@@ -27,7 +27,7 @@ import torch
 
 from . import data, store
 from .layout import (BEST_FILE, DONE_NAME, EXIT_BUSY, EXIT_DONE, EXIT_FAILED, EXIT_USAGE, HISTORY_KEYS, LOG_FILE,
-                     PROGRESS_FILE, SPEC_FILE)
+                     PROGRESS_FILE, RUNS_DIR, SPEC_FILE)
 from .claims import RunBusy, claim
 from .augment import BatchAugment
 from .config import RunSpec
@@ -47,7 +47,7 @@ FAITHFULNESS_STEPS = 16
 
 def run_dir_for(spec: RunSpec) -> Path:
     root = Path(spec.paths.out_root).resolve()
-    path = (root / spec.sweep / "runs" / spec.run_id).resolve()
+    path = (root / spec.sweep / RUNS_DIR / spec.run_id).resolve()
     if root not in path.parents:  # sweep and run ids are validated; this is the last line of defence
         raise ValueError(f"run folder {path} escapes the output root {root}")
     return path
