@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ast
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -15,6 +17,15 @@ settings.register_profile("cnnstress", deadline=None)
 settings.load_profile("ci" if os.environ.get("CI") else "cnnstress")
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def loaded_by(modules: str, watched: tuple[str, ...] = ("torch", "h5py")) -> list[str]:
+    """Which of ``watched`` a fresh interpreter has loaded after ``import <modules>``: the check that
+    a module stays free of a heavy or a cyclic import (only a new process starts from nothing)."""
+    code = f"import sys, {modules}; print(sorted(m for m in {watched!r} if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    return ast.literal_eval(out.stdout.strip())
 sys.path.insert(0, str(Path(__file__).parent))  # fake_cifar and helpers
 
 

@@ -3,19 +3,14 @@ drawing, the launcher, the cluster side) do not load h5py through store (issue 1
 
 from __future__ import annotations
 
-import subprocess
-import sys
 
 from cnnstress import atomic, store
 
-from conftest import REPO
+from conftest import loaded_by
 
 
 def test_the_report_and_atomic_writers_load_neither_h5py_nor_torch():
-    code = ("import sys, cnnstress.atomic, cnnstress.report.figures, cnnstress.report.html, "
-            "cnnstress.report.sections; print(sorted(m for m in ('h5py', 'torch') if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert out.stdout.strip() == "[]", out.stderr
+    assert loaded_by("cnnstress.atomic, cnnstress.report.figures, cnnstress.report.html, cnnstress.report.sections") == []
 
 
 def test_store_re_exports_the_same_writers(tmp_path):

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 
 from cnnstress import cluster, states
 
-from conftest import REPO
+from conftest import loaded_by
 
 
 def test_what_a_launch_starts_and_what_summary_json_says():
@@ -27,10 +25,7 @@ def test_the_cluster_side_speaks_the_same_vocabulary():
 
 
 def test_states_module_is_torch_and_h5py_free():
-    out = subprocess.run([sys.executable, "-c", "import sys, cnnstress.states, cnnstress.layout; "
-                          "print(sorted(m for m in ('torch', 'h5py') if m in sys.modules))"],
-                         cwd=REPO, capture_output=True, text=True, timeout=60)
-    assert out.stdout.strip() == "[]", out.stderr
+    assert loaded_by("cnnstress.states, cnnstress.layout") == []
 
 
 def test_gather_reports_states_in_the_same_vocabulary():
@@ -42,10 +37,7 @@ def test_gather_reports_states_in_the_same_vocabulary():
 
 def test_the_gather_job_imports_no_launcher():
     """No cycle: the cluster's gather job calls the gather side, not the command line."""
-    code = ("import sys, cnnstress.cluster as c; import cnnstress.gather; "
-            "print('cnnstress.launcher' in sys.modules)")
-    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
-    assert out.stdout.strip() == "False", out.stderr
+    assert loaded_by("cnnstress.cluster, cnnstress.gather", ("cnnstress.launcher",)) == []
 
 
 def test_the_gather_job_rebuilds_the_report_from_the_launch_arguments(tmp_path):
