@@ -421,11 +421,16 @@ def skip_in_quick(ctx: Context, model_name: str, dtype: str) -> None:
         raise Skip(f"--quick: {model_name} {dtype} takes 30 s to minutes a process on the CPU; GPU run only")
 
 
-def check_pipeline(ctx: Context, model_name: str, dtype: str) -> tuple[bool, dict, str]:
+def child_results(ctx: Context, model_name: str, dtype: str) -> tuple[dict, dict]:
+    """The two fresh processes' results for one model and dtype (both checks read them)."""
     skip_in_quick(ctx, model_name, dtype)
     a, b = ctx.children()
     key = f"{model_name}/{dtype}"
-    ra, rb = a[key], b[key]
+    return a[key], b[key]
+
+
+def check_pipeline(ctx: Context, model_name: str, dtype: str) -> tuple[bool, dict, str]:
+    ra, rb = child_results(ctx, model_name, dtype)
     if not ra["ok"] or not rb["ok"]:
         bad = ra if not ra["ok"] else rb
         return False, {}, bad["error"] + " at " + bad["where"]
@@ -440,12 +445,9 @@ def check_pipeline(ctx: Context, model_name: str, dtype: str) -> tuple[bool, dic
 
 
 def check_bitwise(ctx: Context, model_name: str, dtype: str) -> tuple[bool, dict, str]:
-    skip_in_quick(ctx, model_name, dtype)
-    a, b = ctx.children()
-    key = f"{model_name}/{dtype}"
-    ra, rb = a[key], b[key]
+    ra, rb = child_results(ctx, model_name, dtype)
     if not ra["ok"] or not rb["ok"]:
-        return False, {}, "the pipeline failed in a child process (see pipeline/" + key + ")"
+        return False, {}, f"the pipeline failed in a child process (see pipeline/{model_name}/{dtype})"
     da, db = ra["digests"], rb["digests"]
     differ = sorted(k for k in set(da) | set(db) if da.get(k) != db.get(k))
     groups = Counter(k.split("/")[0] for k in da)
