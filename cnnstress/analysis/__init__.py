@@ -15,6 +15,13 @@ Modules:
 - ``gradcam``     bilinear upsampling, map normalisation, energy inside a mask, curve AUC.
 - ``robustness``  corruption tables, classes that break first under corruption.
 - ``shortcut``    background-shortcut accuracy (aligned vs conflicting images).
+- ``ood``         out-of-distribution scores from logits (msp, max logit, energy), AUROC, AUPR,
+                  FPR at 95% TPR, score histograms.
+- ``selective``   abstaining on low confidence: risk-coverage curve, AURC, E-AURC, accuracy at a
+                  coverage.
+- ``sanity``      explanation sanity checks (cascading weight randomisation): per-map Spearman,
+                  top-k overlap, the randomisation curve.
+- ``adversarial`` accuracy against perturbation budget epsilon.
 
 Nothing is imported here on purpose: ``import cnnstress.analysis.metrics`` loads only numpy.
 """
