@@ -356,6 +356,26 @@ def _load_cifar(dataset: str, root: Path) -> tuple[Split, Split, tuple[str, ...]
     return train, test, class_names
 
 
+def load_cifar_test_file(dataset: str, root: str | os.PathLike) -> Split:
+    """A CIFAR dataset's official test split read from its test file alone (no train files).
+
+    For out-of-distribution sets (:mod:`cnnstress.oodsets`), which need the other CIFAR's test
+    images but not its 50 000 training images. Same validation and DataError messages (the missing
+    or corrupt file by name, with the ``--download`` hint) as :func:`load_test`.
+    """
+    path = cifar_test_file(dataset, root)
+    x, y = _cifar_batch(path, _CIFAR[dataset], dataset, Path(root))
+    return Split(x=x, y=y, index=np.arange(y.shape[0], dtype=np.int64))
+
+
+def cifar_test_file(dataset: str, root: str | os.PathLike) -> Path:
+    """Where :func:`load_cifar_test_file` reads ``dataset``'s test split from."""
+    if dataset not in _CIFAR:
+        raise ValueError(f"not a CIFAR dataset: {dataset!r}; valid: {', '.join(_CIFAR)}")
+    source = _CIFAR[dataset]
+    return Path(root) / source.folder / source.test_file
+
+
 # ---------------------------------------------------------------------------------------- shapes
 #
 # Every shape is an inside-test on coordinates (u, v) of the shape's own frame: the image pixel
@@ -431,7 +451,10 @@ def _bar(u: np.ndarray, v: np.ndarray) -> np.ndarray:
     return (np.abs(u) <= 0.95) & (np.abs(v) <= 0.28)
 
 
-SHAPES: tuple[tuple[str, Callable[[np.ndarray, np.ndarray], np.ndarray]], ...] = (
+#: A table of shapes: (name, inside-test on shape-frame coordinates (u, v)).
+ShapeTable = tuple[tuple[str, Callable[[np.ndarray, np.ndarray], np.ndarray]], ...]
+
+SHAPES: ShapeTable = (
     ("circle", _circle),
     ("square", _square),
     ("triangle", _triangle),
@@ -459,9 +482,13 @@ def _hsv_to_rgb(h: np.ndarray, s: np.ndarray, v: np.ndarray) -> np.ndarray:
     return np.stack(np.broadcast_arrays(*channels), axis=1)
 
 
-def _shape_params(n: int, rng: np.random.Generator, shortcut: float) -> dict[str, np.ndarray]:
-    """Per-image random parameters, drawn in a fixed order (part of the output's definition)."""
-    y = rng.permutation(np.arange(n) % NUM_SHAPES).astype(np.int64)  # balanced classes
+def _shape_params(n: int, rng: np.random.Generator, shortcut: float, num_shapes: int = NUM_SHAPES) -> dict[str, np.ndarray]:
+    """Per-image random parameters, drawn in a fixed order (part of the output's definition).
+
+    ``y`` indexes a table of ``num_shapes`` shapes (balanced); the background hue classes are
+    always the ``NUM_SHAPES`` class hues, whatever the table (see :func:`generate_shapes`).
+    """
+    y = rng.permutation(np.arange(n) % num_shapes).astype(np.int64)  # balanced classes
     bg_class = rng.integers(0, NUM_SHAPES, size=n).astype(np.int64)  # independent of y ...
     planted = rng.permutation(n)[: int(round(shortcut * n))]
     bg_class[planted] = y[planted]  # ... except for the planted shortcut images
@@ -493,8 +520,8 @@ def _shape_params(n: int, rng: np.random.Generator, shortcut: float) -> dict[str
     return p
 
 
-def _shape_alpha(p: dict[str, np.ndarray], sl: slice) -> np.ndarray:
-    """Fraction (n, 32, 32) of each pixel's 2x2 sub-samples inside the image's shape."""
+def _shape_alpha(p: dict[str, np.ndarray], sl: slice, shapes: ShapeTable = SHAPES) -> np.ndarray:
+    """Fraction (n, 32, 32) of each pixel's 2x2 sub-samples inside the image's shape (``shapes[y]``)."""
     size = IMAGE_SIZE * _SUPERSAMPLE
     coords = (np.arange(size, dtype=np.float32) + 0.5) / _SUPERSAMPLE
     gy, gx = np.meshgrid(coords, coords, indexing="ij")
@@ -507,7 +534,7 @@ def _shape_alpha(p: dict[str, np.ndarray], sl: slice) -> np.ndarray:
     v = (dy * cos - dx * sin) * inv
     labels = p["y"][sl]
     inside = np.zeros(u.shape, dtype=bool)
-    for cls, (_, fn) in enumerate(SHAPES):
+    for cls, (_, fn) in enumerate(shapes):
         members = np.flatnonzero(labels == cls)
         if members.size:
             inside[members] = fn(u[members], v[members])
@@ -533,24 +560,34 @@ def _background(p: dict[str, np.ndarray], sl: slice) -> np.ndarray:
     return _hsv_to_rgb(per_image("bg_hue"), per_image("bg_sat"), value)
 
 
-def generate_shapes(n: int, *, seed: int, shortcut: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def generate_shapes(
+    n: int, *, seed: int, shortcut: float, shapes: ShapeTable = SHAPES
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """``n`` shape images from ``seed``: x uint8 (n,3,32,32), y int64, mask bool (n,32,32), bg_class int64.
 
     Classes are balanced (``n // 10`` or one more each). Exactly ``round(shortcut * n)`` images get
     the background hue of their own class; the others a uniform random one, so the measured rate
     ``mean(bg_class == y)`` is about ``shortcut + (1 - shortcut) / 10``.
+
+    ``shapes`` swaps the table of drawn shapes (1 to ``NUM_SHAPES`` entries; ``y`` then indexes it,
+    balanced over its entries) while every other parameter (position, scale, angle, colours,
+    background, noise) is drawn exactly as for the class shapes: the out-of-distribution set
+    ``shapes_novel`` (:mod:`cnnstress.oodsets`) differs from the test images only in the shapes.
+    The default table gives the dataset's images, unchanged.
     """
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
         raise ValueError(f"n = {n!r} is invalid; allowed: an integer >= 1")
     if not (isinstance(shortcut, (int, float)) and 0.0 <= float(shortcut) <= 1.0):
         raise ValueError(f"shortcut = {shortcut!r} is invalid; allowed: a number in [0, 1]")
+    if not (1 <= len(shapes) <= NUM_SHAPES):
+        raise ValueError(f"shapes has {len(shapes)} entries; allowed: 1 to {NUM_SHAPES}")
     rng = np.random.default_rng(seed)
-    p = _shape_params(int(n), rng, float(shortcut))
+    p = _shape_params(int(n), rng, float(shortcut), len(shapes))
     x = np.empty((n, 3, IMAGE_SIZE, IMAGE_SIZE), dtype=np.uint8)
     mask = np.empty((n, IMAGE_SIZE, IMAGE_SIZE), dtype=bool)
     for start in range(0, n, _CHUNK):
         sl = slice(start, min(start + _CHUNK, n))
-        alpha = _shape_alpha(p, sl)[:, None]
+        alpha = _shape_alpha(p, sl, shapes)[:, None]
         fg = _hsv_to_rgb(p["fg_hue"][sl], p["fg_sat"][sl], p["fg_val"][sl]).astype(np.float32)[:, :, None, None]
         image = alpha * fg + (1.0 - alpha) * _background(p, sl)
         noise = rng.standard_normal(size=image.shape, dtype=np.float32)  # sensor-like noise
