@@ -95,6 +95,37 @@ class Runtime:
 
 
 @dataclass(frozen=True)
+class SlurmConfig:
+    """The grid's validated ``[slurm]`` table (grid.py checks ranges and safe strings; each field
+    is documented in grid.SLURM_KEYS). Sweep-wide, never part of a run's identity: where a run
+    trains does not change what it computes."""
+
+    partition: str = ""
+    account: str = ""
+    qos: str = ""
+    constraint: str = ""
+    time_min: int = 60
+    gpus_per_task: int = 1
+    cpus_per_task: int = 4
+    mem_gb: float = 16.0
+    array_parallelism: int = 64
+    max_num_timeout: int = 3
+    signal_delay_s: int = 120
+    gather_time_min: int = 60
+    gather_cpus: int = 2
+    gather_mem_gb: float = 8.0
+    setup: tuple[str, ...] = ()
+    additional: tuple[tuple[str, Any], ...] = ()  # extra sbatch options, (name, value), in grid order
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> SlurmConfig:
+        d = dict(d)
+        d["setup"] = tuple(d.get("setup", ()))
+        d["additional"] = tuple(dict(d.get("additional", {})).items())
+        return cls(**d)
+
+
+@dataclass(frozen=True)
 class RunSpec:
     sweep: str
     variant: str

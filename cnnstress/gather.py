@@ -675,7 +675,7 @@ def gather(sweep_dir: Path, grid: Grid | None = None, console: Console | None = 
 
 def gather_as_launched(launch_args: Sequence[str], console: Console | None = None) -> Path:
     """The gather job: the report of the sweep exactly as it was launched. ``launch_args`` are the
-    launch's own arguments (``cluster.gather_arguments``: ``--grid`` the sweep's copy of the grid,
+    launch's own arguments (``cluster.slurmctl.gather_arguments``: ``--grid`` the sweep's copy of the grid,
     ``--out``, ``--data-root`` and its ``--set`` values), so the report sees the runs that were
     submitted. The cluster side calls this, never the command line (no launcher <-> cluster cycle)."""
     ap = argparse.ArgumentParser(prog="gather job", add_help=False, exit_on_error=False)

@@ -18,7 +18,7 @@ from typing import Any
 
 from . import catalog
 from .catalog import Param
-from .config import Component, Paths, Runtime, RunSpec, StressSpec, TrainSpec
+from .config import Component, Paths, Runtime, RunSpec, SlurmConfig, StressSpec, TrainSpec
 from .layout import GRID_COPY, LAUNCH_FILE  # LAUNCH_FILE: importers take it from here too
 
 if sys.version_info >= (3, 11):
@@ -139,7 +139,7 @@ class Grid:
     variants: list[str]
     baseline: str
     report: dict[str, Any]
-    slurm: dict[str, Any]
+    slurm: SlurmConfig
     grid_keys: list[str]
     raw: dict[str, Any] = field(repr=False, default_factory=dict)
     overrides: list[str] = field(default_factory=list)  # the --set values it was expanded with
@@ -299,7 +299,7 @@ def expand(
     if not runs:
         raise GridError(source, "", "the grid expands to no runs")
     return Grid(name=name, source=source, runs=runs, variants=variant_names, baseline=baseline,
-                report=report, slurm=slurm, grid_keys=grid_keys, raw=raw, overrides=list(overrides))
+                report=report, slurm=SlurmConfig.from_dict(slurm), grid_keys=grid_keys, raw=raw, overrides=list(overrides))
 
 
 # ------------------------------------------------------------------------------------------------

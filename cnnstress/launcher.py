@@ -18,10 +18,11 @@ from rich.console import Console
 from rich.table import Table
 
 from . import atomic, states, store
+from .cluster import BACKENDS, LaunchContext, backend
 from .grid import Grid, GridError, load_grid
 from .layout import GRID_COPY, LAUNCH_FILE, MANIFEST_FILE, REPORT_DIR, RUNS_DIR
 
-CLUSTERS = ("local", "debug", "slurm", "sbatch")
+CLUSTERS = tuple(BACKENDS)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -87,27 +88,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         err.print(f"error: {e}", markup=False)
         return 2
     sweep_dir = out_root / grid.name
-    slurm_like = args.cluster in ("slurm", "sbatch")
-    if slurm_like:
-        from . import cluster
-
-        try:  # [slurm].additional names that cnnstress sets itself: refused before anything happens
-            cluster.submitit_parameters(grid.slurm, grid.name)
-        except ValueError as e:
-            err.print(f"error: {grid.source}: {e}", markup=False)
-            return 2
+    chosen = backend(args.cluster)
+    try:  # e.g. [slurm].additional names that cnnstress sets itself: refused before anything happens
+        chosen.check(grid.slurm, grid.name)
+    except ValueError as e:
+        err.print(f"error: {grid.source}: {e}", markup=False)
+        return 2
 
     if args.dry_run:
         print_runs(grid, sweep_dir, console)
-        if slurm_like:
-            _print_plan(args, grid, sweep_dir, out_root, data_root, console)
+        _print_plan(args, grid, sweep_dir, out_root, data_root, console)
         return 0
     if args.status:
         print_status(grid, sweep_dir, console)
         return 0
     if args.gather:
         return _gather(grid, sweep_dir, console)
-    if slurm_like:
+    if chosen.batch:
         return _launch_slurm(args, grid, sweep_dir, out_root, data_root, console, err)
 
     write_sweep_files(grid, sweep_dir, Path(args.grid))
@@ -116,12 +113,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                   f"{len(todo)} to run ({args.cluster}); output in {sweep_dir}")
     for st in busy:
         console.print(f"  not started: {st.run_id} is {st.status} ({st.detail})", markup=False)
-    from . import cluster
-
-    if args.cluster == "debug":
-        outcomes = cluster.run_debug(todo, console)
-    else:
-        outcomes = cluster.run_local(todo, sweep_dir, console, args.max_parallel)
+    outcomes = chosen.submit(todo, _context(args, grid, sweep_dir, out_root, data_root, console))
     failed = [o for o in outcomes if o.status not in ("done", "skipped")]
     for o in failed:
         err.print(f"run {o.run_id}: {o.status}: {o.detail}", markup=False)
@@ -139,9 +131,9 @@ def _select(grid: Grid, sweep_dir: Path, rerun_failed: bool, ask_slurm: bool, ve
     """(runs to start, number finished, statuses of runs someone is already working on).
     Runs with a queued or running job, or a live claim, are never started twice. With
     rerun_failed only failed, broken and missing runs are started (partial ones are not)."""
-    from . import cluster
+    from .cluster.status import run_statuses
 
-    statuses, _ = cluster.run_statuses(grid.runs, sweep_dir, ask_slurm=ask_slurm, verify_hash=verify_hash)
+    statuses, _ = run_statuses(grid.runs, sweep_dir, ask_slurm=ask_slurm, verify_hash=verify_hash)
     by_id = {r.run_id: r for r in grid.runs}
     done = sum(st.status == "done" for st in statuses)
     busy = [st for st in statuses if states.STATES[st.status].busy]
@@ -155,22 +147,25 @@ def _select(grid: Grid, sweep_dir: Path, rerun_failed: bool, ask_slurm: bool, ve
 # ------------------------------------------------------------------------------------------------
 
 
-def _gather_args(grid_copy: Path, out_root: Path, data_root: Path, overrides: Sequence[str]) -> list[str]:
-    from . import cluster
+def _context(args: argparse.Namespace, grid: Grid, sweep_dir: Path, out_root: Path, data_root: Path,
+             console: Console) -> LaunchContext:
+    from .cluster.slurmctl import gather_arguments
 
-    return cluster.gather_arguments(grid_copy, Path(os.path.abspath(out_root)), Path(os.path.abspath(data_root)),
-                                    overrides)
+    gather_args = gather_arguments(sweep_dir / GRID_COPY, Path(os.path.abspath(out_root)),
+                                   Path(os.path.abspath(data_root)), args.overrides)
+    return LaunchContext(grid.name, sweep_dir, grid.slurm, console, gather_args, args.max_parallel)
 
 
 def _launch_slurm(args: argparse.Namespace, grid: Grid, sweep_dir: Path, out_root: Path, data_root: Path,
                   console: Console, err: Console) -> int:
     """--cluster slurm|sbatch: submit every unfinished run that no job is working on, then the
     gather job; return at once (or, with --wait, when every job has ended)."""
-    from . import cluster
+    from .cluster.slurmctl import SlurmError, wait_for_launch
 
+    chosen = backend(args.cluster)
     try:
-        cluster.check_controller()
-    except cluster.SlurmError as e:
+        chosen.check_environment()
+    except SlurmError as e:
         err.print(f"error: {e}", markup=False)
         return 2
     write_sweep_files(grid, sweep_dir, Path(args.grid))
@@ -182,15 +177,10 @@ def _launch_slurm(args: argparse.Namespace, grid: Grid, sweep_dir: Path, out_roo
     if not todo:
         console.print("nothing to submit" + ("; see --status" if busy else ""))
         return 0
-    gather_args = _gather_args(sweep_dir / GRID_COPY, out_root, data_root, args.overrides)
     t_submit = time.time()
     try:
-        if args.cluster == "slurm":
-            launch = cluster.submit_slurm(todo, grid.slurm, grid.name, sweep_dir, gather_args, console,
-                                          args.max_parallel)
-        else:
-            launch = cluster.submit_sbatch(todo, grid.slurm, grid.name, sweep_dir, gather_args, args.max_parallel)
-    except cluster.SlurmError as e:
+        launch = chosen.submit(todo, _context(args, grid, sweep_dir, out_root, data_root, console))
+    except SlurmError as e:
         err.print(f"error: {e}", markup=False)
         return 2
     _print_launch(launch, todo, sweep_dir, time.time() - t_submit, console)
@@ -199,11 +189,11 @@ def _launch_slurm(args: argparse.Namespace, grid: Grid, sweep_dir: Path, out_roo
         console.print(f"follow with: python launch.py --grid {_q(args.grid)}{same} --status", markup=False)
         return 0
     try:
-        cluster.wait_for_launch(launch, todo, sweep_dir, console)
+        wait_for_launch(launch, todo, sweep_dir, console)
     except KeyboardInterrupt:
         console.print("stopped waiting; the jobs go on (see --status)")
         return 130
-    except cluster.SlurmError as e:
+    except SlurmError as e:
         err.print(f"error: {e}", markup=False)
         return 1
     rc = print_status(grid, sweep_dir, console, verify_hash=True)
@@ -236,33 +226,16 @@ def _print_launch(launch, todo: Sequence, sweep_dir: Path, seconds: float, conso
 
 def _print_plan(args: argparse.Namespace, grid: Grid, sweep_dir: Path, out_root: Path, data_root: Path,
                 console: Console) -> None:
-    """--dry-run for slurm/sbatch: what would be submitted, from the files alone (no squeue)."""
-    from . import cluster
-
-    # the files alone (no squeue, no hashing): a folder that does not exist yet reads as missing
+    """--dry-run: what the backend would do, from the files alone (no squeue, no hashing: a folder
+    that does not exist yet reads as missing)."""
     todo, _, _ = _select(grid, sweep_dir, args.rerun_failed, ask_slurm=False, verify_hash=False)
+    chosen = backend(args.cluster)
     if not todo:
-        console.print("nothing would be submitted")
+        if chosen.batch:
+            console.print("nothing would be submitted")
         return
-    limit = cluster.max_array_size()
-    gather_args = _gather_args(sweep_dir / GRID_COPY, out_root, data_root, args.overrides)
-    if args.cluster == "sbatch":
-        arrays, gather = cluster.sbatch_plan(todo, grid.slurm, grid.name, sweep_dir, sys.executable, gather_args,
-                                             limit, args.max_parallel)
-        console.print(f"would submit {len(todo)} runs as {len(arrays)} array(s) (MaxArraySize {limit}), then the "
-                      "gather job:", markup=False)
-        for argv, _, _ in arrays:
-            console.print(cluster.shell_join(argv), markup=False, highlight=False, soft_wrap=True)
-        console.print(cluster.shell_join(gather), markup=False, highlight=False, soft_wrap=True)
-        return
-    params = cluster.submitit_parameters(grid.slurm, grid.name, args.max_parallel)
-    chunks = cluster.chunk_items(len(todo), limit)
-    folder = sweep_dir / "submitit" / "slurm-<timestamp>-<pid>"
-    console.print(f"would submit {len(todo)} runs as {len(chunks)} submitit job array(s) (MaxArraySize {limit}), "
-                  f"then one gather job; the first array's sbatch script:", markup=False)
-    text = cluster.submitit_script_text(folder, params, int(grid.slurm["max_num_timeout"]),
-                                        len(chunks[0]) if len(chunks[0]) > 1 else None)
-    console.print(text, markup=False, highlight=False, soft_wrap=True)
+    for line in chosen.plan(todo, _context(args, grid, sweep_dir, out_root, data_root, console)):
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -278,9 +251,9 @@ def print_status(grid: Grid, sweep_dir: Path, console: Console, verify_hash: boo
     # costs about a second per GB of results, far less than training them.
     """Every run's state from its files and (for Slurm launches) squeue/sacct, as a table.
     Returns 0 when every run is done, else 1."""
-    from . import cluster
+    from .cluster.status import RUN_STATUSES, run_statuses
 
-    statuses, notes = cluster.run_statuses(grid.runs, sweep_dir, ask_slurm=True, verify_hash=verify_hash)
+    statuses, notes = run_statuses(grid.runs, sweep_dir, ask_slurm=True, verify_hash=verify_hash)
     by_id = {r.run_id: r for r in grid.runs}
     table = Table(title=f"status of {grid.name} ({sweep_dir})", title_justify="left")
     table.add_column("run_id", no_wrap=True, min_width=max(len(r.run_id) for r in grid.runs))
@@ -298,7 +271,7 @@ def print_status(grid: Grid, sweep_dir: Path, console: Console, verify_hash: boo
                       f"[{colour}]{st.status}[/{colour}]", f"{st.epoch}/{st.epochs}", st.job_id or "-",
                       _escape(short))
     console.print(table)
-    console.print("  ".join(f"{k}: {counts[k]}" for k in cluster.RUN_STATUSES if k in counts))
+    console.print("  ".join(f"{k}: {counts[k]}" for k in RUN_STATUSES if k in counts))
     for st in statuses:  # whole reasons, unfolded, where a table cell would cut them
         if st.status in ("failed", "broken"):
             console.print(f"{st.status} {st.run_id}: {st.detail}", markup=False, soft_wrap=True)

@@ -19,8 +19,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cnnstress import cluster, launcher, store
-from cnnstress.cluster import JobInfo, Launch
+from cnnstress import launcher, store
+from cnnstress.cluster import base, local, sbatch, slurm, slurmctl, status
+from cnnstress.cluster.slurmctl import JobInfo, Launch
 from cnnstress.config import RunSpec
 from cnnstress.grid import load_grid
 from cnnstress.launcher import main
@@ -147,18 +148,18 @@ def fake_slurm(tmp_path, monkeypatch) -> FakeSlurm:
 
 def test_slurm_table_maps_to_submitit_parameters(tmp_path):
     grid = load_grid(_grid(tmp_path, FULL_SLURM), out_root=tmp_path / "o")
-    params = cluster.submitit_parameters(grid.slurm, grid.name)
+    params = slurm.submitit_parameters(grid.slurm, grid.name)
     assert params == {
         "job_name": "cnnstress-tiny", "time": 90, "cpus_per_task": 6, "mem": "1536MB", "gpus_per_node": 1,
         "partition": "gpu", "account": "proj-42", "qos": "normal", "constraint": "a100|h100",
         "array_parallelism": 2, "signal_delay_s": 90,
         "setup": ["module load cuda/12.1", 'echo "hello $USER"'],
-        "additional_parameters": {"requeue": True, "chdir": str(cluster.PACKAGE_ROOT), "mail_type": "END",
+        "additional_parameters": {"requeue": True, "chdir": str(base.PACKAGE_ROOT), "mail_type": "END",
                                   "reservation": "res1"},
     }
     # --max-parallel overrides array_parallelism
-    assert cluster.submitit_parameters(grid.slurm, grid.name, 7)["array_parallelism"] == 7
-    gather = cluster.gather_parameters(grid.slurm, grid.name, "afterany:5:6")
+    assert slurm.submitit_parameters(grid.slurm, grid.name, 7)["array_parallelism"] == 7
+    gather = slurm.gather_parameters(grid.slurm, grid.name, "afterany:5:6")
     assert {k: gather[k] for k in ("job_name", "time", "cpus_per_task", "mem", "dependency")} == {
         "job_name": "cnnstress-tiny-gather", "time": 20, "cpus_per_task": 3, "mem": "4GB", "dependency": "afterany:5:6"}
     assert "gpus_per_node" not in gather and "constraint" not in gather
@@ -166,10 +167,10 @@ def test_slurm_table_maps_to_submitit_parameters(tmp_path):
 
 def test_dev_cluster_table_requests_no_gpu_and_whole_gigabytes(tmp_path):
     grid = load_grid(_grid(tmp_path), out_root=tmp_path / "o")
-    params = cluster.submitit_parameters(grid.slurm, grid.name)
+    params = slurm.submitit_parameters(grid.slurm, grid.name)
     assert "gpus_per_node" not in params and "setup" not in params and "account" not in params
     assert params["mem"] == "1GB" and params["partition"] == "debug"
-    text = cluster.submitit_script_text(tmp_path / "f", params, 3, map_count=2)
+    text = slurm.submitit_script_text(tmp_path / "f", params, 3, map_count=2)
     assert "gpus" not in text and "gres" not in text
     assert "#SBATCH --mem=1GB" in text and "#SBATCH --array=0-1%2" in text and "#SBATCH --requeue" in text
 
@@ -180,7 +181,7 @@ def test_additional_cannot_override_what_cnnstress_sets(tmp_path, key, capsys):
     path = _grid(tmp_path, DEV_SLURM + f'additional = {{ {key} = "x" }}\n')
     grid = load_grid(path, out_root=tmp_path / "o")
     with pytest.raises(ValueError, match=rf"\[slurm\]\.additional\.{key}: cannot be set here"):
-        cluster.submitit_parameters(grid.slurm, grid.name)
+        slurm.submitit_parameters(grid.slurm, grid.name)
     # the launcher refuses before writing or submitting anything
     assert main(["--grid", str(path), "--cluster", "slurm", "--out", str(tmp_path / "o")]) == 2
     assert f"additional.{key}" in capsys.readouterr().err
@@ -196,20 +197,20 @@ def test_every_option_cnnstress_sets_itself_is_reserved(tmp_path):
     # accounting tag) is the only line a user's own value may replace harmlessly.
     grid = _golden_grid(tmp_path)
     folder = tmp_path / "f"
-    texts = [cluster.submitit_script_text(folder, cluster.submitit_parameters(grid.slurm, grid.name), 4, 4),
-             cluster.submitit_script_text(folder, cluster.gather_parameters(grid.slurm, grid.name, "afterany:1"), 0,
+    texts = [slurm.submitit_script_text(folder, slurm.submitit_parameters(grid.slurm, grid.name), 4, 4),
+             slurm.submitit_script_text(folder, slurm.gather_parameters(grid.slurm, grid.name, "afterany:1"), 0,
                                           None)]
-    arrays, gather = cluster.sbatch_plan(grid.runs, grid.slurm, grid.name, tmp_path / "s", sys.executable, [], 10)
+    arrays, gather = sbatch.sbatch_plan(grid.runs, grid.slurm, grid.name, tmp_path / "s", sys.executable, [], 10)
     options = {line.split()[1] for text in texts for line in text.splitlines() if line.startswith("#SBATCH --")}
     options |= {a for argv in [arrays[0][0], gather] for a in argv if a.startswith("--")}
     names = {o[2:].split("=")[0].replace("-", "_") for o in options}
-    user = set(grid.slurm["additional"])  # the golden grid's own mail_type and reservation
-    assert names - user - {"wckey"} <= set(cluster.RESERVED_SBATCH), names - set(cluster.RESERVED_SBATCH)
+    user = set(dict(grid.slurm.additional))  # the golden grid's own mail_type and reservation
+    assert names - user - {"wckey"} <= set(slurmctl.RESERVED_SBATCH), names - set(slurmctl.RESERVED_SBATCH)
 
 
 def test_submitit_script_carries_every_mapped_parameter(tmp_path):
     grid = load_grid(_grid(tmp_path, FULL_SLURM), out_root=tmp_path / "o")
-    text = cluster.submitit_script_text(tmp_path / "f", cluster.submitit_parameters(grid.slurm, grid.name), 4, 3)
+    text = slurm.submitit_script_text(tmp_path / "f", slurm.submitit_parameters(grid.slurm, grid.name), 4, 3)
     lines = set(text.splitlines())
     for line in ("#SBATCH --array=0-2%2", "#SBATCH --partition=gpu", "#SBATCH --account=proj-42",
                  "#SBATCH --qos=normal", "#SBATCH --constraint='a100|h100'", "#SBATCH --gpus-per-node=1",
@@ -228,7 +229,7 @@ def _normalise(text: str, tmp_path: Path) -> str:
     # the interpreter first: it may live inside the repository (.venv). The manifest's hash covers
     # specs that hold tmp_path, so it differs from one test run to the next.
     text = (text.replace(shlex.quote(sys.executable), "<PYTHON>").replace(sys.executable, "<PYTHON>")
-            .replace(str(tmp_path), "<TMP>").replace(str(cluster.PACKAGE_ROOT), "<REPO>"))
+            .replace(str(tmp_path), "<TMP>").replace(str(base.PACKAGE_ROOT), "<REPO>"))
     return re.sub(r"\b[0-9a-f]{64}\b", "<SHA256>", re.sub(r"manifest-[0-9a-f]{16}\.jsonl", "manifest-<SHA>.jsonl", text))
 
 
@@ -256,46 +257,46 @@ def test_sbatch_command_lines_match_golden_file(tmp_path):
     sweep = tmp_path / "out dir's \"q\"" / grid.name
     ids = [r.run_id for r in grid.runs]
     todo = [grid.runs[0], grid.runs[2], grid.runs[3]]  # run 1 is finished
-    args = cluster.gather_arguments(sweep / "grid.toml", tmp_path / "out dir's \"q\"", tmp_path / "data",
+    args = slurmctl.gather_arguments(sweep / "grid.toml", tmp_path / "out dir's \"q\"", tmp_path / "data",
                                     ["epochs=3", "optimizer.lr=0.01"])
-    arrays, gather = cluster.sbatch_plan(todo, grid.slurm, grid.name, sweep, sys.executable, args, 2)
+    arrays, gather = sbatch.sbatch_plan(todo, grid.slurm, grid.name, sweep, sys.executable, args, 2)
     # the launch's own manifest holds just these 3 runs; MaxArraySize 2: lines 0-1 | 2
     assert [(off, [r.run_id for r in runs]) for _, runs, off in arrays] == [(0, [ids[0], ids[2]]), (2, [ids[3]])]
-    text = "".join(cluster.shell_join(argv) + "\n" for argv, _, _ in arrays) + cluster.shell_join(gather) + "\n"
+    text = "".join(slurmctl.shell_join(argv) + "\n" for argv, _, _ in arrays) + slurmctl.shell_join(gather) + "\n"
     assert_golden("sbatch_argv.txt", _normalise(text, tmp_path))
     # the command lines are argv lists: each quoted path is one argument
-    manifest, data, sha = cluster.launch_manifest(todo, sweep)
+    manifest, data, sha = sbatch.launch_manifest(todo, sweep)
     assert manifest.parent == sweep / "sbatch" and data.decode().splitlines() == [r.to_json() for r in todo]
-    setup, setup_data = cluster.setup_file(sweep, grid.slurm["setup"])
-    assert setup.parent == sweep / "sbatch" and setup_data.decode().splitlines()[1:] == grid.slurm["setup"]
+    setup, setup_data = sbatch.setup_file(sweep, grid.slurm.setup)
+    assert setup.parent == sweep / "sbatch" and setup_data.decode().splitlines()[1:] == list(grid.slurm.setup)
     assert arrays[1][0][-6:] == [str(manifest), sys.executable, "2", "4", str(setup), sha]
 
 
 @pytest.mark.parametrize("total, n, expect", [(2, 1, [2]), (2, 2, [1, 1]), (7, 3, [3, 2, 2]), (100, 4, [25] * 4),
                                                (2, 3, [1, 1, 1])])
 def test_array_parallelism_is_shared_by_the_arrays_of_one_launch(total, n, expect):
-    shares = cluster.share_parallelism(total, n)
+    shares = slurmctl.share_parallelism(total, n)
     assert shares == expect and (sum(shares) == total or total < n)
 
 
 def test_setup_file_is_named_by_its_lines_and_never_rewritten(tmp_path):
     # a relaunch with other [slurm].setup lines must not change what queued tasks of an earlier
     # launch source when they start
-    first = cluster.write_setup_file(tmp_path, ["module load cuda/12"])
-    second = cluster.write_setup_file(tmp_path, ["module load cuda/13"])
+    first = sbatch.write_setup_file(tmp_path, ["module load cuda/12"])
+    second = sbatch.write_setup_file(tmp_path, ["module load cuda/13"])
     assert first != second and first.read_text().endswith("module load cuda/12\n")
     assert second.read_text().endswith("module load cuda/13\n")
-    assert cluster.write_setup_file(tmp_path, ["module load cuda/12"]) == first  # same lines, same file
+    assert sbatch.write_setup_file(tmp_path, ["module load cuda/12"]) == first  # same lines, same file
     assert not first.stat().st_mode & 0o222  # read-only
-    assert cluster.write_setup_file(tmp_path, []) is None
+    assert sbatch.write_setup_file(tmp_path, []) is None
 
 
 def test_submitit_scripts_match_golden_files(tmp_path):
     grid = _golden_grid(tmp_path)
     folder = tmp_path / "out dir's \"q\"" / grid.name / "submitit" / "slurm-20250101-000000-1"
-    array = cluster.submitit_script_text(folder, cluster.submitit_parameters(grid.slurm, grid.name), 4, 4)
+    array = slurm.submitit_script_text(folder, slurm.submitit_parameters(grid.slurm, grid.name), 4, 4)
     assert_golden("submitit_array.sh", _normalise(array, tmp_path))
-    gather = cluster.submitit_script_text(folder, cluster.gather_parameters(grid.slurm, grid.name, "afterany:101:102"),
+    gather = slurm.submitit_script_text(folder, slurm.gather_parameters(grid.slurm, grid.name, "afterany:101:102"),
                                           0, None)
     assert_golden("submitit_gather.sh", _normalise(gather, tmp_path))
 
@@ -328,8 +329,8 @@ def test_sbatch_dry_run_prints_the_command_lines_and_writes_nothing(tmp_path, fa
     array, gather = (shlex.split(line) for line in lines)
     sweep = out / "tiny"
     runs = load_grid(path, overrides=["epochs=1"], out_root=out).runs
-    manifest, _, sha = cluster.launch_manifest(runs, sweep)
-    setup, _ = cluster.setup_file(sweep, load_grid(path, overrides=["epochs=1"], out_root=out).slurm["setup"])
+    manifest, _, sha = sbatch.launch_manifest(runs, sweep)
+    setup, _ = sbatch.setup_file(sweep, load_grid(path, overrides=["epochs=1"], out_root=out).slurm.setup)
     assert array[-6:] == [str(manifest), sys.executable, "0", "4", str(setup), sha]
     assert "--array=0-3%2" in array and f"--output={sweep}/slurm-logs/%A_%a.out" in array
     assert "--dependency=afterany:<ARRAY_IDS>" in gather and gather[-2:] == ["--set", "epochs=1"]
@@ -344,8 +345,8 @@ def test_sbatch_dry_run_prints_the_command_lines_and_writes_nothing(tmp_path, fa
 
 def test_controller_that_does_not_answer_gives_a_clear_error(tmp_path, fake_slurm, capsys):
     fake_slurm.set(up=False)
-    with pytest.raises(cluster.SlurmError, match=r"does not answer .*Unable to contact slurm controller"):
-        cluster.check_controller()
+    with pytest.raises(slurmctl.SlurmError, match=r"does not answer .*Unable to contact slurm controller"):
+        slurmctl.check_controller()
     out = tmp_path / "out"
     for kind in ("slurm", "sbatch"):
         assert main(["--grid", str(_grid(tmp_path)), "--cluster", kind, "--out", str(out)]) == 2
@@ -356,8 +357,8 @@ def test_controller_that_does_not_answer_gives_a_clear_error(tmp_path, fake_slur
 
 def test_missing_scontrol_is_the_same_clear_error(monkeypatch, tmp_path):
     monkeypatch.setenv("PATH", str(tmp_path))  # no Slurm commands at all
-    with pytest.raises(cluster.SlurmError, match="scontrol: command not found.*dev-cluster.sh up"):
-        cluster.check_controller()
+    with pytest.raises(slurmctl.SlurmError, match="scontrol: command not found.*dev-cluster.sh up"):
+        slurmctl.check_controller()
 
 
 def test_slurm_launch_splits_at_max_array_size_and_submits_one_gather_job(tmp_path, fake_slurm, capsys):
@@ -369,7 +370,7 @@ def test_slurm_launch_splits_at_max_array_size_and_submits_one_gather_job(tmp_pa
     assert time.time() - t0 < 30  # returns at once
     printed = capsys.readouterr().out
     grid = load_grid(path, out_root=out)
-    launches = cluster.read_launches(out / "tiny")
+    launches = slurmctl.read_launches(out / "tiny")
     assert len(launches) == 1
     launch = launches[0]
     # 4 runs, MaxArraySize 2: arrays 101 and 102 (two tasks each), gather 103 after both
@@ -386,27 +387,27 @@ def test_slurm_launch_splits_at_max_array_size_and_submits_one_gather_job(tmp_pa
     assert folder.parent == out / "tiny" / "submitit" and folder.name.startswith("slurm-")
     with open(folder / "101_1_submitted.pkl", "rb") as fh:
         delayed = pickle.load(fh)
-    assert isinstance(delayed.function, cluster.TrainTask)
+    assert isinstance(delayed.function, slurm.TrainTask)
     assert json.loads(delayed.args[0]) == grid.runs[1].to_dict()
     assert delayed._timeout_countdown == 5
     with open(folder / "103_submitted.pkl", "rb") as fh:
         gather = pickle.load(fh)
-    assert isinstance(gather.function, cluster.GatherTask)
+    assert isinstance(gather.function, slurm.GatherTask)
     assert gather.args[0][:2] == ["--grid", str(out / "tiny" / "grid.toml")]
     # a second launch while every task is still queued submits nothing more
     fake_slurm.set(squeue="".join(f"{j}|PENDING|Priority\n" for j in launch.runs.values()))
     assert main(["--grid", str(path), "--cluster", "slurm", "--out", str(out)]) == 0
     assert "nothing to submit" in capsys.readouterr().out
-    assert len(fake_slurm.calls("sbatch")) == 3 and len(cluster.read_launches(out / "tiny")) == 1
+    assert len(fake_slurm.calls("sbatch")) == 3 and len(slurmctl.read_launches(out / "tiny")) == 1
     # once they have left the queue (no accounting), a launch goes to a new submitit folder
     fake_slurm.set(squeue="")
     assert main(["--grid", str(path), "--cluster", "slurm", "--out", str(out)]) == 0
-    second = cluster.read_launches(out / "tiny")[-1]
+    second = slurmctl.read_launches(out / "tiny")[-1]
     assert second.folder != launch.folder and Path(second.folder).parent == folder.parent
 
 
 def test_new_launch_folders_never_repeat(tmp_path):
-    folders = {cluster.new_launch_folder(tmp_path, "slurm") for _ in range(5)}
+    folders = {slurm.new_launch_folder(tmp_path, "slurm") for _ in range(5)}
     assert len(folders) == 5 and all(f.is_dir() for f in folders)
 
 
@@ -418,7 +419,7 @@ def test_new_launch_folders_never_repeat(tmp_path):
 @settings(max_examples=200, deadline=None)
 @given(st.sets(st.integers(0, 300), max_size=80), st.integers(1, 40))
 def test_split_indices_keeps_every_task_id_below_max_array_size(indices, limit):
-    arrays = cluster.split_indices(sorted(indices), limit)
+    arrays = slurmctl.split_indices(sorted(indices), limit)
     covered = [off + t for off, tasks in arrays for t in tasks]
     assert covered == sorted(indices)  # every line once, in order
     for off, tasks in arrays:
@@ -433,7 +434,7 @@ def test_split_indices_keeps_every_task_id_below_max_array_size(indices, limit):
 
 @given(st.integers(0, 5000), st.integers(1, 1001))
 def test_chunk_items_covers_each_item_once(n, limit):
-    chunks = cluster.chunk_items(n, limit)
+    chunks = slurmctl.chunk_items(n, limit)
     assert [i for c in chunks for i in c] == list(range(n))
     assert all(1 <= len(c) <= limit for c in chunks)
     assert len(chunks) == -(-n // limit)
@@ -441,7 +442,7 @@ def test_chunk_items_covers_each_item_once(n, limit):
 
 @given(st.sets(st.integers(0, 200), min_size=1, max_size=60))
 def test_array_ranges_round_trip(ids):
-    text = cluster.array_ranges(sorted(ids))
+    text = slurmctl.array_ranges(sorted(ids))
     back = set()
     for part in text.split(","):
         lo, _, hi = part.partition("-")
@@ -451,10 +452,10 @@ def test_array_ranges_round_trip(ids):
 
 
 def test_max_array_size_parsing():
-    assert cluster.parse_max_array_size("AuthType = x\nMaxArraySize            = 40001\nMaxJobCount = 3") == 40001
-    assert cluster.parse_max_array_size("nothing here") == cluster.DEFAULT_MAX_ARRAY_SIZE
+    assert slurmctl.parse_max_array_size("AuthType = x\nMaxArraySize            = 40001\nMaxJobCount = 3") == 40001
+    assert slurmctl.parse_max_array_size("nothing here") == slurmctl.DEFAULT_MAX_ARRAY_SIZE
     with pytest.raises(ValueError, match="at least 1"):
-        cluster.split_indices([1], 0)
+        slurmctl.split_indices([1], 0)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -482,7 +483,7 @@ MISSING = store.RunState("missing", "")
 ])
 def test_classify(disk, job, claim, expect):
     epoch = 3 if disk is PARTIAL else 0
-    assert cluster.classify(disk, job, claim, epoch) == expect
+    assert status.classify(disk, job, claim, epoch) == expect
 
 
 GONE = "its Slurm job 7_1 ended without a result (no accounting to say why)"
@@ -498,7 +499,7 @@ GONE = "its Slurm job 7_1 ended without a result (no accounting to say why)"
 ])
 def test_classify_a_recorded_job_that_left_squeue(disk, claim, squeue_ok, expect):
     epoch = 3 if disk is PARTIAL else 0
-    assert cluster.classify(disk, None, claim, epoch, "7_1", squeue_ok) == expect
+    assert status.classify(disk, None, claim, epoch, "7_1", squeue_ok) == expect
 
 
 def test_status_from_files_and_squeue_without_accounting(tmp_path, fake_slurm):
@@ -511,11 +512,11 @@ def test_status_from_files_and_squeue_without_accounting(tmp_path, fake_slurm):
     (sweep / "runs" / runs[1].run_id / "checkpoint.pt").write_bytes(b"x")
     store.atomic_write_json(sweep / "runs" / runs[1].run_id / "progress.json", {"epoch": 2, "epochs": 2})
     (sweep / "runs" / runs[2].run_id / "checkpoint.pt").write_bytes(b"x")
-    cluster.record_launch(sweep, Launch("slurm", str(sweep / "submitit" / "s1"), ["7"], "8",
+    slurmctl.record_launch(sweep, Launch("slurm", str(sweep / "submitit" / "s1"), ["7"], "8",
                                         {r.run_id: f"7_{i}" for i, r in enumerate(runs)}))
     # run 1 still running, run 3 queued; runs 0 and 2 have left squeue and sacct does not answer
     fake_slurm.set(squeue="7_1|RUNNING|None\n7_3|PENDING|Resources\n8|PENDING|Dependency\n")
-    statuses, notes = cluster.run_statuses(runs, sweep)
+    statuses, notes = status.run_statuses(runs, sweep)
     got = {s.run_id: (s.status, s.job_id) for s in statuses}
     # run 2's job has left squeue (MinJobAge) without DONE.json: failed, so --rerun-failed takes it
     assert got == {runs[0].run_id: ("failed", "7_0"), runs[1].run_id: ("running", "7_1"),
@@ -527,7 +528,7 @@ def test_status_from_files_and_squeue_without_accounting(tmp_path, fake_slurm):
     assert any("sacct unavailable" in n for n in notes)
     # squeue -t all still knows the ended job's state: a partial run whose job timed out is failed
     fake_slurm.set(squeue="7_2|TIMEOUT|None\n")
-    statuses, _ = cluster.run_statuses(runs, sweep)
+    statuses, _ = status.run_statuses(runs, sweep)
     assert statuses[2].status == "failed" and "ended TIMEOUT" in statuses[2].detail
     # the status command prints them all
     assert main(["--grid", str(_grid(tmp_path, seeds="[1, 2]")), "--status", "--out", str(tmp_path / "o")]) == 0
@@ -537,11 +538,11 @@ def test_status_without_slurm_commands_uses_files_only(tmp_path, monkeypatch):
     grid = load_grid(_grid(tmp_path), out_root=tmp_path / "o")
     sweep = tmp_path / "o" / "tiny"
     (sweep / "runs" / grid.runs[0].run_id).mkdir(parents=True)
-    cluster.record_launch(sweep, Launch("sbatch", str(sweep / "slurm-logs"), ["7"], "8",
+    slurmctl.record_launch(sweep, Launch("sbatch", str(sweep / "slurm-logs"), ["7"], "8",
                                         {r.run_id: f"7_{i}" for i, r in enumerate(grid.runs)}))
     store.write_failed(sweep / "runs" / grid.runs[0].run_id, "x")
     monkeypatch.setenv("PATH", str(tmp_path))
-    statuses, notes = cluster.run_statuses(grid.runs, sweep)
+    statuses, notes = status.run_statuses(grid.runs, sweep)
     assert [s.status for s in statuses] == ["failed", "missing"]
     assert f"{sweep}/slurm-logs/7_0.out" in statuses[0].detail
     assert any("squeue failed" in n for n in notes)
@@ -550,21 +551,21 @@ def test_status_without_slurm_commands_uses_files_only(tmp_path, monkeypatch):
 def test_launches_jsonl_round_trip_and_bad_lines(tmp_path):
     a = Launch("slurm", "/x/f1", ["1"], "2", {"r1": "1_0", "r2": "1_1"}, "t1")
     b = Launch("sbatch", "/x/logs", ["5"], "6", {"r2": "5_0"}, "t2")
-    cluster.record_launch(tmp_path, a)
+    slurmctl.record_launch(tmp_path, a)
     with open(tmp_path / "launches.jsonl", "a") as fh:
         fh.write("{not json\n")
-    cluster.record_launch(tmp_path, b)
-    got = cluster.read_launches(tmp_path)
+    slurmctl.record_launch(tmp_path, b)
+    got = slurmctl.read_launches(tmp_path)
     assert [x.to_dict() for x in got] == [a.to_dict(), b.to_dict()]
-    latest = cluster.latest_jobs(got)
+    latest = slurmctl.latest_jobs(got)
     assert {k: v[0] for k, v in latest.items()} == {"r1": "1_0", "r2": "5_0"}
 
 
 def test_rerun_failed_selects_only_failed_broken_and_missing(tmp_path, monkeypatch):
     grid = load_grid(_grid(tmp_path, seeds="[1, 2, 3]"), out_root=tmp_path / "o")  # 6 runs
     states = ["done", "running", "pending", "failed", "broken", "partial"]
-    fake = [cluster.RunStatus(r.run_id, s) for r, s in zip(grid.runs, states)]
-    monkeypatch.setattr(cluster, "run_statuses", lambda *a, **k: (fake, []))
+    fake = [status.RunStatus(r.run_id, s) for r, s in zip(grid.runs, states)]
+    monkeypatch.setattr(status, "run_statuses", lambda *a, **k: (fake, []))
     todo, done, busy = launcher._select(grid, tmp_path, rerun_failed=True, ask_slurm=True)
     assert [r.run_id for r in todo] == [grid.runs[3].run_id, grid.runs[4].run_id]
     assert done == 1 and [b.status for b in busy] == ["running", "pending"]
@@ -677,12 +678,12 @@ def test_sbatch_relaunch_with_a_changed_grid_leaves_queued_tasks_on_their_runs(t
     (Path(env["FAKE_OUT"]) / "go").touch()
     first = _grid(tmp_path / "g1", seeds="[1, 2]")
     assert main(["--grid", str(first), "--cluster", "sbatch", "--out", str(out)]) == 0
-    [launch1] = cluster.read_launches(out / "tiny")
+    [launch1] = slurmctl.read_launches(out / "tiny")
     argv1 = ["sbatch", *fake_slurm.calls("sbatch")[0]]
     fake_slurm.set(squeue="".join(f"{j}|PENDING|Priority\n" for j in launch1.runs.values()))
     second = _grid(tmp_path / "g2", seeds="[0, 1, 2]")
     assert main(["--grid", str(second), "--cluster", "sbatch", "--out", str(out)]) == 0
-    launch2 = cluster.read_launches(out / "tiny")[-1]
+    launch2 = slurmctl.read_launches(out / "tiny")[-1]
     assert len(launch2.runs) == 2 and not set(launch2.runs) & set(launch1.runs)
     # the sweep's manifest.jsonl now follows the new grid: its lines have moved
     sweep_ids = [RunSpec.from_json(x).run_id for x in (out / "tiny" / "manifest.jsonl").read_text().splitlines()]
@@ -705,16 +706,16 @@ def test_sbatch_relaunch_with_a_changed_grid_leaves_queued_tasks_on_their_runs(t
 def test_a_local_end_without_result_is_recorded_as_failed_in_the_workers_format(tmp_path):
     rd = tmp_path / "run"
     rd.mkdir()
-    assert cluster.record_unreported_end(rd, -9) == ("killed by signal 9 (SIGKILL: out of memory, or killed by hand); "
+    assert local.record_unreported_end(rd, -9) == ("killed by signal 9 (SIGKILL: out of memory, or killed by hand); "
                                                      "no checkpoint yet, relaunch starts it over")
     assert store.run_state(rd).status == "failed"
     # the worker's own FAILED.json (its reason is better) and DONE.json are never overwritten
     store.write_failed(rd, "MemoryError: x")
-    assert cluster.record_unreported_end(rd, -9) is None and store.run_state(rd).reason == "MemoryError: x"
+    assert local.record_unreported_end(rd, -9) is None and store.run_state(rd).reason == "MemoryError: x"
     store.clear_failed(rd)
     (rd / "checkpoint.pt").write_bytes(b"x")
     store.atomic_write_json(rd / "progress.json", {"epoch": 3})
-    assert cluster.record_unreported_end(rd, 1) == ("its process exited with status 1 without a result; "
+    assert local.record_unreported_end(rd, 1) == ("its process exited with status 1 without a result; "
                                                     "checkpoint after epoch 3 kept, relaunch resumes")
     assert json.loads((rd / "FAILED.json").read_text())["reason"].startswith("its process exited with status 1")
 
@@ -724,7 +725,7 @@ def test_rerun_failed_resubmits_a_run_whose_job_left_squeue_without_a_result(tmp
     out = tmp_path / "o"
     grid = load_grid(path, out_root=out)
     assert main(["--grid", str(path), "--cluster", "sbatch", "--out", str(out)]) == 0
-    [first] = cluster.read_launches(out / "tiny")
+    [first] = slurmctl.read_launches(out / "tiny")
     # run 0 trained an epoch and its job was killed; Slurm has forgotten it; no accounting
     rd = out / "tiny" / "runs" / grid.runs[0].run_id
     rd.mkdir(parents=True)
@@ -733,20 +734,20 @@ def test_rerun_failed_resubmits_a_run_whose_job_left_squeue_without_a_result(tmp
     assert main(["--grid", str(path), "--status", "--out", str(out)]) == 0
     assert f"its Slurm job {first.runs[grid.runs[0].run_id]} ended without a result" in capsys.readouterr().out
     assert main(["--grid", str(path), "--cluster", "sbatch", "--out", str(out), "--rerun-failed"]) == 0
-    assert list(cluster.read_launches(out / "tiny")[-1].runs) == [grid.runs[0].run_id]
+    assert list(slurmctl.read_launches(out / "tiny")[-1].runs) == [grid.runs[0].run_id]
 
 
 def test_concurrent_launches_never_lose_a_launches_line(tmp_path):
     # Two launches of one sweep may finish submitting at the same moment; each must keep its line
     # (a lost line is a job --status and --wait never learn about).
     n = 40
-    code = ("import sys; from pathlib import Path; from cnnstress.cluster import Launch, record_launch\n"
+    code = ("import sys; from pathlib import Path; from cnnstress.cluster.slurmctl import Launch, record_launch\n"
             "for i in range(int(sys.argv[2])):\n"
             "    record_launch(Path(sys.argv[1]), Launch('sbatch', sys.argv[3], [str(i)], None, {f'{sys.argv[3]}-{i}': str(i)}))\n")
     procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path), str(n), name], cwd=REPO)
              for name in ("a", "b", "c")]
     assert [p.wait(timeout=120) for p in procs] == [0, 0, 0]
-    got = cluster.read_launches(tmp_path)
+    got = slurmctl.read_launches(tmp_path)
     assert sorted(k for x in got for k in x.runs) == sorted(f"{w}-{i}" for w in "abc" for i in range(n))
     assert len((tmp_path / "launches.jsonl").read_text().splitlines()) == 3 * n
 
@@ -771,14 +772,14 @@ print(json.dumps({"run_id": spec.run_id, "status": "done"}))
                                              ("1,-1,2", ["1"]), ("", [])])
 def test_visible_gpus_are_the_parents_own_entries(visible, expect, monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
-    assert cluster.visible_gpus() == expect
+    assert local.visible_gpus() == expect
 
 
 def test_nvidia_smi_list_gives_uuids_and_mig_instances():
     text = ("GPU 0: NVIDIA A100 (UUID: GPU-aa11)\n  MIG 1g.5gb Device 0: (UUID: MIG-bb22)\n"
             "  MIG 1g.5gb Device 1: (UUID: MIG-cc33)\nGPU 1: NVIDIA H100 (UUID: GPU-dd44)\n")
-    assert cluster.parse_nvidia_smi_list(text) == ["MIG-bb22", "MIG-cc33", "GPU-dd44"]
-    assert cluster.parse_nvidia_smi_list("") == []
+    assert local.parse_nvidia_smi_list(text) == ["MIG-bb22", "MIG-cc33", "GPU-dd44"]
+    assert local.parse_nvidia_smi_list("") == []
 
 
 @pytest.mark.parametrize("visible, max_parallel, devices, at_once", [
@@ -796,10 +797,10 @@ def test_local_runs_get_the_parents_gpus_one_each(tmp_path, monkeypatch, visible
     monkeypatch.setenv("FAKE_GPU_OUT", str(record))
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
     # this machine has no GPU: torch's count (asked in a child) stands in for the parent's two
-    monkeypatch.setattr(cluster, "torch_gpu_count", lambda python=None: len([v for v in visible.split(",") if v]))
+    monkeypatch.setattr(local, "torch_gpu_count", lambda python=None: len([v for v in visible.split(",") if v]))
     console = Console(record=True, width=200)
-    outcomes = cluster.run_local(grid.runs, tmp_path / "o" / "tiny", console, max_parallel, poll_s=0.05,
-                                 task=cluster.LocalTrainTask([sys.executable, str(worker)]))
+    outcomes = local.run_local(grid.runs, tmp_path / "o" / "tiny", console, max_parallel, poll_s=0.05,
+                                 task=local.LocalTrainTask([sys.executable, str(worker)]))
     assert [o.status for o in outcomes] == ["done"] * 4, [o.detail for o in outcomes]
     seen = [json.loads((record / f"{r.run_id}.json").read_text()) for r in grid.runs]
     assert {s["device"] for s in seen} == devices
@@ -829,30 +830,30 @@ def test_local_gpu_census_counts_as_torch_does_and_warns_when_runs_would_fall_ba
     monkeypatch.setenv("PATH", "/usr/bin:/bin")  # no nvidia-smi
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     # no sign of a GPU: torch is not even asked
-    census = cluster.local_gpu_census(_fake_python(tmp_path, "2"), device_files=[str(driver)])
-    assert census == cluster.GpuCensus([], None, "") and not (tmp_path / "asked").exists()
+    census = local.local_gpu_census(_fake_python(tmp_path, "2"), device_files=[str(driver)])
+    assert census == local.GpuCensus([], None, "") and not (tmp_path / "asked").exists()
     driver.write_text("")
     # the driver is there and torch sees two GPUs: indices, as CUDA numbers them
-    assert cluster.local_gpu_census(_fake_python(tmp_path, "2"), device_files=[str(driver)]).devices == ["0", "1"]
+    assert local.local_gpu_census(_fake_python(tmp_path, "2"), device_files=[str(driver)]).devices == ["0", "1"]
     # the driver is there, torch sees none: loud, names the evidence
-    census = cluster.local_gpu_census(_fake_python(tmp_path, "0"), device_files=[str(driver)])
+    census = local.local_gpu_census(_fake_python(tmp_path, "0"), device_files=[str(driver)])
     assert census.devices == [] and census.torch_count == 0
     assert "WARNING: this machine has a GPU (the NVIDIA driver is loaded" in census.warning
     assert "every run will train on the CPU" in census.warning
     # CUDA_VISIBLE_DEVICES entries are kept as far as torch sees them
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,GPU-ab12")
-    assert cluster.local_gpu_census(_fake_python(tmp_path, "1"), device_files=[]).devices == ["3"]
-    census = cluster.local_gpu_census(_fake_python(tmp_path, "0"), device_files=[])
+    assert local.local_gpu_census(_fake_python(tmp_path, "1"), device_files=[]).devices == ["3"]
+    census = local.local_gpu_census(_fake_python(tmp_path, "0"), device_files=[])
     assert census.devices == [] and "CUDA_VISIBLE_DEVICES=3,GPU-ab12" in census.warning
     # CUDA_VISIBLE_DEVICES='' means the CPU on purpose: no child, no warning
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     (tmp_path / "asked").unlink()
-    assert cluster.local_gpu_census(_fake_python(tmp_path, "2"), device_files=[str(driver)]) == cluster.GpuCensus([], None, "")
+    assert local.local_gpu_census(_fake_python(tmp_path, "2"), device_files=[str(driver)]) == local.GpuCensus([], None, "")
     assert not (tmp_path / "asked").exists()
 
 
 def test_torch_gpu_count_asks_the_real_torch_in_a_child():
-    assert cluster.torch_gpu_count() == torch_device_count_here()
+    assert local.torch_gpu_count() == torch_device_count_here()
 
 
 def torch_device_count_here() -> int:

@@ -205,7 +205,7 @@ def test_more_than_one_gpu_per_task_is_refused_with_the_reason(tiny_grid):
     """Issue 10.6: a worker trains one run on one GPU; a task given more would leave them idle."""
     with pytest.raises(GridError, match=r"\[slurm\]\.gpus_per_task: 2: a run trains on one GPU.*allowed: 0 \(CPU nodes\) or 1"):
         load_grid(tiny_grid, overrides=["slurm.gpus_per_task=2"])
-    assert load_grid(tiny_grid, overrides=["slurm.gpus_per_task=0"]).slurm["gpus_per_task"] == 0
+    assert load_grid(tiny_grid, overrides=["slurm.gpus_per_task=0"]).slurm.gpus_per_task == 0
 
 
 def test_checkpoint_cadence_is_sweep_wide_and_not_part_of_the_run_id(tiny_grid):

@@ -24,7 +24,8 @@ import h5py
 import numpy as np
 import pytest
 
-from cnnstress import cluster, store
+from cnnstress import store
+from cnnstress.cluster import slurmctl
 from cnnstress.grid import load_grid
 from cnnstress.launcher import main
 
@@ -94,11 +95,11 @@ def _specs(grid: Path, out: Path):
     return load_grid(grid, overrides=LEAN[1::2], out_root=out, data_root=DATA).runs
 
 
-def wait_for_jobs(job_ids: list[str], timeout: float) -> dict[str, cluster.JobInfo]:
+def wait_for_jobs(job_ids: list[str], timeout: float) -> dict[str, slurmctl.JobInfo]:
     """Poll squeue (-t all) until none of these jobs is queued or running; their last states."""
     t0 = time.time()
     while True:
-        query = cluster.query_jobs(job_ids, use_sacct=False)
+        query = slurmctl.query_jobs(job_ids, use_sacct=False)
         if query.ok and not any(j.active for j in query.jobs.values()):
             return query.jobs
         if time.time() - t0 > timeout:
@@ -113,9 +114,9 @@ def _logits(run_dir: Path) -> np.ndarray:
 
 
 def _scancel_active(sweeps: list[Path]) -> None:
-    ids = [j for s in sweeps for launch in cluster.read_launches(s) for j in launch.job_ids()]
+    ids = [j for s in sweeps for launch in slurmctl.read_launches(s) for j in launch.job_ids()]
     if ids:
-        active = [j for j, info in cluster.query_jobs(ids, use_sacct=False).jobs.items() if info.active]
+        active = [j for j, info in slurmctl.query_jobs(ids, use_sacct=False).jobs.items() if info.active]
         if active:
             subprocess.run(["scancel", *sorted({a.split("_")[0] for a in active})], capture_output=True)
             # scancel only asks; wait (KillWait=5 on the dev cluster) so no test leaves a job running.
@@ -130,8 +131,8 @@ def _scancel_active(sweeps: list[Path]) -> None:
 @pytest.fixture(scope="module", autouse=True)
 def live_cluster():
     try:
-        cluster.check_controller()
-    except cluster.SlurmError as e:
+        slurmctl.check_controller()
+    except slurmctl.SlurmError as e:
         if os.environ.get("CNNSTRESS_REQUIRE_SLURM") == "1":
             pytest.fail(f"CNNSTRESS_REQUIRE_SLURM=1 but {e}")
         pytest.skip(f"no live Slurm controller: {e}")
@@ -251,7 +252,7 @@ def interrupted(request, tmp_path_factory):
     (ref_dir / "spec.json").write_text(ref_spec.to_json())
     reference = subprocess.Popen([sys.executable, "-m", "cnnstress.worker", "--spec", str(ref_dir / "spec.json")],
                                  cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    rq_launch = cluster.read_launches(rq_out / "requeued")[0]
+    rq_launch = slurmctl.read_launches(rq_out / "requeued")[0]
     thread = Interrupter(rq_out / "requeued" / "runs" / spec.run_id, rq_launch.runs[spec.run_id],
                          tl_out / "timelimit" / "runs" / spec.run_id)
     thread.start()
@@ -297,7 +298,7 @@ def test_slurm_wait_end_to_end_then_relaunch_submits_nothing(tmp_path, capsys):
     assert sorted((r["run_id"], r["status"]) for r in summary["runs"]) == sorted((s.run_id, "done") for s in specs)
     # rich wraps long lines, at a space when it can (this path has one): compare without whitespace
     assert "".join(f"report: {sweep / 'report' / 'index.html'}".split()) in "".join(printed.split())
-    launches = cluster.read_launches(sweep)
+    launches = slurmctl.read_launches(sweep)
     assert len(launches) == 1 and len(launches[0].arrays) == 1 and launches[0].gather
     assert set(launches[0].runs) == {s.run_id for s in specs}
     print(f"slurm --wait, 2 runs + gather: {seconds:.0f} s")
@@ -305,7 +306,7 @@ def test_slurm_wait_end_to_end_then_relaunch_submits_nothing(tmp_path, capsys):
     before = _all_job_ids()
     assert main(_demo_args(grid, out, "slurm")) == 0
     assert "nothing to submit" in capsys.readouterr().out
-    assert len(cluster.read_launches(sweep)) == 1
+    assert len(slurmctl.read_launches(sweep)) == 1
     assert _all_job_ids() == before
 
 
@@ -314,7 +315,7 @@ def test_sbatch_end_to_end_to_a_report(tmp_path, capsys):
     out = tmp_path / "out dir's \"y\""
     assert main(_demo_args(grid, out, "sbatch")) == 0
     sweep = out / "demo"
-    launch = cluster.read_launches(sweep)[0]
+    launch = slurmctl.read_launches(sweep)[0]
     assert launch.cluster == "sbatch" and launch.gather
     states = wait_for_jobs(launch.job_ids(), timeout=600)  # a guard against a hang, not a speed test
     assert states[launch.gather].state == "COMPLETED", states
@@ -349,7 +350,7 @@ def test_failing_task_is_reported_while_the_other_run_and_the_gather_job_finish(
     # --rerun-failed submits only the failed run
     obstacle.rmdir()
     assert main([*_launch_args(grid, out, "slurm"), "--rerun-failed"]) == 0
-    launches = cluster.read_launches(sweep)
+    launches = slurmctl.read_launches(sweep)
     assert len(launches) == 2 and list(launches[1].runs) == [bad.run_id]
     _scancel_active([sweep])
 
@@ -364,7 +365,7 @@ def test_requeued_and_timed_out_runs_resume_and_match_an_uninterrupted_run(inter
     thread: Interrupter = interrupted["thread"]
     thread.join(timeout=300)
     assert not thread.error, f"{thread.error}; events: {thread.events}"
-    launches = {k: cluster.read_launches(interrupted[k])[0] for k in ("rq", "tl")}
+    launches = {k: slurmctl.read_launches(interrupted[k])[0] for k in ("rq", "tl")}
     wait_for_jobs([launches["rq"].runs[run_id], launches["tl"].runs[run_id]], timeout=300)
     assert interrupted["reference"].wait(timeout=120) == 0, interrupted["reference"].stderr.read()
     reference = _logits(interrupted["ref_dir"])

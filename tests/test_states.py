@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 
-from cnnstress import cluster, states
+from cnnstress import states
+from cnnstress.cluster import slurm, slurmctl, status
 
 from conftest import loaded_by
 
@@ -21,7 +22,7 @@ def test_what_a_launch_starts_and_what_summary_json_says():
 
 
 def test_the_cluster_side_speaks_the_same_vocabulary():
-    assert tuple(cluster.RUN_STATUSES) == states.ALL
+    assert tuple(status.RUN_STATUSES) == states.ALL
 
 
 def test_states_module_is_torch_and_h5py_free():
@@ -44,7 +45,7 @@ def test_the_gather_job_rebuilds_the_report_from_the_launch_arguments(tmp_path):
     from synth import make_sweep
 
     s = make_sweep(tmp_path, seeds=(1,), corruptions=())
-    args = cluster.gather_arguments(s.sweep_dir / "grid.toml", tmp_path, tmp_path / "data", [])
-    assert cluster.GatherTask()(args).startswith("report written: ")
+    args = slurmctl.gather_arguments(s.sweep_dir / "grid.toml", tmp_path, tmp_path / "data", [])
+    assert slurm.GatherTask()(args).startswith("report written: ")
     assert (s.sweep_dir / "report" / "index.html").exists()
     assert (s.sweep_dir / "report" / "summary.json").exists()

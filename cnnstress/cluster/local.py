@@ -1,0 +1,334 @@
+"""``--cluster debug`` (in this process, one run after another) and ``--cluster local`` (one
+process per run through submitit's LocalExecutor, at most ``max_parallel`` at once, each pinned
+to one GPU when there are GPUs). The worker runs in a child of the job process, so a worker
+killed outright (OOM killer) still ends with FAILED.json and its reason."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import submitit
+from rich.console import Console
+
+from .. import store
+from ..config import RunSpec
+from ..layout import EXIT_BUSY, SPEC_FILE
+from ..layout import RUNS_DIR
+from .base import PACKAGE_ROOT, Backend, LaunchContext, Outcome, progress_bar
+from .status import progress_epochs
+
+LOCAL_TIMEOUT_MIN = 60 * 24 * 7  # submitit's LocalExecutor kills jobs after 2 minutes by default
+
+
+class RunFailed(RuntimeError):
+    """A local run ended without a result; the message is the reason (as in FAILED.json)."""
+
+
+class LocalTrainTask:
+    """The callable of a ``--cluster local`` job: runs the worker in a child process and watches
+    how it ends. The kernel's OOM killer ends a run with SIGKILL, which no Python code in the
+    dying process can catch, and submitit's local controller drops its tasks' exit status; this
+    parent survives the child, so it can record why the run ended (FAILED.json) instead of leaving
+    a run that looks 'partial' with no reason."""
+
+    def __init__(self, worker_argv: Sequence[str] | None = None):
+        # the command that trains a spec file (tests put a stand-in here); it gets "--spec FILE"
+        self.worker_argv = list(worker_argv) if worker_argv else None
+
+    def __call__(self, spec_json: str, run_dir: str, device: str = "") -> dict[str, Any]:
+        """device: the CUDA_VISIBLE_DEVICES entry of the one GPU this run may use ("2", a
+        "GPU-<uuid>"), or "" for none (CPU). Set here, for the worker alone: submitit's own
+        visible_gpus takes only integers and renumbers nothing, so it cannot pass a parent's
+        CUDA_VISIBLE_DEVICES=2,3 or UUIDs through."""
+        import tempfile
+
+        argv = self.worker_argv or [sys.executable, "-m", "cnnstress.worker"]
+        env = {**os.environ, "CUDA_VISIBLE_DEVICES": device}
+        with tempfile.TemporaryDirectory(prefix="cnnstress-spec-") as tmp:
+            spec_file = Path(tmp) / SPEC_FILE
+            spec_file.write_text(spec_json)
+            # stderr is this job's log file (inherited); stdout is read to get the result line
+            proc = subprocess.Popen([*argv, "--spec", str(spec_file)], cwd=PACKAGE_ROOT, env=env,
+                                    stdout=subprocess.PIPE, text=True)
+            last = ""
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                sys.stdout.write(line)
+                sys.stdout.flush()
+                last = line.strip() or last
+            rc = proc.wait()
+        if rc == 0:
+            return json.loads(last)
+        if rc == EXIT_BUSY:  # worker.main: another live process holds the run
+            raise RuntimeError(f"RunBusy: another live process holds {run_dir}")
+        state = store.run_state(Path(run_dir), verify_hash=False)
+        if state.status == "failed":  # the worker wrote its reason
+            raise RunFailed(state.reason)
+        reason = record_unreported_end(Path(run_dir), rc)
+        raise RunFailed(reason or f"the worker exited with status {rc}")
+
+
+def visible_gpus() -> list[str]:
+    """The GPUs this process may use, as CUDA_VISIBLE_DEVICES entries that name them to a child
+    process ("2", "GPU-<uuid>", "MIG-<uuid>"), without importing torch. A parent's
+    CUDA_VISIBLE_DEVICES=2,3 gives ["2", "3"]: a child pinned with "0" would use physical GPU 0,
+    which this process was not given."""
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if env is not None:
+        out = []
+        for entry in (x.strip() for x in env.split(",")):
+            if not entry or entry.startswith("-"):  # CUDA ignores everything from an invalid entry on
+                break
+            out.append(entry)
+        return out
+    try:
+        res = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):  # no driver, no GPUs
+        return []
+    return parse_nvidia_smi_list(res.stdout) if res.returncode == 0 else []
+
+
+#: Asked in a child process: the launcher itself never initialises CUDA (a CUDA context is not
+#: inherited by forked children, and would hold memory on a GPU the runs need).
+TORCH_DEVICE_COUNT = "import torch; print(torch.cuda.device_count())"
+#: Files a machine with an NVIDIA driver has, whether or not nvidia-smi is installed.
+NVIDIA_DEVICE_FILES = ("/dev/nvidiactl", "/dev/nvidia0", "/proc/driver/nvidia/version")
+
+
+@dataclass
+class GpuCensus:
+    """The GPUs ``--cluster local`` pins its runs to, and a warning when runs will train on the
+    CPU of a machine that has a GPU."""
+
+    devices: list[str]
+    torch_count: int | None  # None: not asked (no sign of a GPU) or the child failed
+    warning: str = ""
+
+
+def local_gpu_census(python: str = sys.executable, device_files: Sequence[str] = NVIDIA_DEVICE_FILES) -> GpuCensus:
+    """Count GPUs as torch does, not as nvidia-smi does: with nvidia-smi missing or failing, or with
+    a CPU-only torch build, the runs used to train on the CPU of a GPU machine without a word.
+
+    The CUDA_VISIBLE_DEVICES entries (or, when it is unset, nvidia-smi's devices) are kept only as
+    far as torch sees them: the first ``torch.cuda.device_count()`` of them (CUDA enumerates the
+    listed devices in order), or indices 0..n-1 when nvidia-smi is missing. Where there is no sign
+    of an NVIDIA GPU at all (no CUDA_VISIBLE_DEVICES entries, no nvidia-smi device, no driver
+    files), torch is not asked: it could not see one either."""
+    explicit = os.environ.get("CUDA_VISIBLE_DEVICES")
+    named = visible_gpus()
+    driver = [f for f in device_files if os.path.exists(f)]
+    if explicit is not None and not named:
+        return GpuCensus([], None)  # CUDA_VISIBLE_DEVICES='' : the user asked for the CPU
+    if not named and not driver:
+        return GpuCensus([], None)
+    count = torch_gpu_count(python)
+    if count is None:
+        devices: list[str] = []
+    elif named:
+        devices = named[:count]
+    else:
+        devices = [str(i) for i in range(count)]
+    warning = ""
+    if not devices:
+        evidence = (f"nvidia-smi lists {', '.join(named)}" if named and explicit is None else
+                    f"CUDA_VISIBLE_DEVICES={explicit}" if named else f"the NVIDIA driver is loaded ({driver[0]})")
+        why = ("the check failed" if count is None else
+               "torch.cuda.device_count() is 0: a CPU-only torch build, or a driver too old for its CUDA")
+        warning = (f"WARNING: this machine has a GPU ({evidence}) but torch sees none ({why}): every run will "
+                   "train on the CPU. Install a CUDA build of torch, or set CUDA_VISIBLE_DEVICES='' to say the "
+                   "CPU is meant.")
+    return GpuCensus(devices, count, warning)
+
+
+def torch_gpu_count(python: str = sys.executable) -> int | None:
+    """``torch.cuda.device_count()`` in a child process with this environment; None if it fails."""
+    try:
+        res = subprocess.run([python, "-c", TORCH_DEVICE_COUNT], capture_output=True, text=True, timeout=300)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    try:
+        return int(res.stdout.strip().splitlines()[-1]) if res.returncode == 0 else None
+    except (ValueError, IndexError):
+        return None
+
+
+def parse_nvidia_smi_list(text: str) -> list[str]:
+    """``nvidia-smi -L`` -> device UUIDs: a GPU's own, or its MIG instances' when it is split.
+    UUIDs, not indices: nvidia-smi counts GPUs in PCI order, CUDA by default fastest first."""
+    out: list[str] = []
+    gpu: str | None = None
+    migs: list[str] = []
+    for line in [*text.splitlines(), "GPU end"]:
+        stripped = line.strip()
+        m = re.search(r"\(UUID: ((?:GPU|MIG)-[^)\s]+)\)", stripped)
+        if stripped.startswith("GPU "):
+            if gpu is not None:
+                out.extend(migs or [gpu])
+            gpu, migs = (m.group(1) if m else None), []
+        elif stripped.startswith("MIG ") and m:
+            migs.append(m.group(1))
+    return out
+
+
+def run_debug(runs: Sequence[RunSpec], console: Console) -> list[Outcome]:
+    """Run in this process, one after the other (for debuggers and tests)."""
+    from . import worker
+
+    outcomes = []
+    for spec in runs:
+        try:
+            res = worker.run(spec)
+            outcomes.append(Outcome(spec.run_id, res["status"], summary=res))
+        except worker.RunBusy as e:
+            outcomes.append(Outcome(spec.run_id, "busy", str(e)))
+        except Exception as e:  # noqa: BLE001 - recorded in FAILED.json; go on with the others
+            outcomes.append(Outcome(spec.run_id, "failed", f"{type(e).__name__}: {e}"))
+            console.print(f"[red]run {spec.run_id} failed[/red]: {type(e).__name__}: {e}")
+    return outcomes
+
+
+def run_local(runs: Sequence[RunSpec], sweep_dir: Path, console: Console, max_parallel: int | None = None,
+              poll_s: float = 0.5, task: LocalTrainTask | None = None) -> list[Outcome]:
+    """One process per run via submitit's LocalExecutor, throttled to ``max_parallel``, which
+    is capped to the number of visible GPUs when there are any (each run gets one of its own)."""
+    census = local_gpu_census()
+    if census.warning:
+        console.print(census.warning, style="bold red", markup=False)
+    gpus = census.devices
+    if max_parallel is None:
+        max_parallel = max(1, len(gpus))
+    elif gpus and max_parallel > len(gpus):
+        # a run started without a free GPU would get none and train on the CPU, silently and slowly
+        console.print(f"note: --max-parallel {max_parallel} capped to {len(gpus)}: one run per visible GPU "
+                      f"({', '.join(gpus)}); to train on the CPU instead, set CUDA_VISIBLE_DEVICES=''",
+                      markup=False)
+        max_parallel = len(gpus)
+    folder = sweep_dir / "submitit" / f"local-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+    executor = submitit.LocalExecutor(folder=folder)
+    # the job process itself needs no GPU; LocalTrainTask pins its worker to `gpu`
+    executor.update_parameters(timeout_min=LOCAL_TIMEOUT_MIN, gpus_per_node=0)
+    task = task or LocalTrainTask()
+    queue = list(runs)
+    active: dict[str, tuple[Any, RunSpec, str | None]] = {}
+    free = list(gpus)
+    outcomes: list[Outcome] = []
+    with progress_bar(console) as progress:
+        overall = progress.add_task("runs", total=len(queue))
+        bars: dict[str, Any] = {}
+        while queue or active:
+            while queue and len(active) < max_parallel:
+                spec = queue.pop(0)
+                gpu = free.pop(0) if free else None  # never None when there are GPUs (capped above)
+                job = executor.submit(task, spec.to_json(), str(sweep_dir / RUNS_DIR / spec.run_id), gpu or "")
+                active[spec.run_id] = (job, spec, gpu)
+                bars[spec.run_id] = progress.add_task(spec.run_id, total=spec.train.epochs)
+            for rid, (job, spec, gpu) in list(active.items()):
+                done_epochs = progress_epochs(sweep_dir / RUNS_DIR / rid)
+                progress.update(bars[rid], completed=done_epochs)
+                if not job.done():
+                    continue
+                del active[rid]
+                if gpu is not None:
+                    free.append(gpu)
+                oc = _outcome(job, spec, folder)
+                if oc.status == "failed":
+                    # FAILED.json holds the reason (submitit's exception text ends with log paths);
+                    # if even the task process died, nobody wrote one yet
+                    run_dir = sweep_dir / RUNS_DIR / rid
+                    state = store.run_state(run_dir, verify_hash=False)
+                    reason = state.reason if state.status == "failed" else record_unreported_end(run_dir, None)
+                    if reason:
+                        oc.detail = f"{reason} (logs: {folder})"
+                outcomes.append(oc)
+                progress.update(bars[rid], completed=spec.train.epochs, visible=False)
+                progress.advance(overall)
+                oc = outcomes[-1]
+                colour = {"done": "green", "skipped": "green", "failed": "red"}.get(oc.status, "yellow")
+                console.print(f"[{colour}]{oc.status:>7}[/{colour}] {rid} {oc.detail}")
+            time.sleep(poll_s)
+    return outcomes
+
+
+def _outcome(job: Any, spec: RunSpec, folder: Path) -> Outcome:
+    try:
+        res = job.result()
+        return Outcome(spec.run_id, res["status"], summary=res)
+    except Exception as e:  # noqa: BLE001 - submitit wraps the worker's exception
+        text = str(e)
+        status = "busy" if "RunBusy" in text else "failed"
+        last = [line for line in text.strip().splitlines() if line.strip()]
+        detail = last[-1] if last else type(e).__name__
+        return Outcome(spec.run_id, status, f"{detail} (logs: {folder})")
+
+
+SIGNAL_CAUSES = {"SIGKILL": "out of memory, or killed by hand", "SIGTERM": "stopped by the system or by hand",
+                 "SIGSEGV": "crashed in native code", "SIGBUS": "crashed in native code",
+                 "SIGABRT": "aborted in native code"}
+
+
+def record_unreported_end(run_dir: Path, exit_status: int | None) -> str | None:
+    """A local job that ended with neither DONE.json nor FAILED.json died where the worker could
+    not write its reason (the kernel's OOM killer sends SIGKILL, which nothing can catch). Write
+    FAILED.json for it, in the worker's own format, so --status, --rerun-failed and the report see
+    a failed run with a reason instead of a 'partial' one. Returns the reason written, else None."""
+    state = store.run_state(run_dir, verify_hash=False)
+    if state.status in ("done", "failed") or not run_dir.is_dir():
+        return None
+    if exit_status is not None and exit_status < 0:
+        import signal
+
+        try:
+            name = signal.Signals(-exit_status).name
+        except ValueError:
+            name = f"signal {-exit_status}"
+        cause = SIGNAL_CAUSES.get(name)
+        how = f"killed by signal {-exit_status} ({name}{': ' + cause if cause else ''})"
+    elif exit_status is not None:
+        how = f"its process exited with status {exit_status} without a result"
+    else:
+        how = "its process ended without a result"
+    if any((run_dir / name).exists() for name in store.CHECKPOINT_NAMES):
+        after = f" after epoch {progress_epochs(run_dir)}" if progress_epochs(run_dir) else ""
+        rest = f"checkpoint{after} kept, relaunch resumes"
+    else:
+        rest = "no checkpoint yet, relaunch starts it over"
+    reason = f"{how}; {rest}"
+    try:
+        store.write_failed(run_dir, reason, "written by the launcher: the worker process could not report")
+    except OSError:
+        return None
+    return reason
+
+
+
+
+class DebugBackend(Backend):
+    """``--cluster debug``: every run in this process, one after another (pdb works)."""
+
+    name = "debug"
+
+    def plan(self, runs: Sequence[RunSpec], ctx: LaunchContext) -> list[str]:
+        return []
+
+    def submit(self, runs: Sequence[RunSpec], ctx: LaunchContext) -> list[Outcome]:
+        return run_debug(runs, ctx.console)
+
+
+class LocalBackend(Backend):
+    """``--cluster local``: one process per run on this machine, one GPU each (or the CPU)."""
+
+    name = "local"
+
+    def plan(self, runs: Sequence[RunSpec], ctx: LaunchContext) -> list[str]:
+        return []
+
+    def submit(self, runs: Sequence[RunSpec], ctx: LaunchContext) -> list[Outcome]:
+        return run_local(runs, ctx.sweep_dir, ctx.console, ctx.max_parallel)
