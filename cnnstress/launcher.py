@@ -22,15 +22,12 @@ from .cluster import BACKENDS, LaunchContext, backend
 from .grid import Grid, GridError, load_grid
 from .layout import GRID_COPY, LAUNCH_FILE, MANIFEST_FILE, REPORT_DIR, RUNS_DIR
 
-CLUSTERS = tuple(BACKENDS)
-
-
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="python launch.py",
         description="Stress-test CNN classifiers: expand a grid, train every run, gather a report.")
     ap.add_argument("--grid", help="grid file (TOML), e.g. jobs/demo.toml")
-    ap.add_argument("--cluster", choices=CLUSTERS, default="local",
+    ap.add_argument("--cluster", choices=tuple(BACKENDS), default="local",
                     help="local: one process per run on this machine (default); debug: in this process; "
                          "slurm: one job array through submitit; sbatch: the sbatch-script fallback")
     ap.add_argument("--out", default="scratch", help="output root (default: scratch)")

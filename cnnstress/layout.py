@@ -36,7 +36,7 @@ REPORT_DIR = "report"
 #: /history/<key>, one value per epoch, in this order (the worker writes them, gather reads them).
 HISTORY_KEYS = ("epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "epoch_seconds")
 
-# -- the worker command's exit status (python -m cnnstress.worker; read by cluster.py and array.sbatch)
+# -- the worker command's exit status (python -m cnnstress.worker; read by cluster/local.py and array.sbatch)
 EXIT_DONE = 0
 EXIT_FAILED = 1  # FAILED.json says why
 EXIT_USAGE = 2  # bad arguments (e.g. a manifest index out of range)

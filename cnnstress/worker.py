@@ -1,6 +1,6 @@
 """Train one RunSpec from scratch (or resume it), predict, and publish results.h5 + DONE.json.
 
-Usable as a callable (``run(spec)``, what cluster.py submits) and as a command:
+Usable as a callable (``run(spec)``, what cluster/slurm.py submits) and as a command:
 ``python -m cnnstress.worker --spec spec.json`` or ``--manifest manifest.jsonl --index N``
 (the sbatch fallback; N defaults to $SLURM_ARRAY_TASK_ID).
 """

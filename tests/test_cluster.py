@@ -860,3 +860,80 @@ def torch_device_count_here() -> int:
     import torch
 
     return torch.cuda.device_count()
+
+
+# ------------------------------------------------------------------------------------------------
+# the backend interface: the registry is the only list, and the launcher calls only the interface
+# ------------------------------------------------------------------------------------------------
+
+
+def test_every_registered_backend_implements_the_interface():
+    from cnnstress import cluster
+
+    assert set(cluster.BACKENDS) == {"local", "debug", "slurm", "sbatch"}
+    for name in cluster.BACKENDS:
+        chosen = cluster.backend(name)
+        assert isinstance(chosen, base.Backend) and chosen.name == name
+    assert [cluster.backend(n).batch for n in ("local", "debug", "slurm", "sbatch")] == [False, False, True, True]
+    with pytest.raises(ValueError, match="valid: local, debug, slurm, sbatch"):
+        cluster.backend("kubernetes")
+
+
+class _RecordingBackend(base.Backend):
+    """A backend as a plugin author would write one: it 'runs' each run by writing nothing."""
+
+    name = "record"
+
+    def __init__(self):
+        self.calls = []
+
+    def check(self, slurm, sweep):
+        if slurm.partition == "forbidden":
+            raise ValueError("[slurm].partition: 'forbidden' is not allowed here")
+
+    def plan(self, runs, ctx):
+        return [f"would record {len(runs)} runs of {ctx.sweep}"]
+
+    def submit(self, runs, ctx):
+        self.calls.append([r.run_id for r in runs])
+        return [base.Outcome(r.run_id, "done") for r in runs]
+
+
+def test_a_new_backend_is_one_class_and_one_registry_line(tmp_path, monkeypatch, capsys):
+    from cnnstress import cluster
+
+    recording = _RecordingBackend()
+    monkeypatch.setitem(cluster.BACKENDS, "record", "tests:unused")  # the one registry line
+    monkeypatch.setitem(cluster._LOADED, "record", recording)  # (instead of importing a module)
+    grid = _grid(tmp_path)
+    out = tmp_path / "o u t's"
+    assert main(["--grid", str(grid), "--cluster", "record", "--out", str(out), "--dry-run"]) == 0
+    assert "would record 2 runs of tiny" in capsys.readouterr().out
+    assert main(["--grid", str(grid), "--cluster", "record", "--out", str(out), "--no-gather"]) == 0
+    assert len(recording.calls) == 1 and len(recording.calls[0]) == 2
+    rc = main(["--grid", str(grid), "--cluster", "record", "--out", str(out), "--set", "slurm.partition=forbidden"])
+    assert rc == 2 and "[slurm].partition: 'forbidden'" in capsys.readouterr().err
+    assert len(recording.calls) == 1  # refused before anything ran
+
+
+def test_submitit_and_sbatch_spell_one_request(tmp_path):
+    """The [slurm] table is read once (slurmctl.job_request); both backends ask for the same job."""
+    from cnnstress.config import SlurmConfig
+
+    cfg = SlurmConfig(partition="gpu", account="lab", qos="high", constraint="a100", time_min=90, gpus_per_task=1,
+                      cpus_per_task=6, mem_gb=12.5, array_parallelism=9, signal_delay_s=200, gather_time_min=15,
+                      gather_cpus=3, gather_mem_gb=4.0, additional=(("mail_type", "END"),))
+    params = slurm.submitit_parameters(cfg, "s")
+    argv = sbatch.sbatch_array_argv(cfg, "s", tmp_path, tmp_path / "m.jsonl", "python", 0, [0, 1])
+    assert (params["time"], params["cpus_per_task"], params["mem"], params["gpus_per_node"]) == (90, 6, "12800MB", 1)
+    for opt in ("--time=90", "--cpus-per-task=6", "--mem=12800M", "--gres=gpu:1", "--partition=gpu",
+                "--account=lab", "--qos=high", "--constraint=a100", "--signal=B:USR2@200", "--mail-type=END"):
+        assert opt in argv
+    assert (params["partition"], params["account"], params["qos"], params["constraint"]) == ("gpu", "lab", "high", "a100")
+    assert params["signal_delay_s"] == 200 and params["additional_parameters"]["mail_type"] == "END"
+    gather = slurm.gather_parameters(cfg, "s", "afterany:1")
+    gargv = sbatch.sbatch_gather_argv(cfg, "s", tmp_path, "python", "afterany:1", [])
+    assert (gather["time"], gather["cpus_per_task"], gather["mem"]) == (15, 3, "4GB")
+    assert "gpus_per_node" not in gather and "constraint" not in gather and "signal_delay_s" not in gather
+    assert {"--time=15", "--cpus-per-task=3", "--mem=4G"} <= set(gargv)
+    assert not any(a.startswith(("--gres", "--constraint", "--signal")) for a in gargv)
