@@ -180,7 +180,7 @@ def parse_nvidia_smi_list(text: str) -> list[str]:
 
 def run_debug(runs: Sequence[RunSpec], console: Console) -> list[Outcome]:
     """Run in this process, one after the other (for debuggers and tests)."""
-    from . import worker
+    from .. import worker
 
     outcomes = []
     for spec in runs:
