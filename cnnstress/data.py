@@ -482,7 +482,9 @@ def _hsv_to_rgb(h: np.ndarray, s: np.ndarray, v: np.ndarray) -> np.ndarray:
     return np.stack(np.broadcast_arrays(*channels), axis=1)
 
 
-def _shape_params(n: int, rng: np.random.Generator, shortcut: float, num_shapes: int = NUM_SHAPES) -> dict[str, np.ndarray]:
+def _shape_params(
+    n: int, rng: np.random.Generator, shortcut: float, num_shapes: int = NUM_SHAPES
+) -> dict[str, np.ndarray]:
     """Per-image random parameters, drawn in a fixed order (part of the output's definition).
 
     ``y`` indexes a table of ``num_shapes`` shapes (balanced); the background hue classes are

@@ -175,7 +175,10 @@ OOD_SETS: dict[str, OodSet] = {
     "cifar10": OodSet("near", ("cifar100",), "CIFAR-10 test images", _cifar_builder("cifar10"), "cifar10"),
     "uniform_noise": OodSet("far", tuple(data.DATASETS), "i.i.d. uniform pixels", _build_uniform_noise),
     "smooth_noise": OodSet(
-        "far", tuple(data.DATASETS), f"uniform {SMOOTH_GRID}x{SMOOTH_GRID} noise upsampled bilinearly", _build_smooth_noise
+        "far",
+        tuple(data.DATASETS),
+        f"uniform {SMOOTH_GRID}x{SMOOTH_GRID} noise upsampled bilinearly",
+        _build_smooth_noise,
     ),
 }
 
@@ -214,7 +217,10 @@ def load_ood_set(
     data._check_dataset(dataset)
     valid = sets_for(dataset)
     if name not in valid:
-        problem = f"unknown OOD set {name!r}" if name not in OOD_SETS else f"OOD set {name!r} is not for dataset {dataset!r}"
+        if name in OOD_SETS:
+            problem = f"OOD set {name!r} is not for dataset {dataset!r}"
+        else:
+            problem = f"unknown OOD set {name!r}"
         raise DataError(f"{problem}; valid sets for {dataset}: {', '.join(valid)}")
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
         raise ValueError(f"n = {n!r} is invalid; allowed: an integer >= 1")
