@@ -62,10 +62,19 @@ class StressSpec:
     corruption_seed: int
     faithfulness_samples: int  # test images used for Grad-CAM deletion/insertion curves
     train_embedding_samples: int  # training images whose embeddings are stored (nearest neighbours)
+    # Stress tests that are off unless a grid turns them on; {} = off. Left out of a run's identity
+    # while off, so that run ids of grids written before they existed do not change.
+    adversarial: dict[str, Any] = field(default_factory=dict)  # linf, l2 (eps lists), steps, samples
+    ood: dict[str, Any] = field(default_factory=dict)  # sets, samples
+    sanity: dict[str, Any] = field(default_factory=dict)  # samples
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> StressSpec:
         return cls(**d)
+
+
+#: StressSpec fields that are dropped from a run's identity while empty (off).
+OPTIONAL_STRESS = ("adversarial", "ood", "sanity")
 
 
 @dataclass(frozen=True)
@@ -154,6 +163,9 @@ class RunSpec:
         del d["paths"]
         del d["sweep"]
         del d["runtime"]
+        for key in OPTIONAL_STRESS:
+            if not d["stress"][key]:
+                del d["stress"][key]
         return d
 
     @functools.cached_property

@@ -98,6 +98,19 @@ STRESS_KEYS: dict[str, Param] = {
     "seed": Param(0, 0, 2**31 - 1),
     "faithfulness_samples": Param(200, 0, 10_000),
     "train_embedding_samples": Param(1000, 0, 100_000),
+    # adversarial robustness: PGD (Madry et al.) on a fixed sample of test images
+    "adversarial": Param(False, doc="attack a fixed sample of test images with PGD"),
+    "adversarial_linf": Param([0, 1, 2, 4, 8], doc="L-infinity radii in 1/255 units, 0..64"),
+    "adversarial_l2": Param([], doc="L2 radii (pixels in [0, 1]), 0..16; [] = no L2 attack"),
+    "adversarial_steps": Param(10, 1, 1000, doc="PGD steps (step size 2.5 * eps / steps)"),
+    "adversarial_samples": Param(1000, 1, 100_000, doc="test images attacked (the same for every run)"),
+    # out-of-distribution detection and selective prediction
+    "ood": Param(False, doc="score out-of-distribution sets (and selective prediction on the test set)"),
+    "ood_sets": Param([], doc="names; [] = every set offered for the dataset whose files are present"),
+    "ood_samples": Param(1000, 1, 100_000, doc="images per generated set (at most this many of a CIFAR set)"),
+    # explanation sanity check: cascading model-parameter randomisation (Adebayo et al. 2018)
+    "sanity": Param(False, doc="Grad-CAM after re-initialising the model block by block from the output down"),
+    "sanity_samples": Param(100, 1, 10_000, doc="test images whose maps are compared"),
 }
 REPORT_KEYS: dict[str, Param] = {
     "confidence_threshold": Param(0.7, 0.01, 0.999),
@@ -124,6 +137,56 @@ SLURM_KEYS: dict[str, Param] = {
     "setup": Param([], doc="shell lines run before each task"),
     "additional": Param({}, doc="extra sbatch options, name -> value"),
 }
+
+
+def _radii(v: "_Validator", value: Any, path: str, hi: float) -> list[float | int]:
+    """A sorted list of distinct attack radii in [0, hi] (integers stay integers: they name keys)."""
+    if not isinstance(value, list) or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in value):
+        raise v.fail(path, f"must be a list of numbers in [0, {hi:g}], got {value!r}"[:300])
+    for x in value:
+        if not math.isfinite(x) or x < 0 or x > hi:
+            raise v.fail(path, f"{x!r} is out of range [0, {hi:g}]")
+    if len({float(x) for x in value}) != len(value):
+        raise v.fail(path, f"has duplicates: {value}")
+    return sorted(int(x) if float(x).is_integer() else float(x) for x in value)
+
+
+def _optional_stress(v: "_Validator", stress: dict[str, Any], dataset: str | None,
+                     data_root: str) -> dict[str, dict[str, Any]]:
+    """The adversarial / ood / sanity parts of StressSpec: {} for each one that is off."""
+    out: dict[str, dict[str, Any]] = {"adversarial": {}, "ood": {}, "sanity": {}}
+    if stress["adversarial"]:
+        linf = _radii(v, stress["adversarial_linf"], "[stress].adversarial_linf", 64)
+        l2 = _radii(v, stress["adversarial_l2"], "[stress].adversarial_l2", 16)
+        if not linf and not l2:
+            raise v.fail("[stress].adversarial_linf", "and [stress].adversarial_l2 are both empty: nothing to attack "
+                                                      "(set adversarial = false to turn the attack off)")
+        out["adversarial"] = {"linf": linf, "l2": l2, "steps": stress["adversarial_steps"],
+                              "samples": stress["adversarial_samples"]}
+    if stress["ood"]:
+        from . import oodsets  # numpy only; loaded when a grid asks for OOD sets
+
+        offered = oodsets.sets_for(dataset) if dataset in catalog.DATASETS else []
+        sets = stress["ood_sets"]
+        if not isinstance(sets, list) or not all(isinstance(x, str) for x in sets):
+            raise v.fail("[stress].ood_sets", f"must be a list of set names, got {sets!r}"[:300])
+        for name in sets:
+            if name not in offered:
+                raise v.fail("[stress].ood_sets", f"{name!r} is not an out-of-distribution set for {dataset}"
+                                                  f"{_suggest(name, offered)}; allowed: {', '.join(offered)}"[:400])
+        if len(set(sets)) != len(sets):
+            raise v.fail("[stress].ood_sets", f"has duplicates: {sets}")
+        if sets:
+            missing = [n for n in sets if n not in oodsets.available_sets(dataset, data_root)]
+            if missing:
+                raise v.fail("[stress].ood_sets", f"{missing[0]!r} needs the {missing[0]} test files under {data_root}; "
+                                                  f"fetch them with: python launch.py --download {missing[0]}")
+        else:  # every set whose files are here (the CIFAR ones only when downloaded)
+            sets = oodsets.available_sets(dataset, data_root)
+        out["ood"] = {"sets": [n for n in offered if n in sets], "samples": stress["ood_samples"]}
+    if stress["sanity"]:
+        out["sanity"] = {"samples": stress["sanity_samples"]}
+    return out
 
 
 # ------------------------------------------------------------------------------------------------
@@ -275,6 +338,7 @@ def expand(
         corruption_seed=stress["seed"],
         faithfulness_samples=stress["faithfulness_samples"],
         train_embedding_samples=stress["train_embedding_samples"],
+        **_optional_stress(v, stress, _merge(BASE_DEFAULTS, base_raw).get("dataset"), data_abs),
     )
 
     runs: list[RunSpec] = []

@@ -69,6 +69,10 @@ _NAME_SEG = r"[a-z0-9_]+"
 _PLACEHOLDERS: dict[str, str] = {
     "<corruption>": _NAME_SEG,
     "<severity>": r"[1-5]",
+    "<norm>": r"(?:linf|l2)",
+    "<eps>": r"[0-9][0-9.e+-]*",  # the radius as written in the grid (linf in 1/255 units)
+    "<set>": _NAME_SEG,
+    "<step>": r"[0-9]{2}_[a-z0-9_]+",  # NN_block: the order of the cascade, then what was re-initialised
     # only as the last segment of an optional-prefix field: one or more segments
     "<name>": rf"{_NAME_SEG}(?:/{_NAME_SEG})*",
 }
@@ -131,6 +135,14 @@ SCHEMA: tuple[Field, ...] = (
     Field("train_subset/embedding", "float16", ("T", "D"), bundle="train_subset", chunked=True, doc="penultimate activations"),
     Field("stress/<corruption>/<severity>/logits", "float16", ("N", "C"), check="logits", chunked=True,
           doc="logits on the corrupted test set"),
+    Field("adversarial/positions", "int32", ("M",), doc="rows of /test attacked (the same for every run of a sweep)"),
+    Field("adversarial/<norm>/<eps>/logits", "float32", ("M", "C"), check="logits", chunked=True,
+          doc="logits after the PGD attack of that norm and radius"),
+    Field("ood/<set>/logits", "float32", None, check="logits", chunked=True,
+          doc="logits on an out-of-distribution set (K, C); K differs between sets"),
+    Field("sanity/positions", "int32", ("S",), doc="rows of /test whose Grad-CAM maps are re-computed"),
+    Field("sanity/randomization/<step>/gradcam", "float16", ("S", "h", "w"), chunked=True,
+          doc="Grad-CAM after cascading re-initialisation up to this step (00_trained: none)"),
     *(Field(f"{prefix}/<name>", dt, None, chunked=True, doc=f"optional {prefix} array")
       for prefix, dt in OPTIONAL_PREFIXES.items()),
 )
@@ -151,6 +163,8 @@ ROOT_ATTRS: dict[str, str] = {
 # precision: AMP on/off and dtype, and the float32 and determinism settings in force (TF32 off).
 OPTIONAL_ROOT_ATTRS: dict[str, str] = {
     "precision": "json",
+    # ood_sets: set name -> what the set is (kind near/far, description, count, seed, source)
+    "ood_sets": "json",
 }
 
 
@@ -172,6 +186,25 @@ def _group_regexes(template: str) -> list[re.Pattern[str]]:
 
 _FIELD_RES: tuple[tuple[Field, re.Pattern[str]], ...] = tuple((f, _template_regex(f.template)) for f in SCHEMA)
 _GROUP_RES: tuple[re.Pattern[str], ...] = tuple(r for f in SCHEMA for r in _group_regexes(f.template))
+
+
+def eps_text(eps: float) -> str:
+    """An attack radius as written in a key: 8 -> "8", 0.25 -> "0.25" (ints stay ints)."""
+    return str(int(eps)) if float(eps).is_integer() else repr(float(eps))
+
+
+def adversarial_key(norm: str, eps: float) -> str:
+    return f"adversarial/{norm}/{eps_text(eps)}/logits"
+
+
+def ood_key(name: str) -> str:
+    return f"ood/{name}/logits"
+
+
+def sanity_key(step: int, block: str) -> str:
+    """Grad-CAM after step ``step`` of the cascade (0: the trained model), ``block`` its last
+    re-initialised block; the number keeps the order (HDF5 lists groups alphabetically)."""
+    return f"sanity/randomization/{step:02d}_{block}/gradcam"
 
 
 def field_for(key: str) -> Field | None:

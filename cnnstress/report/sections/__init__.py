@@ -30,7 +30,10 @@ MODULES: tuple[str, ...] = (
     "neighbours",
     "calibration",
     "robustness",
+    "adversarial",
+    "ood",
     "faithfulness",
+    "sanity",
     "shortcut",
     "files",
 )
