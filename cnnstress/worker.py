@@ -25,7 +25,7 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
-from . import data, store
+from . import attacks, data, oodsets, randomize, store
 from .layout import (BEST_FILE, DONE_NAME, EXIT_BUSY, EXIT_DONE, EXIT_FAILED, EXIT_USAGE, HISTORY_KEYS, LOG_FILE,
                      PROGRESS_FILE, RUNS_DIR, SPEC_FILE)
 from .claims import RunBusy, claim
@@ -400,6 +400,10 @@ def _train_and_publish(spec: RunSpec, run_dir: Path, log: RunLog) -> dict[str, A
 
     t_pred = time.time()
     arrays = _predictions(spec, model, layer, splits, train, val, test, mean, std, precision, cl, log)
+    ood_sets = None
+    if spec.stress.ood:
+        ood_arrays, ood_sets = _ood_logits(spec, model, device, mean, std, precision, cl, log)
+        arrays.update(ood_arrays)
     predict_seconds = time.time() - t_pred
     for key in HISTORY_KEYS:
         arrays[f"history/{key}"] = np.asarray(history[key], dtype=np.int32 if key == "epoch" else np.float64)
@@ -411,6 +415,8 @@ def _train_and_publish(spec: RunSpec, run_dir: Path, log: RunLog) -> dict[str, A
         "precision": {"amp": precision.enabled, "amp_dtype": str(precision.dtype).replace("torch.", "")
                       if precision.enabled else "none", "head": "float32", **precision_attrs},
     }
+    if ood_sets is not None:
+        attrs["ood_sets"] = ood_sets
     sha = store.publish_results(run_dir, arrays, attrs)
     summary = {
         "test_accuracy": test_acc, "val_accuracy": history["val_acc"][-1] if history["val_acc"] else None,
@@ -479,6 +485,70 @@ def _predictions(spec: RunSpec, model, layer, splits: data.Splits, train: Device
             out[f"faithfulness/deletion_{label}"] = dele.cpu().numpy()
             out[f"faithfulness/insertion_{label}"] = ins.cpu().numpy()
         out["faithfulness/positions"] = pos.astype(np.float32)
+
+    if st.adversarial:
+        out.update(_adversarial(spec, model, test, mean, std, precision, cl, log))
+    if st.sanity:
+        out.update(_sanity(spec, model, test, preds, mean, std, cl, log))
+    return out
+
+
+def _sample(n: int, count: int, seed: int) -> np.ndarray:
+    """``count`` sorted positions of ``range(n)``, the same for every run of a sweep (``seed`` is
+    the sweep's [stress].seed)."""
+    return np.sort(np.random.default_rng(seed).permutation(n)[:min(count, n)])
+
+
+def _adversarial(spec: RunSpec, model, test: DeviceData, mean, std, precision: Precision, cl: bool,
+                 log: RunLog) -> dict[str, np.ndarray]:
+    """PGD (attacks.attack_sweep) on a fixed sample of test images, every norm and radius of the grid."""
+    adv, st = spec.stress.adversarial, spec.stress
+    pos = attacks.attack_positions(len(test), adv["samples"], st.corruption_seed)
+    tpos = torch.from_numpy(pos).to(test.x.device)
+    norms = {norm: adv[norm] for norm in attacks.NORMS if adv.get(norm)}
+    t0 = time.time()
+    found = attacks.attack_sweep(model, test.x[tpos], test.y[tpos], mean, std, precision, norms=norms,
+                                 seed=st.corruption_seed, steps=adv["steps"],
+                                 batch_size=min(spec.train.eval_batch_size, 256), channels_last=cl)
+    out = {"adversarial/positions": pos.astype(np.int32)}
+    labels = test.y[tpos]
+    for (norm, eps), logits in found.items():
+        out[store.adversarial_key(norm, eps)] = logits.float().cpu().numpy()
+    accs = ", ".join(f"{norm} {store.eps_text(eps)}: {float((lg.argmax(1) == labels).float().mean()):.3f}"
+                     for (norm, eps), lg in found.items())
+    log(f"PGD ({adv['steps']} steps) on {len(pos)} test images in {time.time() - t0:.0f}s; accuracy {accs}")
+    return out
+
+
+def _ood_logits(spec: RunSpec, model, device: torch.device, mean, std, precision: Precision, cl: bool,
+                log: RunLog) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Logits on every out-of-distribution set of the grid, and what each set is (root attribute)."""
+    out: dict[str, np.ndarray] = {}
+    described: dict[str, Any] = {}
+    for name in spec.stress.ood["sets"]:
+        x, attrs = oodsets.load_ood_set(name, spec.dataset.name, spec.paths.data_root, spec.stress.ood["samples"],
+                                        spec.stress.corruption_seed)
+        logits, _ = predict(model, torch.from_numpy(x).to(device), mean, std, precision, spec.train.eval_batch_size, cl)
+        out[store.ood_key(name)] = logits.float().cpu().numpy()
+        described[name] = {k: v for k, v in attrs.items() if isinstance(v, (str, int, float, bool))}
+    log(f"scored {len(out)} out-of-distribution sets: {', '.join(spec.stress.ood['sets'])}")
+    return out, described
+
+
+def _sanity(spec: RunSpec, model, test: DeviceData, preds, mean, std, cl: bool, log: RunLog) -> dict[str, np.ndarray]:
+    """Grad-CAM after cascading re-initialisation (randomize.cascading_randomization), for the trained
+    model's predicted classes on a fixed sample of test images."""
+    st = spec.stress
+    pos = _sample(len(test), st.sanity["samples"], st.corruption_seed)
+    tpos = torch.from_numpy(pos).to(test.x.device)
+    g = torch.Generator().manual_seed(st.corruption_seed)
+    steps = randomize.cascading_randomization(model, spec.gradcam_layer, test.x[tpos], preds[tpos], mean, std,
+                                              generator=g, batch_size=min(spec.train.eval_batch_size, 256),
+                                              channels_last=cl)
+    out = {"sanity/positions": pos.astype(np.int32)}
+    for i, (name, maps) in enumerate(steps):
+        out[store.sanity_key(i, name)] = maps
+    log(f"sanity check: Grad-CAM after {len(steps) - 1} cascading re-initialisations ({', '.join(n for n, _ in steps[1:])})")
     return out
 
 

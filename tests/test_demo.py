@@ -18,7 +18,9 @@ from conftest import REPO
 pytestmark = pytest.mark.slow
 
 SHRINK = ["--set", "epochs=2", "--set", "dataset_options.n_train=500", "--set", "dataset_options.n_test=200",
-          "--set", "stress.faithfulness_samples=20", "--set", "stress.train_embedding_samples=50"]
+          "--set", "stress.faithfulness_samples=20", "--set", "stress.train_embedding_samples=50",
+          "--set", "stress.adversarial_samples=20", "--set", "stress.adversarial_steps=3",
+          "--set", "stress.ood_samples=50", "--set", "stress.sanity_samples=10"]
 
 
 @pytest.fixture(scope="module")
@@ -43,6 +45,14 @@ def test_demo_ends_with_a_report(demo):
     summary = json.loads((sweep / "report" / "summary.json").read_text())
     assert [r["status"] for r in summary["runs"]] == ["done"] * 4
     assert set(summary["variants"]) == {"baseline", "cropflip"}
+    # the demo turns on every stress section (issue 12): each shows up for every run
+    for run in summary["runs"]:
+        assert set(run["adversarial_accuracy"]["linf"]) == {"0", "1", "2", "4", "8"}
+        assert set(run["ood"]) == {"shapes_novel", "uniform_noise", "smooth_noise"}
+        assert run["aurc"] is not None and run["sanity_final_rank_correlation"] is not None
+    page = index.read_text()
+    for sec in ("adversarial", "ood", "sanity"):
+        assert f'<section id="{sec}">' in page and "not available" not in page.split(f'<section id="{sec}">')[1][:400]
     comp = summary["comparisons"][0]
     assert comp["corrected"] + comp["worsened"] + comp["both_wrong"] + comp["both_right"] == 2 * 200
 
