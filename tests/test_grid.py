@@ -217,3 +217,255 @@ def test_checkpoint_cadence_is_sweep_wide_and_not_part_of_the_run_id(tiny_grid):
         load_grid(tiny_grid, overrides=["grid.checkpoint_every_min=[0, 5]"])
     with pytest.raises(GridError, match=r"\[base\]\.checkpoint_every_min: -1 is out of range"):
         load_grid(tiny_grid, overrides=["checkpoint_every_min=-1"])
+
+
+# ---- [stress] adversarial / ood / sanity (issue 12) ------------------------------------------------
+
+
+def stress_raw(dataset: str = "shapes", **stress):
+    raw = base_raw(stress=stress)
+    raw["base"]["dataset"] = dataset
+    return raw
+
+
+@pytest.mark.parametrize("stress, expect", [
+    ({"adversarial": True, "adversarial_linf": [0, 65]}, "[stress].adversarial_linf: 65 is out of range [0, 64]"),
+    ({"adversarial": True, "adversarial_linf": [-1]}, "[stress].adversarial_linf: -1 is out of range [0, 64]"),
+    ({"adversarial": True, "adversarial_linf": [math.inf]}, "[stress].adversarial_linf: inf is out of range [0, 64]"),
+    ({"adversarial": True, "adversarial_l2": [0.5, 16.5]}, "[stress].adversarial_l2: 16.5 is out of range [0, 16]"),
+    ({"adversarial": True, "adversarial_linf": 8}, "[stress].adversarial_linf: must be a list of numbers in [0, 64], got 8"),
+    ({"adversarial": True, "adversarial_l2": ["1"]}, "[stress].adversarial_l2: must be a list of numbers in [0, 16], got ['1']"),
+    ({"adversarial": True, "adversarial_linf": [True]}, "[stress].adversarial_linf: must be a list of numbers in [0, 64]"),
+    ({"adversarial": True, "adversarial_linf": [8, 8.0]}, "[stress].adversarial_linf: has duplicates: [8, 8.0]"),
+    ({"adversarial": True, "adversarial_l2": [0.5, 1, 0.5]}, "[stress].adversarial_l2: has duplicates"),
+    ({"adversarial": True, "adversarial_linf": [], "adversarial_l2": []},
+     "[stress].adversarial_linf: and [stress].adversarial_l2 are both empty: nothing to attack"),
+    ({"adversarial": "yes"}, "[stress].adversarial: must be true or false"),
+    ({"adversarial": True, "adversarial_steps": 0}, "[stress].adversarial_steps: 0 is out of range"),
+    ({"adversarial": True, "adversarial_samples": 0}, "[stress].adversarial_samples: 0 is out of range"),
+    ({"ood": True, "ood_samples": 0}, "[stress].ood_samples: 0 is out of range"),
+    ({"sanity": True, "sanity_samples": 10_001}, "[stress].sanity_samples: 10001 is out of range"),
+    ({"sanity": 1}, "[stress].sanity: must be true or false"),
+    ({"ood": True, "ood_sets": "uniform_noise"}, "[stress].ood_sets: must be a list of set names, got 'uniform_noise'"),
+    ({"ood": True, "ood_sets": ["uniform_noise", "uniform_noise"]}, "[stress].ood_sets: has duplicates"),
+    ({"ood": True, "ood_sets": ["unifrom_noise"]},
+     "[stress].ood_sets: 'unifrom_noise' is not an out-of-distribution set for shapes (did you mean 'uniform_noise'?); "
+     "allowed: shapes_novel, uniform_noise, smooth_noise"),
+    ({"ood": True, "ood_sets": ["cifar10"]},  # a real set, but not one offered for shapes
+     "[stress].ood_sets: 'cifar10' is not an out-of-distribution set for shapes; allowed: shapes_novel, uniform_noise, "
+     "smooth_noise"),
+    ({"adversarial": True, "adversarial_lnf": [8]}, "[stress].adversarial_lnf: unknown key (did you mean 'adversarial_linf'?)"),
+])
+def test_new_stress_keys_are_validated_with_key_path_and_allowed_values(stress, expect):
+    assert expect in err(stress_raw(**stress))
+
+
+def test_ood_set_of_the_other_cifar_needs_its_file(tmp_path: Path):
+    from fake_cifar import write_fake_cifar
+
+    msg = err(stress_raw("cifar10", ood=True, ood_sets=["cifar100", "uniform_noise"]), data_root=tmp_path)
+    assert "[stress].ood_sets: 'cifar100' needs the cifar100 test files under" in msg
+    assert str(tmp_path) in msg and msg.endswith("python launch.py --download cifar100")
+    # not offered for cifar10 at all: the other way round
+    assert "'cifar10' is not an out-of-distribution set for cifar10" in err(
+        stress_raw("cifar10", ood=True, ood_sets=["cifar10"]), data_root=tmp_path)
+    # with the file present the same grid expands
+    write_fake_cifar(tmp_path, "cifar100", n_train=10, n_test=20)
+    g = expand(stress_raw("cifar10", ood=True, ood_sets=["uniform_noise", "cifar100"]), data_root=tmp_path)
+    assert g.runs[0].stress.ood == {"sets": ["cifar100", "uniform_noise"], "samples": 1000}
+
+
+def test_empty_ood_sets_resolve_to_the_available_sets_in_registry_order(tmp_path: Path):
+    from cnnstress import oodsets
+    from fake_cifar import write_fake_cifar
+
+    shapes = expand(stress_raw(ood=True, ood_samples=16), data_root=tmp_path).runs[0].stress.ood
+    assert shapes == {"sets": oodsets.available_sets("shapes", tmp_path), "samples": 16}
+    assert shapes["sets"] == ["shapes_novel", "uniform_noise", "smooth_noise"]  # OOD_SETS order, written out
+    # cifar10 without the CIFAR-100 file: only the generated sets; with it, cifar100 first (registry order)
+    assert expand(stress_raw("cifar10", ood=True), data_root=tmp_path).runs[0].stress.ood["sets"] == [
+        "uniform_noise", "smooth_noise"]
+    write_fake_cifar(tmp_path, "cifar100", n_train=10, n_test=20)
+    assert oodsets.available_sets("cifar10", tmp_path) == ["cifar100", "uniform_noise", "smooth_noise"]
+    assert expand(stress_raw("cifar10", ood=True), data_root=tmp_path).runs[0].stress.ood["sets"] == [
+        "cifar100", "uniform_noise", "smooth_noise"]
+    # a list given in another order is put in registry order, so it names the same run
+    a = expand(stress_raw(ood=True, ood_sets=["smooth_noise", "shapes_novel"])).runs[0]
+    b = expand(stress_raw(ood=True, ood_sets=["shapes_novel", "smooth_noise"])).runs[0]
+    assert a.stress.ood["sets"] == ["shapes_novel", "smooth_noise"] and a.run_id == b.run_id
+
+
+def test_stress_spec_of_the_new_tests_when_on():
+    r = expand(stress_raw(adversarial=True, adversarial_linf=[8, 0, 2.5, 4.0], adversarial_l2=[1, 0.25],
+                          adversarial_steps=3, adversarial_samples=50, sanity=True, sanity_samples=7)).runs[0]
+    # sorted, integer-valued radii as ints (they name results.h5 keys), others as floats
+    assert r.stress.adversarial == {"linf": [0, 2.5, 4, 8], "l2": [0.25, 1], "steps": 3, "samples": 50}
+    assert [type(x) for x in r.stress.adversarial["linf"]] == [int, float, int, int]
+    assert r.stress.sanity == {"samples": 7} and r.stress.ood == {}
+    # the defaults of an attack turned on without radii: L-inf 0,1,2,4,8 /255, no L2
+    d = expand(stress_raw(adversarial=True)).runs[0].stress.adversarial
+    assert d == {"linf": [0, 1, 2, 4, 8], "l2": [], "steps": 10, "samples": 1000}
+    # only L2 is fine too
+    assert expand(stress_raw(adversarial=True, adversarial_linf=[], adversarial_l2=[0.5])).runs[0].stress.adversarial[
+        "linf"] == []
+
+
+def test_new_stress_tests_off_by_default_leave_run_ids_unchanged():
+    from cnnstress.config import RunSpec
+
+    runs = expand(base_raw(grid={"seed": [1, 2]})).runs
+    for r in runs:
+        assert (r.stress.adversarial, r.stress.ood, r.stress.sanity) == ({}, {}, {})
+        assert not {"adversarial", "ood", "sanity"} & set(r.identity()["stress"])
+        assert set(r.identity()["stress"]) == {"corruptions", "severities", "corruption_seed", "faithfulness_samples",
+                                               "train_embedding_samples"}
+        # a spec.json written before the keys existed
+        old = r.to_dict()
+        for key in ("adversarial", "ood", "sanity"):
+            del old["stress"][key]
+        back = RunSpec.from_dict(old)
+        assert back.run_id == r.run_id and back.spec_hash == r.spec_hash and back == r
+    # turning each one on makes another run; turning it on in two ways makes two different runs
+    base_ids = {r.run_id for r in runs}
+    ids = {}
+    for stress in ({"adversarial": True}, {"ood": True}, {"sanity": True},
+                   {"adversarial": True, "adversarial_steps": 5}, {"sanity": True, "sanity_samples": 5}):
+        new = expand(base_raw(grid={"seed": [1, 2]}, stress=stress)).runs
+        assert not {r.run_id for r in new} & base_ids, stress
+        assert [r.run_id.rsplit("-", 1)[0] for r in new] == [r.run_id.rsplit("-", 1)[0] for r in runs]  # prefix kept
+        ids[str(stress)] = new[0].run_id
+        assert set(new[0].identity()["stress"]) - set(runs[0].identity()["stress"]) == {next(iter(stress))}
+    assert len(set(ids.values())) == len(ids)
+    # the --set path: stress.adversarial=true changes the id; off again gives the old id
+    assert expand(base_raw(), overrides=["stress.adversarial=true"]).runs[0].run_id != expand(base_raw()).runs[0].run_id
+    assert expand(base_raw(), overrides=["stress.adversarial=false"]).runs[0].run_id == expand(base_raw()).runs[0].run_id
+    # radii only matter while the attack is on
+    assert expand(base_raw(stress={"adversarial_linf": [1]})).runs[0].run_id == expand(base_raw()).runs[0].run_id
+
+
+def test_new_stress_keys_through_a_grid_file(tmp_path: Path):
+    from conftest import tiny_grid_text
+
+    p = tmp_path / "g.toml"
+    p.write_text(tiny_grid_text(extra="adversarial = true\nadversarial_linf = [0, 8]\nadversarial_l2 = [0.5]\n"
+                                      "ood = true\nood_sets = []\nsanity = true\nsanity_samples = 8\n"))
+    r = load_grid(p, data_root=tmp_path / "data").runs[0]
+    assert r.stress.adversarial == {"linf": [0, 8], "l2": [0.5], "steps": 10, "samples": 1000}
+    assert r.stress.ood == {"sets": ["shapes_novel", "uniform_noise", "smooth_noise"], "samples": 1000}
+    assert r.stress.sanity == {"samples": 8}
+    from cnnstress.config import RunSpec
+
+    assert RunSpec.from_json(r.to_json()) == r and RunSpec.from_json(r.to_json()).run_id == r.run_id
+
+
+@pytest.mark.xfail(strict=True, reason="bug: with [stress].ood on, a misspelt [base].dataset reaches "
+                   "oodsets.available_sets, whose data._check_dataset raises a bare ValueError('unknown dataset "
+                   "...') instead of the GridError naming [base].dataset that the same grid gives with ood off")
+def test_misspelt_dataset_with_ood_on_is_still_a_grid_error():
+    # the control: with ood off the grid error names the key (this part passes today)
+    assert "[base].dataset: 'shapez' is not allowed (did you mean 'shapes'?)" in err(stress_raw("shapez"))
+    assert "[base].dataset: 'shapez' is not allowed (did you mean 'shapes'?)" in err(stress_raw("shapez", ood=True))
+
+
+@pytest.mark.xfail(strict=True, reason="bug: ood_sets = [] is resolved against the files under the data root each "
+                   "time the grid is expanded and the resolved list is part of the run id, so downloading cifar100 "
+                   "after a launch changes every run id that load_sweep_grid (gather, --status) computes")
+def test_run_ids_of_a_launched_sweep_do_not_depend_on_files_downloaded_later(tmp_path: Path):
+    import json
+
+    from cnnstress.grid import load_sweep_grid
+    from fake_cifar import write_fake_cifar
+
+    data_root = tmp_path / "data"
+    sweep = tmp_path / "out" / "g"
+    sweep.mkdir(parents=True)
+    (sweep / "grid.toml").write_text('name = "g"\n[base]\ndataset = "cifar10"\nmodel = "simple_cnn"\nepochs = 2\n'
+                                     "[stress]\nood = true\n")
+    (sweep / "launch.json").write_text(json.dumps({"overrides": [], "data_root": str(data_root)}))
+    before = load_sweep_grid(sweep).runs
+    assert before[0].stress.ood["sets"] == ["uniform_noise", "smooth_noise"]
+    write_fake_cifar(data_root, "cifar100", n_train=10, n_test=20)  # e.g. launch.py --download cifar100
+    assert [r.run_id for r in load_sweep_grid(sweep).runs] == [r.run_id for r in before]
+
+
+# ---- [stress].source: the official CIFAR-10-C / CIFAR-100-C files (issue 13) ----------------------
+
+
+def official_raw(dataset: str = "cifar10", **stress):
+    raw = base_raw(stress={"source": "official", **stress})
+    raw["base"]["dataset"] = dataset
+    return raw
+
+
+@pytest.fixture
+def c_root(tmp_path: Path) -> Path:
+    """A data root (spaces and quotes in its name) holding fake CIFAR-10-C files (only looked for)."""
+    import numpy as np
+
+    from test_cifar_c import write_fake_cifar_c
+
+    root = tmp_path / "data \"root\" it's"
+    write_fake_cifar_c(root, "cifar10", labels=np.arange(20) % 10)
+    return root
+
+
+def test_source_generated_is_the_default_and_leaves_run_ids_unchanged(c_root: Path):
+    import json
+
+    from cnnstress.config import RunSpec
+
+    plain = expand(base_raw(stress={"corruptions": ["contrast"]})).runs[0]
+    same = expand(base_raw(stress={"corruptions": ["contrast"], "source": "generated"})).runs[0]
+    assert plain.stress.source == "generated" and "source" not in plain.identity()["stress"]
+    assert same.run_id == plain.run_id
+    # a spec.json written before the key existed reads as generated, with the same id
+    d = json.loads(plain.to_json())
+    del d["stress"]["source"]
+    assert RunSpec.from_dict(d) == plain and RunSpec.from_dict(d).run_id == plain.run_id
+    official = expand(official_raw(corruptions=["fog"]), data_root=c_root).runs[0]
+    generated = expand(official_raw(corruptions=["fog"], source="generated"), data_root=c_root).runs[0]
+    assert official.identity()["stress"]["source"] == "official"
+    assert official.run_id != generated.run_id
+    assert RunSpec.from_json(official.to_json()) == official
+
+
+def test_official_source_takes_the_19_published_names(c_root: Path):
+    from cnnstress import cifar_c
+
+    runs = expand(official_raw(corruptions=["all"]), data_root=c_root).runs
+    assert runs[0].stress.corruptions == list(cifar_c.CORRUPTIONS) and len(cifar_c.CORRUPTIONS) == 19
+    picked = expand(official_raw(corruptions=["saturate", "jpeg_compression", "snow"]), data_root=c_root).runs[0]
+    assert picked.stress.corruptions == ["snow", "jpeg_compression", "saturate"]  # the published order
+    msg = err(official_raw(corruptions=["jpeg"]), data_root=c_root)
+    assert "[stress].corruptions: 'jpeg' is not an official CIFAR-C corruption" in msg
+    assert "jpeg_compression" in msg and "elastic_transform" in msg
+    assert "has duplicates" in err(official_raw(corruptions=["fog", "fog"]), data_root=c_root)
+
+
+def test_official_source_needs_cifar_and_its_files(c_root: Path, tmp_path: Path):
+    msg = err(official_raw("shapes", corruptions=["fog"]), data_root=c_root)
+    assert "[stress].source" in msg and "cifar10 and cifar100 only, not shapes" in msg
+    empty = tmp_path / "no files here"
+    msg = err(official_raw(corruptions=["fog"]), data_root=empty)
+    assert "[stress].source" in msg and "python launch.py --download cifar10-c" in msg
+    assert str(empty / "CIFAR-10-C" / "labels.npy") in msg
+    msg = err(official_raw("cifar100", corruptions=["fog"]), data_root=c_root)
+    assert "CIFAR-100-C" in msg and "--download cifar100-c" in msg
+    assert expand(official_raw(corruptions=[]), data_root=empty).runs[0].stress.source == "official"  # nothing to read
+
+
+def test_source_values_and_names_that_belong_to_the_other_source():
+    msg = err(base_raw(stress={"source": "cifar-c"}))
+    assert "[stress].source" in msg and "'generated' | 'official'" in msg
+    msg = err(base_raw(stress={"corruptions": ["snow"]}))
+    assert "'snow' is a corruption of the official CIFAR-C files" in msg and 'source = "official"' in msg
+
+
+def test_official_source_through_a_grid_file_and_set(c_root: Path, tmp_path: Path):
+    grid = tmp_path / "g.toml"
+    grid.write_text('name = "g"\n[base]\ndataset = "cifar10"\nmodel = "simple_cnn"\nepochs = 1\n'
+                    '[stress]\nsource = "official"\ncorruptions = ["fog", "spatter"]\n')
+    g = load_grid(grid, data_root=c_root)
+    assert g.runs[0].stress.source == "official" and g.runs[0].stress.corruptions == ["fog", "spatter"]
+    g = load_grid(grid, data_root=c_root, overrides=["stress.source=generated", "stress.corruptions=[\"contrast\"]"])
+    assert g.runs[0].stress.source == "generated"

@@ -15,7 +15,7 @@ import pytest
 from rich.console import Console
 
 import synth
-from cnnstress import gather
+from cnnstress import gather, store
 from cnnstress.analysis import metrics
 from cnnstress.report import html as report_html
 from cnnstress.report import sections
@@ -172,3 +172,286 @@ def test_sections_load_no_matplotlib_and_no_torch() -> None:
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+# ---- the issue-12 sections: adversarial, ood (+ selective prediction), sanity ---------------------
+#
+# A synthetic sweep (synth.make_sweep) whose finished runs are republished with /adversarial, /ood
+# and /sanity arrays of known content; every number in summary.json is recomputed here from those
+# arrays by the plainest method (argmax counts, pairwise AUROC, loop ranks), not through analysis/.
+
+ADV_M, SAN_S = 40, 10
+ADV_LINF = (0, 2, 8)  # plus L2 0.5 without a stored eps 0: the section falls back on the clean test logits
+OOD_K = {"uniform_noise": 30, "smooth_noise": 25}
+SAN_STEPS = ("trained", "head", "block3", "block2")
+T_975_DF1 = 12.706204736174698  # Student t, 97.5% quantile, 1 degree of freedom (two seeds)
+
+
+def _planted_logits(rng: np.random.Generator, labels: np.ndarray, right: np.ndarray, c: int) -> np.ndarray:
+    """(M, C) float32 logits whose argmax is the label exactly where ``right`` (unique maxima)."""
+    m = labels.shape[0]
+    target = np.where(right, labels, (labels + 1 + rng.integers(0, c - 1, m)) % c)
+    x = rng.normal(0.0, 1.0, (m, c))
+    x[np.arange(m), target] = x.max(axis=1) + 0.5 + rng.random(m)
+    return x.astype(np.float32)
+
+
+def _planted_counts(variant_index: int, seed_index: int) -> dict[tuple[str, float], int]:
+    """How many of the ADV_M attacked images stay right at each (norm, eps) (eps 0: from the test logits)."""
+    base = 4 * variant_index + seed_index
+    return {("linf", 2): 20 + base, ("linf", 8): 2 + base, ("l2", 0.5): 12 + base}
+
+
+def _add_new_arrays(s: synth.Synth) -> dict[str, dict]:
+    """Republish every finished run of ``s`` with the issue-12 arrays; returns what was planted per run id."""
+    rng = np.random.default_rng(7)
+    n = s.labels.shape[0]
+    adv_pos = np.sort(rng.permutation(n)[:ADV_M])  # the same sample in every run, as the worker draws it
+    san_pos = np.sort(rng.permutation(n)[:SAN_S])
+    variants = list(s.grid.variants)
+    seeds = sorted({r.spec.seed for r in s.runs})
+    planted = {}
+    for run in s.runs:
+        if run.status != "done":
+            continue
+        vi, si = variants.index(run.spec.variant), seeds.index(run.spec.seed)
+        c = run.spec.num_classes
+        r_rng = np.random.default_rng(1000 + 10 * vi + si)
+        labels = s.labels[adv_pos]
+        new = {"adversarial/positions": adv_pos.astype(np.int32),
+               "adversarial/linf/0/logits": run.arrays["test/logits"][adv_pos]}
+        for (norm, eps), k in _planted_counts(vi, si).items():
+            right = np.zeros(ADV_M, bool)
+            right[r_rng.permutation(ADV_M)[:k]] = True
+            new[f"adversarial/{norm}/{eps:g}/logits"] = _planted_logits(r_rng, labels, right, c)
+        # OOD: uniform_noise scores 1/C exactly (all-zero logits), below every test image's MSP; smooth_noise overlaps
+        new["ood/uniform_noise/logits"] = np.zeros((OOD_K["uniform_noise"], c), np.float32)
+        new["ood/smooth_noise/logits"] = (r_rng.normal(0.0, 2.0, (OOD_K["smooth_noise"], c))).astype(np.float32)
+        # sanity: baseline's maps never change (a method blind to the weights); the other variant's are random
+        ref = r_rng.random((SAN_S, synth.MAP_SIZE, synth.MAP_SIZE)).astype(np.float16)
+        new["sanity/positions"] = san_pos.astype(np.int32)
+        for i, step in enumerate(SAN_STEPS):
+            maps = ref if (i == 0 or vi == 0) else r_rng.random(ref.shape).astype(np.float16)
+            new[f"sanity/randomization/{i:02d}_{step}/gradcam"] = maps
+        arrays = {**run.arrays, **new}
+        ood_attr = {name: {"name": name, "kind": "far", "description": f"planted {name}", "count": k}
+                    for name, k in OOD_K.items()}
+        attrs = {"run_id": run.spec.run_id, "spec": run.spec.to_dict(), "variant": run.spec.variant,
+                 "seed": run.spec.seed, "versions": {"synthetic": True}, "device": "none", "git_sha": "synthetic",
+                 "timings": {}, "ood_sets": ood_attr}
+        sha = store.publish_results(run.run_dir, arrays, attrs)
+        store.write_done(run.run_dir, {"test_accuracy": 0.0}, sha)
+        run.arrays = arrays
+        planted[run.run_id] = {"counts": _planted_counts(vi, si), "adv_pos": adv_pos, "san_pos": san_pos}
+    return planted
+
+
+@pytest.fixture(scope="module")
+def new_sweep(tmp_path_factory):
+    s = synth.make_sweep(tmp_path_factory.mktemp("new sections") / "s w", n_test=120, seeds=(1, 2), corruptions=(),
+                         val=False, train_subset=False, faithfulness=False)
+    planted = _add_new_arrays(s)
+    index, summary, page = _gather(s, figures=True)
+    return s, planted, index, summary, page
+
+
+def _softmax64(x: np.ndarray) -> np.ndarray:
+    x = x.astype(np.float64)
+    e = np.exp(x - x.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def _scores(logits: np.ndarray) -> dict[str, np.ndarray]:
+    x = logits.astype(np.float64)
+    return {"msp": _softmax64(x).max(axis=1), "max_logit": x.max(axis=1),
+            "energy": np.log(np.exp(x).sum(axis=1))}
+
+
+def _auroc_pairs(s_in: np.ndarray, s_out: np.ndarray) -> float:
+    """P(in > out) + P(in == out) / 2, by counting every pair."""
+    gt = (s_in[:, None] > s_out[None, :]).sum()
+    eq = (s_in[:, None] == s_out[None, :]).sum()
+    return float((gt + 0.5 * eq) / (s_in.size * s_out.size))
+
+
+def _fpr95(s_in: np.ndarray, s_out: np.ndarray) -> float:
+    """Share of out-samples accepted (>= t) at the largest threshold t that accepts >= 95% of in-samples."""
+    t = max(v for v in s_in if np.mean(s_in >= v) >= 0.95)
+    return float(np.mean(s_out >= t))
+
+
+def _ap(pos: np.ndarray, neg: np.ndarray) -> float:
+    """Average precision: the mean over positives of the precision among samples scoring at least as high."""
+    allv = np.concatenate([pos, neg])
+    return float(np.mean([np.sum(pos >= p) / np.sum(allv >= p) for p in pos]))
+
+
+def _aurc(logits: np.ndarray, labels: np.ndarray) -> float:
+    conf = _softmax64(logits).max(axis=1)
+    assert np.unique(conf).size == conf.size, "the plain computation assumes no tied confidences"
+    wrong = (np.argmax(logits, axis=1) != labels)[np.argsort(-conf)]
+    return float(np.mean([wrong[:k].mean() for k in range(1, wrong.size + 1)]))
+
+
+def _ranks(v: np.ndarray) -> np.ndarray:
+    """1-based ranks, ties sharing their mean rank, by counting."""
+    return np.array([np.sum(v < x) + (np.sum(v == x) + 1) / 2.0 for x in v])
+
+
+def _spearman(a: np.ndarray, b: np.ndarray) -> float:
+    ra, rb = _ranks(a.astype(np.float64).ravel()), _ranks(b.astype(np.float64).ravel())
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
+def _body(page: str, sid: str) -> str:
+    return page.split(f'<section id="{sid}">', 1)[1].split("</section>", 1)[0]
+
+
+def test_adversarial_numbers_against_argmax_counts(new_sweep) -> None:
+    s, planted, _, summary, page = new_sweep
+    runs = {r["run_id"]: r for r in summary["runs"]}
+    per_variant: dict[str, list[float]] = {}
+    for run in s.runs:
+        row, p = runs[run.run_id], planted[run.run_id]
+        labels = s.labels[p["adv_pos"]]
+        want = {"linf": {}, "l2": {}}
+        for key, logits in run.arrays.items():
+            parts = key.split("/")
+            if parts[0] == "adversarial" and parts[-1] == "logits":
+                want[parts[1]][parts[2]] = float(np.mean(np.argmax(logits, axis=1) == labels))
+        want["l2"]["0"] = float(np.mean(np.argmax(run.arrays["test/logits"][p["adv_pos"]], axis=1) == labels))
+        assert set(row["adversarial_accuracy"]) == set(want)
+        for norm in want:
+            assert row["adversarial_accuracy"][norm] == pytest.approx(want[norm], abs=1e-12), norm
+        # the planted counts, and the headline 8/255
+        for (norm, eps), k in p["counts"].items():
+            assert row["adversarial_accuracy"][norm][f"{eps:g}"] == k / ADV_M
+        assert row["robust_accuracy_linf_8"] == p["counts"][("linf", 8)] / ADV_M
+        per_variant.setdefault(run.spec.variant, []).append(row["robust_accuracy_linf_8"])
+    for variant, values in per_variant.items():
+        got = summary["variants"][variant]["robust_accuracy_linf_8"]
+        mean, half = float(np.mean(values)), T_975_DF1 * float(np.std(values, ddof=1)) / np.sqrt(2)
+        assert got["mean"] == pytest.approx(mean, abs=1e-12) and got["upper_bound"] is True
+        assert got["ci95"] == pytest.approx([max(0.0, mean - half), min(1.0, mean + half)], rel=1e-6)
+        acc_mean = summary["variants"][variant]["adversarial_accuracy_mean"]
+        assert set(acc_mean) == {"linf", "l2"} and set(acc_mean["linf"]) == {"0", "2", "8"}
+    body = _body(page, "adversarial")
+    assert "<h2>Adversarial robustness (PGD)</h2>" in body and "Not available" not in body
+    assert f"same {ADV_M} test images" in body and "8/255" in body and 'id="fig-adversarial"' in body
+
+
+def test_ood_and_selective_numbers_against_pairwise_counts(new_sweep) -> None:
+    s, _, _, summary, page = new_sweep
+    runs = {r["run_id"]: r for r in summary["runs"]}
+    sums: dict[str, dict] = {}
+    for run in s.runs:
+        row = runs[run.run_id]
+        test_scores = _scores(run.arrays["test/logits"])
+        assert set(row["ood"]) == set(OOD_K)
+        for name in OOD_K:
+            out_scores = _scores(run.arrays[f"ood/{name}/logits"])
+            for score in ("msp", "max_logit", "energy"):
+                s_in, s_out = test_scores[score], out_scores[score]
+                got = row["ood"][name][score]
+                assert got["auroc"] == pytest.approx(_auroc_pairs(s_in, s_out), abs=1e-12), (name, score)
+                assert got["fpr95"] == pytest.approx(_fpr95(s_in, s_out), abs=1e-12), (name, score)
+                assert got["aupr_in"] == pytest.approx(_ap(s_in, s_out), abs=1e-9), (name, score)
+                assert got["aupr_out"] == pytest.approx(_ap(-s_out, -s_in), abs=1e-9), (name, score)
+                sums.setdefault(run.spec.variant, {}).setdefault((name, score), []).append(got["auroc"])
+        # planted: every test image's MSP is above 1/C, the all-zero logits' MSP
+        assert row["ood"]["uniform_noise"]["msp"]["auroc"] == 1.0
+        assert row["ood"]["uniform_noise"]["msp"]["fpr95"] == 0.0
+        assert 0.0 < row["ood"]["smooth_noise"]["msp"]["auroc"] < 1.0
+        assert row["aurc"] == pytest.approx(_aurc(run.arrays["test/logits"], s.labels), abs=1e-12)
+        sums.setdefault(run.spec.variant, {}).setdefault("aurc", []).append(row["aurc"])
+    for variant, got in sums.items():
+        v = summary["variants"][variant]
+        assert v["aurc_mean"] == pytest.approx(np.mean(got["aurc"]), abs=1e-12)
+        assert set(v["ood"]) == set(OOD_K)
+        for (name, score), values in ((k, x) for k, x in got.items() if k != "aurc"):
+            assert v["ood"][name][score]["auroc"] == pytest.approx(np.mean(values), abs=1e-12)
+        assert v["ood"]["uniform_noise"]["msp"]["auroc"] == 1.0
+    body = _body(page, "ood")
+    assert "uniform_noise (far-OOD, 30 images): planted uniform_noise" in body
+    assert 'id="fig-ood_histograms"' in body and 'id="fig-risk_coverage"' in body
+
+
+def test_sanity_numbers_and_verdicts(new_sweep) -> None:
+    s, planted, _, summary, page = new_sweep
+    runs = {r["run_id"]: r for r in summary["runs"]}
+    finals: dict[str, list[float]] = {}
+    for run in s.runs:
+        ref = run.arrays["sanity/randomization/00_trained/gradcam"]
+        last = run.arrays[f"sanity/randomization/{len(SAN_STEPS) - 1:02d}_{SAN_STEPS[-1]}/gradcam"]
+        want = float(np.mean([_spearman(ref[i], last[i]) for i in range(SAN_S)]))
+        got = runs[run.run_id]["sanity_final_rank_correlation"]
+        assert got == pytest.approx(want, abs=1e-9)
+        if run.spec.variant == "baseline":
+            assert got == pytest.approx(1.0, abs=1e-12)
+        else:
+            assert abs(got) < 0.5
+        finals.setdefault(run.spec.variant, []).append(got)
+    base, other = summary["variants"]["baseline"]["sanity"], summary["variants"]["cropflip"]["sanity"]
+    for v, values in (("baseline", base), ("cropflip", other)):
+        assert values["steps"] == list(SAN_STEPS)
+        assert values["rank_correlation"][0] == pytest.approx(1.0) and values["topk_overlap"][0] == pytest.approx(1.0)
+        assert values["rank_correlation"][-1] == pytest.approx(np.mean(finals[v]), abs=1e-12)
+    assert base["maps_stay_similar"] is True and other["maps_stay_similar"] is False
+    assert base["rank_correlation"] == pytest.approx([1.0] * 4) and base["topk_overlap"] == pytest.approx([1.0] * 4)
+    body = _body(page, "sanity")
+    assert "baseline: the maps still correlate 1.00" in body and "do not read its maps as explanations" in body
+    assert "cropflip: the correlation falls to" in body and "the sanity check passes" in body
+    assert any("baseline: Grad-CAM maps stay similar" in line and "they do not explain this model" in line
+               for line in summary["summary"])
+    assert not any(line.startswith("cropflip: Grad-CAM maps stay similar") for line in summary["summary"])
+    assert 'id="fig-sanity"' in body
+
+
+def test_new_sections_are_on_the_page_with_their_figures(new_sweep) -> None:
+    _, _, index, summary, page = new_sweep
+    for sid in ("adversarial", "ood", "sanity"):
+        assert f'<section id="{sid}">' in page and f'<a href="#{sid}">' in page
+        assert "Not available" not in _body(page, sid)
+    for name in ("adversarial", "ood_histograms", "risk_coverage", "sanity"):
+        png = index.parent / "figures" / f"{name}.png"
+        assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+    assert all(r["status"] == "done" for r in summary["runs"])
+
+
+@pytest.fixture(scope="module")
+def lacking_sweep(tmp_path_factory):
+    """Runs written before issue 12: no /adversarial, /ood or /sanity (figures drawn too: nothing may fail)."""
+    s = synth.make_sweep(tmp_path_factory.mktemp("old runs") / "old", n_test=100, variants=("baseline",), seeds=(1, 2),
+                         corruptions=(), val=False, train_subset=False, faithfulness=False)
+    index, summary, page = _gather(s, figures=True)
+    return s, index, summary, page
+
+
+def test_sweep_without_the_new_arrays_says_so(lacking_sweep) -> None:
+    s, index, summary, page = lacking_sweep
+    ids = ", ".join(r.run_id for r in s.runs)
+    for sid, key in (("adversarial", "adversarial/positions"), ("sanity", "sanity/positions")):
+        body = _body(page, sid)
+        assert f"Not available for 2 of 2 finished runs: their results.h5 lacks {key} ({ids})." in body
+        assert "No finished run has the arrays this section needs." in body
+    for row in summary["runs"]:
+        assert row["status"] == "done"
+        assert row["adversarial_accuracy"] is None and row["robust_accuracy_linf_8"] is None
+        assert row["sanity_final_rank_correlation"] is None
+        assert not row["ood"]  # no set scored; the selective-prediction part needs only the test logits
+        assert row["aurc"] == pytest.approx(_aurc(next(r for r in s.runs if r.run_id == row["run_id"]).arrays[
+            "test/logits"], s.labels), abs=1e-12)
+    v = summary["variants"]["baseline"]
+    assert v["robust_accuracy_linf_8"] is None and v["sanity"] is None and not v["ood"]
+    figures = index.parent / "figures"
+    assert not (figures / "adversarial.png").exists() and not (figures / "sanity.png").exists()
+    assert not (figures / "ood_histograms.png").exists() and (figures / "risk_coverage.png").is_file()
+
+
+@pytest.mark.xfail(strict=True, reason="bug: OodSection.reduce always returns a part (selective prediction needs "
+                   "only the test logits), so html's 'No run stored out-of-distribution logits' note is unreachable: "
+                   "a sweep without /ood shows an empty OOD table and the sentence 'Sets: .'")
+def test_ood_section_without_ood_arrays_says_none_were_stored(lacking_sweep) -> None:
+    body = _body(lacking_sweep[3], "ood")
+    assert "Sets: ." not in body
+    assert "No run stored out-of-distribution logits" in body

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 
-from cnnstress import store
+from cnnstress import oodsets, store
 from cnnstress.grid import load_grid
 from cnnstress.claims import RunBusy, claim, claim_holder
 from cnnstress.worker import run, run_dir_for
@@ -349,3 +349,145 @@ def test_flexible_cnn_with_projection_shortcuts_trains_on_the_cpu(tmp_path):
                          capture_output=True, text=True, timeout=300, env=env)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "channels_last off on the CPU" in (rd / "log.txt").read_text()
+
+
+# ---- [stress] adversarial / ood / sanity in a real run (issue 12) ---------------------------------
+
+NEW_STRESS = ("adversarial = true\nadversarial_linf = [0, 8]\nadversarial_l2 = [0.5]\nadversarial_steps = 2\n"
+              "adversarial_samples = 20\nood = true\nood_samples = 16\nsanity = true\nsanity_samples = 8\n")
+# what these tests do not look at, off to keep a run at a few seconds on two cores
+LEAN = ["stress.corruptions=[]", "stress.faithfulness_samples=0", "stress.train_embedding_samples=0",
+        "grid.seed=[1, 2]"]
+NEW_PREFIXES = ("adversarial/", "ood/", "sanity/")
+
+
+def _new_specs(tmp: Path):
+    """The baseline runs (seeds 1 and 2) of the tiny grid with the three new stress tests on."""
+    tmp.mkdir(parents=True, exist_ok=True)
+    grid = tmp / "g.toml"
+    grid.write_text(tiny_grid_text(epochs=3, extra=NEW_STRESS))
+    runs = load_grid(grid, out_root=tmp / "out dir", data_root=REPO / "scratch" / "test-data", overrides=LEAN).runs
+    return [r for r in runs if r.variant == "baseline"]
+
+
+def _new_arrays(run_dir: Path) -> tuple[dict[str, np.ndarray], dict]:
+    with store.open_results(run_dir / "results.h5") as r:
+        return {k: r.read(k) for k in r.keys() if k.startswith(NEW_PREFIXES)}, r.attrs.get("ood_sets")
+
+
+@pytest.fixture(scope="module")
+def stressed(tmp_path_factory):
+    spec = _new_specs(tmp_path_factory.mktemp("stressed run"))[0]
+    assert run(spec, echo=False)["status"] == "done"
+    return spec, run_dir_for(spec)
+
+
+def test_new_stress_results_follow_the_schema(stressed):
+    spec, rd = stressed
+    assert spec.stress.ood["sets"] == ["shapes_novel", "uniform_noise", "smooth_noise"]
+    info = store.validate_results(rd / "results.h5")
+    assert (info["n_test"], info["num_classes"]) == (200, 10)
+    assert store.run_state(rd).status == "done"
+    with store.open_results(rd / "results.h5") as r:
+        keys = [k for k in r.keys() if k.startswith(NEW_PREFIXES)]
+        assert sorted(keys) == sorted([
+            "adversarial/positions", "adversarial/linf/0/logits", "adversarial/linf/8/logits",
+            "adversarial/l2/0.5/logits", "ood/shapes_novel/logits", "ood/uniform_noise/logits",
+            "ood/smooth_noise/logits", "sanity/positions",
+            *(f"sanity/randomization/{i:02d}_{b}/gradcam" for i, b in enumerate(("trained", "head", "block3",
+                                                                                  "block2", "block1")))])
+        # the attacked sample: [stress].seed (0) draws 20 of the 200 test positions, sorted
+        pos = r.read("adversarial/positions")
+        assert pos.dtype == np.int32 and np.array_equal(pos, np.sort(np.random.default_rng(0).permutation(200)[:20]))
+        labels, test_logits = r.read("test/label")[pos], r.read("test/logits")[pos]
+        clean = r.read("adversarial/linf/0/logits")
+        assert clean.shape == (20, 10) and clean.dtype == np.float32
+        # eps 0 is no attack: the stored test logits of those rows. predict ran in batches of 100 over all 200
+        # test images, the attack over the 20 picked ones (one batch); on the CPU they agree bitwise anyway.
+        if r.attrs["device"].startswith("cpu"):
+            assert np.array_equal(clean, test_logits)
+        else:
+            np.testing.assert_allclose(clean, test_logits, rtol=1e-4, atol=1e-4)
+        acc = {k: float(np.mean(np.argmax(r.read(k), axis=1) == labels)) for k in keys
+               if k.startswith("adversarial/l") and k.endswith("/logits")}
+        assert acc["adversarial/linf/8/logits"] <= acc["adversarial/linf/0/logits"]
+        assert acc["adversarial/l2/0.5/logits"] <= acc["adversarial/linf/0/logits"]
+        # images already wrong without an attack are not attacked: their logits are carried over unchanged
+        wrong = np.argmax(clean, axis=1) != labels
+        for k in ("adversarial/linf/8/logits", "adversarial/l2/0.5/logits"):
+            assert np.array_equal(r.read(k)[wrong], clean[wrong]), k
+            assert wrong.sum() < 20 and not np.array_equal(r.read(k)[~wrong], clean[~wrong]), f"{k}: nothing attacked"
+        # sanity: positions from the same seed; the first step is the trained model's Grad-CAM of those rows
+        spos = r.read("sanity/positions")
+        assert np.array_equal(spos, np.sort(np.random.default_rng(0).permutation(200)[:8]))
+        ref = r.read("sanity/randomization/00_trained/gradcam")
+        assert ref.dtype == np.float16 and ref.shape == (8, *r.shape("test/gradcam/pred")[1:])
+        np.testing.assert_allclose(ref.astype(np.float32), r.read("test/gradcam/pred")[spos].astype(np.float32),
+                                   rtol=0, atol=2.0**-10)
+        last = r.read("sanity/randomization/04_block1/gradcam").astype(np.float32)
+        assert not np.array_equal(last, ref.astype(np.float32)), "re-initialising every block changed no map"
+        # OOD: the stored count of each set, the model's classes, and a root attribute describing each set
+        described = r.attrs["ood_sets"]
+        assert set(described) == set(spec.stress.ood["sets"])
+        for name in spec.stress.ood["sets"]:
+            logits = r.read(f"ood/{name}/logits")
+            assert logits.shape == (16, 10) and logits.dtype == np.float32 and np.isfinite(logits).all()
+            d = described[name]
+            assert d["count"] == logits.shape[0] == spec.stress.ood["samples"]
+            assert (d["name"], d["dataset"], d["seed"]) == (name, "shapes", spec.stress.corruption_seed)
+            assert (d["kind"], d["description"]) == (oodsets.OOD_SETS[name].kind, oodsets.OOD_SETS[name].description)
+
+
+def test_new_stress_logits_are_the_final_models(stressed):
+    """The OOD logits are the trained model's on the named sets (recomputed from checkpoint.pt, the last epoch)."""
+    from cnnstress import data
+    from cnnstress.engine import Precision, predict, use_channels_last
+    from cnnstress.models import build_model
+
+    spec, rd = stressed
+    with store.open_results(rd / "results.h5") as r:
+        device = torch.device("cuda" if r.attrs["device"].startswith("cuda") else "cpu")
+    cl = use_channels_last(device, spec.train.channels_last)
+    state = torch.load(rd / "checkpoint.pt", weights_only=True)
+    assert state["epoch"] == spec.train.epochs
+    model = build_model(spec.model.name, spec.num_classes, **spec.model.params).to(device)
+    if cl:
+        model = model.to(memory_format=torch.channels_last)
+    model.load_state_dict(state["model"])
+    splits = data.load_splits("shapes", spec.paths.data_root, val_fraction=spec.train.val_fraction,
+                              split_seed=spec.train.split_seed, options=spec.dataset.params)
+    mean = torch.tensor(splits.info.mean, dtype=torch.float32, device=device)
+    std = torch.tensor(splits.info.std, dtype=torch.float32, device=device)
+    precision = Precision.for_device(device, spec.train.amp, spec.train.amp_dtype)
+    stored, _ = _new_arrays(rd)
+    for name in spec.stress.ood["sets"]:
+        x, _ = oodsets.load_ood_set(name, "shapes", spec.paths.data_root, 16, spec.stress.corruption_seed)
+        logits, _ = predict(model, torch.from_numpy(x).to(device), mean, std, precision, spec.train.eval_batch_size, cl)
+        # the same model, batches and device as the worker's: bitwise
+        assert np.array_equal(stored[f"ood/{name}/logits"], logits.float().cpu().numpy()), name
+
+
+def test_attacked_and_sanity_positions_are_the_same_for_every_seed(stressed, tmp_path):
+    spec1, rd1 = stressed
+    spec2 = _new_specs(tmp_path)[1]
+    assert spec2.seed == 2 and spec2.run_id != spec1.run_id
+    assert run(spec2, echo=False)["status"] == "done"
+    a, _ = _new_arrays(rd1)
+    b, _ = _new_arrays(run_dir_for(spec2))
+    assert store.validate_results(run_dir_for(spec2) / "results.h5")
+    for key in ("adversarial/positions", "sanity/positions"):
+        assert np.array_equal(a[key], b[key]), key
+    assert not np.array_equal(a["adversarial/linf/0/logits"], b["adversarial/linf/0/logits"])  # another model
+
+
+def test_new_stress_arrays_are_bitwise_reproducible(stressed, tmp_path):
+    spec, rd = stressed
+    again = _new_specs(tmp_path)[0]
+    assert again.run_id == spec.run_id and run_dir_for(again) != rd
+    assert run(again, echo=False)["status"] == "done"
+    a, a_attr = _new_arrays(rd)
+    b, b_attr = _new_arrays(run_dir_for(again))
+    assert sorted(a) == sorted(b) and len(a) == 13
+    for key in a:
+        assert a[key].dtype == b[key].dtype and np.array_equal(a[key], b[key]), key
+    assert a_attr == b_attr
