@@ -67,14 +67,19 @@ class StressSpec:
     adversarial: dict[str, Any] = field(default_factory=dict)  # linf, l2 (eps lists), steps, samples
     ood: dict[str, Any] = field(default_factory=dict)  # sets, samples
     sanity: dict[str, Any] = field(default_factory=dict)  # samples
+    # Where corrupted test images come from: "generated" (corrupt.py, on the device) or "official"
+    # (the published CIFAR-10-C / CIFAR-100-C files, cifar_c.py). Left out of a run's identity while
+    # "generated", so run ids of grids written before it existed do not change.
+    source: str = "generated"
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> StressSpec:
         return cls(**d)
 
 
-#: StressSpec fields that are dropped from a run's identity while empty (off).
-OPTIONAL_STRESS = ("adversarial", "ood", "sanity")
+#: StressSpec fields that are dropped from a run's identity while they hold this value (off, or
+#: the default that every run had before the field existed).
+OPTIONAL_STRESS: dict[str, Any] = {"adversarial": {}, "ood": {}, "sanity": {}, "source": "generated"}
 
 
 @dataclass(frozen=True)
@@ -163,8 +168,8 @@ class RunSpec:
         del d["paths"]
         del d["sweep"]
         del d["runtime"]
-        for key in OPTIONAL_STRESS:
-            if not d["stress"][key]:
+        for key, off in OPTIONAL_STRESS.items():
+            if d["stress"][key] == off:
                 del d["stress"][key]
         return d
 

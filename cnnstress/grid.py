@@ -94,6 +94,10 @@ SWEEP_WIDE = ("dataset", "dataset_options", "val_fraction", "split_seed", "check
 
 STRESS_KEYS: dict[str, Param] = {
     "corruptions": Param([], doc="names, or [\"all\"]"),
+    # generated: corrupt.py's corruptions, made on the device; official: the published CIFAR-10-C /
+    # CIFAR-100-C files under the data root (cifar_c.py), whose 19 names the corruptions are then
+    "source": Param("generated", choices=("generated", "official"),
+                    doc="generated (corrupt.py) | official (CIFAR-10-C / CIFAR-100-C files)"),
     "severities": Param([1, 3, 5], 1, 5),
     "seed": Param(0, 0, 2**31 - 1),
     "faithfulness_samples": Param(200, 0, 10_000),
@@ -192,6 +196,58 @@ def _optional_stress(v: "_Validator", stress: dict[str, Any], dataset: str | Non
 # ------------------------------------------------------------------------------------------------
 # the parsed grid
 # ------------------------------------------------------------------------------------------------
+def _official_corruptions(v: "_Validator", value: Any) -> list[str]:
+    """[stress].corruptions with source = "official": names of the published files (or ["all"]), in
+    the published order."""
+    from . import cifar_c  # numpy only; loaded when a grid asks for the official files
+
+    path, names = "[stress].corruptions", cifar_c.CORRUPTIONS
+    if value == ["all"]:
+        return list(names)
+    if not isinstance(value, list) or not all(isinstance(x, str) for x in value):
+        raise v.fail(path, f"must be a list of corruption names, got {value!r}"[:300])
+    for x in value:
+        if x not in names:
+            raise v.fail(path, f"{x!r} is not an official CIFAR-C corruption (source = \"official\")"
+                               f"{_suggest(x, names)}; allowed: {', '.join(names)} or [\"all\"]"[:600])
+    if len(set(value)) != len(value):
+        raise v.fail(path, f"has duplicates: {value}")
+    return [c for c in names if c in value]
+
+
+def _official_only(v: "_Validator", value: Any) -> None:
+    """A generated-source grid that names a corruption only the official files have: say so."""
+    if not isinstance(value, list):
+        return
+    unknown = [x for x in value if isinstance(x, str) and x not in catalog.CORRUPTIONS and x != "all"]
+    if unknown:
+        from . import cifar_c
+
+        if unknown[0] in cifar_c.CORRUPTIONS:
+            raise v.fail("[stress].corruptions", f"{unknown[0]!r} is a corruption of the official CIFAR-C files: set "
+                                                 "[stress].source = \"official\" to read them; generated corruptions: "
+                                                 f"{', '.join(catalog.CORRUPTIONS)}")
+
+
+def _check_official(v: "_Validator", corruptions: list[str], dataset: Any, data_root: str) -> None:
+    """source = "official" needs a CIFAR dataset and, for the corruptions asked for, its files under
+    the data root (only looked for here; the worker reads and checks them)."""
+    from . import cifar_c
+
+    if dataset not in catalog.DATASETS:
+        return  # [base].dataset's own check says what is wrong with it
+    if dataset not in cifar_c.DATASETS:
+        raise v.fail("[stress].source", f"\"official\" reads the published CIFAR-10-C / CIFAR-100-C files, which exist "
+                                        f"for {' and '.join(cifar_c.DATASETS)} only, not {dataset}; use source = "
+                                        "\"generated\"")
+    if not corruptions:
+        return
+    missing = cifar_c.missing_files(dataset, data_root, corruptions)
+    if missing:
+        raise v.fail("[stress].source", f"\"official\" needs {missing[0]} ({len(missing)} of the files missing); "
+                                        f"fetch them with: {cifar_c.download_command(dataset, data_root)}")
+
+
 
 
 @dataclass(frozen=True)
@@ -317,7 +373,11 @@ def expand(
         raise GridError(source, "[grid]", f"expands to {n_points} runs; at most {MAX_RUNS} allowed")
 
     stress = v.section(raw.get("stress", {}), STRESS_KEYS, "[stress]")
-    stress["corruptions"] = v.corruptions(stress["corruptions"])
+    if stress["source"] == "official":
+        stress["corruptions"] = _official_corruptions(v, stress["corruptions"])
+    else:
+        _official_only(v, stress["corruptions"])
+        stress["corruptions"] = v.corruptions(stress["corruptions"])
     stress["severities"] = v.int_list(stress["severities"], "[stress].severities", 1, 5)
     report = v.section(raw.get("report", {}), REPORT_KEYS, "[report]")
     slurm = v.section(raw.get("slurm", {}), SLURM_KEYS, "[slurm]")
@@ -335,6 +395,8 @@ def expand(
     stress_spec = StressSpec(
         corruptions=stress["corruptions"],
         severities=stress["severities"],
+    if stress["source"] == "official":
+        _check_official(v, stress["corruptions"], _merge(BASE_DEFAULTS, base_raw).get("dataset"), data_abs)
         corruption_seed=stress["seed"],
         faithfulness_samples=stress["faithfulness_samples"],
         train_embedding_samples=stress["train_embedding_samples"],
@@ -342,6 +404,7 @@ def expand(
     )
 
     runs: list[RunSpec] = []
+        source=stress["source"],
     seen: dict[str, str] = {}
     for vname in variant_names:
         merged = _merge(_merge(BASE_DEFAULTS, base_raw), variants_raw[vname])

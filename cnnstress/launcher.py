@@ -94,6 +94,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if args.dry_run:
         print_runs(grid, sweep_dir, console)
+        for line in power_notes(grid, sweep_dir):
+            console.print(line, markup=False)
         _print_plan(args, grid, sweep_dir, out_root, data_root, console)
         return 0
     if args.status:
@@ -275,6 +277,40 @@ def print_status(grid: Grid, sweep_dir: Path, console: Console, verify_hash: boo
     for note in notes:
         console.print(f"note: {note}", markup=False)
     return 0 if counts.get("done", 0) == len(grid.runs) else 1
+
+
+def power_notes(grid: Grid, sweep_dir: Path) -> list[str]:
+    """Before more runs are launched: how small an accuracy change the sweep's finished runs can
+    detect and how many seeds [report].target_difference needs (from DONE.json's test accuracy
+    only; no results.h5 is read). One line per variant with at least two finished seeds next to
+    two finished baseline seeds; nothing when there are none."""
+    if not (sweep_dir / RUNS_DIR).is_dir():
+        return []
+    from .analysis import verdicts
+
+    acc: dict[tuple[str, tuple], dict[int, float]] = {}
+    for r in grid.runs:
+        state = store.run_state(sweep_dir / RUNS_DIR / r.run_id, verify_hash=False)
+        value = (state.summary or {}).get("test_accuracy") if state.status == "done" else None
+        if isinstance(value, (int, float)):
+            group = tuple(sorted((k, str(v)) for k, v in r.grid_values.items() if k != "seed"))
+            acc.setdefault((r.variant, group), {})[r.seed] = float(value)
+    target = float(grid.report.get("target_difference", 0.01))
+    lines = []
+    for (variant, group), by_seed in sorted(acc.items()):
+        base = acc.get((grid.baseline, group), {})
+        if variant == grid.baseline or len(base) < 2:
+            continue
+        seeds = sorted(set(base) & set(by_seed))
+        paired = len(seeds) >= 2
+        b = [base[s] for s in seeds] if paired else [base[s] for s in sorted(base)]
+        sd = verdicts.sd_of_paired_difference(b, [by_seed[s] for s in seeds] if paired else None)
+        if sd is None:
+            continue
+        where = f" [{', '.join(f'{k}={v}' for k, v in group)}]" if group else ""
+        lines.append(f"{variant} vs {grid.baseline}{where}, from the finished runs: "
+                     + verdicts.power_sentence("test accuracy", len(b), sd, target, unit="points", scale=100))
+    return lines
 
 
 def _escape(text: str) -> str:

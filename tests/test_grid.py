@@ -469,3 +469,86 @@ def test_official_source_through_a_grid_file_and_set(c_root: Path, tmp_path: Pat
     assert g.runs[0].stress.source == "official" and g.runs[0].stress.corruptions == ["fog", "spatter"]
     g = load_grid(grid, data_root=c_root, overrides=["stress.source=generated", "stress.corruptions=[\"contrast\"]"])
     assert g.runs[0].stress.source == "generated"
+
+
+# ---- [stress].source: the official CIFAR-10-C / CIFAR-100-C files (issue 13) ----------------------
+
+
+def official_raw(dataset: str = "cifar10", **stress):
+    raw = base_raw(stress={"source": "official", **stress})
+    raw["base"]["dataset"] = dataset
+    return raw
+
+
+@pytest.fixture
+def c_root(tmp_path: Path) -> Path:
+    """A data root (spaces and quotes in its name) holding fake CIFAR-10-C files (only looked for)."""
+    import numpy as np
+
+    from test_cifar_c import write_fake_cifar_c
+
+    root = tmp_path / "data \"root\" it's"
+    write_fake_cifar_c(root, "cifar10", labels=np.arange(20) % 10)
+    return root
+
+
+def test_source_generated_is_the_default_and_leaves_run_ids_unchanged(c_root: Path):
+    import json
+
+    from cnnstress.config import RunSpec
+
+    plain = expand(base_raw(stress={"corruptions": ["contrast"]})).runs[0]
+    same = expand(base_raw(stress={"corruptions": ["contrast"], "source": "generated"})).runs[0]
+    assert plain.stress.source == "generated" and "source" not in plain.identity()["stress"]
+    assert same.run_id == plain.run_id
+    # a spec.json written before the key existed reads as generated, with the same id
+    d = json.loads(plain.to_json())
+    del d["stress"]["source"]
+    assert RunSpec.from_dict(d) == plain and RunSpec.from_dict(d).run_id == plain.run_id
+    official = expand(official_raw(corruptions=["fog"]), data_root=c_root).runs[0]
+    generated = expand(official_raw(corruptions=["fog"], source="generated"), data_root=c_root).runs[0]
+    assert official.identity()["stress"]["source"] == "official"
+    assert official.run_id != generated.run_id
+    assert RunSpec.from_json(official.to_json()) == official
+
+
+def test_official_source_takes_the_19_published_names(c_root: Path):
+    from cnnstress import cifar_c
+
+    runs = expand(official_raw(corruptions=["all"]), data_root=c_root).runs
+    assert runs[0].stress.corruptions == list(cifar_c.CORRUPTIONS) and len(cifar_c.CORRUPTIONS) == 19
+    picked = expand(official_raw(corruptions=["saturate", "jpeg_compression", "snow"]), data_root=c_root).runs[0]
+    assert picked.stress.corruptions == ["snow", "jpeg_compression", "saturate"]  # the published order
+    msg = err(official_raw(corruptions=["jpeg"]), data_root=c_root)
+    assert "[stress].corruptions: 'jpeg' is not an official CIFAR-C corruption" in msg
+    assert "jpeg_compression" in msg and "elastic_transform" in msg
+    assert "has duplicates" in err(official_raw(corruptions=["fog", "fog"]), data_root=c_root)
+
+
+def test_official_source_needs_cifar_and_its_files(c_root: Path, tmp_path: Path):
+    msg = err(official_raw("shapes", corruptions=["fog"]), data_root=c_root)
+    assert "[stress].source" in msg and "cifar10 and cifar100 only, not shapes" in msg
+    empty = tmp_path / "no files here"
+    msg = err(official_raw(corruptions=["fog"]), data_root=empty)
+    assert "[stress].source" in msg and "python launch.py --download cifar10-c" in msg
+    assert str(empty / "CIFAR-10-C" / "labels.npy") in msg
+    msg = err(official_raw("cifar100", corruptions=["fog"]), data_root=c_root)
+    assert "CIFAR-100-C" in msg and "--download cifar100-c" in msg
+    assert expand(official_raw(corruptions=[]), data_root=empty).runs[0].stress.source == "official"  # nothing to read
+
+
+def test_source_values_and_names_that_belong_to_the_other_source():
+    msg = err(base_raw(stress={"source": "cifar-c"}))
+    assert "[stress].source" in msg and "'generated' | 'official'" in msg
+    msg = err(base_raw(stress={"corruptions": ["snow"]}))
+    assert "'snow' is a corruption of the official CIFAR-C files" in msg and 'source = "official"' in msg
+
+
+def test_official_source_through_a_grid_file_and_set(c_root: Path, tmp_path: Path):
+    grid = tmp_path / "g.toml"
+    grid.write_text('name = "g"\n[base]\ndataset = "cifar10"\nmodel = "simple_cnn"\nepochs = 1\n'
+                    '[stress]\nsource = "official"\ncorruptions = ["fog", "spatter"]\n')
+    g = load_grid(grid, data_root=c_root)
+    assert g.runs[0].stress.source == "official" and g.runs[0].stress.corruptions == ["fog", "spatter"]
+    g = load_grid(grid, data_root=c_root, overrides=["stress.source=generated", "stress.corruptions=[\"contrast\"]"])
+    assert g.runs[0].stress.source == "generated"

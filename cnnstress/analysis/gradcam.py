@@ -92,3 +92,21 @@ def auc(curve: np.ndarray) -> np.ndarray | float:
     dx = 1.0 / (y.shape[-1] - 1)
     area = dx * (y.sum(axis=-1) - 0.5 * (y[..., 0] + y[..., -1]))
     return float(area) if np.ndim(area) == 0 else area
+
+
+def pointing_game(maps: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    """Whether each map's peak falls inside its mask (Zhang et al., "Top-down neural attention by
+    excitation backprop", 2016) -> (N,) float64: 1.0 hit, 0.0 miss, NaN for a map with no positive
+    mass (nothing to point with). Maps are upsampled bilinearly to the mask resolution first; a
+    peak shared by several pixels is a hit when any of them is inside."""
+    mk = np.asarray(masks)
+    if mk.ndim != 3:
+        raise ValueError(f"masks must have shape (N, H, W), got shape {mk.shape}")
+    m = np.asarray(maps)
+    if m.ndim != 3 or m.shape[0] != mk.shape[0]:
+        raise ValueError(f"maps must have shape (N, h, w) with N = {mk.shape[0]}, got shape {m.shape}")
+    up = upsample_bilinear(m, size=(mk.shape[1], mk.shape[2])).astype(np.float64)
+    peak = up.max(axis=(1, 2), keepdims=True)
+    top = (up >= peak) & (peak > 0)
+    hit = (top & mk.astype(bool)).any(axis=(1, 2)).astype(np.float64)
+    return np.where(peak[:, 0, 0] > 0, hit, np.nan)

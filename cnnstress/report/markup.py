@@ -45,6 +45,7 @@ figcaption { color: var(--muted); font-size: 13px; margin-top: 4px; }
 ul.summary li { margin: 4px 0; }
 details summary { cursor: pointer; color: var(--accent); }
 .verdict { background: var(--soft); border-left: 4px solid var(--accent); padding: 6px 12px; }
+tr.changed td { background: var(--soft); font-weight: 600; }
 """
 
 

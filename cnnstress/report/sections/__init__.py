@@ -26,6 +26,7 @@ MODULES: tuple[str, ...] = (
     "per_class",
     "failures",
     "comparison",
+    "changes",
     "canonical",
     "neighbours",
     "calibration",

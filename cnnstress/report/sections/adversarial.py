@@ -9,7 +9,7 @@ import numpy as np
 
 from ...analysis import adversarial, compare
 from ..markup import empty, figure, para, pct, table
-from .base import FigureSpec, Section
+from .base import FigureSpec, Metric, Section
 
 _KEY = re.compile(r"^adversarial/(linf|l2)/([^/]+)/logits$")
 #: The headline radius: RobustBench's CIFAR-10 L-inf threat model, 8/255.
@@ -106,6 +106,11 @@ class AdversarialSection(Section):
                 + table(("variant", "norm", "ε", "accuracy (mean)", "95% interval over seeds", "seeds"), rows,
                         numeric=(3, 5))
                 + figure(figs, "adversarial"))
+
+    def metrics(self, part):
+        return [Metric(f"adversarial_{norm}_{e:g}", f"accuracy under {NORM_TEXT[norm]} PGD at ε = {eps_label(norm, e)}",
+                       float(a), True)
+                for norm, c in part["curves"].items() for e, a in zip(c["eps"], c["accuracy"]) if e > 0]
 
 
 def _headline(curves: dict) -> float | None:

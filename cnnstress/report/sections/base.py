@@ -18,6 +18,8 @@ per set of non-seed grid values, and the page. A section overrides only what it 
 ``figures(report)``           ``FigureSpec``s: name, a draw function returning a matplotlib
                               Figure (or None), caption; drawn only when figures are asked for
 ``html(report, figs)``        the section's body on the page
+``metrics(part)``             the numbers of one run's reduction that "What the modification
+                              changed" compares variant vs baseline (``Metric``s)
 ============================  ==================================================================
 
 The template methods ``read`` (per run) and ``render`` (the ``<section>`` on the page) are not
@@ -47,6 +49,18 @@ class FigureSpec:
     name: str
     draw: Callable[[], Any]  # -> matplotlib.figure.Figure | None (None: nothing to draw)
     caption: str
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One number a section measures per run. "What the modification changed" compares it between
+    each variant and its baseline (paired by seed) with an interval and the baseline's noise floor."""
+
+    key: str  # stable id in summary.json, e.g. "ece" or "adversarial_linf_8"
+    label: str  # words on the page, e.g. "ECE after temperature scaling"
+    value: Any  # a float, or (N,) per-image values whose mean is the metric (the same images in every run)
+    higher_is_better: bool | None
+    points: bool = True  # a fraction shown as percentage points (False: shown as a plain number)
 
 
 @dataclass
@@ -145,6 +159,10 @@ class Section:
     def html(self, report: ReportData, figs: dict[str, FigureRef]) -> str:
         """The section's body (escaped HTML)."""
         raise NotImplementedError
+
+    def metrics(self, part: Any) -> list[Metric]:
+        """The metrics of one run's reduction (``part``, never None) for the verdict table."""
+        return []
 
     # -- template methods --------------------------------------------------------------------------
 

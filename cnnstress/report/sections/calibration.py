@@ -8,7 +8,7 @@ import numpy as np
 
 from ...analysis import calibration, metrics
 from ..markup import empty, figure, num, para, table
-from .base import FigureSpec, Section
+from .base import FigureSpec, Metric, Section
 
 RELIABILITY_BINS = 15
 KEYS = ("ece", "nll", "brier", "temperature", "ece_after", "nll_after")
@@ -78,6 +78,14 @@ class CalibrationSection(Section):
                 + table(("variant", "n", "ECE", "NLL", "Brier", "temperature", "ECE after", "NLL after"), rows,
                         numeric=range(1, 8))
                 + figure(figs, "reliability"))
+
+    def metrics(self, part):
+        sc = part["scores"]
+        out = [Metric("ece", "ECE", sc.get("ece"), False), Metric("nll", "NLL", sc.get("nll"), False, points=False),
+               Metric("brier", "Brier score", sc.get("brier"), False, points=False),
+               Metric("ece_after", "ECE after temperature scaling", sc.get("ece_after"), False),
+               Metric("nll_after", "NLL after temperature scaling", sc.get("nll_after"), False, points=False)]
+        return [m for m in out if m.value is not None]
 
 
 def scores(cell) -> dict:

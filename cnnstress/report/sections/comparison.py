@@ -66,7 +66,19 @@ class ComparisonSection(Section):
         return out
 
     def summary_fields(self, report):
-        return {"comparisons": [comparison_summary(c) for c in report.comparisons]}
+        # every metric compared the same way (the "changes" section), under its comparison
+        changes = {(g.label, c["variant"]): c for g in report.groups for c in (g.parts.get("changes") or [])}
+        out = []
+        for comp in report.comparisons:
+            entry = comparison_summary(comp)
+            found = changes.get((comp.group, comp.variant))
+            if found is not None:
+                entry["metrics"] = [{k: r[k] for k in ("name", "label", "delta", "ci95", "noise_floor", "verdict",
+                                                       "effect", "direction")} for r in found["metrics"]]
+                entry["seeds_needed"] = [{k: p[k] for k in ("metric", "n_seeds", "detectable", "target",
+                                                            "seeds_needed")} for p in found["power"]]
+            out.append(entry)
+        return {"comparisons": out}
 
     def summary_lines(self, report):
         lines = []

@@ -6,7 +6,7 @@ import numpy as np
 
 from ...analysis import gradcam
 from ..markup import empty, figure, gradcam_note, num, para, table
-from .base import FigureSpec, Section
+from .base import FigureSpec, Metric, Section
 
 FAITHFULNESS_KINDS = ("deletion_gradcam", "deletion_random", "insertion_gradcam", "insertion_random")
 
@@ -78,6 +78,12 @@ class FaithfulnessSection(Section):
                 + table(("variant", "images", "deletion AUC Grad-CAM", "deletion AUC random", "insertion AUC Grad-CAM",
                          "insertion AUC random", "Grad-CAM vs random"), rows, numeric=range(1, 6))
                 + figure(figs, "faithfulness"))
+
+    def metrics(self, part):
+        labels = {"deletion_gradcam": ("deletion AUC of Grad-CAM", False),
+                  "insertion_gradcam": ("insertion AUC of Grad-CAM", True)}
+        return [Metric(k, label, part["auc"][k], better, points=False) for k, (label, better) in labels.items()
+                if k in part["auc"]]
 
 
 SECTION = FaithfulnessSection()

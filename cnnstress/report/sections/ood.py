@@ -10,7 +10,7 @@ import numpy as np
 
 from ...analysis import compare, ood, selective
 from ..markup import empty, figure, num, para, pct, table
-from .base import FigureSpec, Section
+from .base import FigureSpec, Metric, Section
 
 _KEY = re.compile(r"^ood/([a-z0-9_]+)/logits$")
 METRICS = ("auroc", "aupr_in", "aupr_out", "fpr95")
@@ -131,6 +131,12 @@ class OodSection(Section):
                 + table(("variant", "AURC", "95% interval", "E-AURC", "accuracy (all)", "accuracy at 90% coverage",
                          "accuracy at 80% coverage"), sel_rows, numeric=range(1, 7))
                 + figure(figs, "risk_coverage"))
+
+    def metrics(self, part):
+        out = [Metric(f"ood_auroc_{name}_{score}", f"OOD AUROC, {name} ({score})", s["metrics"][score]["auroc"], True,
+                      points=False)
+               for name, s in part["sets"].items() for score in ood.SCORES]
+        return out + [Metric("aurc", "AURC (selective risk)", part["selective"]["aurc"], False, points=False)]
 
 
 def _ci(stats: dict) -> str:

@@ -9,7 +9,7 @@ import numpy as np
 
 from ...analysis import calibration, metrics, robustness
 from ..markup import empty, figure, num, para, pct, points, table
-from .base import FigureSpec, Section
+from .base import FigureSpec, Metric, Section
 from .calibration import mean_or_none, pool_bins, scores
 
 STRESS_CALIBRATION_KEYS = ("ece", "nll", "brier", "ece_after")
@@ -187,6 +187,20 @@ class RobustnessSection(Section):
                               for _, a in cells] for name in corruptions]
             out.append(table(heads, rows))
         return "".join(out)
+
+    def metrics(self, part):
+        out = [] if part.mca is None else [Metric("mean_corruption_accuracy", "mean corruption accuracy", part.mca,
+                                                  True)]
+        out += [Metric(f"corruption_{c}_{s}", f"accuracy, {c} severity {s}", a, True)
+                for (c, s), a in sorted(part.acc.items())]
+        for key, label in (("ece", "ECE under corruption"),
+                           ("ece_after", "ECE under corruption (clean-validation temperature)"),
+                           ("nll", "NLL under corruption"), ("brier", "Brier score under corruption")):
+            vals = [v[key] for v in part.calibration.values() if v.get(key) is not None]
+            if vals:
+                out.append(Metric(f"corruption_{key}", label, float(np.mean(vals)), False,
+                                  points=key in ("ece", "ece_after")))
+        return out
 
 
 SECTION = RobustnessSection()

@@ -11,7 +11,7 @@ import numpy as np
 
 from ...analysis import sanity
 from ..markup import empty, figure, num, para, table
-from .base import FigureSpec, Section
+from .base import FigureSpec, Metric, Section
 
 _KEY = re.compile(r"^sanity/randomization/([0-9]{2})_([a-z0-9_]+)/gradcam$")
 #: Mean rank correlation above which the maps after the last step are called "still similar".
@@ -98,6 +98,10 @@ class SanitySection(Section):
                 + table(("variant", "step", "blocks re-initialised", "rank correlation", "top-10% overlap"), rows,
                         numeric=(1, 3, 4))
                 + figure(figs, "sanity"))
+
+    def metrics(self, part):
+        return [Metric("sanity_rank_correlation", "Grad-CAM rank correlation after full randomisation",
+                       float(part["curve"]["spearman"][-1]), None, points=False)]
 
 
 def _draw(items):

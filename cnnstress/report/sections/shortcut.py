@@ -9,7 +9,7 @@ import numpy as np
 
 from ...analysis import gradcam, shortcut
 from ..markup import empty, figure, gradcam_note, num, para, pct, table
-from .base import FigureSpec, Section
+from .base import FigureSpec, Metric, Section
 from .calibration import mean_or_none
 
 # Grad-CAM rows per block when computing mask energy: (rows, 32, 32) float64 stays ~8 MiB.
@@ -23,15 +23,18 @@ def _nanmean(values: np.ndarray) -> float | None:
     return float(v.mean()) if v.size else None
 
 
-def mask_energy(res, mask: np.ndarray) -> np.ndarray:
-    """Each predicted-class Grad-CAM map's energy inside the object mask, read in blocks of rows."""
+def mask_energy(res, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each predicted-class Grad-CAM map's energy inside the object mask, and whether its peak is
+    inside (pointing game), read in blocks of rows."""
     key = "test/gradcam/pred"
     n = res.shape(key)[0]
-    energy = np.full(n, np.nan)
+    energy, hits = np.full(n, np.nan), np.full(n, np.nan)
     for start in range(0, n, ENERGY_ROWS):
         stop = min(n, start + ENERGY_ROWS)
-        energy[start:stop] = gradcam.energy_in_mask(res.read(key, rows=slice(start, stop)), mask[start:stop])
-    return energy
+        maps = res.read(key, rows=slice(start, stop))
+        energy[start:stop] = gradcam.energy_in_mask(maps, mask[start:stop])
+        hits[start:stop] = gradcam.pointing_game(maps, mask[start:stop])
+    return energy, hits
 
 
 def sentence(cells) -> str:
@@ -54,13 +57,13 @@ class ShortcutSection(Section):
     def reduce(self, res, run):
         if run.mask is None:
             return None
-        energy = mask_energy(res, run.mask)
+        energy, hits = mask_energy(res, run.mask)
         if run.bg_class is None:
             return None
         sc = shortcut.shortcut_accuracy(run.labels, run.preds, run.bg_class)
         correct = run.correct
         return {"energy_right": _nanmean(energy[correct]), "energy_wrong": _nanmean(energy[~correct]),
-                "energy_all": _nanmean(energy), **{k: (None if isinstance(v, float) and math.isnan(v) else v)
+                "energy_all": _nanmean(energy), "pointing_game": _nanmean(hits), **{k: (None if isinstance(v, float) and math.isnan(v) else v)
                                                    for k, v in sc.items()}}
 
     def aggregate(self, cell, parts, ctx):
@@ -95,17 +98,26 @@ class ShortcutSection(Section):
             return empty("Not available: needs the shapes dataset (object masks and background classes) on this "
                          "machine.")
         out = [para(g.parts[self.id], "verdict") for g in report.groups if g.parts.get(self.id)]
-        rows = [[c.label, num(s.get("energy_right")), num(s.get("energy_wrong")),
+        rows = [[c.label, num(s.get("energy_right")), num(s.get("energy_wrong")), pct(s.get("pointing_game"), 1),
                  pct(s.get("acc_aligned"), 1), pct(s.get("acc_conflicting"), 1),
                  pct(s.get("follows_background"), 1), num(s.get("n_conflicting"), 0)] for c, s in items]
-        out.append(para("Energy: fraction of the predicted class's Grad-CAM mass inside the object mask. A "
-                        "conflicting image has a background hue that names another class than its label."))
+        out.append(para("Energy: fraction of the predicted class's Grad-CAM mass inside the object mask; pointing "
+                        "game: share of maps whose peak lies inside it. A conflicting image has a background hue "
+                        "that names another class than its label."))
         out.append(gradcam_note(report, [c for c, _ in items]))
-        out.append(table(("variant", "energy in object (right)", "energy in object (wrong)", "accuracy, aligned",
-                          "accuracy, conflicting", "follows background", "conflicting images"), rows,
-                         numeric=range(1, 7)))
+        out.append(table(("variant", "energy in object (right)", "energy in object (wrong)", "pointing game",
+                          "accuracy, aligned", "accuracy, conflicting", "follows background", "conflicting images"),
+                         rows, numeric=range(1, 8)))
         out.append(figure(figs, "shortcut"))
         return "".join(out)
+
+    def metrics(self, part):
+        labels = {"energy_all": ("Grad-CAM energy inside the object", True, False),
+                  "pointing_game": ("pointing game (Grad-CAM peak inside the object)", True, True),
+                  "follows_background": ("follows the background (conflicting images)", False, True),
+                  "acc_conflicting": ("accuracy on conflicting images", True, True)}
+        return [Metric(k, label, part[k], better, points=pts) for k, (label, better, pts) in labels.items()
+                if part.get(k) is not None]
 
 
 SECTION = ShortcutSection()

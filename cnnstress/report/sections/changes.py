@@ -1,0 +1,139 @@
+"""What the modification changed: every metric the report shows, compared the same way.
+
+For each variant against its baseline and each metric a section measures per run (its
+``metrics``; clean accuracy per test image here): the mean difference with a paired bootstrap 95%
+interval over seeds (and over test images where the metric is per image), and the baseline's own
+seed-to-seed spread as its noise floor (``analysis.verdicts``). A change is called one only when
+its interval excludes 0 and it exceeds that floor; the rest are "not distinguishable from
+reseeding". Sorted by effect size. Then: how many seeds a claim needs (paired design, two-sided
+alpha 0.05, power 0.8) for the headline metrics.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ...analysis import verdicts
+from ..markup import empty, esc, num, para, points, table
+from .base import Metric, Section
+
+N_BOOT = 2000
+#: The metrics the "how many seeds" sentences are about (when a run has them).
+HEADLINE = ("test_accuracy", "mean_corruption_accuracy", "ece", "adversarial_linf_8")
+
+
+def run_metrics(run, sections) -> dict[str, Metric]:
+    """Every metric of one read run: clean accuracy (per image) and each section's."""
+    out = {"test_accuracy": Metric("test_accuracy", "test accuracy", run.correct.astype(np.float64), True)}
+    for sec in sections:
+        part = run.parts.get(sec.id)
+        if part is not None:
+            for m in sec.metrics(part):
+                out.setdefault(m.key, m)
+    return out
+
+
+class ChangesSection(Section):
+    id = "changes"
+    title = "What the modification changed"
+
+    def compare(self, group, ctx):
+        """Per variant: every shared metric compared with its baseline, ranked; and the power numbers."""
+        from . import SECTIONS  # the registry (imported here: it imports this module)
+
+        base = group.cells[0]
+        target = float(ctx.grid.report.get("target_difference", 0.01)) if ctx.grid is not None else 0.01
+        out = []
+        for cell in group.cells[1:]:
+            if not base.runs or not cell.runs:
+                continue
+            bm = [run_metrics(r, SECTIONS) for r in base.runs]
+            vm = [run_metrics(r, SECTIONS) for r in cell.runs]
+            keys = [k for k in bm[0] if all(k in m for m in bm + vm)]
+            paired = len(base.runs) == len(cell.runs)
+            rows = []
+            for key in keys:
+                first = bm[0][key]
+                res = verdicts.compare_metric(key, [m[key].value for m in bm], [m[key].value for m in vm],
+                                              higher_is_better=first.higher_is_better, seeds_paired=paired,
+                                              n_boot=N_BOOT, seed=0)
+                res.update(label=first.label, points=first.points,
+                           base_mean=float(np.mean([np.mean(m[key].value) for m in bm])),
+                           var_mean=float(np.mean([np.mean(m[key].value) for m in vm])))
+                rows.append(res)
+            power = []
+            for key in HEADLINE:
+                if key not in keys:
+                    continue
+                b = [float(np.mean(m[key].value)) for m in bm]
+                v = [float(np.mean(m[key].value)) for m in vm] if paired else None
+                sd = verdicts.sd_of_paired_difference(b, v)
+                if sd is None:
+                    continue
+                pts = bm[0][key].points
+                power.append({"metric": key, "label": bm[0][key].label, "n_seeds": len(b), "sd_difference": sd,
+                              "detectable": verdicts.detectable_difference(sd, len(b)) if len(b) >= 2 else None,
+                              "target": target, "seeds_needed": verdicts.seeds_needed(sd, target),
+                              "sentence": verdicts.power_sentence(bm[0][key].label, len(b), sd, target,
+                                                                  unit="points" if pts else "",
+                                                                  scale=100 if pts else 1)})
+            out.append({"variant": cell.variant, "label": cell.label, "baseline": base.variant,
+                        "metrics": verdicts.rank_changes(rows), "power": power})
+        return out
+
+    def summary_lines(self, report):
+        lines = []
+        for g in report.groups:
+            for comp in g.parts.get(self.id) or []:
+                changed = [r for r in comp["metrics"] if r["verdict"] == verdicts.VERDICT_CHANGED]
+                names = ", ".join(f"{r['label']} ({_delta(r)})" for r in changed[:5])
+                lines.append(f"{comp['variant']} vs {comp['baseline']}: {len(changed)} of {len(comp['metrics'])} "
+                             f"metrics changed beyond reseeding noise" + (f": {names}." if names else "."))
+                lines += [p["sentence"] for p in comp["power"][:1]]
+        return lines
+
+    def html(self, report, figs):
+        comps = [(g, comp) for g in report.groups for comp in (g.parts.get(self.id) or [])]
+        if not comps:
+            return empty("No variant has finished runs next to a finished baseline.")
+        out = [para("Each metric of each variant against its baseline, paired by sorted seed: the mean change with a "
+                    "paired bootstrap 95% interval (over seeds, and over test images for per-image metrics), and the "
+                    "baseline's own seed-to-seed spread (mean |difference| between two baseline seeds) as the noise "
+                    "floor. A change counts only when its interval excludes 0 and it exceeds that floor; sorted by "
+                    "effect (change / noise floor). Fractions are in percentage points.")]
+        for g, comp in comps:
+            where = f" [{g.label}]" if g.label else ""
+            rows, classes = [], []
+            for r in comp["metrics"]:
+                classes.append("changed" if r["verdict"] == verdicts.VERDICT_CHANGED else "")
+                rows.append([r["label"], _value(r, "base_mean"), _value(r, "var_mean"), _delta(r),
+                             _interval(r), _floor(r), "-" if r["effect"] is None else f"{r['effect']:.1f}",
+                             r["verdict"]])
+            out.append(f"<h3>{esc(comp['variant'])} vs {esc(comp['baseline'])}{esc(where)}</h3>")
+            out.append(table(("metric", "baseline", "variant", "change", "95% interval", "noise floor", "effect",
+                              "verdict"), rows, numeric=(1, 2, 3, 5, 6), row_classes=classes))
+            out += [para(p["sentence"]) for p in comp["power"]]
+        return "".join(out)
+
+
+def _value(r, key) -> str:
+    return f"{100 * r[key]:.2f}%" if r["points"] else num(r[key])
+
+
+def _delta(r) -> str:
+    return points(r["delta"]) if r["points"] else f"{r['delta']:+.3g}"
+
+
+def _interval(r) -> str:
+    lo, hi = r["ci95"]
+    return f"[{points(lo)}, {points(hi)}]" if r["points"] else f"[{lo:+.3g}, {hi:+.3g}]"
+
+
+def _floor(r) -> str:
+    f = r["noise_floor"]
+    if f is None:
+        return "n/a"
+    return f"±{100 * f:.2f}" if r["points"] else f"±{f:.3g}"
+
+
+SECTION = ChangesSection()
