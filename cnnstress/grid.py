@@ -193,9 +193,6 @@ def _optional_stress(v: "_Validator", stress: dict[str, Any], dataset: str | Non
     return out
 
 
-# ------------------------------------------------------------------------------------------------
-# the parsed grid
-# ------------------------------------------------------------------------------------------------
 def _official_corruptions(v: "_Validator", value: Any) -> list[str]:
     """[stress].corruptions with source = "official": names of the published files (or ["all"]), in
     the published order."""
@@ -248,6 +245,9 @@ def _check_official(v: "_Validator", corruptions: list[str], dataset: Any, data_
                                         f"fetch them with: {cifar_c.download_command(dataset, data_root)}")
 
 
+# ------------------------------------------------------------------------------------------------
+# the parsed grid
+# ------------------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -392,19 +392,19 @@ def expand(
     out_abs = os.path.abspath(out_root)
     data_abs = os.path.abspath(data_root) if data_root is not None else os.path.join(out_abs, "data")
     paths = Paths(out_root=out_abs, data_root=data_abs)
+    if stress["source"] == "official":
+        _check_official(v, stress["corruptions"], _merge(BASE_DEFAULTS, base_raw).get("dataset"), data_abs)
     stress_spec = StressSpec(
         corruptions=stress["corruptions"],
         severities=stress["severities"],
-    if stress["source"] == "official":
-        _check_official(v, stress["corruptions"], _merge(BASE_DEFAULTS, base_raw).get("dataset"), data_abs)
         corruption_seed=stress["seed"],
         faithfulness_samples=stress["faithfulness_samples"],
         train_embedding_samples=stress["train_embedding_samples"],
         **_optional_stress(v, stress, _merge(BASE_DEFAULTS, base_raw).get("dataset"), data_abs),
+        source=stress["source"],
     )
 
     runs: list[RunSpec] = []
-        source=stress["source"],
     seen: dict[str, str] = {}
     for vname in variant_names:
         merged = _merge(_merge(BASE_DEFAULTS, base_raw), variants_raw[vname])
