@@ -8,41 +8,62 @@ the same corrupted test set in every run of a sweep (on the same kind of device:
 streams differ).
 
 Parameters (``PARAMS``) are the CIFAR-scale ones of Hendrycks & Dietterich (2019),
-``make_cifar_c.py`` in github.com/hendrycks/robustness, not ImageNet-C's, except where noted:
+``ImageNet-C/create_c/make_cifar_c.py`` in github.com/hendrycks/robustness (the script that made the
+published CIFAR-10-C files, read at commit ca36008), not ImageNet-C's. Every parameter was checked
+against that script; every difference that remains is in this table, the rest are equal:
 
-| name           | per severity 1..5                                   | source / rationale                |
-|----------------|-----------------------------------------------------|-----------------------------------|
-| gaussian_noise | sigma 0.04 0.06 0.08 0.09 0.10                      | CIFAR-10-C                        |
-| shot_noise     | photons per unit intensity 500 250 100 75 50        | CIFAR-10-C                        |
-| impulse_noise  | fraction of values hit 0.01 0.02 0.03 0.05 0.07     | CIFAR-10-C (skimage s&p)          |
-| gaussian_blur  | sigma 0.4 0.6 0.7 0.8 1.0                           | CIFAR-10-C                        |
-| defocus_blur   | (disk radius, antialias sigma) as CIFAR-10-C        | CIFAR-10-C                        |
-| motion_blur    | (radius, sigma) (6,1) (6,1.5) (6,2) (8,2.25) (9,2.5)| CIFAR-10-C, severity 4 changed (a)|
-| contrast       | factor 0.75 0.5 0.4 0.3 0.15                        | CIFAR-10-C                        |
-| brightness     | added to HSV value 0.05 0.1 0.15 0.2 0.3            | CIFAR-10-C                        |
-| saturate       | (scale, offset) of HSV saturation, 0.5 .. 0.0       | changed (b)                       |
-| pixelate       | kept fraction of side 0.95 0.9 0.85 0.75 0.65       | CIFAR-10-C                        |
-| jpeg           | quality 80 65 58 50 40                              | CIFAR-10-C                        |
-| fog            | (strength, wibble decay) as CIFAR-10-C              | CIFAR-10-C                        |
+| name           | per severity 1..5 (here = make_cifar_c.py unless said) | how this implementation differs                  |
+|----------------|--------------------------------------------------------|--------------------------------------------------|
+| gaussian_noise | sigma 0.04 0.06 0.08 0.09 0.10                         | (u)                                              |
+| shot_noise     | photons per unit intensity 500 250 100 75 50           | (u)                                              |
+| impulse_noise  | fraction of values hit 0.01 0.02 0.03 0.05 0.07        | (u)                                              |
+| gaussian_blur  | sigma 0.4 0.6 0.7 0.8 1.0 (truncated at 4 sigma)       | (u); pads by reflection, skimage repeats the edge|
+| defocus_blur   | (disk radius, 3x3 antialias sigma) (0.3,0.4) (0.4,0.5) | (u)                                              |
+|                | (0.5,0.6) (1,0.2) (1.5,0.1)                            |                                                  |
+| motion_blur    | (radius, sigma) (6,1) (6,1.5) (6,2) (8,2.25) (9,2.5);  | (u); (a); taps spread bilinearly, not rounded to |
+|                | make_cifar_c.py: severity 4 is (8, 2)                  | a pixel; ImageMagick on a PNG round trip         |
+| contrast       | factor around the per-image channel mean 0.75 0.5 0.4  | (u)                                              |
+|                | 0.3 0.15                                               |                                                  |
+| brightness     | added to HSV value 0.05 0.1 0.15 0.2 0.3               | (u); (h)                                         |
+| saturate       | HSV S -> clip(S * a + b): (0.3,0) (0.1,0) (1.5,0)      | (u); (h); (s)                                    |
+|                | (2,0.1) (2.5,0.2)                                      |                                                  |
+| pixelate       | kept fraction of the side 0.95 0.9 0.85 0.75 0.65      | (u); (p)                                         |
+| jpeg           | quality 80 65 58 50 40                                 | named jpeg_compression in the files; (j)         |
+| fog            | (strength, wibble decay) (0.2,3) (0.5,3) (0.75,2.5)    | (u); one 32x32 diamond-square map per image,     |
+|                | (1,2) (1.5,1.75)                                       | drawn from the torch generator, not np.random    |
 
-(a) CIFAR-10-C's severities 3 and 4 are (6, 2) and (8, 2): the radius only sets how many taps the
-one-sided Gaussian has (2 * radius + 1), radius 6 already reaches tap 12, and the extra taps of
+CIFAR-10-C also has glass_blur, zoom_blur, snow, frost, elastic_transform, speckle_noise and
+spatter, which are not generated here: ``[stress].source = "official"`` reads all 19 from the
+published files (``cifar_c.py``).
+
+(u) The published files are uint8: make_cifar_c.py stores ``np.uint8(corruption(img))``, which
+truncates to an integer in 0..255 (it does not round). Here the output stays float32 in [0, 1]; the
+input is the same uint8 test image divided by 255.
+
+(a) make_cifar_c.py's severities 3 and 4 are (6, 2) and (8, 2): the radius only sets how many taps
+the one-sided Gaussian has (2 * radius + 1), radius 6 already reaches tap 12, and the extra taps of
 radius 8 weigh less than e^-21 of the first one, so the two are the same blur. Severity 4 uses sigma
-2.25 so that the severities are strictly ordered.
+2.25 so that the severities are strictly ordered. The blur angle is U(-45, 45) degrees per image, as
+there; edges repeat, ImageMagick's default virtual pixels.
 
-(b) CIFAR-10-C's saturate desaturates at severities 1-2 (x0.3, x0.1) and oversaturates at 3-5
-(x1.5, x2 +0.1, x2.5 +0.2), so its severities are not ordered by how far the image moves. Here every
-severity desaturates, through CIFAR-10-C's 0.3 and 0.1 to a grey image (0.0) at severity 5, which is
-strictly ordered for every image with any colour in it.
+(h) brightness and saturate go through a torch RGB<->HSV with skimage's conventions (rgb2hsv,
+hsv2rgb), computed in float32 rather than float64.
 
-How the implementation differs from the CIFAR-10-C code (all to stay batched on the device):
-gaussian_blur pads by reflection (skimage repeats the edge); motion_blur spreads each tap bilinearly
-instead of rounding it to a pixel and repeats the edge like ImageMagick; brightness and saturate go
-through a torch RGB<->HSV (skimage's conventions) rather than a luminance shift; pixelate averages
-non-overlapping integer blocks and repeats each mean over its block (PIL's BOX resize lets blocks
-overlap at non-integer factors); jpeg is a JPEG-like round trip in torch (YCbCr, 4:2:0, 8x8 DCT,
-quality-scaled standard tables) that keeps samples in float instead of rounding them to 8 bits; fog's
-diamond-square map is one per image, from the generator.
+(s) saturate is the published definition (since issue 13; before, every severity here desaturated,
+0.5 .. 0.0, so results of sweeps that used saturate changed): severities 1-2 desaturate (x0.3,
+x0.1), 3-5 oversaturate (x1.5, x2 + 0.1, x2.5 + 0.2), so its severities are not ordered by how far
+the image moves (severity 2 moves it further than 3). ImageNet-C's saturate
+(make_imagenet_c.py: (2, 0), (5, 0.1), (20, 0.2) at 3-5) is a different, stronger corruption.
+
+(p) pixelate averages non-overlapping integer blocks (sizes ``int(32 * c)`` as there) and repeats
+each mean over its block; make_cifar_c.py resizes down and back up with PIL's BOX filter, whose
+blocks overlap at non-integer factors, so pixels at block borders mix two blocks.
+
+(j) jpeg is a JPEG-like round trip in torch (JFIF YCbCr, 4:2:0 with 2x2 means, 8x8 DCT, the IJG
+quality-scaled standard tables, libjpeg's "fancy" chroma upsampling) with samples kept in float,
+where make_cifar_c.py saves and reopens a PIL JPEG (libjpeg, 8-bit samples, its own integer DCT).
+
+Everything stays batched on the device: no PIL, OpenCV, ImageMagick or skimage.
 """
 
 from __future__ import annotations
@@ -79,8 +100,9 @@ PARAMS: dict[str, tuple[Any, ...]] = {
     "contrast": (0.75, 0.5, 0.4, 0.3, 0.15),
     # amount added to the HSV value channel (CIFAR-10-C)
     "brightness": (0.05, 0.1, 0.15, 0.2, 0.3),
-    # (scale, offset) of the HSV saturation channel: S -> clip(S * scale + offset) (see docstring)
-    "saturate": ((0.5, 0.0), (0.3, 0.0), (0.2, 0.0), (0.1, 0.0), (0.0, 0.0)),
+    # (scale, offset) of the HSV saturation channel: S -> clip(S * scale + offset); desaturates at 1-2,
+    # oversaturates at 3-5, as CIFAR-10-C (see the module docstring, (s))
+    "saturate": ((0.3, 0.0), (0.1, 0.0), (1.5, 0.0), (2.0, 0.1), (2.5, 0.2)),
     # side of the pixelated image as a fraction of the original side, truncated like int(32 * c)
     "pixelate": (0.95, 0.9, 0.85, 0.75, 0.65),
     # JPEG quality (IJG scaling of the standard tables) (CIFAR-10-C)

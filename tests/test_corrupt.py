@@ -90,6 +90,35 @@ def test_cifar10c_noise_parameters() -> None:
     assert C.PARAMS["jpeg"] == (80, 65, 58, 50, 40)
 
 
+# Every c = [...] of make_cifar_c.py (hendrycks/robustness, ImageNet-C/create_c/, commit ca36008)
+# for the corruptions generated here, copied by hand from the script.
+MAKE_CIFAR_C = {
+    "gaussian_noise": (0.04, 0.06, 0.08, 0.09, 0.10),
+    "shot_noise": (500, 250, 100, 75, 50),
+    "impulse_noise": (0.01, 0.02, 0.03, 0.05, 0.07),
+    "gaussian_blur": (0.4, 0.6, 0.7, 0.8, 1),
+    "defocus_blur": ((0.3, 0.4), (0.4, 0.5), (0.5, 0.6), (1, 0.2), (1.5, 0.1)),
+    "motion_blur": ((6, 1), (6, 1.5), (6, 2), (8, 2), (9, 2.5)),
+    "contrast": (0.75, 0.5, 0.4, 0.3, 0.15),
+    "brightness": (0.05, 0.1, 0.15, 0.2, 0.3),
+    "saturate": ((0.3, 0), (0.1, 0), (1.5, 0), (2, 0.1), (2.5, 0.2)),
+    "pixelate": (0.95, 0.9, 0.85, 0.75, 0.65),
+    "jpeg": (80, 65, 58, 50, 40),  # jpeg_compression there
+    "fog": ((0.2, 3), (0.5, 3), (0.75, 2.5), (1, 2), (1.5, 1.75)),
+}
+
+
+def test_parameters_are_make_cifar_c_s_but_the_documented_one() -> None:
+    assert set(MAKE_CIFAR_C) == set(C.PARAMS)
+    for name, ref in MAKE_CIFAR_C.items():
+        ours = C.PARAMS[name]
+        if name == "motion_blur":  # severity 4's sigma, see the module docstring (a)
+            assert ours[3] == (8, 2.25) and ours[:3] + ours[4:] == ref[:3] + ref[4:]
+            assert "(8,2.25)" in C.__doc__ and "severity 4 is (8, 2)" in C.__doc__
+        else:
+            assert ours == ref, name
+
+
 # --------------------------------------------------------------------------------------- contract
 
 
@@ -155,7 +184,12 @@ def test_random_corruptions_differ_between_images_of_one_batch() -> None:
 # --------------------------------------------------------------------------------- severity order
 
 
-@pytest.mark.parametrize("name", catalog.CORRUPTIONS)
+# saturate's severities are not ordered by distance (CIFAR-10-C's definition: desaturate at 1-2,
+# oversaturate at 3-5); test_saturate_is_cifar10c_saturate pins it instead
+ORDERED = tuple(c for c in catalog.CORRUPTIONS if c != "saturate")
+
+
+@pytest.mark.parametrize("name", ORDERED)
 def test_psnr_strictly_decreases_with_severity(batch: torch.Tensor, name: str) -> None:
     per_image = torch.stack([psnr_per_image(C.corrupt(batch, name, s, gen(7)), batch) for s in range(1, 6)])
     for subset in (slice(None), slice(0, 24), slice(24, None)):  # all, smooth only, shapes only
@@ -354,6 +388,40 @@ def test_brightness_and_saturate_match_colorsys(batch: torch.Tensor, severity: i
     scale, offset = C.PARAMS["saturate"][severity - 1]
     ref = colorsys_reference(arr, lambda h, s, v: (h, min(max(s * scale + offset, 0.0), 1.0), v))
     np.testing.assert_allclose(C.corrupt(x, "saturate", severity, gen(0)).numpy(), ref, atol=1e-5)
+
+
+# make_cifar_c.py (hendrycks/robustness, ImageNet-C/create_c/), saturate: c = [(0.3, 0), (0.1, 0),
+# (1.5, 0), (2, 0.1), (2.5, 0.2)][severity - 1], then skimage rgb2hsv, S = clip(S * c[0] + c[1], 0,
+# 1), hsv2rgb. Written out here, independently of corrupt.PARAMS.
+CIFAR10C_SATURATE = ((0.3, 0.0), (0.1, 0.0), (1.5, 0.0), (2.0, 0.1), (2.5, 0.2))
+
+
+def reference_saturate(img: np.ndarray, severity: int) -> np.ndarray:
+    """make_cifar_c.py's saturate on one (H, W, 3) float image in [0, 1], pixel by pixel with
+    colorsys (the same HSV conventions as skimage: hue in [0, 1), S = (max - min) / max)."""
+    a, b = CIFAR10C_SATURATE[severity - 1]
+    out = np.empty_like(img)
+    for i in range(img.shape[0]):
+        for j in range(img.shape[1]):
+            h, s, v = colorsys.rgb_to_hsv(*img[i, j])
+            out[i, j] = colorsys.hsv_to_rgb(h, min(max(s * a + b, 0.0), 1.0), v)
+    return np.clip(out, 0.0, 1.0)
+
+
+@pytest.mark.parametrize("severity", [1, 2, 3, 4, 5])
+def test_saturate_is_cifar10c_saturate(batch: torch.Tensor, severity: int) -> None:
+    x = torch.cat([batch[20:24, :, ::4, ::4], batch[26:30, :, ::4, ::4]]).contiguous()  # smooth and shapes images
+    grey = torch.full((1, 3, 8, 8), 0.4)
+    x = torch.cat([x, grey])
+    out = C.corrupt(x, "saturate", severity, gen(0)).numpy()
+    for k in range(x.shape[0]):
+        ref = reference_saturate(x[k].double().numpy().transpose(1, 2, 0), severity)
+        np.testing.assert_allclose(out[k].transpose(1, 2, 0), ref, atol=1e-5)
+    # severities 1-2 take colour away, 3-5 add it (a grey image gets some at 4 and 5: offset 0.1, 0.2)
+    sat = C.rgb_to_hsv(torch.from_numpy(out))[:, 1].mean().item()
+    before = C.rgb_to_hsv(x)[:, 1].mean().item()
+    assert (sat < before) if severity <= 2 else (sat > before)
+    assert np.array_equal(out[-1], grey[0].numpy()) == (severity <= 3)
 
 
 # --------------------------------------------------------------------------------------- pixelate
