@@ -460,17 +460,31 @@ def _predictions(spec: RunSpec, model, layer, splits: data.Splits, train: Device
         out["train_subset/label"] = splits.train.y[pos]
         out["train_subset/embedding"] = temb.cpu().numpy()
 
+    official = st.source == "official"
+    if official and st.corruptions:
+        from . import cifar_c  # numpy only
+
+        official_labels = cifar_c.official_test_labels(spec.dataset.name, spec.paths.data_root)
     for name in st.corruptions:
         for sev in st.severities:
-            def transform(x01, b, name=name, sev=sev):
-                g = torch.Generator(device=x01.device)
-                g.manual_seed(corrupt_seed(st.corruption_seed, name, sev, b))
-                return corrupt(x01, name, sev, g)
+            if official:
+                # the published file's images of this severity, in the order of the stored test positions
+                images = cifar_c.load_corruption(spec.dataset.name, spec.paths.data_root, name, sev,
+                                                 test_labels=official_labels)[splits.test.index]
+                clog, _ = predict(model, torch.from_numpy(images).to(test.x.device), mean, std, precision,
+                                  STRESS_BATCH, cl)
+            else:
+                def transform(x01, b, name=name, sev=sev):
+                    g = torch.Generator(device=x01.device)
+                    g.manual_seed(corrupt_seed(st.corruption_seed, name, sev, b))
+                    return corrupt(x01, name, sev, g)
 
-            clog, _ = predict(model, test.x, mean, std, precision, STRESS_BATCH, cl, transform=transform)
+                clog, _ = predict(model, test.x, mean, std, precision, STRESS_BATCH, cl, transform=transform)
             out[f"stress/{name}/{sev}/logits"] = clog.cpu().numpy()
     if st.corruptions:
-        log(f"evaluated {len(st.corruptions)} corruptions x {len(st.severities)} severities")
+        where = (f"the official {cifar_c.official_set(spec.dataset.name).folder} files" if official
+                 else "generated on the device")
+        log(f"evaluated {len(st.corruptions)} corruptions x {len(st.severities)} severities ({where})")
 
     if st.faithfulness_samples:
         m = min(st.faithfulness_samples, len(test))

@@ -491,3 +491,74 @@ def test_new_stress_arrays_are_bitwise_reproducible(stressed, tmp_path):
     for key in a:
         assert a[key].dtype == b[key].dtype and np.array_equal(a[key], b[key]), key
     assert a_attr == b_attr
+
+
+# ---- [stress].source = "official": the published CIFAR-10-C files in a real run (issue 13) ---------
+
+
+def _official_spec(tmp_path: Path, root: Path, corruptions: str = '["jpeg_compression", "fog"]'):
+    grid = tmp_path / "g.toml"
+    grid.write_text(tiny_grid_text(epochs=1).replace('dataset = "shapes"', 'dataset = "cifar10"')
+                    .replace("dataset_options = { n_train = 400, n_test = 200, shortcut = 0.8 }", ""))
+    return load_grid(grid, out_root=tmp_path / "out \"dir\"", data_root=root,
+                     overrides=["stress.source=official", f"stress.corruptions={corruptions}", "stress.severities=[2, 5]",
+                                "stress.faithfulness_samples=0", "stress.train_embedding_samples=0"]).runs[0]
+
+
+def test_official_source_predicts_on_the_files_images(tmp_path):
+    """A tiny official-source run on fake CIFAR-10 + fake CIFAR-10-C: the stored stress logits are the
+    final model's predictions on the file's images of that corruption and severity."""
+    from cnnstress import cifar_c, data
+    from cnnstress.engine import Precision, predict, use_channels_last
+    from cnnstress.models import build_model
+    from fake_cifar import write_fake_cifar
+    from test_cifar_c import write_fake_cifar_c
+
+    root = tmp_path / "data \"root\" it's"
+    write_fake_cifar(root, "cifar10", n_train=250, n_test=60, seed=3)
+    write_fake_cifar_c(root, "cifar10", names=["fog", "jpeg_compression"])
+    spec = _official_spec(tmp_path, root)
+    assert spec.stress.source == "official" and spec.stress.corruptions == ["fog", "jpeg_compression"]
+    assert run(spec, echo=False)["status"] == "done"
+    rd = run_dir_for(spec)
+    assert "(the official CIFAR-10-C files)" in (rd / "log.txt").read_text()
+    with store.open_results(rd / "results.h5") as r:
+        keys = sorted(k for k in r.keys() if k.startswith("stress/"))
+        stored = {k: r.read(k) for k in keys}
+        clean = r.read("test/logits")
+        device = torch.device("cuda" if r.attrs["device"].startswith("cuda") else "cpu")
+    assert keys == [f"stress/{c}/{s}/logits" for c in ("fog", "jpeg_compression") for s in (2, 5)]
+    cl = use_channels_last(device, spec.train.channels_last)
+    state = torch.load(rd / "checkpoint.pt", weights_only=True)
+    model = build_model(spec.model.name, spec.num_classes, **spec.model.params).to(device)
+    if cl:
+        model = model.to(memory_format=torch.channels_last)
+    model.load_state_dict(state["model"])
+    splits = data.load_splits("cifar10", root, val_fraction=spec.train.val_fraction, split_seed=spec.train.split_seed)
+    mean = torch.tensor(splits.info.mean, dtype=torch.float32, device=device)
+    std = torch.tensor(splits.info.std, dtype=torch.float32, device=device)
+    precision = Precision.for_device(device, spec.train.amp, spec.train.amp_dtype)
+    for c in ("fog", "jpeg_compression"):
+        for s in (2, 5):
+            x = cifar_c.load_corruption("cifar10", root, c, s)
+            logits, _ = predict(model, torch.from_numpy(x).to(device), mean, std, precision, 500, cl)
+            want = logits.float().cpu().numpy().astype(np.float16)  # results.h5 keeps stress logits in float16
+            assert np.array_equal(stored[f"stress/{c}/{s}/logits"], want), (c, s)
+            assert not np.allclose(stored[f"stress/{c}/{s}/logits"], clean.astype(np.float16), atol=1e-3)
+
+
+def test_official_source_refuses_files_for_another_test_set(tmp_path):
+    """labels.npy that is not the test labels: the run fails naming the file and the download command."""
+    from fake_cifar import write_fake_cifar
+    from test_cifar_c import write_fake_cifar_c
+
+    root = tmp_path / "data root"
+    write_fake_cifar(root, "cifar10", n_train=250, n_test=60, seed=3)
+    folder = write_fake_cifar_c(root, "cifar10", names=["fog"])
+    labels = np.load(folder / "labels.npy")
+    np.save(folder / "labels.npy", (labels + 1) % 10)
+    spec = _official_spec(tmp_path, root, '["fog"]')
+    with pytest.raises(Exception, match="differ from the test labels"):
+        run(spec, echo=False)
+    reason = store.run_state(run_dir_for(spec)).reason
+    assert "labels.npy" in reason and "--download cifar10-c" in reason
