@@ -121,6 +121,9 @@ REPORT_KEYS: dict[str, Param] = {
     "gradcam_layer": Param(""),
     "canonical_cases": Param(6, 1, 50),
     "top_failures": Param(32, 1, 400),
+    # the smallest change worth detecting (a fraction: 0.01 = one accuracy point); the report and
+    # --dry-run say how many seeds a sweep needs to detect it
+    "target_difference": Param(0.01, 0.0001, 1.0),
 }
 COMPARE_KEYS: dict[str, Param] = {"baseline": Param("baseline")}
 SLURM_KEYS: dict[str, Param] = {
@@ -157,37 +160,35 @@ def _radii(v: "_Validator", value: Any, path: str, hi: float) -> list[float | in
 
 def _optional_stress(v: "_Validator", stress: dict[str, Any], dataset: str | None,
                      data_root: str) -> dict[str, dict[str, Any]]:
-    """The adversarial / ood / sanity parts of StressSpec: {} for each one that is off."""
+    """The adversarial / ood / sanity parts of StressSpec: {} for each one that is off. Their keys
+    are validated whether or not the test is on, so a typo is an error before it is turned on."""
     out: dict[str, dict[str, Any]] = {"adversarial": {}, "ood": {}, "sanity": {}}
+    linf = _radii(v, stress["adversarial_linf"], "[stress].adversarial_linf", 64)
+    l2 = _radii(v, stress["adversarial_l2"], "[stress].adversarial_l2", 16)
     if stress["adversarial"]:
-        linf = _radii(v, stress["adversarial_linf"], "[stress].adversarial_linf", 64)
-        l2 = _radii(v, stress["adversarial_l2"], "[stress].adversarial_l2", 16)
         if not linf and not l2:
             raise v.fail("[stress].adversarial_linf", "and [stress].adversarial_l2 are both empty: nothing to attack "
                                                       "(set adversarial = false to turn the attack off)")
         out["adversarial"] = {"linf": linf, "l2": l2, "steps": stress["adversarial_steps"],
                               "samples": stress["adversarial_samples"]}
-    if stress["ood"]:
+    sets = stress["ood_sets"]
+    if not isinstance(sets, list) or not all(isinstance(x, str) for x in sets):
+        raise v.fail("[stress].ood_sets", f"must be a list of set names, got {sets!r}"[:300])
+    if len(set(sets)) != len(sets):
+        raise v.fail("[stress].ood_sets", f"has duplicates: {sets}")
+    if dataset in catalog.DATASETS and (stress["ood"] or sets):  # (a bad dataset is reported by [base])
         from . import oodsets  # numpy only; loaded when a grid asks for OOD sets
 
-        offered = oodsets.sets_for(dataset) if dataset in catalog.DATASETS else []
-        sets = stress["ood_sets"]
-        if not isinstance(sets, list) or not all(isinstance(x, str) for x in sets):
-            raise v.fail("[stress].ood_sets", f"must be a list of set names, got {sets!r}"[:300])
+        offered = oodsets.sets_for(dataset)
         for name in sets:
             if name not in offered:
                 raise v.fail("[stress].ood_sets", f"{name!r} is not an out-of-distribution set for {dataset}"
                                                   f"{_suggest(name, offered)}; allowed: {', '.join(offered)}"[:400])
-        if len(set(sets)) != len(sets):
-            raise v.fail("[stress].ood_sets", f"has duplicates: {sets}")
-        if sets:
-            missing = [n for n in sets if n not in oodsets.available_sets(dataset, data_root)]
-            if missing:
-                raise v.fail("[stress].ood_sets", f"{missing[0]!r} needs the {missing[0]} test files under {data_root}; "
-                                                  f"fetch them with: python launch.py --download {missing[0]}")
-        else:  # every set whose files are here (the CIFAR ones only when downloaded)
-            sets = oodsets.available_sets(dataset, data_root)
-        out["ood"] = {"sets": [n for n in offered if n in sets], "samples": stress["ood_samples"]}
+        if stress["ood"]:
+            # [] stays [] (every set whose files are there when the run starts, which the run records in its
+            # ood_sets attribute): resolving it here would change run ids when a file is downloaded later.
+            # A named set whose files are missing fails the run with the --download command (oodsets).
+            out["ood"] = {"sets": [n for n in offered if n in sets], "samples": stress["ood_samples"]}
     if stress["sanity"]:
         out["sanity"] = {"samples": stress["sanity_samples"]}
     return out

@@ -51,8 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--no-gather", action="store_true", help="do not build the report after local runs")
     ap.add_argument("--status", action="store_true",
                     help="show every run's state (done, running, pending, failed, broken, partial, missing) and exit")
-    ap.add_argument("--download", choices=("cifar10", "cifar100"),
-                    help="fetch a dataset with torchvision's downloader into --data-root and exit")
+    ap.add_argument("--download", choices=("cifar10", "cifar100", "cifar10-c", "cifar100-c"),
+                    help="fetch a dataset with torchvision's downloader into --data-root and exit; cifar10-c and "
+                         "cifar100-c are the published corruption files ([stress].source = \"official\"), "
+                         "checked against the test labels when the clean dataset is there too")
     return ap
 
 
@@ -64,14 +66,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     data_root = Path(args.data_root) if args.data_root else out_root / "data"
 
     if args.download:
-        from . import data
+        from . import cifar_c, data
 
         try:
-            path = data.download(args.download, data_root)
+            if args.download in cifar_c.SETS:
+                path, checked = cifar_c.download(args.download, data_root)
+                console.print(checked, markup=False)
+            else:
+                path = data.download(args.download, data_root)
         except Exception as e:  # noqa: BLE001 - network errors, disk errors: say what happened
-            err.print(f"[red]error:[/red] downloading {args.download} into {data_root} failed: {e}")
+            err.print(f"error: downloading {args.download} into {data_root} failed: {e}", markup=False)
             return 2
-        console.print(f"{args.download} is in {path}")
+        console.print(f"{args.download} is in {path}", markup=False)
         return 0
     if not args.grid:
         err.print("[red]error:[/red] --grid is required (e.g. --grid jobs/demo.toml); see --help")
@@ -103,6 +109,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.gather:
         return _gather(grid, sweep_dir, console)
+    problem = missing_ood_files(grid)
+    if problem:  # before anything is written or submitted (gather and --status never need the files)
+        err.print(f"error: {grid.source}: {problem}", markup=False)
+        return 2
     if chosen.batch:
         return _launch_slurm(args, grid, sweep_dir, out_root, data_root, console, err)
 
@@ -277,6 +287,22 @@ def print_status(grid: Grid, sweep_dir: Path, console: Console, verify_hash: boo
     for note in notes:
         console.print(f"note: {note}", markup=False)
     return 0 if counts.get("done", 0) == len(grid.runs) else 1
+
+
+def missing_ood_files(grid: Grid) -> str:
+    """Why a named [stress].ood_sets set cannot be built on this machine ("" when every one can).
+    Checked at launch, not when the grid is read: the sweep's run ids must not depend on which
+    files happen to be there, and gather needs none of them."""
+    named = {(r.dataset.name, r.paths.data_root, name) for r in grid.runs for name in (r.stress.ood or {}).get("sets", [])}
+    if not named:
+        return ""
+    from . import oodsets
+
+    for dataset, root, name in sorted(named):
+        if name not in oodsets.available_sets(dataset, root):
+            return (f"[stress].ood_sets: {name!r} needs the {name} test files under {root}; fetch them with: "
+                    f"python launch.py --download {name} --data-root {_q(root)}")
+    return ""
 
 
 def power_notes(grid: Grid, sweep_dir: Path) -> list[str]:

@@ -70,7 +70,7 @@ _PLACEHOLDERS: dict[str, str] = {
     "<corruption>": _NAME_SEG,
     "<severity>": r"[1-5]",
     "<norm>": r"(?:linf|l2)",
-    "<eps>": r"[0-9][0-9.e+-]*",  # the radius as written in the grid (linf in 1/255 units)
+    "<eps>": r"[0-9]+(?:\.[0-9]+)?",  # the radius as written in the grid (linf in 1/255 units; eps_text)
     "<set>": _NAME_SEG,
     "<step>": r"[0-9]{2}_[a-z0-9_]+",  # NN_block: the order of the cascade, then what was re-initialised
     # only as the last segment of an optional-prefix field: one or more segments
@@ -93,7 +93,7 @@ class Field:
     dims: tuple[str, ...] | None
     required: bool = False
     bundle: str = ""
-    check: str = ""  # "" | "index" | "label" | "logits"
+    check: str = ""  # "" | "index" | "label" | "logits" | "positions" (distinct rows of /test)
     chunked: bool = False  # chunked along the first axis + gzip + shuffle (when it has >= 2 axes)
     doc: str = ""
 
@@ -135,12 +135,13 @@ SCHEMA: tuple[Field, ...] = (
     Field("train_subset/embedding", "float16", ("T", "D"), bundle="train_subset", chunked=True, doc="penultimate activations"),
     Field("stress/<corruption>/<severity>/logits", "float16", ("N", "C"), check="logits", chunked=True,
           doc="logits on the corrupted test set"),
-    Field("adversarial/positions", "int32", ("M",), doc="rows of /test attacked (the same for every run of a sweep)"),
+    Field("adversarial/positions", "int32", ("M",), check="positions",
+          doc="rows of /test attacked (the same for every run of a sweep)"),
     Field("adversarial/<norm>/<eps>/logits", "float32", ("M", "C"), check="logits", chunked=True,
           doc="logits after the PGD attack of that norm and radius"),
-    Field("ood/<set>/logits", "float32", None, check="logits", chunked=True,
+    Field("ood/<set>/logits", "float32", ("*K", "C"), check="logits", chunked=True,
           doc="logits on an out-of-distribution set (K, C); K differs between sets"),
-    Field("sanity/positions", "int32", ("S",), doc="rows of /test whose Grad-CAM maps are re-computed"),
+    Field("sanity/positions", "int32", ("S",), check="positions", doc="rows of /test whose Grad-CAM maps are re-computed"),
     Field("sanity/randomization/<step>/gradcam", "float16", ("S", "h", "w"), chunked=True,
           doc="Grad-CAM after cascading re-initialisation up to this step (00_trained: none)"),
     *(Field(f"{prefix}/<name>", dt, None, chunked=True, doc=f"optional {prefix} array")
@@ -459,8 +460,16 @@ def _iter_blocks(ds: h5py.Dataset) -> Iterator[np.ndarray]:
         yield ds[start : start + step]
 
 
-def _check_values(key: str, field: Field, ds: h5py.Dataset, num_classes: int, label: str) -> None:
+def _check_values(key: str, field: Field, ds: h5py.Dataset, num_classes: int, label: str, n_test: int = 0) -> None:
     where = f"{label}: {key}"
+    if field.check == "positions":
+        values = ds[()]
+        if values.size and (int(values.min()) < 0 or int(values.max()) >= n_test):
+            raise ResultsError(f"{where}: positions in [{int(values.min())}, {int(values.max())}] are not rows of "
+                               f"/test [0, {n_test})")
+        if np.unique(values).size != values.size:
+            raise ResultsError(f"{where}: {values.size - np.unique(values).size} duplicate position(s)")
+        return
     if field.check == "logits":
         for block in _iter_blocks(ds):
             if not np.isfinite(block).all():
@@ -519,6 +528,10 @@ def _validate_open(fh: h5py.File, label: str) -> dict[str, Any]:
         if len(ds.shape) != len(field.dims):
             raise ResultsError(f"{label}: {key}: shape {ds.shape}, expected ({', '.join(field.dims)})")
         for sym, size in zip(field.dims, ds.shape):
+            if sym.startswith("*"):  # a size of its own (e.g. each OOD set's image count); at least 1
+                if size < 1:
+                    raise ResultsError(f"{label}: {key}: dimension {sym[1:]} is 0, needs at least one row")
+                continue
             if sym not in sizes:
                 sizes[sym] = (int(size), key)
             elif sizes[sym][0] != size:
@@ -532,7 +545,7 @@ def _validate_open(fh: h5py.File, label: str) -> dict[str, Any]:
     num_classes = sizes["C"][0]
     for _, key, field in matched:
         if field.check:
-            _check_values(key, field, datasets[key], num_classes, label)
+            _check_values(key, field, datasets[key], num_classes, label, sizes["N"][0])
 
     return {
         "run_id": attrs["run_id"],

@@ -539,13 +539,14 @@ def _ood_logits(spec: RunSpec, model, device: torch.device, mean, std, precision
     """Logits on every out-of-distribution set of the grid, and what each set is (root attribute)."""
     out: dict[str, np.ndarray] = {}
     described: dict[str, Any] = {}
-    for name in spec.stress.ood["sets"]:
+    names = spec.stress.ood["sets"] or oodsets.available_sets(spec.dataset.name, spec.paths.data_root)
+    for name in names:
         x, attrs = oodsets.load_ood_set(name, spec.dataset.name, spec.paths.data_root, spec.stress.ood["samples"],
                                         spec.stress.corruption_seed)
         logits, _ = predict(model, torch.from_numpy(x).to(device), mean, std, precision, spec.train.eval_batch_size, cl)
         out[store.ood_key(name)] = logits.float().cpu().numpy()
         described[name] = {k: v for k, v in attrs.items() if isinstance(v, (str, int, float, bool))}
-    log(f"scored {len(out)} out-of-distribution sets: {', '.join(spec.stress.ood['sets'])}")
+    log(f"scored {len(out)} out-of-distribution sets: {', '.join(names)}")
     return out, described
 
 

@@ -448,9 +448,6 @@ def test_sweep_without_the_new_arrays_says_so(lacking_sweep) -> None:
     assert not (figures / "ood_histograms.png").exists() and (figures / "risk_coverage.png").is_file()
 
 
-@pytest.mark.xfail(strict=True, reason="bug: OodSection.reduce always returns a part (selective prediction needs "
-                   "only the test logits), so html's 'No run stored out-of-distribution logits' note is unreachable: "
-                   "a sweep without /ood shows an empty OOD table and the sentence 'Sets: .'")
 def test_ood_section_without_ood_arrays_says_none_were_stored(lacking_sweep) -> None:
     body = _body(lacking_sweep[3], "ood")
     assert "Sets: ." not in body

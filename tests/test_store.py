@@ -751,16 +751,12 @@ def test_publish_refuses_bad_new_arrays_and_writes_nothing(run_dir: Path, key, v
     assert listing(run_dir) == []
 
 
-@pytest.mark.xfail(strict=True, reason="gap: ood/<set>/logits is declared (K, C) but has dims=None, so any shape "
-                   "passes validation; the report's ood section then skips the set without a word")
 def test_ood_logits_must_have_the_test_logits_classes(run_dir: Path) -> None:
     arrays = {**make_arrays(), "ood/uniform_noise/logits": np.zeros((7, C + 1))}
     with pytest.raises(ResultsError, match="ood/uniform_noise/logits"):
         store.publish_results(run_dir, arrays, make_attrs())
 
 
-@pytest.mark.xfail(strict=True, reason="gap: adversarial/positions and sanity/positions ('rows of /test') get no "
-                   "value check: negative, duplicate and >= N rows pass, and gather then indexes /test with them")
 @pytest.mark.parametrize("positions", [[0, 3, N], [-1, 3], [2, 2]])
 def test_positions_must_be_distinct_rows_of_test(run_dir: Path, positions) -> None:
     arrays = {**make_arrays(), "adversarial/positions": np.array(positions),
@@ -769,8 +765,6 @@ def test_positions_must_be_distinct_rows_of_test(run_dir: Path, positions) -> No
         store.publish_results(run_dir, arrays, make_attrs())
 
 
-@pytest.mark.xfail(strict=True, reason="gap: the <eps> segment is [0-9][0-9.e+-]*, so keys that are no number pass "
-                   "validation (run_state: done) and gather's float(eps) then marks the run broken")
 @pytest.mark.parametrize("eps", ["8e", "1.2.3", "8-"])
 def test_adversarial_eps_segment_must_be_a_number(run_dir: Path, eps: str) -> None:
     arrays = {**make_arrays(), "adversarial/positions": np.arange(M), f"adversarial/linf/{eps}/logits": np.zeros((M, C))}

@@ -42,6 +42,8 @@ class OodSection(Section):
                 "kind": str((described.get(m.group(1)) or {}).get("kind", "")),
                 "description": str((described.get(m.group(1)) or {}).get("description", "")),
                 "count": int(logits.shape[0])}
+        if not sets:  # [stress].ood off (selective prediction comes with it)
+            return None
         rc = selective.risk_coverage(run.logits, run.labels)
         summary = selective.selective_summary(run.logits, run.labels)
         # risk at fixed coverages (the curve is a step function of the distinct confidences)
