@@ -1,0 +1,106 @@
+"""'What the modification changed' (report/sections/changes.py) and the --dry-run power sentence,
+against independent computations on a synthetic sweep (tests/synth.py: planted accuracies)."""
+
+from __future__ import annotations
+
+import io
+import itertools
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from rich.console import Console
+
+sys.path.insert(0, str(Path(__file__).parent))
+import synth  # noqa: E402
+
+from cnnstress import gather, launcher  # noqa: E402
+from cnnstress.analysis import verdicts  # noqa: E402
+
+SEEDS = (1, 2, 3)
+
+
+def _accuracy(v: int, s: int) -> float:
+    # baseline 0.60..0.62 over seeds; the variant 10 points better: far beyond reseeding
+    return 0.60 + 0.10 * v + 0.01 * s
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    s = synth.make_sweep(tmp_path_factory.mktemp("changes") / "s 'w'", n_test=300, seeds=SEEDS,
+                         accuracies={(v, s): _accuracy(vi, si) for vi, v in enumerate(("baseline", "cropflip"))
+                                     for si, s in enumerate(SEEDS)},
+                         corruptions=("contrast",), severities=(1,))
+    index = gather.gather(s.sweep_dir, console=Console(file=io.StringIO(), width=200), figures=False)
+    return s, json.loads((index.parent / "summary.json").read_text()), index.read_text(encoding="utf-8")
+
+
+def _correct(s, variant: str) -> np.ndarray:
+    return np.stack([np.argmax(s.run(variant, seed).arrays["test/logits"], axis=1) == s.labels for seed in SEEDS])
+
+
+def _metric(summary: dict, name: str) -> dict:
+    found = [m for m in summary["comparisons"][0]["metrics"] if m["name"] == name]
+    assert len(found) == 1, name
+    return found[0]
+
+
+def test_accuracy_change_against_the_arrays(sweep) -> None:
+    s, summary, _ = sweep
+    base, var = _correct(s, "baseline").mean(axis=1), _correct(s, "cropflip").mean(axis=1)
+    m = _metric(summary, "test_accuracy")
+    assert m["delta"] == pytest.approx(var.mean() - base.mean(), abs=1e-12)
+    floor = np.mean([abs(a - b) for a, b in itertools.combinations(base, 2)])
+    assert m["noise_floor"] == pytest.approx(floor, abs=1e-12)
+    assert m["verdict"] == verdicts.VERDICT_CHANGED and m["ci95"][0] > 0 and m["direction"] == "better"
+    assert m["effect"] == pytest.approx(abs(m["delta"]) / floor, rel=1e-9)
+
+
+def test_every_per_run_metric_is_compared_and_ranked(sweep) -> None:
+    s, summary, page = sweep
+    runs = {r["run_id"]: r for r in summary["runs"]}
+    # a per-run metric: ECE from the runs' rows of summary.json, compared by mean difference
+    b = [runs[s.run("baseline", seed).run_id]["ece"] for seed in SEEDS]
+    v = [runs[s.run("cropflip", seed).run_id]["ece"] for seed in SEEDS]
+    ece = _metric(summary, "ece")
+    assert ece["delta"] == pytest.approx(np.mean(v) - np.mean(b), abs=1e-12)
+    assert ece["noise_floor"] == pytest.approx(np.mean([abs(x - y) for x, y in itertools.combinations(b, 2)]),
+                                               abs=1e-12)
+    names = [m["name"] for m in summary["comparisons"][0]["metrics"]]
+    for expected in ("test_accuracy", "ece", "nll", "brier", "mean_corruption_accuracy", "corruption_contrast_1"):
+        assert expected in names
+    verdict_order = [m["verdict"] == verdicts.VERDICT_CHANGED for m in summary["comparisons"][0]["metrics"]]
+    assert verdict_order == sorted(verdict_order, reverse=True)  # changed ones first
+    assert set(m["verdict"] for m in summary["comparisons"][0]["metrics"]) <= set(verdicts.VERDICTS)
+    body = page.split('<section id="changes">')[1].split("</section>")[0]
+    assert "<h2>What the modification changed</h2>" in body and '<tr class="changed">' in body
+
+
+def test_seeds_needed_against_the_paired_spread(sweep) -> None:
+    s, summary, page = sweep
+    base, var = _correct(s, "baseline").mean(axis=1), _correct(s, "cropflip").mean(axis=1)
+    sd = float(np.std(var - base, ddof=1))
+    entry = [p for p in summary["comparisons"][0]["seeds_needed"] if p["metric"] == "test_accuracy"][0]
+    assert entry["n_seeds"] == 3 and entry["target"] == 0.01
+    assert entry["detectable"] == pytest.approx(verdicts.detectable_difference(sd, 3), rel=1e-9)
+    assert entry["seeds_needed"] == verdicts.seeds_needed(sd, 0.01)
+    assert "with 3 seeds this sweep detects" in page
+
+
+def test_dry_run_says_how_many_seeds_before_more_are_launched(sweep) -> None:
+    s, _, _ = sweep
+    from cnnstress.grid import load_sweep_grid
+
+    grid = load_sweep_grid(s.sweep_dir)
+    lines = launcher.power_notes(grid, s.sweep_dir)
+    base = [json.loads((s.run("baseline", x).run_dir / "DONE.json").read_text())["summary"]["test_accuracy"]
+            for x in SEEDS]
+    var = [json.loads((s.run("cropflip", x).run_dir / "DONE.json").read_text())["summary"]["test_accuracy"]
+           for x in SEEDS]
+    sd = float(np.std(np.subtract(var, base), ddof=1))
+    want = verdicts.power_sentence("test accuracy", 3, sd, 0.01, unit="points", scale=100)
+    assert lines == [f"cropflip vs baseline, from the finished runs: {want}"]
+    # no finished runs, no sentence
+    assert launcher.power_notes(grid, s.sweep_dir.parent / "elsewhere") == []
