@@ -71,13 +71,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             if args.download in cifar_c.SETS:
                 path, checked = cifar_c.download(args.download, data_root)
-                console.print(checked, markup=False)
+                console.print(checked, markup=False, soft_wrap=True)
             else:
                 path = data.download(args.download, data_root)
         except Exception as e:  # noqa: BLE001 - network errors, disk errors: say what happened
             err.print(f"error: downloading {args.download} into {data_root} failed: {e}", markup=False)
             return 2
-        console.print(f"{args.download} is in {path}", markup=False)
+        console.print(f"{args.download} is in {path}", markup=False, soft_wrap=True)
         return 0
     if not args.grid:
         err.print("[red]error:[/red] --grid is required (e.g. --grid jobs/demo.toml); see --help")

@@ -199,3 +199,25 @@ def test_download_uses_torchvision_with_the_published_url_and_md5(root, monkeypa
     assert len(calls) == 2
     with pytest.raises(ValueError, match="cifar10-c, cifar100-c"):
         cifar_c.download("cifar10", root)
+
+
+def test_launch_download_cifar10_c(root, monkeypatch, capsys):
+    """python launch.py --download cifar10-c: fetched through torchvision's helper, checked, and said."""
+    import torchvision.datasets.utils as tv_utils
+
+    from cnnstress import launcher
+
+    def fake_download(url, download_root, extract_root=None, filename=None, md5=None, remove_finished=False):
+        write_fake_cifar_c(Path(download_root))
+
+    monkeypatch.setattr(tv_utils, "download_and_extract_archive", fake_download)
+    assert launcher.main(["--download", "cifar10-c", "--data-root", str(root)]) == 0
+    out = capsys.readouterr().out
+    assert "labels match cifar10's test split" in out and "cifar10-c is in" in out and "CIFAR-10-C" in out
+
+    def failing(*a, **k):
+        raise RuntimeError("File not found or corrupted.")
+
+    monkeypatch.setattr(tv_utils, "download_and_extract_archive", failing)
+    assert launcher.main(["--download", "cifar100-c", "--data-root", str(root)]) == 2
+    assert "downloading cifar100-c into" in capsys.readouterr().err
