@@ -307,3 +307,45 @@ def test_breaking_from_counts_is_classes_breaking_first():
     assert not present[c - 1] and np.isnan(drop[c - 1])
     acc = metrics.per_class_accuracy(labels, clean, c) - metrics.per_class_accuracy(labels, by_sev[1], c)
     np.testing.assert_array_equal(drop[present], acc[present])
+
+
+# ------------------------------------------------------------------- corruption error (CE, mCE)
+
+
+def test_corruption_error_against_a_loop():
+    rng = np.random.default_rng(4)
+    names = ["fog", "snow", "contrast", "jpeg_compression"]
+    baseline_runs = [{(c, s): float(rng.uniform(0.3, 0.9)) for c in names for s in (1, 2, 3, 4, 5)} for _ in range(3)]
+    del baseline_runs[2][("fog", 4)]  # a partial run: the mean is over the runs that have the key
+    run = {(c, s): float(rng.uniform(0.3, 0.9)) for c in names[:3] for s in (1, 3, 5)}
+    run[("spatter", 1)] = 0.5  # the baseline lacks it: no CE
+    base = robustness.mean_accuracy(baseline_runs)
+    assert base[("fog", 4)] == pytest.approx((baseline_runs[0][("fog", 4)] + baseline_runs[1][("fog", 4)]) / 2)
+    out = robustness.corruption_error(run, base)
+    want = {}
+    for c in names[:3]:
+        num = den = 0.0
+        for s in (1, 3, 5):
+            num += 1 - run[(c, s)]
+            den += 1 - sum(r[(c, s)] for r in baseline_runs if (c, s) in r) / sum((c, s) in r for r in baseline_runs)
+        want[c] = num / den
+    assert out["corruption_error"] == pytest.approx(want, rel=1e-12)
+    assert out["mce"] == pytest.approx(sum(want.values()) / 3, rel=1e-12)
+    assert out["severities"] == {c: [1, 3, 5] for c in names[:3]}
+    # the baseline against itself: CE 1 everywhere
+    same = robustness.corruption_error(base, base)
+    assert all(v == pytest.approx(1.0) for v in same["corruption_error"].values()) and same["mce"] == pytest.approx(1.0)
+
+
+def test_corruption_error_edge_cases():
+    perfect = {("fog", 1): 1.0, ("fog", 2): 1.0}
+    out = robustness.corruption_error({("fog", 1): 0.5, ("fog", 2): 1.0}, perfect)
+    assert out["corruption_error"]["fog"] == math.inf and math.isnan(out["mce"])
+    out = robustness.corruption_error(dict(perfect), {**perfect, ("snow", 1): 0.5})
+    assert math.isnan(out["corruption_error"]["fog"]) and list(out["corruption_error"]) == ["fog"]
+    out = robustness.corruption_error({("snow", 1): 0.9, ("fog", 1): 0.9}, {("snow", 1): 0.8, ("fog", 1): 1.0})
+    assert out["corruption_error"]["snow"] == pytest.approx(0.5) and out["mce"] == pytest.approx(0.5)
+    assert robustness.corruption_error({}, perfect)["corruption_error"] == {}
+    assert math.isnan(robustness.corruption_error({}, perfect)["mce"])
+    with pytest.raises(ValueError, match="pairs"):
+        robustness.corruption_error({"fog": 0.5}, perfect)

@@ -1,8 +1,10 @@
-"""Corruption robustness: accuracy tables over (corruption, severity) and classes that break first."""
+"""Corruption robustness: accuracy tables over (corruption, severity), corruption error relative to a
+baseline (CE, mCE) and classes that break first."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import math
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -29,6 +31,41 @@ def corruption_table(clean_acc: float, acc: Mapping[tuple[str, int], float]) -> 
     clean = float(clean_acc)
     return {"clean_accuracy": clean, "per_corruption": per_corruption, "severities": severities,
             "mean_corruption_accuracy": mca, "relative": mca / clean if clean > 0 else float("nan")}
+
+
+def mean_accuracy(runs: Sequence[Mapping[tuple[str, int], float]]) -> dict[tuple[str, int], float]:
+    """Accuracy per (corruption, severity), the mean over the runs that have that key (seeds)."""
+    keys = sorted({k for r in runs for k in r})
+    return {k: float(np.mean([float(r[k]) for r in runs if k in r])) for k in keys}
+
+
+def corruption_error(acc: Mapping[tuple[str, int], float],
+                     baseline_acc: Mapping[tuple[str, int], float]) -> dict:
+    """Hendrycks & Dietterich's corruption error (CE), normalised by a baseline instead of AlexNet.
+
+    ``acc`` and ``baseline_acc`` are accuracies keyed by (corruption, severity); errors are 1 -
+    accuracy. For each corruption c that both have, over the severities both have:
+    ``CE_c = sum_s E_{s,c} / sum_s E^baseline_{s,c}``. The mean corruption error ``mCE`` is the mean
+    of CE_c over the corruptions whose CE is finite (the baseline made some error on them); NaN when
+    there is none. A model as robust as the baseline has CE = 1; lower is more robust.
+
+    Returns dict(corruption_error {corruption: CE}, mce, severities {corruption: [severity, ...]}).
+    """
+    shared: dict[str, list[int]] = {}
+    for key in acc:
+        if not (isinstance(key, tuple) and len(key) == 2):
+            raise ValueError(f"acc keys must be (corruption, severity) pairs, got {key!r}")
+        if key in baseline_acc:
+            shared.setdefault(str(key[0]), []).append(int(key[1]))
+    ce: dict[str, float] = {}
+    for corruption, sevs in sorted(shared.items()):
+        keys = [(corruption, s) for s in sorted(sevs)]
+        err = float(np.sum([1.0 - float(acc[k]) for k in keys]))
+        base = float(np.sum([1.0 - float(baseline_acc[k]) for k in keys]))
+        ce[corruption] = err / base if base > 0 else (float("nan") if err == 0 else float("inf"))
+    finite = [v for v in ce.values() if math.isfinite(v)]
+    return {"corruption_error": ce, "mce": float(np.mean(finite)) if finite else float("nan"),
+            "severities": {c: sorted(s) for c, s in sorted(shared.items())}}
 
 
 def rank_breaking(clean_acc: np.ndarray, acc_by_severity: Mapping[int, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
