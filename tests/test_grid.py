@@ -188,6 +188,14 @@ def test_every_shipped_grid_expands():
         assert main(["--grid", str(path), "--dry-run"]) == 0  # the CIFAR grids cannot run here
 
 
+def test_reference_grid_b_baseline_has_no_augmentation():
+    # REFERENCE_PROJECTS.md, B: the baseline reached 100% training accuracy with no augmentation; the
+    # modification adds crop, flip, rotation, colour jitter and random erasing
+    g = load_grid(REPO / "jobs" / "ref_b_resnet18_strongaug.toml")
+    aug = {r.variant: [a.name for a in r.train.augment] for r in g.runs}
+    assert aug == {"baseline": [], "strongaug": ["crop", "flip", "rotation", "color_jitter", "random_erasing"]}
+
+
 @pytest.mark.parametrize("where", ["base", "grid", "stress", "top"])
 @pytest.mark.parametrize("key", ["\n", "a\nb", "\r", "x\x00", "\t"])
 def test_control_characters_in_keys_stay_on_one_line(where, key):
