@@ -538,6 +538,15 @@ def print_headline(report: ReportData, console: Console) -> None:
     console.print(table)
 
 
+def print_findings(report: ReportData, console: Console) -> None:
+    """The page's Findings, as numbered sentences after the table."""
+    found = report.parts.get("findings") or []
+    if found:
+        console.print("Findings:", style="bold")
+    for i, f in enumerate(found, 1):
+        console.print(f"  {i}. {f['sentence']}", markup=False, highlight=False, soft_wrap=True)
+
+
 def _summary_lines(entries: list[Entry], report: ReportData) -> list[str]:
     """The run counts, then each section's sentences (registry order)."""
     counts = report.status_counts
@@ -661,6 +670,7 @@ def gather(sweep_dir: Path, grid: Grid | None = None, console: Console | None = 
     store.atomic_write_bytes(index, html_text.encode("utf-8"), if_changed=True)  # last: a crash leaves the old page whole
 
     print_headline(report, console)
+    print_findings(report, console)
     not_done = [e for e in entries if e.status != "done"]
     if not_done:
         console.print(f"[yellow]{len(not_done)} of {len(entries)} runs are not done[/yellow] "

@@ -269,29 +269,32 @@ def compare_variant(base_correct: np.ndarray, var_correct: np.ndarray,
 
 def _verdict(delta: float, lo: float, hi: float, ci_excludes_zero: bool, n_significant: int,
              n_pairs: int, n_base: int, n_var: int, var_dis: float, floor: float) -> str:
-    # Two questions, answered apart: is the accuracy difference beyond what reseeding and another
-    # draw of test images produce (bootstrap over both + McNemar per pair), and does the variant
-    # change *which* images are right more than reseeding the baseline does (the noise floor)?
-    head = f"the accuracy difference ({_points(delta)} points, 95% CI [{_points(lo)}, {_points(hi)}])"
+    # Two questions, answered apart, in plain sentences: is the accuracy difference beyond what
+    # reseeding and another draw of test images produce (bootstrap over both + McNemar per pair),
+    # and does the variant change *which* images are right more than reseeding the baseline does?
+    interval = f"95% CI {_points(lo)} to {_points(hi)}"
+    moved = "rose" if delta > 0 else "fell"
     if not ci_excludes_zero:
-        text = f"{head} is within seed and test-set noise: the CI includes 0"
+        text = f"The accuracy change ({_points(delta)} points, {interval}) is within seed and test-set noise."
     elif n_significant < n_pairs:
-        text = (f"{head} is not clearly beyond seed and test-set noise: the CI excludes 0 but McNemar "
-                f"p >= 0.05 in {n_pairs - n_significant} of {n_pairs} seed pairs")
+        text = (f"Test accuracy {moved} by {abs(100.0 * delta):.1f} points ({_points(delta)} points, {interval}), "
+                f"but McNemar's test confirms it in only {n_significant} of {n_pairs} seed pairs: not clearly "
+                "beyond seed and test-set noise.")
     else:
-        text = f"{head} exceeds seed and test-set noise"
+        text = (f"Test accuracy {moved} by {abs(100.0 * delta):.1f} points ({_points(delta)} points, {interval}), "
+                "beyond seed and test-set noise.")
     if n_pairs == 1:
-        text += "; single seed: the interval reflects test-image sampling only, not seed-to-seed variation"
+        text += " With one seed the interval covers test-image sampling only, not reseeding."
     if n_base != n_var:
-        text += f"; only the first {n_pairs} seeds of each side are paired ({n_base} baseline, {n_var} variant)"
+        text += f" Only the first {n_pairs} seeds of each side are paired ({n_base} baseline, {n_var} variant)."
+    share = f"{100 * var_dis:.1f}% of test images"
     if math.isnan(floor):
-        text += (f"; the variant changes the outcome on {100 * var_dis:.1f}% of test images, with no noise "
-                 "floor to read it against (one baseline seed)")
+        text += (f" It changes the outcome on {share}; with one baseline seed there is no noise floor to "
+                 "compare that with.")
     elif var_dis > floor:
-        text += (f"; the variant changes the outcome on {100 * var_dis:.1f}% of test images, more than two "
-                 f"baseline seeds disagree ({100 * floor:.1f}%, the noise floor)")
+        text += (f" It changes the outcome on {share}, more than reseeding the baseline does "
+                 f"({100 * floor:.1f}%): its errors are different ones.")
     else:
-        text += (f"; the variant changes the outcome on {100 * var_dis:.1f}% of test images, no more than two "
-                 f"baseline seeds disagree ({100 * floor:.1f}%, the noise floor): which images it gets "
-                 "right is within reseeding noise")
+        text += (f" It changes the outcome on {share}, no more than reseeding the baseline does "
+                 f"({100 * floor:.1f}%): which images it gets right is within reseeding noise.")
     return text

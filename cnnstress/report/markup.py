@@ -46,6 +46,8 @@ ul.summary li { margin: 4px 0; }
 details summary { cursor: pointer; color: var(--accent); }
 .verdict { background: var(--soft); border-left: 4px solid var(--accent); padding: 6px 12px; }
 tr.changed td { background: var(--soft); font-weight: 600; }
+ol.findings li { margin: 6px 0; font-size: 16px; }
+ol.findings a { font-size: 13px; white-space: nowrap; }
 """
 
 

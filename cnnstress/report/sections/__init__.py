@@ -17,6 +17,7 @@ from .base import FigureSpec, GatherContext, RunContext, Section
 
 #: The registry: one module name per section, in page order (and reduce order).
 MODULES: tuple[str, ...] = (
+    "findings",
     "status",
     "summary",
     "setup",

@@ -22,14 +22,16 @@ N_BOOT = 2000
 HEADLINE = ("test_accuracy", "mean_corruption_accuracy", "ece", "adversarial_linf_8")
 
 
-def run_metrics(run, sections) -> dict[str, Metric]:
-    """Every metric of one read run: clean accuracy (per image) and each section's."""
-    out = {"test_accuracy": Metric("test_accuracy", "test accuracy", run.correct.astype(np.float64), True)}
+def run_metrics(run, sections) -> dict[str, tuple[Metric, str]]:
+    """Every metric of one read run, with the id of the section it belongs to: clean accuracy (per
+    image, the accuracy section's) and each section's own."""
+    out = {"test_accuracy": (Metric("test_accuracy", "test accuracy", run.correct.astype(np.float64), True),
+                             "accuracy")}
     for sec in sections:
         part = run.parts.get(sec.id)
         if part is not None:
             for m in sec.metrics(part):
-                out.setdefault(m.key, m)
+                out.setdefault(m.key, (m, sec.id))
     return out
 
 
@@ -53,28 +55,28 @@ class ChangesSection(Section):
             paired = len(base.runs) == len(cell.runs)
             rows = []
             for key in keys:
-                first = bm[0][key]
-                res = verdicts.compare_metric(key, [m[key].value for m in bm], [m[key].value for m in vm],
+                first, section = bm[0][key]
+                res = verdicts.compare_metric(key, [m[key][0].value for m in bm], [m[key][0].value for m in vm],
                                               higher_is_better=first.higher_is_better, seeds_paired=paired,
                                               n_boot=N_BOOT, seed=0)
-                res.update(label=first.label, points=first.points,
-                           base_mean=float(np.mean([np.mean(m[key].value) for m in bm])),
-                           var_mean=float(np.mean([np.mean(m[key].value) for m in vm])))
+                res.update(label=first.label, points=first.points, section=section,
+                           base_mean=float(np.mean([np.mean(m[key][0].value) for m in bm])),
+                           var_mean=float(np.mean([np.mean(m[key][0].value) for m in vm])))
                 rows.append(res)
             power = []
             for key in HEADLINE:
                 if key not in keys:
                     continue
-                b = [float(np.mean(m[key].value)) for m in bm]
-                v = [float(np.mean(m[key].value)) for m in vm] if paired else None
+                b = [float(np.mean(m[key][0].value)) for m in bm]
+                v = [float(np.mean(m[key][0].value)) for m in vm] if paired else None
                 sd = verdicts.sd_of_paired_difference(b, v)
                 if sd is None:
                     continue
-                pts = bm[0][key].points
-                power.append({"metric": key, "label": bm[0][key].label, "n_seeds": len(b), "sd_difference": sd,
+                pts = bm[0][key][0].points
+                power.append({"metric": key, "label": bm[0][key][0].label, "n_seeds": len(b), "sd_difference": sd,
                               "detectable": verdicts.detectable_difference(sd, len(b)) if len(b) >= 2 else None,
                               "target": target, "seeds_needed": verdicts.seeds_needed(sd, target),
-                              "sentence": verdicts.power_sentence(bm[0][key].label, len(b), sd, target,
+                              "sentence": verdicts.power_sentence(bm[0][key][0].label, len(b), sd, target,
                                                                   unit="points" if pts else "",
                                                                   scale=100 if pts else 1)})
             out.append({"variant": cell.variant, "label": cell.label, "baseline": base.variant,

@@ -84,7 +84,7 @@ class ComparisonSection(Section):
         lines = []
         for comp in report.comparisons:
             where = f" [{comp.group}]" if comp.group else ""
-            lines.append(f"{comp.variant} vs {comp.baseline}{where}: {comp.stats['verdict']}.")
+            lines.append(f"{comp.variant} vs {comp.baseline}{where}: {comp.stats['verdict']}")
         for g in report.groups:
             where = f" [{g.label}]" if g.label else ""
             if g.cells and not g.cells[0].n_runs and any(c.n_runs for c in g.cells[1:]):

@@ -114,7 +114,7 @@ class ShortcutSection(Section):
     def metrics(self, part):
         labels = {"energy_all": ("Grad-CAM energy inside the object", True, False),
                   "pointing_game": ("pointing game (Grad-CAM peak inside the object)", True, True),
-                  "follows_background": ("follows the background (conflicting images)", False, True),
+                  "follows_background": ("background-following rate (conflicting images)", False, True),
                   "acc_conflicting": ("accuracy on conflicting images", True, True)}
         return [Metric(k, label, part[k], better, points=pts) for k, (label, better, pts) in labels.items()
                 if part.get(k) is not None]
