@@ -104,3 +104,33 @@ def test_dry_run_says_how_many_seeds_before_more_are_launched(sweep) -> None:
     assert lines == [f"cropflip vs baseline, from the finished runs: {want}"]
     # no finished runs, no sentence
     assert launcher.power_notes(grid, s.sweep_dir.parent / "elsewhere") == []
+
+
+def test_findings_open_the_page_ranked_by_effect(sweep) -> None:
+    s, summary, page = sweep
+    found = summary["findings"]
+    assert 3 <= len(found) <= 7
+    metrics = summary["comparisons"][0]["metrics"]
+    changed = [m for m in metrics if m["verdict"] == verdicts.VERDICT_CHANGED]
+    # the largest effect first, in the metric's own words and numbers
+    top = max(changed, key=lambda m: m["effect"] if m["effect"] is not None else float("inf"))
+    lo, hi = top["ci95"]
+    assert found[0] == (f"cropflip raised {top['label']} by {100 * top['delta']:.1f} points (95% CI {100 * lo:+.1f} "
+                        f"to {100 * hi:+.1f}), far beyond reseeding noise (±{100 * top['noise_floor']:.1f}).")
+    # clean accuracy (+10 points planted, seeds 1 point apart) is among them, with the arrays' numbers
+    base, var = _correct(s, "baseline").mean(axis=1), _correct(s, "cropflip").mean(axis=1)
+    assert any(f.startswith(f"cropflip raised test accuracy by {100 * (var.mean() - base.mean()):.1f} points")
+               for f in found)
+    # the page opens with them, each linking to its section
+    first = page.split("<section id=", 1)[1]
+    assert first.startswith('"findings"') and '<a href="#accuracy">Test accuracy →</a>' in first.split("</section>")[0]
+
+
+def test_terminal_prints_the_findings_after_the_table(sweep) -> None:
+    s, summary, _ = sweep
+    out = io.StringIO()
+    gather.gather(s.sweep_dir, console=Console(file=out, width=80), figures=False)
+    text = out.getvalue()
+    assert "Findings:" in text and text.index("Findings:") > text.index("test accuracy over seeds")
+    for i, sentence in enumerate(summary["findings"], 1):
+        assert f"  {i}. {sentence}" in text  # one line each, not wrapped at 80 columns
