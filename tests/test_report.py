@@ -205,3 +205,128 @@ def test_headless_chromium_render(shapes_report, tmp_path: Path) -> None:
     assert float(np.std(img[..., :3])) > 0.05, "the screenshot is (nearly) a single colour"
     # the lower half holds figures too (the page is long and laid out, not one line of text)
     assert float(np.std(img[1500:, :, :3])) > 0.05
+
+
+# ---- official CIFAR-10-C files: the reference curve and the corruption error (issue 13) ------------
+
+OFFICIAL = ("fog", "jpeg_compression", "saturate")  # two benchmark corruptions and an extra one
+
+
+def _official_sweep(root: Path, monkeypatch, dataset: str = "cifar10", source: str = "official", name: str = "off"):
+    """A synthetic sweep whose grid reads the official files (fake ones under the data root: the grid
+    only looks for them; synth plants the logits)."""
+    from test_cifar_c import write_fake_cifar_c
+
+    classes = 10 if dataset == "cifar10" else 100
+    write_fake_cifar_c(root / "data", dataset, names=OFFICIAL, labels=np.arange(120) % classes)
+    real = getattr(synth.grid_text, "__wrapped__", synth.grid_text)
+
+    def with_source(*args, **kwargs):
+        return real(*args, **kwargs).replace("[stress]\n", f'[stress]\nsource = "{source}"\n')
+
+    with_source.__wrapped__ = real
+    monkeypatch.setattr(synth, "grid_text", with_source)
+    corruptions = OFFICIAL if source == "official" else ("contrast", "fog")
+    return synth.make_sweep(root, name=name, dataset=dataset, variants=("baseline", "cutout"), seeds=(1, 2, 3),
+                            n_test=120, corruptions=corruptions, severities=(1, 3, 5))
+
+
+def _gathered(s, monkeypatch) -> tuple[dict, str, list]:
+    """summary.json, the page, and the reference handed to the robustness figure (captured)."""
+    from cnnstress.report import figures as F
+
+    seen = []
+    real = F.robustness
+
+    def spy(items, reference=None, means=None):
+        seen.append((reference, means))
+        return real(items, reference=reference, means=means)
+
+    monkeypatch.setattr(F, "robustness", spy)
+    index = gather.gather(s.sweep_dir, console=Console(file=io.StringIO(), width=200))
+    summary = json.loads((index.parent / "summary.json").read_text(encoding="utf-8"))
+    return summary, index.read_text(encoding="utf-8"), seen
+
+
+def _acc(run, corruption: str, sev: int, labels: np.ndarray) -> float:
+    logits = run.arrays[f"stress/{corruption}/{sev}/logits"]
+    return float(np.mean(np.argmax(logits, axis=1) == labels))
+
+
+def test_official_cifar10_report_shows_the_reference_and_every_runs_ce(tmp_path, monkeypatch) -> None:
+    from cnnstress import cifar_c
+
+    s = _official_sweep(tmp_path / "sweep \"root\" it's", monkeypatch)
+    assert s.grid.runs[0].stress.source == "official"
+    summary, page, seen = _gathered(s, monkeypatch)
+    ref = cifar_c.REFERENCE_CIFAR10C
+    assert summary["corruption_source"] == "official"
+    assert summary["corruption_reference"]["accuracy"] == ref["accuracy"]
+    # the figure got the reference and each cell's mean over the benchmark corruptions present
+    (reference, means), = seen
+    assert reference == ref and [c.label for c, _ in means] == ["baseline", "cutout"]
+    for c, m in means:
+        assert m["n_corruptions"] == 2 and m["severities"] == [1, 3, 5]
+        runs = [r for r in s.runs if r.spec.variant == c.variant]
+        for i, sev in enumerate((1, 3, 5)):
+            want = np.mean([np.mean([_acc(r, n, sev, s.labels) for r in runs]) for n in ("fog", "jpeg_compression")])
+            assert m["accuracy"][i] == pytest.approx(want, abs=1e-12)
+    body = page.split('id="robustness"', 1)[1].split("</section>", 1)[0]
+    assert html.escape(ref["label"], quote=False) in body or ref["label"] in html.unescape(body)
+    assert ref["source"] in html.unescape(body) and "73.46%" in body
+    # CE per run against a plain computation: the baseline's error averaged over its three seeds
+    base = [r for r in s.runs if r.spec.variant == "baseline"]
+    rows = {r["run_id"]: r for r in summary["runs"]}
+    for run in s.runs:
+        row = rows[run.run_id]
+        want = {}
+        for n in OFFICIAL:
+            err = sum(1 - _acc(run, n, sev, s.labels) for sev in (1, 3, 5))
+            base_err = sum(1 - np.mean([_acc(b, n, sev, s.labels) for b in base]) for sev in (1, 3, 5))
+            want[n] = err / base_err
+        assert row["corruption_error"] == pytest.approx(want, rel=1e-9), run.run_id
+        assert row["mce"] == pytest.approx(np.mean(list(want.values())), rel=1e-9)
+    for variant in ("baseline", "cutout"):
+        v = summary["variants"][variant]
+        runs = [rows[r.run_id] for r in s.runs if r.spec.variant == variant]
+        assert v["mce"] == pytest.approx(np.mean([r["mce"] for r in runs]), rel=1e-9)
+        assert v["corruption_error"]["fog"] == pytest.approx(np.mean([r["corruption_error"]["fog"] for r in runs]))
+    assert summary["variants"]["baseline"]["mce"] == pytest.approx(1.0, abs=0.05)  # its seeds scatter around 1
+    assert "Corruption error relative to the baseline (baseline)" in html.unescape(body)
+    assert "mCE" in body
+
+
+def test_reference_curve_only_for_cifar10_with_the_official_files(tmp_path, monkeypatch) -> None:
+    # CIFAR-100 with its official files: CE, but no CIFAR-10 reference
+    s = _official_sweep(tmp_path / "c100", monkeypatch, dataset="cifar100", name="off100")
+    summary, page, seen = _gathered(s, monkeypatch)
+    assert summary["corruption_source"] == "official" and summary["corruption_reference"] is None
+    assert seen == [(None, None)] and "RobustBench" not in page
+    assert all(r["mce"] is not None for r in summary["runs"])
+    assert "published CIFAR-100-C files" in page
+    # CIFAR-10 with generated corruptions: no reference, a word that these are not the published files
+    s = _official_sweep(tmp_path / "gen", monkeypatch, source="generated", name="gen10")
+    summary, page, seen = _gathered(s, monkeypatch)
+    assert summary["corruption_source"] == "generated" and summary["corruption_reference"] is None
+    assert seen == [(None, None)] and "RobustBench" not in page
+    assert "not directly comparable with published CIFAR-10-C results" in page
+    assert set(summary["runs"][0]["corruption_error"]) == {"contrast", "fog"}
+
+
+def test_robustness_figure_draws_the_reference_panel() -> None:
+    from cnnstress import cifar_c
+    from cnnstress.report import figures as F
+    from cnnstress.report.model import Cell
+
+    cell = Cell(label="baseline", variant="baseline", group="", is_baseline=True, color=0, acc_mean=0.9)
+    stress = {"fog": {"severities": [1, 3], "accuracy": [0.8, 0.6]}}
+    ref = cifar_c.REFERENCE_CIFAR10C
+    plain = F.robustness([(cell, stress)])
+    fig = F.robustness([(cell, stress)], reference=ref,
+                       means=[(cell, {"severities": [1, 3], "accuracy": [0.8, 0.6], "n_corruptions": 1})])
+    assert len([a for a in fig.axes if a.axison]) == len([a for a in plain.axes if a.axison]) + 1
+    first = fig.axes[0]
+    labels = [" ".join(line.get_label().split()) for line in first.get_lines()]  # wrapped to fit the panel
+    assert any(ref["label"] in lab and ref["source"] in lab for lab in labels)
+    line = next(ln for ln in first.get_lines() if ref["label"] in " ".join(ln.get_label().split()))
+    assert list(line.get_ydata()) == [ref["clean_accuracy"]] + ref["accuracy"]

@@ -542,17 +542,38 @@ def neighbours(cases: list[Case]) -> Figure | None:
 # ------------------------------------------------------------------------------------------------
 
 
-def robustness(items: list[tuple[Cell, dict[str, dict[str, list]]]]) -> Figure | None:
+def robustness(items: list[tuple[Cell, dict[str, dict[str, list]]]],
+               reference: dict[str, Any] | None = None,
+               means: list[tuple[Cell, dict[str, list]]] | None = None) -> Figure | None:
     """Accuracy vs severity per corruption (small multiples), clean accuracy at severity 0;
-    ``items``: (cell, {corruption: {"severities", "accuracy"}})."""
+    ``items``: (cell, {corruption: {"severities", "accuracy"}}).
+
+    With ``reference`` (a published curve: "label", "source", "severities", "accuracy" and
+    "clean_accuracy") a first panel shows it, dashed black and labelled with its source, beside each
+    cell's mean over the same corruptions (``means``: (cell, {"severities", "accuracy",
+    "n_corruptions"}))."""
     items = [(c, st) for c, st in items if st]
     if not items:
         return None
     cells = [c for c, _ in items]
     stress = {id(c): st for c, st in items}
     corruptions = sorted({k for c in cells for k in stress[id(c)]})
-    fig, axes = _panels(len(corruptions), per_row=4, w=3.0, h=2.6)
-    for ax, name in zip(axes, corruptions):
+    first = 1 if reference is not None else 0
+    fig, axes = _panels(len(corruptions) + first, per_row=4, w=3.0, h=2.6)
+    if reference is not None:
+        ax = axes[0]
+        for c, m in means or []:
+            if m and m["severities"]:
+                ax.plot([0] + list(m["severities"]), [c.acc_mean] + list(m["accuracy"]), "o-", color=color(c),
+                        label=f"{c.label} (mean of {m['n_corruptions']})", ms=3, lw=1.4)
+        ax.plot([0] + list(reference["severities"]), [reference["clean_accuracy"]] + list(reference["accuracy"]),
+                "s--", color="black", ms=3, lw=1.2,
+                label=textwrap.fill(reference["label"], 44) + "\n" + textwrap.fill(f"source: {reference['source']}", 44))
+        ax.set(title="mean over the benchmark corruptions", xlabel="severity (0 = clean)", ylabel="accuracy",
+               ylim=(0, 1))
+        ax.set_xticks([0] + list(reference["severities"]))
+        ax.legend(fontsize=5.5, loc="lower left")
+    for ax, name in zip(axes[first:], corruptions):
         for c in cells:
             if name not in stress[id(c)]:
                 continue
@@ -561,7 +582,8 @@ def robustness(items: list[tuple[Cell, dict[str, dict[str, list]]]]) -> Figure |
                     ms=3, lw=1.4)
         ax.set(title=name.replace("_", " "), xlabel="severity (0 = clean)", ylabel="accuracy", ylim=(0, 1))
         ax.set_xticks([0] + sorted({s for c in cells if name in stress[id(c)] for s in stress[id(c)][name]["severities"]}))
-    axes[0].legend(fontsize=7, loc="lower left")
+    if corruptions:
+        axes[first].legend(fontsize=7, loc="lower left")
     return fig
 
 

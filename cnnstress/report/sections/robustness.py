@@ -1,5 +1,6 @@
 """Corruption robustness: accuracy and calibration on every corrupted test set (the clean validation
-temperature applied unchanged), and the classes that break first."""
+temperature applied unchanged), the corruption error relative to the baseline (CE, mCE), the classes
+that break first, and, with CIFAR-10 and the official CIFAR-10-C files, a published reference curve."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ... import cifar_c
 from ...analysis import calibration, metrics, robustness
 from ..markup import empty, figure, num, para, pct, points, table
 from .base import FigureSpec, Metric, Section
@@ -26,6 +28,10 @@ class RunStress:
     calibration: dict[tuple[str, int], dict[str, float | None]] = field(default_factory=dict)
     reliability: dict[tuple[str, int], dict[str, np.ndarray]] = field(default_factory=dict)
     mca: float | None = None
+    # set by compare (they need the group's baseline): CE per corruption and their mean, against the
+    # baseline variant's error averaged over its seeds
+    corruption_error: dict[str, float] = field(default_factory=dict)
+    mce: float | None = None
 
 
 @dataclass
@@ -36,6 +42,13 @@ class CellStress:
     corruption_calibration: dict[str, float | None] = field(default_factory=dict)
     stress_reliability: dict[str, np.ndarray] | None = None  # highest severities, pooled over corruptions, seeds
     breaking: dict[str, list[tuple[str, float]]] = field(default_factory=dict)  # corruption -> (class, drop)
+    # set by compare: CE per corruption and mCE, means over seeds; the baseline they are relative to
+    corruption_error: dict[str, float | None] = field(default_factory=dict)
+    mce: float | None = None
+    ce_baseline: str | None = None
+    # with the official files: accuracy per severity averaged over the benchmark corruptions present
+    # and over seeds ({"severities", "accuracy", "n_corruptions"}), beside the reference curve
+    benchmark_mean: dict[str, list] | None = None
 
 
 def breaking_first(support: np.ndarray, clean_right: np.ndarray, right_by_severity: dict[int, np.ndarray],
@@ -48,7 +61,7 @@ def breaking_first(support: np.ndarray, clean_right: np.ndarray, right_by_severi
 class RobustnessSection(Section):
     id = "robustness"
     title = "Corruption robustness"
-    run_keys = ("mean_corruption_accuracy",)
+    run_keys = ("mean_corruption_accuracy", "corruption_error", "mce")
 
     def reduce(self, res, run):
         """Accuracy, per-class right counts and calibration on every corrupted test set, one set at a time.
@@ -98,6 +111,8 @@ class RobustnessSection(Section):
                                                           np.sum([r.clean_right for r in complete], axis=0),
                                                           pooled, ctx.names)
         out.mca = mean_or_none([r.mca for r in parts])
+        if _official(ctx):
+            out.benchmark_mean = benchmark_mean(out.stress)
         out.corruption_calibration = {k: mean_or_none([e for v in out.stress.values() for e in v[k]])
                                       for k in STRESS_CALIBRATION_KEYS}
         # one reliability diagram under corruption: each corruption at its highest severity, pooled over
@@ -108,14 +123,48 @@ class RobustnessSection(Section):
             out.stress_reliability = pool_bins(worst)
         return out
 
+    def compare(self, group, ctx):
+        """Every run's corruption error (CE per corruption, mCE) relative to the group's baseline variant:
+        Hendrycks & Dietterich's definition with the baseline's error, averaged over its seeds, in place
+        of AlexNet's. Stored on each run's reduction (summary.json's run rows) and, averaged over seeds,
+        on each cell's aggregate."""
+        base = next((c for c in group.cells if c.is_baseline), None)
+        base_runs = [r.parts[self.id] for r in (base.runs if base else []) if r.parts.get(self.id) is not None]
+        base_runs = [p for p in base_runs if p.acc]
+        if not base_runs:
+            return None
+        base_acc = robustness.mean_accuracy([p.acc for p in base_runs])
+        for cell in group.cells:
+            parts = [r.parts[self.id] for r in cell.runs if r.parts.get(self.id) is not None and r.parts[self.id].acc]
+            for p in parts:
+                res = robustness.corruption_error(p.acc, base_acc)
+                p.corruption_error = res["corruption_error"]
+                p.mce = res["mce"] if np.isfinite(res["mce"]) else None
+            agg = cell.parts.get(self.id)
+            if agg is not None and parts:
+                names = sorted({c for p in parts for c in p.corruption_error})
+                agg.corruption_error = {c: mean_or_none([_finite(p.corruption_error.get(c)) for p in parts])
+                                        for c in names}
+                agg.mce = mean_or_none([p.mce for p in parts])
+                agg.ce_baseline = base.variant
+        return {"baseline": base.variant, "baseline_accuracy": base_acc}
+
+    def finish(self, report, ctx):
+        """The published reference curve when this sweep can be compared with it (CIFAR-10, official files)."""
+        return {"source": _source(ctx), "reference": cifar_c.REFERENCE_CIFAR10C if _official(ctx, "cifar10") else None}
+
     def run_fields(self, run, part):
-        return {"mean_corruption_accuracy": part.mca}
+        return {"mean_corruption_accuracy": part.mca, "corruption_error": part.corruption_error or None,
+                "mce": part.mce}
 
     def variant_fields(self, cell, agg):
         stress = agg.stress if agg else {}
         cal = agg.corruption_calibration if agg else {}
         return {
             "mean_corruption_accuracy": agg.mca if agg else None,
+            # CE per corruption and mCE relative to the group's baseline variant (means over seeds)
+            "corruption_error": (agg.corruption_error or None) if agg else None,
+            "mce": agg.mce if agg else None,
             "corruption_accuracy": {c: dict(zip((str(s) for s in v["severities"]), v["accuracy"]))
                                     for c, v in stress.items()},
             # per corruption, the classes whose accuracy drops most at the lowest severity (pooled over seeds)
@@ -128,11 +177,19 @@ class RobustnessSection(Section):
             **{f"mean_corruption_{k}": cal.get(k) for k in STRESS_CALIBRATION_KEYS},
         }
 
+    def summary_fields(self, report):
+        part = report.parts.get(self.id) or {}
+        return {"corruption_source": part.get("source"), "corruption_reference": part.get("reference")}
+
     def figures(self, report):
+        reference = (report.parts.get(self.id) or {}).get("reference")
+
         def accuracy():
             from .. import figures as F
 
-            return F.robustness([(c, c.parts[self.id].stress) for c in report.cells if c.parts.get(self.id)])
+            cells = [c for c in report.cells if c.parts.get(self.id)]
+            return F.robustness([(c, c.parts[self.id].stress) for c in cells], reference=reference,
+                                means=[(c, c.parts[self.id].benchmark_mean) for c in cells] if reference else None)
 
         def reliability():
             from .. import figures as F
@@ -140,7 +197,11 @@ class RobustnessSection(Section):
             return F.reliability([(c, c.parts[self.id].stress_reliability, c.parts[self.id].corruption_calibration)
                                   for c in report.cells if c.parts.get(self.id)], corrupted=True)
 
-        return [FigureSpec("robustness", accuracy, "Accuracy under each corruption by severity (mean over seeds)."),
+        caption = "Accuracy under each corruption by severity (mean over seeds)."
+        if reference:
+            caption += (f" First panel: the mean over the benchmark corruptions beside {reference['label']}, "
+                        f"from {reference['source']} (dashed).")
+        return [FigureSpec("robustness", accuracy, caption),
                 FigureSpec("reliability_corrupted", reliability,
                            "Reliability diagrams under corruption: every corruption at its highest severity, pooled "
                            "over corruptions and seeds, with the ECE of those bins; second line: mean ECE over all "
@@ -165,6 +226,7 @@ class RobustnessSection(Section):
                       "ECE corrupted after T", "NLL clean", "NLL corrupted", "Brier clean", "Brier corrupted"), rows,
                      numeric=range(1, 11)),
                figure(figs, "robustness"), figure(figs, "reliability_corrupted")]
+        out += self._reference_html(report, cells) + self._ce_html(cells)
         sev_rows = []
         for c, a in cells:
             for name, v in sorted(a.stress.items()):
@@ -188,6 +250,51 @@ class RobustnessSection(Section):
             out.append(table(heads, rows))
         return "".join(out)
 
+    def _reference_html(self, report, cells) -> list[str]:
+        part = report.parts.get(self.id) or {}
+        ref = part.get("reference")
+        if part.get("source") != "official":
+            if report.dataset not in cifar_c.DATASETS:
+                return []
+            return [para("Corrupted test sets generated on the device (corrupt.py, CIFAR-10-C's definitions with "
+                         "the differences listed in its docstring): not the published files, so these numbers are "
+                         "not directly comparable with published CIFAR-10-C results ([stress].source = "
+                         "\"official\" reads those).")]
+        if ref is None:
+            return [para(f"Corrupted test sets from the published {_folder(report.dataset)} files.")]
+        rows = [["reference", pct(ref["clean_accuracy"])] + [pct(a) for a in ref["accuracy"]]
+                + [pct(ref["mean_accuracy"]), "15"]]
+        for c, a in cells:
+            m = a.benchmark_mean
+            if not m:
+                continue
+            by_sev = dict(zip(m["severities"], m["accuracy"]))
+            rows.append([c.label, pct(c.acc_mean)] + [pct(by_sev[s]) if s in by_sev else "-"
+                                                      for s in ref["severities"]]
+                        + [pct(float(np.mean(m["accuracy"]))), str(m["n_corruptions"])])
+        return [para(f"Corrupted test sets from the published CIFAR-10-C files. Reference: {ref['label']}, "
+                     f"mean {pct(ref['mean_accuracy'])} over the 15 benchmark corruptions and 5 severities "
+                     f"(source: {ref['source']}). The variants' rows average the benchmark corruptions this sweep "
+                     "evaluated, over seeds; they match the reference's set only when all 15 and all 5 severities "
+                     "are there."),
+                table(("", "clean") + tuple(f"severity {s}" for s in ref["severities"]) + ("mean", "corruptions"),
+                      rows, numeric=range(1, 9))]
+
+    def _ce_html(self, cells) -> list[str]:
+        with_ce = [(c, a) for c, a in cells if a.corruption_error]
+        if not with_ce:
+            return []
+        base = with_ce[0][1].ce_baseline
+        names = sorted({n for _, a in with_ce for n in a.corruption_error})
+        rows = [["mCE"] + [num(a.mce) for _, a in with_ce]]
+        rows += [[n] + [num(a.corruption_error.get(n)) for _, a in with_ce] for n in names]
+        return [para(f"Corruption error relative to the baseline ({base}): Hendrycks & Dietterich's CE, the sum over "
+                     "severities of a run's error divided by the same sum for the baseline variant's error averaged "
+                     "over its seeds (in place of AlexNet's); mCE is its mean over corruptions. 1 = as robust as the "
+                     "baseline, lower = more robust; the baseline's own runs scatter around 1 by their seed noise. "
+                     "Per run in summary.json (corruption_error, mce)."),
+                table(["corruption"] + [c.label for c, _ in with_ce], rows, numeric=range(1, len(with_ce) + 1))]
+
     def metrics(self, part):
         out = [] if part.mca is None else [Metric("mean_corruption_accuracy", "mean corruption accuracy", part.mca,
                                                   True)]
@@ -201,6 +308,41 @@ class RobustnessSection(Section):
                 out.append(Metric(f"corruption_{key}", label, float(np.mean(vals)), False,
                                   points=key in ("ece", "ece_after")))
         return out
+
+
+def benchmark_mean(stress: dict[str, dict[str, list]]) -> dict[str, list] | None:
+    """Accuracy per severity averaged over the benchmark corruptions in ``stress`` (a cell's means over
+    seeds), the curve the reference is read against; None without any."""
+    names = [n for n in cifar_c.BENCHMARK_CORRUPTIONS if n in stress]
+    if not names:
+        return None
+    sevs = sorted({s for n in names for s in stress[n]["severities"]})
+    acc = [float(np.mean([dict(zip(stress[n]["severities"], stress[n]["accuracy"]))[s]
+                          for n in names if s in stress[n]["severities"]])) for s in sevs]
+    return {"severities": sevs, "accuracy": acc, "n_corruptions": len(names)}
+
+
+def _source(ctx) -> str:
+    spec = getattr(ctx, "spec0", None)
+    return getattr(getattr(spec, "stress", None), "source", "generated") if spec is not None else "generated"
+
+
+def _official(ctx, dataset: str | None = None) -> bool:
+    """Whether the sweep read the published files (of ``dataset``, when given)."""
+    if _source(ctx) != "official":
+        return False
+    return dataset is None or ctx.spec0.dataset.name == dataset
+
+
+def _folder(dataset: str) -> str:
+    try:
+        return cifar_c.official_set(dataset).folder
+    except ValueError:
+        return "CIFAR-C"
+
+
+def _finite(v: float | None) -> float | None:
+    return v if v is not None and np.isfinite(v) else None
 
 
 SECTION = RobustnessSection()
