@@ -48,6 +48,7 @@ from .layout import REPORT_DIR, RUNS_DIR
 from .analysis import compare, failures, metrics
 from .config import RunSpec, spec_diff
 from .grid import Grid, GridError, load_grid, load_sweep_grid
+from .report.markup import count_mean
 from .report.model import Cell, Group, ReportData
 from .report.sections import SECTIONS
 from .report.sections.base import GatherContext, RunContext
@@ -532,7 +533,7 @@ def print_headline(report: ReportData, console: Console) -> None:
         fails = cell.parts.get("failures")
         hc = _mean_or_none(fails.high_conf) if fails else None
         ece = calibration_scores(cell).get("ece")
-        row = (cell.label, str(cell.n_runs), acc, delta, "n/a" if hc is None else f"{hc:.1f}",
+        row = (cell.label, str(cell.n_runs), acc, delta, count_mean(hc),
                "n/a" if ece is None else f"{ece:.3f}")
         table.add_row(*(Text(x) for x in row))  # Text: labels like "v [k=1]" are not markup
     console.print(table)

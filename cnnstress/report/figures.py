@@ -619,7 +619,7 @@ def shortcut(items: list[tuple[Cell, dict[str, Any]]]) -> Figure | None:
     if not items:
         return None
     cells = [c for c, _ in items]
-    fig = _figure(10.0, 3.4)
+    fig = _figure(11.0, 3.9)
     a, b = fig.subplots(1, 2)
     x = np.arange(len(cells))
     labels = [c.label for c in cells]
@@ -632,7 +632,8 @@ def shortcut(items: list[tuple[Cell, dict[str, Any]]]) -> Figure | None:
                    color=["#1f77b4", "#d62728", "#ff7f0e"][k % 3])
         ax.set_xticks(x, labels, rotation=15, ha="right")
         ax.set(title=title, ylabel=ylabel, ylim=(0, 1))
-        ax.legend(fontsize=7)
+        # below the axes: bars reach 1.0, so a legend inside would hide some of them
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=len(keys), frameon=False)
 
     bars(a, [("energy_right", "right predictions"), ("energy_wrong", "wrong predictions")],
          "Grad-CAM energy inside the object mask", "fraction of map energy")

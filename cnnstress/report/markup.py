@@ -64,6 +64,13 @@ def num(x: float | None, digits: int = 3) -> str:
     return "n/a" if x is None else f"{x:.{digits}f}"
 
 
+def count_mean(x: float | None) -> str:
+    """A mean of integer counts: "68" when it is a whole number, "68.5" otherwise (never "68.0")."""
+    if x is None:
+        return "n/a"
+    return f"{x:.0f}" if float(x).is_integer() else f"{x:.1f}"
+
+
 def points(x: float | None) -> str:
     return "n/a" if x is None else f"{100 * x:+.2f}"
 

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from ...analysis import failures, metrics
-from ..markup import esc, figure, figure_key, num, para, table
+from ..markup import count_mean, esc, figure, figure_key, num, para, table
 from ..model import slug
 from .base import FigureSpec, Section
 
@@ -108,7 +108,7 @@ class FailuresSection(Section):
         for c in report.cells:
             hc = c.parts[self.id].high_conf if c.parts.get(self.id) else []
             rows.append([c.label, c.n_runs, ", ".join(str(h) for h in hc) or "-",
-                         num(sum(hc) / len(hc), 1) if hc else "n/a"])
+                         count_mean(sum(hc) / len(hc)) if hc else "n/a"])
         out.append(table(("variant", "n", f"failures > {report.threshold:g} per run", "mean"), rows, numeric=(1, 3)))
         out.append(figure(figs, "thresholds"))
         out.append(figure(figs, "confidence_hist"))
