@@ -13,7 +13,8 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	# torch/torchvision unpinned: pip takes the newest release it is offered
-	$(PY) -m pip install --quiet -e '.[test]'
+	# the tensorboard extra too, so that tests/test_tensorboard.py runs (it skips without the package)
+	$(PY) -m pip install --quiet -e '.[test,tensorboard]'
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -102,6 +102,9 @@ class Runtime:
     # Minutes between checkpoints (0: after every epoch). A checkpoint is also written when the job
     # is told to stop (Slurm's USR2 before the time limit, preemption, SIGTERM) and at the end.
     checkpoint_every_min: float = 10.0
+    # [report].tensorboard / --tensorboard: the worker writes TensorBoard event files
+    # (cnnstress/tensorboard.py); watching a run does not change what it computes.
+    tensorboard: bool = False
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Runtime:

@@ -124,6 +124,8 @@ REPORT_KEYS: dict[str, Param] = {
     # the smallest change worth detecting (a fraction: 0.01 = one accuracy point); the report and
     # --dry-run say how many seeds a sweep needs to detect it
     "target_difference": Param(0.01, 0.0001, 1.0),
+    # TensorBoard event files per run (cnnstress/tensorboard.py); config.Runtime, not part of a run's id
+    "tensorboard": Param(False, doc="write TensorBoard event files under <sweep>/tensorboard/ (the tensorboard extra)"),
 }
 COMPARE_KEYS: dict[str, Param] = {"baseline": Param("baseline")}
 SLURM_KEYS: dict[str, Param] = {
@@ -507,7 +509,7 @@ def _build_spec(v: _Validator, cfg: dict[str, Any], where: _Origin, *, name: str
     return RunSpec(sweep=name, variant=variant, seed=sc["seed"], dataset=dataset, num_classes=num_classes,
                    model=model, train=train, stress=stress, gradcam_layer=layer,
                    grid_values=dict(sorted(grid_values.items())), paths=paths,
-                   runtime=Runtime(checkpoint_every_min=sc["checkpoint_every_min"]))
+                   runtime=Runtime(checkpoint_every_min=sc["checkpoint_every_min"], tensorboard=report["tensorboard"]))
 
 
 class _Validator:

@@ -17,7 +17,7 @@ from typing import Sequence
 from rich.console import Console
 from rich.table import Table
 
-from . import atomic, states, store
+from . import atomic, states, store, tensorboard
 from .cluster import BACKENDS, LaunchContext, backend
 from .grid import Grid, GridError, load_grid
 from .layout import GRID_COPY, LAUNCH_FILE, MANIFEST_FILE, REPORT_DIR, RUNS_DIR
@@ -35,6 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="override a [base] value (epochs=2, optimizer.lr=0.01) or a section value "
                          "(stress.severities=[1], report.confidence_threshold=0.8); repeatable")
+    ap.add_argument("--tensorboard", action="store_true",
+                    help="write TensorBoard event files per run under <out>/<sweep>/tensorboard/ (the same as "
+                         "--set report.tensorboard=true; needs pip install -e '.[tensorboard]')")
     ap.add_argument("--dry-run", action="store_true",
                     help="print the expanded runs (and, for slurm/sbatch, what would be submitted) and exit; "
                          "writes and submits nothing")
@@ -60,6 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.tensorboard:
+        args.overrides.append("report.tensorboard=true")
     console = Console(highlight=False)
     err = Console(stderr=True, highlight=False, soft_wrap=True)
     out_root = Path(args.out)
@@ -109,7 +114,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.gather:
         return _gather(grid, sweep_dir, console)
-    problem = missing_ood_files(grid)
+    problem = missing_ood_files(grid) or tensorboard.missing_package(grid.runs)
     if problem:  # before anything is written or submitted (gather and --status never need the files)
         err.print(f"error: {grid.source}: {problem}", markup=False)
         return 2

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from . import attacks, data, oodsets, randomize, store
+from . import tensorboard as tboard
 from .layout import (BEST_FILE, DONE_NAME, EXIT_BUSY, EXIT_DONE, EXIT_FAILED, EXIT_USAGE, HISTORY_KEYS, LOG_FILE,
                      PROGRESS_FILE, RUNS_DIR, SPEC_FILE)
 from .claims import RunBusy, claim
@@ -361,6 +362,7 @@ def _train_and_publish(spec: RunSpec, run_dir: Path, log: RunLog) -> dict[str, A
 
     t_train = time.time()
     keeper = CheckpointKeeper(run_dir, 60.0 * spec.runtime.checkpoint_every_min, log, written_epoch=start_epoch)
+    board = tboard.open_board(spec, history, log)  # rewrites the run's event files from the checkpoint's history
     with stop_signals(keeper):
         try:
             for epoch in range(start_epoch, tr.epochs):
@@ -373,6 +375,7 @@ def _train_and_publish(spec: RunSpec, run_dir: Path, log: RunLog) -> dict[str, A
                 best_before = max(history["val_acc"], default=-1.0)
                 for key, value in zip(HISTORY_KEYS, (epoch + 1, lr, fit["loss"], fit["acc"], ev["loss"], ev["acc"], seconds)):
                     history[key].append(float(value))
+                board.epoch(history)
                 best = None
                 if ev["acc"] > best_before:
                     best = {"format": CHECKPOINT_FORMAT, "spec_hash": spec.spec_hash, "epoch": epoch + 1,
@@ -391,6 +394,7 @@ def _train_and_publish(spec: RunSpec, run_dir: Path, log: RunLog) -> dict[str, A
         except BaseException as e:
             # Stopped (signal, Ctrl-C, submitit's exit) or crashed: keep every finished epoch. A
             # failing write must not hide why training ended.
+            board.close()
             try:
                 keeper.flush(f"training ended by {type(e).__name__}")
             except Exception as e2:  # noqa: BLE001
@@ -422,6 +426,7 @@ def _train_and_publish(spec: RunSpec, run_dir: Path, log: RunLog) -> dict[str, A
         "test_accuracy": test_acc, "val_accuracy": history["val_acc"][-1] if history["val_acc"] else None,
         "epochs": tr.epochs, "device": attrs["device"], "restarts": restarts(), **timings,
     }
+    board.final(arrays)
     store.write_done(run_dir, summary, sha)
     log(f"done: test accuracy {test_acc:.4f}; results.h5 sha256 {sha[:12]}; {timings['total_s']:.0f}s in all")
     return summary
