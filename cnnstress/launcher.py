@@ -16,6 +16,7 @@ from typing import Sequence
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from . import atomic, states, store, tensorboard
 from .cluster import BACKENDS, LaunchContext, backend
@@ -274,6 +275,7 @@ def print_status(grid: Grid, sweep_dir: Path, console: Console, verify_hash: boo
     for col in ("variant", "seed", *[k for k in grid.grid_keys if k != "seed"], "state", "epoch", "job", "detail"):
         table.add_column(col, overflow="fold")
     counts: dict[str, int] = {}
+    rows: list[tuple[str, ...]] = []
     for st in statuses:
         r = by_id[st.run_id]
         counts[st.status] = counts.get(st.status, 0) + 1
@@ -281,10 +283,10 @@ def print_status(grid: Grid, sweep_dir: Path, console: Console, verify_hash: boo
         restarts = (st.summary or {}).get("restarts")
         detail = "; ".join(x for x in (st.detail, f"restarts: {restarts}" if restarts else "") if x)
         short = detail if len(detail) <= 60 or st.status not in ("failed", "broken") else detail[:57] + "..."
-        table.add_row(st.run_id, r.variant, str(r.seed), *[str(r.grid_values[k]) for k in grid.grid_keys if k != "seed"],
-                      f"[{colour}]{st.status}[/{colour}]", f"{st.epoch}/{st.epochs}", st.job_id or "-",
-                      _escape(short))
-    console.print(table)
+        rows.append((st.run_id, r.variant, str(r.seed), *[str(r.grid_values[k]) for k in grid.grid_keys if k != "seed"],
+                     f"[{colour}]{st.status}[/{colour}]", f"{st.epoch}/{st.epochs}", st.job_id or "-", _escape(short)))
+        table.add_row(*rows[-1])
+    print_table(console, table, rows)
     console.print("  ".join(f"{k}: {counts[k]}" for k in RUN_STATUSES if k in counts))
     for st in statuses:  # whole reasons, unfolded, where a table cell would cut them
         if st.status in ("failed", "broken"):
@@ -409,10 +411,30 @@ def _print_table(grid: Grid, states: list[str], console: Console, title: str | N
     table.add_column("run_id", no_wrap=True, min_width=max(len(r.run_id) for r in grid.runs))
     for col in ("variant", "seed", *keys, "model", "epochs", "augment", "optimizer", "state"):
         table.add_column(col, overflow="fold")
+    rows = []
     for r, status in zip(grid.runs, states):
-        table.add_row(r.run_id, r.variant + (" (baseline)" if r.variant == grid.baseline else ""), str(r.seed),
-                      *[str(r.grid_values[k]) for k in keys], *_describe(r, grid), status)
-    console.print(table)
+        rows.append((r.run_id, r.variant + (" (baseline)" if r.variant == grid.baseline else ""), str(r.seed),
+                     *[str(r.grid_values[k]) for k in keys], *_describe(r, grid), status))
+        table.add_row(*rows[-1])
+    print_table(console, table, rows)
+
+
+def print_table(console: Console, table: Table, rows: list[tuple[str, ...]]) -> None:
+    """The table when it fits the console; otherwise (a narrow terminal, an 80-column log) its title
+    and one plain line per row, 'header=value' after the first column, instead of a table rich would
+    squeeze to a character per column."""
+    from rich.measure import Measurement
+
+    if Measurement.get(console, console.options.update(max_width=100_000), table).maximum <= console.width:
+        console.print(table)
+        return
+    headers = [str(c.header) for c in table.columns]
+    if table.title:
+        console.print(str(table.title), markup=False, highlight=False)
+    for row in rows:
+        plain = [Text.from_markup(v).plain if isinstance(v, str) else str(v) for v in row]
+        console.print("  ".join([plain[0], *(f"{h}={v}" for h, v in zip(headers[1:], plain[1:]) if v not in ("", "-"))]),
+                      markup=False, highlight=False, soft_wrap=True)
 
 
 def _print_groups(grid: Grid, states: list[str], console: Console, title: str | None) -> None:

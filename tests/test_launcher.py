@@ -52,3 +52,22 @@ def test_two_run_grid_through_local_cluster(tiny_grid, tmp_path):
     snap = {p: p.stat().st_mtime_ns for p in (out / "tiny").rglob("*") if p.is_file() and "submitit" not in p.parts}
     assert main(args) == 0
     assert {p: p.stat().st_mtime_ns for p in snap} == snap
+
+
+@pytest.mark.parametrize("columns", [80, 250])
+def test_dry_run_table_never_squeezed_in_a_narrow_terminal(tiny_grid, tmp_path, columns):
+    # rich squeezes a wide table into 80 columns one character per column; a plain listing instead
+    env = {**__import__("os").environ, "COLUMNS": str(columns)}
+    out = subprocess.run([sys.executable, "launch.py", "--grid", str(tiny_grid), "--out", str(tmp_path / "o u t"),
+                          "--dry-run"], cwd=REPO, capture_output=True, text=True, env=env, check=True).stdout
+    grid = load_grid(tiny_grid, out_root=tmp_path / "o u t")
+    lines = out.splitlines()
+    assert all(len(line.rstrip()) <= columns for line in lines if "━" in line or "┃" in line)
+    for r in grid.runs:
+        mine = [line for line in lines if r.run_id in line]
+        assert len(mine) == 1, out
+        if columns == 80:  # one plain line per run, every value whole
+            assert "┃" not in out and "│" not in mine[0]
+            assert f"seed={r.seed}" in mine[0] and f"epochs={r.train.epochs}" in mine[0] and "state=missing" in mine[0]
+        else:
+            assert "│" in mine[0] and "missing" in mine[0]
