@@ -183,6 +183,31 @@ def test_energy_in_mask():
     assert math.isnan(zero[0])
 
 
+def test_pointing_game_against_a_loop():
+    rng = np.random.default_rng(6)
+    masks = rng.random((6, 32, 32)) < 0.4
+    maps = rng.normal(size=(6, 8, 8))
+    maps[4] = 0.0  # no positive mass: nothing to point with
+    maps[5] = -1.0
+    got = gradcam.pointing_game(maps, masks)
+    for k in range(6):
+        up = _loop_upsample(maps[k], 32, 32)
+        if up.max() <= 0:
+            assert math.isnan(got[k])
+            continue
+        peaks = [(i, j) for i in range(32) for j in range(32) if up[i, j] >= up.max() - 1e-6]
+        assert got[k] == float(any(masks[k][i, j] for i, j in peaks))
+    # a map whose peak sits in the mask hits; moved out, it misses
+    one = np.zeros((1, 32, 32))
+    one[0, 5, 5] = 1.0
+    mask = np.zeros((1, 32, 32), bool)
+    mask[0, 4:7, 4:7] = True
+    assert gradcam.pointing_game(one, mask)[0] == 1.0
+    assert gradcam.pointing_game(np.roll(one, 10, axis=2), mask)[0] == 0.0
+    with pytest.raises(ValueError, match="masks must have shape"):
+        gradcam.pointing_game(maps, masks[0])
+
+
 def test_auc_trapezoid():
     assert gradcam.auc(np.linspace(0.0, 1.0, 11)) == pytest.approx(0.5)
     assert gradcam.auc(np.full(7, 0.3)) == pytest.approx(0.3)

@@ -60,6 +60,17 @@ def normalize_maps(maps: np.ndarray) -> np.ndarray:
     return out.astype(np.float32)
 
 
+def _maps_and_masks(maps: np.ndarray, masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(N, h, w) maps and (N, H, W) masks as arrays, or a ValueError saying which shape is wrong."""
+    mk = np.asarray(masks)
+    if mk.ndim != 3:
+        raise ValueError(f"masks must have shape (N, H, W), got shape {mk.shape}")
+    m = np.asarray(maps)
+    if m.ndim != 3 or m.shape[0] != mk.shape[0]:
+        raise ValueError(f"maps must have shape (N, h, w) with N = {mk.shape[0]}, got shape {m.shape}")
+    return m, mk
+
+
 def energy_in_mask(maps: np.ndarray, masks: np.ndarray) -> np.ndarray:
     """Fraction of each map's mass that falls inside its mask -> (N,) float64 in [0, 1].
 
@@ -67,12 +78,7 @@ def energy_in_mask(maps: np.ndarray, masks: np.ndarray) -> np.ndarray:
     negative values clipped to 0 (Grad-CAM is a ReLU map; negatives carry no evidence). NaN for a
     map with no positive mass.
     """
-    mk = np.asarray(masks)
-    if mk.ndim != 3:
-        raise ValueError(f"masks must have shape (N, H, W), got shape {mk.shape}")
-    m = np.asarray(maps)
-    if m.ndim != 3 or m.shape[0] != mk.shape[0]:
-        raise ValueError(f"maps must have shape (N, h, w) with N = {mk.shape[0]}, got shape {m.shape}")
+    m, mk = _maps_and_masks(maps, masks)
     up = np.clip(upsample_bilinear(m, size=(mk.shape[1], mk.shape[2])).astype(np.float64), 0.0, None)
     total = up.sum(axis=(1, 2))
     inside = (up * mk.astype(bool)).sum(axis=(1, 2))
@@ -99,12 +105,7 @@ def pointing_game(maps: np.ndarray, masks: np.ndarray) -> np.ndarray:
     excitation backprop", 2016) -> (N,) float64: 1.0 hit, 0.0 miss, NaN for a map with no positive
     mass (nothing to point with). Maps are upsampled bilinearly to the mask resolution first; a
     peak shared by several pixels is a hit when any of them is inside."""
-    mk = np.asarray(masks)
-    if mk.ndim != 3:
-        raise ValueError(f"masks must have shape (N, H, W), got shape {mk.shape}")
-    m = np.asarray(maps)
-    if m.ndim != 3 or m.shape[0] != mk.shape[0]:
-        raise ValueError(f"maps must have shape (N, h, w) with N = {mk.shape[0]}, got shape {m.shape}")
+    m, mk = _maps_and_masks(maps, masks)
     up = upsample_bilinear(m, size=(mk.shape[1], mk.shape[2])).astype(np.float64)
     peak = up.max(axis=(1, 2), keepdims=True)
     top = (up >= peak) & (peak > 0)
