@@ -36,3 +36,9 @@ gpu-check: $(STAMP)
 
 clean-demo:
 	rm -rf scratch/demo
+
+# on the dev Slurm cluster (root, slurm/dev-cluster.sh up): the chaos soak of issue 15, ~15 min
+# (docs/reliability.md); `make chaos CHAOS_ARGS=--quick` for the few-minute one; without a cluster: one line, exit 0
+.PHONY: chaos
+chaos: $(STAMP)
+	$(PY) bench/chaos.py $(CHAOS_ARGS)
