@@ -230,8 +230,9 @@ def _official_only(v: "_Validator", value: Any) -> None:
 
 
 def _check_official(v: "_Validator", corruptions: list[str], dataset: Any, data_root: str) -> None:
-    """source = "official" needs a CIFAR dataset and, for the corruptions asked for, its files under
-    the data root (only looked for here; the worker reads and checks them)."""
+    """source = "official" needs a CIFAR dataset. Its files are looked for at launch
+    (launcher.missing_files), not here: gather and --status re-read the grid on machines that may
+    not hold them."""
     from . import cifar_c
 
     if dataset not in catalog.DATASETS:
@@ -240,12 +241,6 @@ def _check_official(v: "_Validator", corruptions: list[str], dataset: Any, data_
         raise v.fail("[stress].source", f"\"official\" reads the published CIFAR-10-C / CIFAR-100-C files, which exist "
                                         f"for {' and '.join(cifar_c.DATASETS)} only, not {dataset}; use source = "
                                         "\"generated\"")
-    if not corruptions:
-        return
-    missing = cifar_c.missing_files(dataset, data_root, corruptions)
-    if missing:
-        raise v.fail("[stress].source", f"\"official\" needs {missing[0]} ({len(missing)} of the files missing); "
-                                        f"fetch them with: {cifar_c.download_command(dataset, data_root)}")
 
 
 # ------------------------------------------------------------------------------------------------

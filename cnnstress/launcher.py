@@ -115,7 +115,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.gather:
         return _gather(grid, sweep_dir, console)
-    problem = missing_ood_files(grid) or tensorboard.missing_package(grid.runs)
+    problem = missing_files(grid) or tensorboard.missing_package(grid.runs)
     if problem:  # before anything is written or submitted (gather and --status never need the files)
         err.print(f"error: {grid.source}: {problem}", markup=False)
         return 2
@@ -296,19 +296,29 @@ def print_status(grid: Grid, sweep_dir: Path, console: Console, verify_hash: boo
     return 0 if counts.get("done", 0) == len(grid.runs) else 1
 
 
-def missing_ood_files(grid: Grid) -> str:
-    """Why a named [stress].ood_sets set cannot be built on this machine ("" when every one can).
+def missing_files(grid: Grid) -> str:
+    """Why a run of this grid could not read the files it needs on this machine ("" when it can): a
+    named [stress].ood_sets set, or the official CIFAR-C files of [stress].source = "official".
     Checked at launch, not when the grid is read: the sweep's run ids must not depend on which
-    files happen to be there, and gather needs none of them."""
+    files happen to be there, and gather and --status need none of them."""
     named = {(r.dataset.name, r.paths.data_root, name) for r in grid.runs for name in (r.stress.ood or {}).get("sets", [])}
-    if not named:
-        return ""
-    from . import oodsets
+    if named:
+        from . import oodsets
 
-    for dataset, root, name in sorted(named):
-        if name not in oodsets.available_sets(dataset, root):
-            return (f"[stress].ood_sets: {name!r} needs the {name} test files under {root}; fetch them with: "
-                    f"python launch.py --download {name} --data-root {_q(root)}")
+        for dataset, root, name in sorted(named):
+            if name not in oodsets.available_sets(dataset, root):
+                return (f"[stress].ood_sets: {name!r} needs the {name} test files under {root}; fetch them with: "
+                        f"python launch.py --download {name} --data-root {_q(root)}")
+    official = {(r.dataset.name, r.paths.data_root, tuple(r.stress.corruptions)) for r in grid.runs
+                if r.stress.source == "official" and r.stress.corruptions}
+    if official:
+        from . import cifar_c
+
+        for dataset, root, corruptions in sorted(official):
+            missing = cifar_c.missing_files(dataset, root, list(corruptions))
+            if missing:
+                return (f"[stress].source: \"official\" needs {missing[0]} ({len(missing)} of the files missing); "
+                        f"fetch them with: {cifar_c.download_command(dataset, root)}")
     return ""
 
 

@@ -276,14 +276,14 @@ def test_ood_set_of_the_other_cifar_needs_its_file_at_launch_not_when_read(tmp_p
     g = expand(stress_raw("cifar10", ood=True, ood_sets=["cifar100", "uniform_noise"]), data_root=tmp_path)
     assert g.runs[0].stress.ood == {"sets": ["cifar100", "uniform_noise"], "samples": 1000}
     # ... a launch checks them before anything is written, naming the download command
-    msg = launcher.missing_ood_files(g)
+    msg = launcher.missing_files(g)
     assert "[stress].ood_sets: 'cifar100' needs the cifar100 test files under" in msg
     assert str(tmp_path) in msg and "python launch.py --download cifar100" in msg
     # not offered for cifar10 at all: the other way round
     assert "'cifar10' is not an out-of-distribution set for cifar10" in err(
         stress_raw("cifar10", ood=True, ood_sets=["cifar10"]), data_root=tmp_path)
     write_fake_cifar(tmp_path, "cifar100", n_train=10, n_test=20)
-    assert launcher.missing_ood_files(g) == ""
+    assert launcher.missing_files(g) == ""
 
 
 def test_empty_ood_sets_mean_every_set_available_when_the_run_starts(tmp_path: Path):
@@ -444,12 +444,18 @@ def test_official_source_takes_the_19_published_names(c_root: Path):
 def test_official_source_needs_cifar_and_its_files(c_root: Path, tmp_path: Path):
     msg = err(official_raw("shapes", corruptions=["fog"]), data_root=c_root)
     assert "[stress].source" in msg and "cifar10 and cifar100 only, not shapes" in msg
+    from cnnstress import launcher
+
+    # the files are looked for at launch (launcher.missing_files), never when the grid is read: gather
+    # and --status re-read it where the files may be gone
     empty = tmp_path / "no files here"
-    msg = err(official_raw(corruptions=["fog"]), data_root=empty)
+    g = expand(official_raw(corruptions=["fog"]), data_root=empty)
+    msg = launcher.missing_files(g)
     assert "[stress].source" in msg and "python launch.py --download cifar10-c" in msg
     assert str(empty / "CIFAR-10-C" / "labels.npy") in msg
-    msg = err(official_raw("cifar100", corruptions=["fog"]), data_root=c_root)
+    msg = launcher.missing_files(expand(official_raw("cifar100", corruptions=["fog"]), data_root=c_root))
     assert "CIFAR-100-C" in msg and "--download cifar100-c" in msg
+    assert launcher.missing_files(expand(official_raw(corruptions=["fog"]), data_root=c_root)) == ""
     assert expand(official_raw(corruptions=[]), data_root=empty).runs[0].stress.source == "official"  # nothing to read
 
 
