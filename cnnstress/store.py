@@ -190,8 +190,13 @@ _GROUP_RES: tuple[re.Pattern[str], ...] = tuple(r for f in SCHEMA for r in _grou
 
 
 def eps_text(eps: float) -> str:
-    """An attack radius as written in a key: 8 -> "8", 0.25 -> "0.25" (ints stay ints)."""
-    return str(int(eps)) if float(eps).is_integer() else repr(float(eps))
+    """An attack radius as written in a key: 8 -> "8", 0.25 -> "0.25", 1e-05 -> "0.00001" (plain
+    decimals, never an exponent, so that every key matches the schema's <eps>)."""
+    if float(eps).is_integer():
+        return str(int(eps))
+    from decimal import Decimal
+
+    return format(Decimal(repr(float(eps))), "f")
 
 
 def adversarial_key(norm: str, eps: float) -> str:

@@ -645,7 +645,7 @@ def make_new_arrays(seed: int = 1) -> dict[str, np.ndarray]:
 
 def test_key_helpers_spell_the_schema_paths() -> None:
     assert store.eps_text(8) == store.eps_text(8.0) == "8"
-    assert store.eps_text(0.5) == "0.5" and store.eps_text(0) == "0" and store.eps_text(1e-5) == "1e-05"
+    assert store.eps_text(0.5) == "0.5" and store.eps_text(0) == "0" and store.eps_text(1e-5) == "0.00001"
     assert store.adversarial_key("linf", 8.0) == "adversarial/linf/8/logits"
     assert store.adversarial_key("l2", 0.5) == "adversarial/l2/0.5/logits"
     assert store.ood_key("smooth_noise") == "ood/smooth_noise/logits"
