@@ -32,7 +32,7 @@ What it does:
 5. Verifies and prints: faults by kind; runs done; runs whose results.h5 arrays are bitwise equal to
    the reference (every dataset but ``history/epoch_seconds``); runs trained twice at the same time
    (two live processes with the run's log.txt open, which the worker opens only inside its flock
-   claim, sampled from /proc every 0.3 s; and log.txt attempts whose epoch lines interleave); temp
+   claim, sampled from /proc every 0.4 s; and log.txt attempts whose epoch lines interleave); temp
    files left; DONE.json without a matching results.h5; rounds needed; the report's run table
    (summary.json and runs.csv) against the folders. The last line is one sentence with the numbers.
 
@@ -319,7 +319,7 @@ class Watch(threading.Thread):
     """Samples log_holders every ``every`` seconds: runs with two trainers at once, and every pid
     that trained each run."""
 
-    def __init__(self, roots: Sequence[Path], every: float = 0.3):
+    def __init__(self, roots: Sequence[Path], every: float = 0.4):
         super().__init__(daemon=True, name="chaos-watch")
         self.roots = [os.path.realpath(r) + os.sep for r in roots]
         self.every = every
