@@ -109,7 +109,7 @@ class AdversarialSection(Section):
 
     def metrics(self, part):
         return [Metric(f"adversarial_{norm}_{e:g}", f"accuracy under {NORM_TEXT[norm]} PGD at ε = {eps_label(norm, e)}",
-                       float(a), True)
+                       float(a), True, headline=norm == "linf")
                 for norm, c in part["curves"].items() for e, a in zip(c["eps"], c["accuracy"]) if e > 0]
 
 

@@ -61,6 +61,7 @@ class Metric:
     value: Any  # a float, or (N,) per-image values whose mean is the metric (the same images in every run)
     higher_is_better: bool | None
     points: bool = True  # a fraction shown as percentage points (False: shown as a plain number)
+    headline: bool = False  # may be one of the page's Findings (details such as one severity are not)
 
 
 @dataclass

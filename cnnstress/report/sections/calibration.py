@@ -81,7 +81,7 @@ class CalibrationSection(Section):
 
     def metrics(self, part):
         sc = part["scores"]
-        out = [Metric("ece", "ECE", sc.get("ece"), False), Metric("nll", "NLL", sc.get("nll"), False, points=False),
+        out = [Metric("ece", "ECE", sc.get("ece"), False, headline=True), Metric("nll", "NLL", sc.get("nll"), False, points=False),
                Metric("brier", "Brier score", sc.get("brier"), False, points=False),
                Metric("ece_after", "ECE after temperature scaling", sc.get("ece_after"), False),
                Metric("nll_after", "NLL after temperature scaling", sc.get("nll_after"), False, points=False)]

@@ -25,7 +25,8 @@ HEADLINE = ("test_accuracy", "mean_corruption_accuracy", "ece", "adversarial_lin
 def run_metrics(run, sections) -> dict[str, tuple[Metric, str]]:
     """Every metric of one read run, with the id of the section it belongs to: clean accuracy (per
     image, the accuracy section's) and each section's own."""
-    out = {"test_accuracy": (Metric("test_accuracy", "test accuracy", run.correct.astype(np.float64), True),
+    out = {"test_accuracy": (Metric("test_accuracy", "test accuracy", run.correct.astype(np.float64), True,
+                                    headline=True),
                              "accuracy")}
     for sec in sections:
         part = run.parts.get(sec.id)
@@ -59,7 +60,7 @@ class ChangesSection(Section):
                 res = verdicts.compare_metric(key, [m[key][0].value for m in bm], [m[key][0].value for m in vm],
                                               higher_is_better=first.higher_is_better, seeds_paired=paired,
                                               n_boot=N_BOOT, seed=0)
-                res.update(label=first.label, points=first.points, section=section,
+                res.update(label=first.label, points=first.points, section=section, headline=first.headline,
                            base_mean=float(np.mean([np.mean(m[key][0].value) for m in bm])),
                            var_mean=float(np.mean([np.mean(m[key][0].value) for m in vm])))
                 rows.append(res)

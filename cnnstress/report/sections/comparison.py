@@ -74,7 +74,7 @@ class ComparisonSection(Section):
             found = changes.get((comp.group, comp.variant))
             if found is not None:
                 entry["metrics"] = [{k: r[k] for k in ("name", "label", "delta", "ci95", "noise_floor", "verdict",
-                                                       "effect", "direction")} for r in found["metrics"]]
+                                                       "effect", "direction", "section", "headline")} for r in found["metrics"]]
                 entry["seeds_needed"] = [{k: p[k] for k in ("metric", "n_seeds", "detectable", "target",
                                                             "seeds_needed")} for p in found["power"]]
             out.append(entry)

@@ -82,7 +82,8 @@ class FaithfulnessSection(Section):
     def metrics(self, part):
         labels = {"deletion_gradcam": ("deletion AUC of Grad-CAM", False),
                   "insertion_gradcam": ("insertion AUC of Grad-CAM", True)}
-        return [Metric(k, label, part["auc"][k], better, points=False) for k, (label, better) in labels.items()
+        return [Metric(k, label, part["auc"][k], better, points=False, headline=True)
+                for k, (label, better) in labels.items()
                 if k in part["auc"]]
 
 

@@ -42,9 +42,11 @@ def sentence(comp: dict, r: dict, group: str = "") -> str:
 
 
 def _rank_key(r: dict) -> tuple:
+    # changed ones first; among them clean test accuracy (the headline every reader asks for), then
+    # by effect (change / noise floor)
     changed = r["verdict"] == verdicts.VERDICT_CHANGED
     effect = r["effect"] if r["effect"] is not None else (math.inf if changed else 0.0)
-    return (not changed, -effect)
+    return (not changed, r["name"] != "test_accuracy", -effect)
 
 
 class FindingsSection(Section):
@@ -52,13 +54,18 @@ class FindingsSection(Section):
     title = "Findings"
 
     def finish(self, report, ctx):
-        """The changes beyond reseeding noise, largest effect first (at most 7); when fewer than 3,
-        the largest of the rest, said to be indistinguishable from reseeding."""
+        """The headline metrics' changes beyond reseeding noise, test accuracy first, then by effect,
+        the largest of each section only (at most 7); when fewer than 3, the largest of the rest,
+        said to be indistinguishable from reseeding. Details (one corruption at one severity, one
+        OOD score of three) stay in the table."""
         items = []
         for g in report.groups:
             for comp in g.parts.get("changes") or []:
-                items += [(r, comp, g.label) for r in comp["metrics"]]
+                items += [(r, comp, g.label) for r in comp["metrics"] if r.get("headline")]
         items.sort(key=lambda t: _rank_key(t[0]))
+        # one finding per section and comparison (its largest), so that seven sentences tell seven things
+        seen: set[tuple] = set()
+        items = [t for t in items if not ((key := (t[0].get("section"), t[1]["variant"], t[2])) in seen or seen.add(key))]
         changed = [t for t in items if t[0]["verdict"] == verdicts.VERDICT_CHANGED][:MAX_FINDINGS]
         rest = [t for t in items if t[0]["verdict"] != verdicts.VERDICT_CHANGED]
         chosen = changed + rest[:max(0, MIN_FINDINGS - len(changed))]

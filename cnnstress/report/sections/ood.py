@@ -136,9 +136,10 @@ class OodSection(Section):
 
     def metrics(self, part):
         out = [Metric(f"ood_auroc_{name}_{score}", f"OOD AUROC, {name} ({score})", s["metrics"][score]["auroc"], True,
-                      points=False)
+                      points=False, headline=score == "msp")
                for name, s in part["sets"].items() for score in ood.SCORES]
-        return out + [Metric("aurc", "AURC (selective risk)", part["selective"]["aurc"], False, points=False)]
+        return out + [Metric("aurc", "AURC (selective risk)", part["selective"]["aurc"], False, points=False,
+                             headline=True)]
 
 
 def _ci(stats: dict) -> str:

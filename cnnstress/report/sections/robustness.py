@@ -297,7 +297,7 @@ class RobustnessSection(Section):
 
     def metrics(self, part):
         out = [] if part.mca is None else [Metric("mean_corruption_accuracy", "mean corruption accuracy", part.mca,
-                                                  True)]
+                                                  True, headline=True)]
         out += [Metric(f"corruption_{c}_{s}", f"accuracy, {c} severity {s}", a, True)
                 for (c, s), a in sorted(part.acc.items())]
         for key, label in (("ece", "ECE under corruption"),

@@ -101,7 +101,7 @@ class SanitySection(Section):
 
     def metrics(self, part):
         return [Metric("sanity_rank_correlation", "Grad-CAM rank correlation after full randomisation",
-                       float(part["curve"]["spearman"][-1]), None, points=False)]
+                       float(part["curve"]["spearman"][-1]), None, points=False, headline=True)]
 
 
 def _draw(items):

@@ -116,7 +116,7 @@ class ShortcutSection(Section):
                   "pointing_game": ("pointing game (Grad-CAM peak inside the object)", True, True),
                   "follows_background": ("background-following rate (conflicting images)", False, True),
                   "acc_conflicting": ("accuracy on conflicting images", True, True)}
-        return [Metric(k, label, part[k], better, points=pts) for k, (label, better, pts) in labels.items()
+        return [Metric(k, label, part[k], better, points=pts, headline=True) for k, (label, better, pts) in labels.items()
                 if part.get(k) is not None]
 
 
