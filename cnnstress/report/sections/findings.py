@@ -84,7 +84,8 @@ class FindingsSection(Section):
         items = "".join(f'<li>{esc(f["sentence"])} <a href="#{esc(f["section"])}">{esc(titles.get(f["section"], ""))}'
                         f" →</a></li>" for f in found)
         return (f'<ol class="findings">{items}</ol>'
-                '<p class="meta">Ranked by effect (change / the baseline\'s seed-to-seed spread); every metric is in '
+                '<p class="meta">Test accuracy first, then by effect (change / the baseline\'s seed-to-seed spread), '
+                'the largest of each section; every metric is in '
                 '<a href="#changes">What the modification changed</a>.</p>')
 
 
