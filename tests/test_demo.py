@@ -1,4 +1,13 @@
-"""The demo grid end to end, as `make demo` runs it (minus the venv), at a tiny size."""
+"""The demo grid end to end, as `make demo` runs it (minus the venv), at a tiny size.
+
+Shrunk, the runs are far too short to learn the shapes (both variants stay near chance accuracy),
+so only the first half of the demo's finding is asserted: the baseline picks up the planted
+background shortcut within 16 steps and hue jitter cannot (measured at this size on four seed sets,
+42-44, 1-3, 7-9 and 100-102: every baseline run followed the background on 62-84% of the
+conflicting test images, every hue-jitter run on 5-15%, and the comparison called the difference
+"changed" each time). The accuracy gain, the Grad-CAM energy and everything else are checked for
+structure only.
+"""
 
 from __future__ import annotations
 
@@ -43,8 +52,8 @@ def test_demo_ends_with_a_report(demo):
     index = sweep / "report" / "index.html"
     assert f"report: {index}" in " ".join(res.stdout.split())
     summary = json.loads((sweep / "report" / "summary.json").read_text())
-    assert [r["status"] for r in summary["runs"]] == ["done"] * 4
-    assert set(summary["variants"]) == {"baseline", "cropflip"}
+    assert [r["status"] for r in summary["runs"]] == ["done"] * 6
+    assert set(summary["variants"]) == {"baseline", "huejitter"}
     # the demo turns on every stress section (issue 12): each shows up for every run
     for run in summary["runs"]:
         assert set(run["adversarial_accuracy"]["linf"]) == {"0", "1", "2", "4", "8"}
@@ -54,7 +63,25 @@ def test_demo_ends_with_a_report(demo):
     for sec in ("adversarial", "ood", "sanity"):
         assert f'<section id="{sec}">' in page and "not available" not in page.split(f'<section id="{sec}">')[1][:400]
     comp = summary["comparisons"][0]
-    assert comp["corrected"] + comp["worsened"] + comp["both_wrong"] + comp["both_right"] == 2 * 200
+    assert comp["corrected"] + comp["worsened"] + comp["both_wrong"] + comp["both_right"] == 3 * 200
+    for key in ("test_accuracy", "follows_background", "energy_all"):  # the numbers the demo's finding is told in
+        row = next(m for m in comp["metrics"] if m["name"] == key)
+        assert row["ci95"][0] <= row["delta"] <= row["ci95"][1] and row["verdict"]
+    for v in summary["variants"].values():
+        assert {"follows_background", "energy_all", "energy_right"} <= set(v["shortcut"])
+
+
+def test_the_baseline_follows_the_background_and_hue_jitter_does_not(demo):
+    """The part of the demo's finding that already shows at the tiny size (see the module docstring)."""
+    _, sweep, _ = demo
+    summary = json.loads((sweep / "report" / "summary.json").read_text())
+    follows = {v: [r["follows_background"] for r in summary["runs"] if r["variant"] == v]
+               for v in ("baseline", "huejitter")}
+    assert len(follows["baseline"]) == len(follows["huejitter"]) == 3
+    assert min(follows["baseline"]) > 0.4, follows
+    assert max(follows["huejitter"]) < 0.3, follows
+    row = next(m for m in summary["comparisons"][0]["metrics"] if m["name"] == "follows_background")
+    assert row["verdict"] == "changed" and row["ci95"][1] < -0.3, row
 
 
 def test_shortcut_numbers_match_an_independent_computation(demo):
@@ -79,5 +106,5 @@ def test_relaunching_the_finished_demo_trains_nothing_and_changes_no_file(demo):
     before = _snapshot(sweep)
     res = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0
-    assert "4 already finished, 0 to run" in " ".join(res.stdout.split())
+    assert "6 already finished, 0 to run" in " ".join(res.stdout.split())
     assert _snapshot(sweep) == before  # runs and report: same bytes, same modification times
