@@ -69,7 +69,8 @@ def _grid_file(folder: Path, name: str, epochs: int = 1, time_min: int = 10, one
 DEMO_TINY = ["--set", "grid.seed=[42]", "--set", "dataset_options.n_train=400", "--set", "dataset_options.n_test=200",
              "--set", "model_options.width=4", "--set", "epochs=1", "--set", 'stress.corruptions=["gaussian_noise"]',
              "--set", "stress.severities=[1]", "--set", "stress.faithfulness_samples=16",
-             "--set", "stress.train_embedding_samples=32"]
+             "--set", "stress.train_embedding_samples=32", "--set", "stress.adversarial_samples=10",
+             "--set", "stress.adversarial_steps=2", "--set", "stress.ood_samples=20", "--set", "stress.sanity_samples=5"]
 
 
 def _demo_grid(folder: Path) -> Path:
@@ -291,7 +292,7 @@ def test_slurm_wait_end_to_end_then_relaunch_submits_nothing(tmp_path, capsys):
     printed = capsys.readouterr().out
     sweep = out / "demo"
     specs = _demo_specs(grid, out)
-    assert sorted(s.variant for s in specs) == ["baseline", "cropflip"]
+    assert sorted(s.variant for s in specs) == ["baseline", "huejitter"]
     for spec in specs:
         assert store.run_state(sweep / "runs" / spec.run_id).status == "done"
     summary = json.loads((sweep / "report" / "summary.json").read_text())
