@@ -1,6 +1,6 @@
 # make demo: create .venv if missing, install, run the embedded demo grid to a report.
 # make test: create .venv if missing, install, run the test suite.
-# make gpu-check: on a CUDA machine, the GPU acceptance checks of issue 10 (docs/performance.md).
+# make gpu-check: on a CUDA machine, the GPU acceptance checks (docs/performance.md).
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -30,14 +30,14 @@ test-fast: $(STAMP)
 bench: $(STAMP)
 	@for b in bench/[!_]*.py; do case $$b in bench/gpu_check.py|bench/chaos.py) continue;; esac; echo "== $$b"; $(PY) $$b || exit 1; done
 
-# on a machine with a CUDA GPU: the issue-10 acceptance checks (< 8 min); without one: one line, exit 0
+# on a machine with a CUDA GPU: the GPU acceptance checks (< 8 min); without one: one line, exit 0
 gpu-check: $(STAMP)
 	$(PY) bench/gpu_check.py
 
 clean-demo:
 	rm -rf scratch/demo
 
-# on the dev Slurm cluster (root, slurm/dev-cluster.sh up): the chaos soak of issue 15, ~15 min
+# on the dev Slurm cluster (root, slurm/dev-cluster.sh up): the chaos soak, ~15 min
 # (docs/reliability.md); `make chaos CHAOS_ARGS=--quick` for the few-minute one; without a cluster: one line, exit 0
 .PHONY: chaos
 chaos: $(STAMP)

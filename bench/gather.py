@@ -1,4 +1,4 @@
-"""Gather time and peak memory vs number of runs (issue 7, benchmark 3).
+"""Gather time and peak memory vs number of runs.
 
     .venv/bin/python bench/gather.py [--quick] [--sizes 8,32,128] [--n-test 10000] [--keep DIR]
 

@@ -1,4 +1,4 @@
-"""GPU acceptance check (issue 10, item 9): what the CPU test suite cannot see, in one command.
+"""GPU acceptance check: what the CPU test suite cannot see, in one command.
 
     make gpu-check                                   # = .venv/bin/python bench/gpu_check.py
     .venv/bin/python bench/gpu_check.py [--out scratch/gpu-check/gpu_check.json] [--keep]
@@ -30,7 +30,7 @@ host_syncs_per_step            training epochs on the bfloat16 path under
 resnet18_throughput            ResNet-18 training images/s, bfloat16 autocast, channels_last,
                                deterministic (cnnstress's loop) against the DataLoader reference loop,
                                both from bench/train_input.py (imported), on 32x32x3 uint8 images.
-                               Passes when ours is not slower (the issue-7 target for resnet18); the
+                               Passes when ours is not slower (the target for resnet18); the
                                20 000 images/s H100 target is reported beside it.
 
 It prints a rich table and writes every number to a JSON (default scratch/gpu-check/gpu_check.json).
@@ -85,7 +85,7 @@ SYNC_WARNING = "synchronizing CUDA operation"
 # aten ops that make the host wait for a CUDA device (the CPU stand-in for set_sync_debug_mode)
 SYNC_OPS = ("_local_scalar_dense", "nonzero", "masked_select", "_unique2", "unique_dim", "unique_consecutive",
             "repeat_interleave", "bincount", "histc", "equal", "is_nonzero")
-THROUGHPUT_TARGET = 20_000  # images/s, issue 7's GPU target for ResNet-18 on one H100
+THROUGHPUT_TARGET = 20_000  # images/s, the GPU target for ResNet-18 on one H100
 # --quick on the CPU: ResNet-18 has no width option; its pipeline takes 30 s a process in float32 and
 # ~2.5 minutes in the emulated bfloat16/float16, so the smoke run leaves it to the GPU run (it still
 # builds and trains it in resnet18_throughput).
@@ -747,7 +747,7 @@ def environment(ctx: Context) -> dict[str, Any]:
         "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     try:
-        from cnnstress.engine import precision_settings  # present once issue 10 item 4 is in
+        from cnnstress.engine import precision_settings  # present in every version that has bf16 precision settings
 
         env["precision_settings"] = precision_settings()
     except ImportError:

@@ -1,4 +1,4 @@
-"""Grad-CAM maps/s: engine.gradcam (batched) vs one image at a time (issue 7, benchmark 2).
+"""Grad-CAM maps/s: engine.gradcam (batched) vs one image at a time.
 
     .venv/bin/python bench/gradcam.py [--quick] [--device cpu|cuda] [--images 2000] [--resnet-images 100]
 

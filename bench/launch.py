@@ -1,4 +1,4 @@
-"""Expanding and dry-running a 5 000-run grid (issue 7, benchmark 4).
+"""Expanding and dry-running a 5 000-run grid.
 
     .venv/bin/python bench/launch.py [--quick] [--runs 5000] [--profile]
 

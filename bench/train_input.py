@@ -1,4 +1,4 @@
-"""Training images/s: cnnstress's loop vs the usual torchvision DataLoader loop (issue 7, benchmark 1).
+"""Training images/s: cnnstress's loop vs the usual torchvision DataLoader loop.
 
     .venv/bin/python bench/train_input.py [--quick] [--device cpu|cuda] [--models simple_cnn,resnet18]
 

@@ -49,7 +49,7 @@ there; edges repeat, ImageMagick's default virtual pixels.
 (h) brightness and saturate go through a torch RGB<->HSV with skimage's conventions (rgb2hsv,
 hsv2rgb), computed in float32 rather than float64.
 
-(s) saturate is the published definition (since issue 13; before, every severity here desaturated,
+(s) saturate is the published definition (an earlier version here desaturated at every severity,
 0.5 .. 0.0, so results of sweeps that used saturate changed): severities 1-2 desaturate (x0.3,
 x0.1), 3-5 oversaturate (x1.5, x2 + 0.1, x2.5 + 0.2), so its severities are not ordered by how far
 the image moves (severity 2 moves it further than 3). ImageNet-C's saturate
