@@ -21,8 +21,10 @@ cifar10-c`` (or ``cifar100-c``).
 from __future__ import annotations
 
 import functools
+import math
 import os
 import shlex
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -146,13 +148,23 @@ def _refetch(dataset: str, root: str | os.PathLike) -> str:
     return f"fetch them again with: {download_command(dataset, root)}"
 
 
+def _one_line(exc: BaseException) -> str:
+    """An exception as one short line (numpy quotes the damaged header, which may hold anything)."""
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text[:160]}{'...' if len(text) > 160 else ''}"
+
+
 def _header(path: Path, dataset: str, root: str | os.PathLike) -> tuple[tuple[int, ...], np.dtype]:
-    """Shape and dtype from a .npy header, after checking that the file holds all its bytes."""
+    """Shape and dtype from a .npy header, after checking that the file holds exactly the bytes the
+    header announces. Reads the header only (a few hundred bytes), never the array."""
     if not path.is_file():
         raise DataError(f"{dataset}: official corruption file {path} is missing; "
                         f"fetch the files with: {download_command(dataset, root)}")
     try:
-        with open(path, "rb") as fh:
+        with open(path, "rb") as fh, warnings.catch_warnings():
+            # a damaged header can read as a Python 2 one: numpy's warning about that would add lines
+            # to the one-line error (or to a launch that passes)
+            warnings.simplefilter("ignore")
             version = npy_format.read_magic(fh)
             if version == (1, 0):
                 shape, _, dtype = npy_format.read_array_header_1_0(fh)
@@ -161,23 +173,33 @@ def _header(path: Path, dataset: str, root: str | os.PathLike) -> tuple[tuple[in
             else:
                 raise ValueError(f".npy format version {version} (the published files are 1.0)")
             offset = fh.tell()
-    except (ValueError, OSError, EOFError) as exc:
-        raise DataError(f"{dataset}: {path} is not a readable .npy file ({exc}); {_refetch(dataset, root)}") from exc
+        if any(int(s) < 0 for s in shape):
+            raise ValueError(f"negative shape {shape}")
+    except Exception as exc:  # a damaged header: ValueError, EOFError, OSError, but also tokenize.TokenError,
+        # SyntaxError, UnicodeDecodeError, ... from numpy's parsing of the header's dict literal
+        raise DataError(f"{dataset}: {path} is not a readable .npy file ({_one_line(exc)}); "
+                        f"{_refetch(dataset, root)}") from exc
     if dtype.hasobject:
         raise DataError(f"{dataset}: {path} holds Python objects, not numbers; {_refetch(dataset, root)}")
-    expected = offset + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    shape = tuple(int(s) for s in shape)
+    expected = offset + math.prod(shape) * dtype.itemsize  # Python ints: a forged shape cannot overflow
     size = path.stat().st_size
     if size < expected:
         raise DataError(f"{dataset}: {path} is truncated: {size} bytes, its header says {shape} {dtype} "
                         f"({expected} bytes); {_refetch(dataset, root)}")
-    return tuple(int(s) for s in shape), dtype
+    if size > expected:
+        raise DataError(f"{dataset}: {path} has {size} bytes, {size - expected} more than its header's {shape} "
+                        f"{dtype} ({expected} bytes): the header does not describe the file; {_refetch(dataset, root)}")
+    return shape, dtype
 
 
 def _open(path: Path, dataset: str, root: str | os.PathLike) -> np.ndarray:
     """The array of a checked .npy file, memory-mapped (only what is sliced is read)."""
     _header(path, dataset, root)
     try:
-        return np.load(path, mmap_mode="r", allow_pickle=False)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # see _header
+            return np.load(path, mmap_mode="r", allow_pickle=False)
     except (ValueError, OSError) as exc:
         raise DataError(f"{dataset}: {path} cannot be read ({exc}); {_refetch(dataset, root)}") from exc
 

@@ -18,6 +18,7 @@ class is uniform random, independent of the label. The arrays are cached under
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import math
 import os
@@ -65,6 +66,7 @@ class Split:
     index: np.ndarray  # int64 (N,)
     mask: np.ndarray | None = None  # bool (N, 32, 32) object pixels (shapes only)
     bg_class: np.ndarray | None = None  # int64 (N,) class whose hue the background has (shapes only)
+    note: str = ""  # how the files were verified (CIFAR): for the run's log and gather's output
 
     def __len__(self) -> int:
         return int(self.y.shape[0])
@@ -88,6 +90,7 @@ class Splits:
     train: Split
     val: Split
     test: Split
+    note: str = ""  # how the files were verified (CIFAR): for the run's log
 
 
 # --------------------------------------------------------------------------------------- options
@@ -134,7 +137,7 @@ def load_splits(
     train = official_train.subset(train_pos)
     val = official_train.subset(val_pos)
     info = _make_info(dataset, class_names, train.x)
-    return Splits(info=info, train=train, val=val, test=test)
+    return Splits(info=info, train=train, val=val, test=test, note=test.note)
 
 
 def load_test(dataset: str, root: str | os.PathLike, options: Mapping[str, Any] | None = None) -> Split:
@@ -295,13 +298,102 @@ def _download_hint(dataset: str, root: Path) -> str:
     return f"download it with: python launch.py --download {dataset} --data-root {shlex.quote(str(root))}"
 
 
-def _read_pickle(path: Path, dataset: str, root: Path) -> dict:
-    """One official CIFAR pickle (a dict with bytes keys), or DataError naming the file."""
+# The md5 of every file of the official python-version archives (cifar-10-python.tar.gz and
+# cifar-100-python.tar.gz, https://www.cs.toronto.edu/~kriz/cifar.html), copied from torchvision's
+# torchvision/datasets/cifar.py (CIFAR10 and CIFAR100: train_list, test_list, meta; torchvision
+# 0.29.1), which checks them before it unpickles a batch.
+OFFICIAL_MD5: dict[str, dict[str, str]] = {
+    "cifar10": {
+        "data_batch_1": "c99cafc152244af753f735de768cd75f",
+        "data_batch_2": "d4bba439e000b95fd0a9bffe97cbabec",
+        "data_batch_3": "54ebc095f3ab1f0389bbae665268c751",
+        "data_batch_4": "634d18415352ddfa80567beed471001a",
+        "data_batch_5": "482c414d41f54cd18b22e5b47cb7c3cb",
+        "test_batch": "40351d587109b95175f43aff81a1287e",
+        "batches.meta": "5ff9c542aee3614f3951f8cda6e48888",
+    },
+    "cifar100": {
+        "train": "16019d7e3df5f24257cddd939b257f8d",
+        "test": "f0ef6b0ae62326f3e7ffdfab6717acfc",
+        "meta": "7973b15100ade9c7d40fb424638fde48",
+    },
+}
+
+OFFICIAL_SAID = "checksum verified (official file)"
+RESTRICTED_SAID = "not the official file: read with a restricted unpickler"
+
+
+def _numpy_global(module: str, name: str) -> Any:
+    """numpy's own object for a name that numpy 1 (``numpy.core``) or 2 (``numpy._core``) pickles."""
+    try:
+        from numpy._core import multiarray, numeric  # numpy >= 2
+    except ImportError:  # numpy 1
+        from numpy.core import multiarray, numeric  # type: ignore[no-redef]
+    return getattr(multiarray if module.endswith("multiarray") else numeric, name)
+
+
+def _latin1_encode(text: Any, encoding: str = "latin1") -> bytes:
+    """``_codecs.encode`` as protocol-2 pickles of bytes use it (str -> latin-1), and nothing else."""
+    if not isinstance(text, str) or encoding.lower().replace("-", "") != "latin1":
+        raise pickle.UnpicklingError(f"_codecs.encode of {type(text).__name__} to {encoding!r}")
+    return text.encode("latin-1")
+
+
+def _globals_allowed() -> dict[tuple[str, str], Any]:
+    # The official batches are Python 2 pickles of a dict of bytes keys, lists of ints and bytes, and
+    # one numpy array (numpy.core.multiarray._reconstruct, numpy.ndarray, numpy.dtype: the same set
+    # Intel's datumaro admits for them). Python 3 writes bytes through _codecs.encode under protocol
+    # 2 (tests/fake_cifar.py) and numpy >= 2 names numpy._core; protocol 5 arrays use _frombuffer.
+    allowed: dict[tuple[str, str], Any] = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype,
+                                           ("_codecs", "encode"): _latin1_encode}
+    for core in ("numpy.core", "numpy._core"):
+        allowed[(f"{core}.multiarray", "_reconstruct")] = _numpy_global("multiarray", "_reconstruct")
+        allowed[(f"{core}.numeric", "_frombuffer")] = _numpy_global("numeric", "_frombuffer")
+    return allowed
+
+
+class _RefusedGlobal(Exception):
+    """Raised by the restricted unpickler for a global the CIFAR format never uses."""
+
+
+class _BatchUnpickler(pickle.Unpickler):
+    """Admits only the globals a CIFAR batch needs (dicts, lists, bytes and ints need none), so no
+    file can make unpickling call anything else (os.system in a ``__reduce__``, ...)."""
+
+    _allowed = _globals_allowed()
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in self._allowed:
+            return self._allowed[(module, name)]
+        raise _RefusedGlobal(f"{module}.{name}")
+
+    def persistent_load(self, pid: Any) -> Any:
+        raise _RefusedGlobal("a persistent id")
+
+
+def _read_pickle(path: Path, dataset: str, root: Path) -> tuple[dict, bool]:
+    """One CIFAR pickle (a dict with bytes keys) and whether its md5 is the official one's; or
+    DataError naming the file.
+
+    Every file goes through the restricted unpickler, the official ones too: the checksum only says
+    which file it is (and for the log), it is not what keeps code from running, so no reliance on
+    md5 resisting a forged file is needed. The bytes are read once, so the file that was hashed is the
+    file that is unpickled."""
     if not path.is_file():
         raise DataError(f"{dataset}: missing file {path}; {_download_hint(dataset, root)}")
     try:
-        with open(path, "rb") as fh:
-            content = pickle.load(fh, encoding="bytes")
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise DataError(f"{dataset}: file {path} cannot be read ({exc})") from exc
+    official = hashlib.md5(raw, usedforsecurity=False).hexdigest() == OFFICIAL_MD5[dataset].get(path.name)
+    try:
+        content = _BatchUnpickler(io.BytesIO(raw), encoding="bytes").load()
+    except _RefusedGlobal as exc:
+        raise DataError(
+            f"{dataset}: file {path} asks to call {exc}, which no CIFAR batch needs; refused, nothing run "
+            f"(allowed: dicts, lists, bytes, numbers and numpy arrays); replace it with the official file: "
+            f"{_download_hint(dataset, root)}"
+        ) from None
     except Exception as exc:  # truncated/corrupt pickles raise many different types
         raise DataError(
             f"{dataset}: file {path} is corrupt or truncated ({type(exc).__name__}: {exc}); "
@@ -309,12 +401,24 @@ def _read_pickle(path: Path, dataset: str, root: Path) -> dict:
         ) from exc
     if not isinstance(content, dict):
         raise DataError(f"{dataset}: file {path} does not hold a dict as the official format does")
-    return content
+    return content, official
 
 
-def _cifar_batch(path: Path, source: _CifarSource, dataset: str, root: Path) -> tuple[np.ndarray, np.ndarray]:
-    """Images (N, 3, 32, 32) uint8 and labels (N,) int64 of one batch file, validated."""
-    content = _read_pickle(path, dataset, root)
+def _verification_note(dataset: str, folder: Path, verdicts: dict[str, bool]) -> str:
+    """One line for the log: which files matched the official checksums, which did not."""
+    parts = []
+    for official, said in ((True, OFFICIAL_SAID), (False, RESTRICTED_SAID)):
+        names = [name for name, ok in verdicts.items() if ok is official]
+        if names:
+            parts.append(f"{', '.join(names)}: {said}")
+    return f"{dataset} in {folder}: {'; '.join(parts)}"
+
+
+def _cifar_batch(path: Path, source: _CifarSource, dataset: str, root: Path,
+                 verdicts: dict[str, bool]) -> tuple[np.ndarray, np.ndarray]:
+    """Images (N, 3, 32, 32) uint8 and labels (N,) int64 of one batch file, validated; records in
+    ``verdicts`` whether the file is the official one."""
+    content, verdicts[path.name] = _read_pickle(path, dataset, root)
     for key in (b"data", source.label_key):
         if key not in content:
             raise DataError(f"{dataset}: file {path} lacks the key {key!r} of the official format")
@@ -341,18 +445,20 @@ def _load_cifar(dataset: str, root: Path) -> tuple[Split, Split, tuple[str, ...]
     folder = root / source.folder
     if not folder.is_dir():
         raise DataError(f"{dataset}: folder {folder} is missing; {_download_hint(dataset, root)}")
-    meta = _read_pickle(folder / source.meta_file, dataset, root)
+    verdicts: dict[str, bool] = {}
+    meta, verdicts[source.meta_file] = _read_pickle(folder / source.meta_file, dataset, root)
     names = meta.get(source.names_key)
     if not isinstance(names, (list, tuple)) or len(names) != source.num_classes:
         raise DataError(f"{dataset}: file {folder / source.meta_file} lacks {source.num_classes} {source.names_key!r}")
     class_names = tuple(n.decode("utf-8") if isinstance(n, bytes) else str(n) for n in names)
 
-    train_parts = [_cifar_batch(folder / name, source, dataset, root) for name in source.train_files]
+    train_parts = [_cifar_batch(folder / name, source, dataset, root, verdicts) for name in source.train_files]
     train_x = np.concatenate([p[0] for p in train_parts])
     train_y = np.concatenate([p[1] for p in train_parts])
-    test_x, test_y = _cifar_batch(folder / source.test_file, source, dataset, root)
-    train = Split(x=train_x, y=train_y, index=np.arange(train_y.shape[0], dtype=np.int64))
-    test = Split(x=test_x, y=test_y, index=np.arange(test_y.shape[0], dtype=np.int64))
+    test_x, test_y = _cifar_batch(folder / source.test_file, source, dataset, root, verdicts)
+    note = _verification_note(dataset, folder, verdicts)
+    train = Split(x=train_x, y=train_y, index=np.arange(train_y.shape[0], dtype=np.int64), note=note)
+    test = Split(x=test_x, y=test_y, index=np.arange(test_y.shape[0], dtype=np.int64), note=note)
     return train, test, class_names
 
 
@@ -364,8 +470,10 @@ def load_cifar_test_file(dataset: str, root: str | os.PathLike) -> Split:
     or corrupt file by name, with the ``--download`` hint) as :func:`load_test`.
     """
     path = cifar_test_file(dataset, root)
-    x, y = _cifar_batch(path, _CIFAR[dataset], dataset, Path(root))
-    return Split(x=x, y=y, index=np.arange(y.shape[0], dtype=np.int64))
+    verdicts: dict[str, bool] = {}
+    x, y = _cifar_batch(path, _CIFAR[dataset], dataset, Path(root), verdicts)
+    return Split(x=x, y=y, index=np.arange(y.shape[0], dtype=np.int64),
+                 note=_verification_note(dataset, path.parent, verdicts))
 
 
 def cifar_test_file(dataset: str, root: str | os.PathLike) -> Path:

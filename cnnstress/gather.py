@@ -81,6 +81,7 @@ class TestData:
     bg_class: np.ndarray | None = None  # (M,) (shapes)
     class_names: list[str] | None = None
     note: str = ""  # why images are unavailable
+    verified: str = ""  # how the dataset's files were verified (data.Split.note)
 
 
 @dataclass
@@ -232,6 +233,7 @@ def _load_test_data(spec: RunSpec) -> TestData:
     out.images, out.labels = split.x, np.asarray(split.y, dtype=np.int64)
     out.mask, out.bg_class = split.mask, split.bg_class
     out.class_names = [str(n) for n in info.class_names]
+    out.verified = split.note
     return out
 
 
@@ -677,6 +679,8 @@ def gather(sweep_dir: Path, grid: Grid | None = None, console: Console | None = 
         console.print(f"[yellow]{len(not_done)} of {len(entries)} runs are not done[/yellow] "
                       f"({', '.join(f'{v} {k}' for k, v in report.state_counts.items() if k != 'done')}); "
                       "the report lists them", highlight=False)
+    if test.verified:
+        console.print(f"data: {test.verified}", markup=False, highlight=False, soft_wrap=True)
     for note in notes:
         console.print(f"note: {note}", markup=False, highlight=False)
     console.print(f"gathered {counts['done']} runs in {time.perf_counter() - t0:.1f}s: {index}", markup=False,

@@ -109,13 +109,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         for line in power_notes(grid, sweep_dir):
             console.print(line, markup=False)
         _print_plan(args, grid, sweep_dir, out_root, data_root, console)
+        problem = _launch_problem(grid)
+        if problem:  # what the launch itself would refuse
+            err.print(f"error: {grid.source}: {problem}", markup=False)
+            return 2
         return 0
     if args.status:
         print_status(grid, sweep_dir, console)
         return 0
     if args.gather:
         return _gather(grid, sweep_dir, console)
-    problem = missing_files(grid) or tensorboard.missing_package(grid.runs)
+    problem = _launch_problem(grid)
     if problem:  # before anything is written or submitted (gather and --status never need the files)
         err.print(f"error: {grid.source}: {problem}", markup=False)
         return 2
@@ -296,10 +300,16 @@ def print_status(grid: Grid, sweep_dir: Path, console: Console, verify_hash: boo
     return 0 if counts.get("done", 0) == len(grid.runs) else 1
 
 
+def _launch_problem(grid: Grid) -> str:
+    """Why this grid cannot be launched from here ("" when it can); --dry-run says the same."""
+    return missing_files(grid) or tensorboard.missing_package(grid.runs)
+
+
 def missing_files(grid: Grid) -> str:
     """Why a run of this grid could not read the files it needs on this machine ("" when it can): a
-    named [stress].ood_sets set, or the official CIFAR-C files of [stress].source = "official".
-    Checked at launch, not when the grid is read: the sweep's run ids must not depend on which
+    named [stress].ood_sets set, or the official CIFAR-C files of [stress].source = "official" (missing,
+    or a header, shape, dtype or size that is not the published one: cifar_c.check_files).
+    Checked at launch and by --dry-run, not when the grid is read: the sweep's run ids must not depend on which
     files happen to be there, and gather and --status need none of them."""
     named = {(r.dataset.name, r.paths.data_root, name) for r in grid.runs for name in (r.stress.ood or {}).get("sets", [])}
     if named:
@@ -313,12 +323,17 @@ def missing_files(grid: Grid) -> str:
                 if r.stress.source == "official" and r.stress.corruptions}
     if official:
         from . import cifar_c
+        from .data import DataError
 
         for dataset, root, corruptions in sorted(official):
             missing = cifar_c.missing_files(dataset, root, list(corruptions))
             if missing:
                 return (f"[stress].source: \"official\" needs {missing[0]} ({len(missing)} of the files missing); "
                         f"fetch them with: {cifar_c.download_command(dataset, root)}")
+            try:  # headers, shapes, dtypes and sizes (no image is read) and labels.npy against the test labels
+                cifar_c.check_files(dataset, root, corruptions)
+            except DataError as e:  # a truncated or damaged file would otherwise fail every run after training
+                return f"[stress].source: \"official\": {e}"
     return ""
 
 

@@ -313,6 +313,8 @@ def _train_and_publish(spec: RunSpec, run_dir: Path, log: RunLog) -> dict[str, A
 
     splits = data.load_splits(spec.dataset.name, spec.paths.data_root, val_fraction=tr.val_fraction,
                               split_seed=tr.split_seed, options=spec.dataset.params)
+    if splits.note:  # which files matched the published checksums (CIFAR)
+        log(f"data: {splits.note}")
     info = splits.info
     mean = torch.tensor(info.mean, device=device, dtype=torch.float32)
     std = torch.tensor(info.std, device=device, dtype=torch.float32)

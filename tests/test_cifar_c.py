@@ -6,7 +6,10 @@ published layout (a fake test set of N images -> blocks of N), and what goes wro
 
 from __future__ import annotations
 
+import math
+import re
 import shlex
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -221,3 +224,121 @@ def test_launch_download_cifar10_c(root, monkeypatch, capsys):
     monkeypatch.setattr(tv_utils, "download_and_extract_archive", failing)
     assert launcher.main(["--download", "cifar100-c", "--data-root", str(root)]) == 2
     assert "downloading cifar100-c into" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------- the check at launch
+
+
+def _official_grid(tmp_path: Path) -> Path:
+    grid = tmp_path / "my 'grid'.toml"
+    grid.write_text('name = "g"\n[base]\ndataset = "cifar10"\nmodel = "simple_cnn"\nepochs = 1\n'
+                    '[stress]\nsource = "official"\ncorruptions = ["fog", "spatter"]\n')
+    return grid
+
+
+def _launch_check(grid_path: Path, root: Path) -> str:
+    """launcher.missing_files, the function launch and --dry-run call, on the grid's runs."""
+    from cnnstress import launcher
+    from cnnstress.grid import load_grid
+
+    return launcher.missing_files(load_grid(grid_path, data_root=root))
+
+
+def _launch(grid_path: Path, root: Path, tmp_path: Path, *extra: str) -> tuple[int, str]:
+    """launch.py in a subprocess (--cluster local): its exit status and stderr."""
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    out = subprocess.run([sys.executable, "launch.py", "--grid", str(grid_path), "--data-root", str(root),
+                          "--out", str(tmp_path / "o u t"), "--cluster", "local", *extra],
+                         cwd=REPO, capture_output=True, text=True, timeout=120)
+    return out.returncode, out.stderr
+
+
+def test_launch_and_dry_run_refuse_damaged_files_in_one_line(root, tmp_path):
+    grid = _official_grid(tmp_path)
+    folder = write_fake_cifar_c(root, names=["fog", "spatter"])
+    assert _launch_check(grid, root) == ""
+    fog = folder / "fog.npy"
+    good = fog.read_bytes()
+    cases = {
+        "truncated": (lambda: fog.write_bytes(good[:-1]), r"fog\.npy is truncated: \d+ bytes"),
+        "bytes appended": (lambda: fog.write_bytes(good + b"\0"), r"fog\.npy has \d+ bytes, 1 more than its header"),
+        "wrong shape": (lambda: np.save(fog, np.zeros((200, 32, 32, 1), np.uint8)),
+                        r"fog\.npy holds uint8 \(200, 32, 32, 1\), expected uint8 \(200, 32, 32, 3\)"),
+        "too few images": (lambda: np.save(fog, np.zeros((199, 32, 32, 3), np.uint8)), r"fog\.npy holds uint8 \(199,"),
+        "wrong dtype": (lambda: np.save(fog, np.zeros((200, 32, 32, 3), np.int16)), r"fog\.npy holds int16"),
+        "header damaged (tokenize.TokenError)": (lambda: fog.write_bytes(good[:8] + bytes([40]) + good[9:]),
+                                                 r"fog\.npy is not a readable \.npy file \(TokenError"),
+    }
+    for what, (damage, said) in cases.items():
+        damage()
+        msg = _launch_check(grid, root)
+        assert "\n" not in msg and re.search(said, msg) and "--download cifar10-c" in msg, (what, msg)
+        fog.write_bytes(good)
+    labels = folder / "labels.npy"
+    good_labels = labels.read_bytes()
+    np.save(labels, np.zeros((200, 2), np.uint8))
+    assert "labels.npy holds uint8 (200, 2), expected integer labels" in _launch_check(grid, root)
+    np.save(labels, np.zeros(200, np.float32))
+    assert "labels.npy holds float32" in _launch_check(grid, root)
+    labels.write_bytes(good_labels)
+    # through launch.py: exit 2 and one line on stderr, launching or dry-running, nothing written
+    fog.write_bytes(good[:8] + bytes([40]) + good[9:])
+    for extra in ((), ("--dry-run",)):
+        rc, err = _launch(grid, root, tmp_path, *extra)
+        assert rc == 2 and err.strip().count("\n") == 0 and "Traceback" not in err, err
+        assert str(fog) in err and "not a readable .npy file" in err and "--download cifar10-c" in err
+    assert not (tmp_path / "o u t").exists()
+    fog.write_bytes(good)
+    assert _launch(grid, root, tmp_path, "--dry-run")[0] == 0
+
+
+@pytest.mark.parametrize("file", ["labels.npy", "fog.npy"])
+def test_every_single_byte_header_corruption_passes_cleanly_or_names_the_file(root, tmp_path, file):
+    grid = _official_grid(tmp_path)
+    folder = write_fake_cifar_c(root, names=["fog", "spatter"])
+    path = folder / file
+    good = path.read_bytes()
+    header_len = 10 + int.from_bytes(good[8:10], "little")  # magic, version, length, then the dict
+    outcomes = {"pass": 0, "refused": 0}
+    for pos in range(header_len):
+        for value in sorted({0, 0xFF, good[pos] ^ 0x01, good[pos] ^ 0x80, ord("("), ord("'"), ord("\t"), ord("L")} - {good[pos]}):
+            path.write_bytes(good[:pos] + bytes([value]) + good[pos + 1:])
+            with warnings.catch_warnings(record=True) as warned:
+                warnings.simplefilter("always")
+                msg = _launch_check(grid, root)  # never raises: a pass or one line naming the file
+            assert not warned, (pos, value, [str(w.message) for w in warned])  # nothing printed but that line
+            if msg:
+                assert "\n" not in msg and str(path) in msg and "--download cifar10-c" in msg, (pos, value, msg)
+                outcomes["refused"] += 1
+            else:  # a corruption that leaves an equivalent header (a padding space, '|u1' -> '|i1' labels)
+                shape, dtype = cifar_c._header(path, "cifar10", root)
+                assert dtype.kind in "iu" and math.prod(shape) * dtype.itemsize == len(good) - header_len
+                outcomes["pass"] += 1
+    assert outcomes["refused"] > 5 * header_len  # most single-byte corruptions are caught
+
+
+def test_download_refetches_a_file_whose_header_is_damaged(root, monkeypatch):
+    """A header whose parsing raised tokenize.TokenError used to stop --download before it refetched."""
+    import torchvision.datasets.utils as tv_utils
+
+    calls = []
+
+    def fake_download(url, download_root, extract_root=None, filename=None, md5=None, remove_finished=False):
+        calls.append(url)
+        write_fake_cifar_c(Path(download_root))
+
+    monkeypatch.setattr(tv_utils, "download_and_extract_archive", fake_download)
+    folder = write_fake_cifar_c(root)
+    good = (folder / "fog.npy").read_bytes()
+    (folder / "fog.npy").write_bytes(good[:8] + bytes([40]) + good[9:])
+    with pytest.raises(DataError, match=r"fog\.npy is not a readable \.npy file \(TokenError"):
+        cifar_c.check_files("cifar10", root)
+    folder_back, said = cifar_c.download("cifar10-c", root)
+    assert len(calls) == 1 and (folder / "fog.npy").read_bytes() == good and "labels match" in said
+    (folder / "labels.npy").write_bytes((folder / "labels.npy").read_bytes()[:-3])  # truncated labels
+    cifar_c.download("cifar10-c", root)
+    assert len(calls) == 2

@@ -410,3 +410,169 @@ def test_bad_option_values(bad, tmp_path):
     key = next(iter(bad))
     with pytest.raises(ValueError, match=f"shapes.{key}"):
         data.load_test("shapes", tmp_path, bad)
+
+
+# ---------------------------------------------------------------- CIFAR batches that would run code
+
+
+class _RunsCommand:
+    """An object whose unpickling would run a shell command (pickle calls os.system(command))."""
+
+    def __init__(self, command: str) -> None:
+        self.command = command
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (self.command,))
+
+
+def _plant(path: Path, marker: Path, protocol: int) -> None:
+    """Rewrite ``path`` (an official-format dict) with one extra key whose value would touch ``marker``."""
+    import shlex
+
+    with open(path, "rb") as fh:
+        content = pickle.load(fh, encoding="bytes")  # the test's own file, written by fake_cifar
+    content[b"extra"] = _RunsCommand(f"touch {shlex.quote(str(marker))}")
+    with open(path, "wb") as fh:
+        pickle.dump(content, fh, protocol=protocol)
+
+
+def _refused(exc: BaseException, path: Path) -> str:
+    msg = str(exc)
+    assert "\n" not in msg and str(path) in msg, msg
+    assert "posix.system" in msg and "refused" in msg and "numpy arrays" in msg, msg
+    return msg
+
+
+@pytest.mark.parametrize("protocol", [0, 2, 5])
+@pytest.mark.parametrize("name", ["test_batch", "batches.meta", "data_batch_4"])
+def test_cifar_file_that_would_run_code_is_refused_and_runs_nothing(tmp_path, name, protocol):
+    root = tmp_path / ODD
+    folder = write_fake_cifar(root, "cifar10", n_train=30, n_test=20)
+    marker = tmp_path / "it ran 'x'"
+    _plant(folder / name, marker, protocol)
+    with pytest.raises(data.DataError) as err:
+        data.load_splits("cifar10", root, val_fraction=0.2, split_seed=0)  # what training reads
+    _refused(err.value, folder / name)
+    with pytest.raises(data.DataError) as err:
+        data.load_test("cifar10", root)  # what gather reads
+    _refused(err.value, folder / name)
+    if name == "test_batch":  # the test file alone: --download cifar10-c's label check, OOD sets
+        with pytest.raises(data.DataError) as err:
+            data.load_cifar_test_file("cifar10", root)
+        _refused(err.value, folder / name)
+    assert not marker.exists()
+
+
+def test_cifar100_meta_that_would_run_code_is_refused(tmp_path):
+    root = tmp_path / ODD
+    folder = write_fake_cifar(root, "cifar100", n_train=200, n_test=20)
+    marker = tmp_path / "ran"
+    _plant(folder / "meta", marker, 2)
+    with pytest.raises(data.DataError) as err:
+        data.load_test("cifar100", root)
+    _refused(err.value, folder / "meta")
+    assert not marker.exists()
+
+
+def test_gather_reads_a_planted_test_batch_without_running_it(tmp_path):
+    """gather's test-image loader: the report goes on without images, the note names the file."""
+    from cnnstress import gather
+    from cnnstress.grid import expand
+
+    root = tmp_path / ODD
+    folder = write_fake_cifar(root, "cifar10", n_train=30, n_test=20)
+    marker = tmp_path / "ran"
+    _plant(folder / "test_batch", marker, 2)
+    spec = expand({"name": "g", "base": {"dataset": "cifar10", "model": "simple_cnn", "epochs": 1}},
+                  data_root=root).runs[0]
+    test = gather._load_test_data(spec)
+    assert test.images is None and str(folder / "test_batch") in test.note and "posix.system" in test.note
+    assert not marker.exists()
+    # the same folder without the planted key: read, and said how
+    write_fake_cifar(root, "cifar10", n_train=30, n_test=20)
+    test = gather._load_test_data(spec)
+    assert test.images is not None and test.verified.endswith(data.RESTRICTED_SAID)
+
+
+def test_cifar_globals_other_than_numpy_arrays_are_refused(tmp_path):
+    """Not only os.system: any global outside the format (collections.OrderedDict, types.SimpleNamespace)."""
+    import collections
+
+    root = tmp_path / ODD
+    folder = write_fake_cifar(root, "cifar10", n_train=30, n_test=20)
+    with open(folder / "test_batch", "rb") as fh:
+        content = pickle.load(fh, encoding="bytes")
+    for value, refused in ((collections.OrderedDict(a=1), "collections.OrderedDict"),
+                           (types.SimpleNamespace(), "types.SimpleNamespace")):
+        with open(folder / "test_batch", "wb") as fh:
+            pickle.dump({**content, b"extra": value}, fh, protocol=2)
+        with pytest.raises(data.DataError, match=refused):
+            data.load_test("cifar10", root)
+    # _codecs.encode is admitted for str -> latin-1 only (how protocol 2 writes bytes)
+    with pytest.raises(pickle.UnpicklingError):
+        data._latin1_encode("x", "rot13")
+
+
+# A Python 2 pickle as the official files are (cPickle, protocol 2, numpy 1): str as SHORT_BINSTRING,
+# the array through numpy.core.multiarray._reconstruct. {'data': uint8 [[0, 1, 2], [3, 4, 5]], 'labels': [1, 2]}
+_PY2_BATCH = (b"\x80\x02}q\x00(U\x04dataq\x01cnumpy.core.multiarray\n_reconstruct\nq\x02cnumpy\nndarray\nq\x03K\x00"
+              b"\x85U\x01b\x87Rq\x04(K\x01K\x02K\x03\x86cnumpy\ndtype\nq\x05U\x02u1K\x00K\x01\x87Rq\x06(K\x03U\x01|NNN"
+              b"J\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tb\x89U\x06\x00\x01\x02\x03\x04\x05tbU\x06labelsq\x07]q\x08(K\x01"
+              b"K\x02eu.")
+
+
+def test_python2_numpy1_pickle_reads_through_the_restricted_unpickler(tmp_path):
+    path = tmp_path / ODD / "test_batch"
+    path.parent.mkdir()
+    path.write_bytes(_PY2_BATCH)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no numpy.core deprecation warning either
+        content, official = data._read_pickle(path, "cifar10", tmp_path)
+    assert official is False and content[b"labels"] == [1, 2]
+    np.testing.assert_array_equal(content[b"data"], np.arange(6, dtype=np.uint8).reshape(2, 3))
+
+
+def test_official_checksums_are_the_published_ones():
+    """torchvision/datasets/cifar.py's train_list, test_list and meta md5s (the 7 + 3 files)."""
+    assert data.OFFICIAL_MD5 == {
+        "cifar10": {
+            "data_batch_1": "c99cafc152244af753f735de768cd75f", "data_batch_2": "d4bba439e000b95fd0a9bffe97cbabec",
+            "data_batch_3": "54ebc095f3ab1f0389bbae665268c751", "data_batch_4": "634d18415352ddfa80567beed471001a",
+            "data_batch_5": "482c414d41f54cd18b22e5b47cb7c3cb", "test_batch": "40351d587109b95175f43aff81a1287e",
+            "batches.meta": "5ff9c542aee3614f3951f8cda6e48888",
+        },
+        "cifar100": {
+            "train": "16019d7e3df5f24257cddd939b257f8d", "test": "f0ef6b0ae62326f3e7ffdfab6717acfc",
+            "meta": "7973b15100ade9c7d40fb424638fde48",
+        },
+    }
+    for dataset, source in data._CIFAR.items():  # one checksum per file the loader reads
+        assert set(data.OFFICIAL_MD5[dataset]) == {*source.train_files, source.test_file, source.meta_file}
+
+
+def test_files_matching_the_official_checksums_are_said_so(tmp_path, monkeypatch):
+    """Dispatch only: the table is pointed at this folder's own md5s (the real files are 160 MB)."""
+    import hashlib
+
+    root = tmp_path / ODD
+    folder = write_fake_cifar(root, "cifar10", n_train=30, n_test=20)
+    s = data.load_splits("cifar10", root, val_fraction=0.2, split_seed=0)
+    assert s.note == (f"cifar10 in {folder}: batches.meta, data_batch_1, data_batch_2, data_batch_3, data_batch_4, "
+                      f"data_batch_5, test_batch: {data.RESTRICTED_SAID}")
+    table = {name: hashlib.md5((folder / name).read_bytes()).hexdigest() for name in data.OFFICIAL_MD5["cifar10"]}
+    table["data_batch_2"] = data.OFFICIAL_MD5["cifar10"]["data_batch_2"]  # one file stays foreign
+    monkeypatch.setitem(data.OFFICIAL_MD5, "cifar10", table)
+    s = data.load_splits("cifar10", root, val_fraction=0.2, split_seed=0)
+    assert s.note == (f"cifar10 in {folder}: batches.meta, data_batch_1, data_batch_3, data_batch_4, data_batch_5, "
+                      f"test_batch: {data.OFFICIAL_SAID}; data_batch_2: {data.RESTRICTED_SAID}")
+    assert data.load_test("cifar10", root).note == s.note
+    assert data.load_cifar_test_file("cifar10", root).note == f"cifar10 in {folder}: test_batch: {data.OFFICIAL_SAID}"
+    # an official checksum does not let a planted global through: every file goes through the restricted unpickler
+    marker = tmp_path / "ran"
+    _plant(folder / "test_batch", marker, 2)
+    table["test_batch"] = hashlib.md5((folder / "test_batch").read_bytes()).hexdigest()
+    with pytest.raises(data.DataError, match="posix.system"):
+        data.load_test("cifar10", root)
+    assert not marker.exists()

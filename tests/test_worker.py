@@ -287,6 +287,8 @@ def test_cifar_pickles_train_end_to_end(tmp_path):
     assert run(spec, echo=False)["status"] == "done"
     info = store.validate_results(run_dir_for(spec) / "results.h5")
     assert (info["n_test"], info["num_classes"]) == (100, 10)
+    # the log says how the batches were verified (the test's own files are not the official ones)
+    assert "test_batch: not the official file: read with a restricted unpickler" in (run_dir_for(spec) / "log.txt").read_text()
 
 
 def test_missing_cifar_names_the_download_command(tmp_path):
