@@ -284,8 +284,7 @@ def _check_finite(where: str, block: np.ndarray, start: int = 0) -> None:
     if bad.any():
         first = int(np.argwhere(bad)[0][0]) + start if block.ndim else 0
         what = "NaN" if np.isnan(block).any() else "infinity"
-        raise ResultsError(f"{where}: contains {what} ({int(np.count_nonzero(bad))} value(s), first in row "
-                           f"{first}); allowed: finite numbers only")
+        raise ResultsError(f"{where}: contains {what} (first in row {first}); allowed: finite numbers only")
 
 
 def _chunks_for(shape: tuple[int, ...], itemsize: int) -> tuple[int, ...]:
