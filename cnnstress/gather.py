@@ -736,7 +736,7 @@ def main(argv: list[str] | None = None) -> int:
         console.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
         return 1
     except OSError as exc:
-        console.print(f"error: cannot write the report: {exc}", markup=False, highlight=False)
+        console.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)  # e.g. unreadable files
         return 1
     return 0
 
