@@ -49,7 +49,7 @@ from .analysis import compare, failures, metrics
 from .config import RunSpec, spec_diff
 from .grid import Grid, GridError, load_grid, load_sweep_grid
 from .report.markup import count_mean
-from .report.model import Cell, Group, ReportData
+from .report.model import Cell, Group, ReportData, ReportWriteError
 from .report.sections import SECTIONS
 from .report.sections.base import GatherContext, RunContext
 from .report.sections.calibration import scores as calibration_scores
@@ -582,6 +582,16 @@ def _group_entries(grid: Grid, sweep_dir: Path) -> tuple[list[Entry], dict[str, 
     return entries, groups
 
 
+def _report_file(report_dir: Path, name: str, write: Callable[[Path], Any]) -> None:
+    """Write one report file, re-creating report/ first; a failure names the file."""
+    path = report_dir / name
+    try:
+        report_dir.mkdir(parents=True, exist_ok=True)
+        write(path)
+    except OSError as exc:
+        raise ReportWriteError(exc, path) from exc
+
+
 def gather(sweep_dir: Path, grid: Grid | None = None, console: Console | None = None, *,
            figures: bool = True) -> Path:
     """Build ``sweep_dir/report/`` from the finished runs of the sweep; return report/index.html.
@@ -662,15 +672,25 @@ def gather(sweep_dir: Path, grid: Grid | None = None, console: Console | None = 
     from .report import render  # matplotlib is loaded only now, and only by report/
 
     report_dir = sweep_dir / REPORT_DIR
-    (report_dir / "figures").mkdir(parents=True, exist_ok=True)
-    html_text = render(report, report_dir, figures=figures)
-    store.atomic_write_json(report_dir / "summary.json", build_summary(grid, entries, report), if_changed=True)
-    store.atomic_write_bytes(report_dir / "failures.json",
-                             (piece.encode("utf-8") for piece in iter_failures_json(grid, entries, threshold)),
-                             if_changed=True)  # streamed: memory does not grow with the sweep
-    store.atomic_write_bytes(report_dir / "runs.csv", build_runs_csv(entries).encode("utf-8"), if_changed=True)
     index = report_dir / "index.html"
-    store.atomic_write_bytes(index, html_text.encode("utf-8"), if_changed=True)  # last: a crash leaves the old page whole
+    try:
+        (report_dir / "figures").mkdir(parents=True, exist_ok=True)
+        html_text = render(report, report_dir, figures=figures)
+        # each write first re-creates report/ (deleted while the figures were drawn: made again)
+        _report_file(report_dir, "summary.json", lambda p: store.atomic_write_json(
+            p, build_summary(grid, entries, report), if_changed=True))
+        _report_file(report_dir, "failures.json", lambda p: store.atomic_write_bytes(
+            p, (piece.encode("utf-8") for piece in iter_failures_json(grid, entries, threshold)),
+            if_changed=True))  # streamed: memory does not grow with the sweep
+        _report_file(report_dir, "runs.csv", lambda p: store.atomic_write_bytes(
+            p, build_runs_csv(entries).encode("utf-8"), if_changed=True))
+        # last: a crash leaves the old page whole
+        _report_file(report_dir, index.name, lambda p: store.atomic_write_bytes(
+            p, html_text.encode("utf-8"), if_changed=True))
+    except ReportWriteError:
+        raise
+    except OSError as exc:  # disk full, folder removed, no permission: one line naming the file
+        raise ReportWriteError(exc, report_dir) from exc
 
     print_headline(report, console)
     print_findings(report, console)
@@ -716,8 +736,11 @@ def main(argv: list[str] | None = None) -> int:
     except GridError as exc:
         console.print(f"error: {exc}", markup=False, highlight=False)
         return 2
+    except ReportWriteError as exc:
+        console.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
+        return 1
     except OSError as exc:
-        console.print(f"error: cannot write the report: {exc}", markup=False, highlight=False)
+        console.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)  # e.g. unreadable files
         return 1
     return 0
 

@@ -383,7 +383,11 @@ def _gather(grid: Grid, sweep_dir: Path, console: Console) -> int:
     except ImportError:
         console.print("(the gather report is not available in this version)")
         return 0
-    index = gather.gather(sweep_dir, grid=grid, console=console)
+    try:
+        index = gather.gather(sweep_dir, grid=grid, console=console)
+    except gather.ReportWriteError as exc:  # disk full, report/ removed: one line, not a traceback
+        console.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
+        return 1
     console.print(f"report: {index}")
     return 0
 

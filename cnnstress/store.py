@@ -93,7 +93,10 @@ class Field:
     dims: tuple[str, ...] | None
     required: bool = False
     bundle: str = ""
-    check: str = ""  # "" | "index" | "label" | "logits" | "positions" (distinct rows of /test)
+    # "" | "index" | "label" | "logits" | "positions" (distinct rows of /test); every float dataset is
+    # also checked finite whatever its check (no field stores NaN or infinity by design: a "not
+    # measured" value is an absent dataset, never a NaN marker)
+    check: str = ""
     chunked: bool = False  # chunked along the first axis + gzip + shuffle (when it has >= 2 axes)
     doc: str = ""
 
@@ -270,7 +273,18 @@ def _cast(key: str, value: Any, field: Field) -> np.ndarray:
         # a finite value becoming inf means it overflowed the narrower float (float16 max 65504)
         if int(np.count_nonzero(~np.isfinite(out))) > int(np.count_nonzero(~np.isfinite(arr))):
             raise ResultsError(f"{key}: values overflow {want} (largest finite {np.finfo(want).max})")
+    if want.kind == "f":
+        _check_finite(key, out)
     return out
+
+
+def _check_finite(where: str, block: np.ndarray, start: int = 0) -> None:
+    """Every float array of results.h5 holds finite values only; the first bad row is named."""
+    bad = ~np.isfinite(block)
+    if bad.any():
+        first = int(np.argwhere(bad)[0][0]) + start if block.ndim else 0
+        what = "NaN" if np.isnan(block).any() else "infinity"
+        raise ResultsError(f"{where}: contains {what} (first in row {first}); allowed: finite numbers only")
 
 
 def _chunks_for(shape: tuple[int, ...], itemsize: int) -> tuple[int, ...]:
@@ -475,11 +489,12 @@ def _check_values(key: str, field: Field, ds: h5py.Dataset, num_classes: int, la
         if np.unique(values).size != values.size:
             raise ResultsError(f"{where}: {values.size - np.unique(values).size} duplicate position(s)")
         return
-    if field.check == "logits":
+    if ds.dtype.kind == "f":  # every float array, one block at a time (memory stays bounded)
+        start = 0
         for block in _iter_blocks(ds):
-            if not np.isfinite(block).all():
-                raise ResultsError(f"{where}: logits contain NaN or infinity")
-    elif field.check == "label":
+            _check_finite(where, np.asarray(block), start)
+            start += len(block) if np.ndim(block) else 1
+    if field.check == "label":
         values = ds[()]
         if values.size and (int(values.min()) < 0 or int(values.max()) >= num_classes):
             raise ResultsError(
@@ -549,7 +564,7 @@ def _validate_open(fh: h5py.File, label: str) -> dict[str, Any]:
 
     num_classes = sizes["C"][0]
     for _, key, field in matched:
-        if field.check:
+        if field.check or datasets[key].dtype.kind == "f":
             _check_values(key, field, datasets[key], num_classes, label, sizes["N"][0])
 
     return {

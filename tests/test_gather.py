@@ -485,3 +485,101 @@ def test_canonical_cases_are_strict_majority_failures(gathered) -> None:
     cases = summary["canonical_cases"]
     assert [c["position"] for c in cases] == [i for *_, i in sorted(keyed)][:k]
     assert cases and all(c["fail_fraction"] == 1.0 for c in cases)
+
+
+# ---- a non-finite array in a finished run ------------------------------------------------------
+
+
+@pytest.mark.parametrize("key", ["test/embedding", "test/gradcam/pred", "faithfulness/deletion_gradcam"])
+def test_a_run_with_an_infinite_array_is_broken_naming_the_key(tmp_path, key) -> None:
+    import h5py  # tests may bypass store to write what the worker never would
+
+    s = synth.make_sweep(tmp_path / "inf 'sweep'", n_test=N, seeds=(1, 2), corruptions=(), faithfulness=True)
+    run = s.run("cropflip", 2)
+    path = run.run_dir / store.RESULTS_NAME
+    with h5py.File(path, "r+") as fh:
+        fh[key][0] = np.inf  # written after publish, DONE.json's hash then updated to match
+    done = json.loads((run.run_dir / store.DONE_NAME).read_text())
+    done["results_sha256"] = store.sha256_file(path)
+    (run.run_dir / store.DONE_NAME).write_text(json.dumps(done))
+    with pytest.raises(store.ResultsError, match=f"{key}: contains infinity"):
+        store.validate_results(path)
+    state = store.run_state(run.run_dir)
+    assert state.status == "broken" and key in state.reason
+    index = gather.gather(s.sweep_dir, console=quiet(), figures=False)
+    summary = json.loads((index.parent / "summary.json").read_text())
+    row = by_id(summary)[run.run_id]
+    assert (row["status"], row["state"]) == ("failed", "broken") and key in row["reason"]
+    assert summary["variants"]["cropflip"]["n_runs"] == 1  # the rest is still compared
+    assert key in html.unescape(index.read_text(encoding="utf-8"))
+
+
+# ---- the report cannot be written --------------------------------------------------------------
+
+
+@pytest.fixture
+def small_sweep(tmp_path):
+    root = tmp_path / "full 'disk'"
+    return root, synth.make_sweep(root, n_test=N, seeds=(1,), corruptions=())
+
+
+def _mount_tiny(folder: Path, size: str) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)], capture_output=True,
+                          text=True)
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root): {proc.stderr.strip()}")
+
+
+COMMANDS = {
+    "gather module": lambda root, s, extra: [sys.executable, "-m", "cnnstress.gather", str(s.sweep_dir), *extra],
+    "launch.py --gather": lambda root, s, extra: [sys.executable, str(REPO / "launch.py"), "--grid",
+                                                  str(s.sweep_dir / "grid.toml"), "--out", str(root), "--gather"],
+}
+
+
+@pytest.mark.parametrize("figures", [True, False], ids=["figures", "no figures"])
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_a_full_disk_is_one_line_and_exit_1(small_sweep, command, figures) -> None:
+    root, s = small_sweep
+    if not figures and command == "launch.py --gather":
+        pytest.skip("launch.py always draws the figures")
+    report = s.sweep_dir / "report"
+    # 64 KiB holds no full set of figures; 4 KiB (one page) not even summary.json
+    _mount_tiny(report, "64k" if figures else "4k")
+    try:
+        proc = subprocess.run(COMMANDS[command](root, s, [] if figures else ["--no-figures"]), cwd=REPO,
+                              capture_output=True, text=True, timeout=300)
+    finally:
+        subprocess.run(["umount", str(report)], check=True)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 1, out
+    assert "Traceback" not in out
+    lines = [ln for ln in out.splitlines() if "cannot write the report" in ln]
+    assert len(lines) == 1 and lines[0].endswith(": No space left on device"), out
+    where = f"{report / 'figures'}/" if figures else f"{report / 'summary.json'}:"
+    assert f"error: cannot write the report: {where}" in lines[0], out
+
+
+def test_report_folder_removed_while_drawing_is_made_again(small_sweep, monkeypatch) -> None:
+    import shutil
+
+    from cnnstress.report import figures as F
+
+    _, s = small_sweep
+    report = s.sweep_dir / "report"
+    real, removed = F.FigureWriter.add, []
+
+    def add_then_remove(self, name, fig, caption):
+        ref = real(self, name, fig, caption)
+        if ref is not None and not removed:  # someone deletes report/ after the first figure
+            shutil.rmtree(report)
+            removed.append(name)
+        return ref
+
+    monkeypatch.setattr(F.FigureWriter, "add", add_then_remove)
+    index = gather.gather(s.sweep_dir, console=quiet())
+    assert removed and index.is_file()
+    for name in ("summary.json", "failures.json", "runs.csv"):
+        assert (report / name).is_file()
+    assert len(list((report / "figures").glob("*.png"))) >= 3

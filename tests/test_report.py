@@ -10,6 +10,7 @@ import json
 import re
 import shutil
 import subprocess
+import sys
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -332,3 +333,74 @@ def test_robustness_figure_draws_the_reference_panel() -> None:
     assert any(ref["label"] in lab and ref["source"] in lab for lab in labels)
     line = next(ln for ln in first.get_lines() if ref["label"] in " ".join(ln.get_label().split()))
     assert list(line.get_ydata()) == [ref["clean_accuracy"]] + ref["accuracy"]
+
+
+# --- class names that look like mathtext or HTML -------------------------------------------------
+
+# "$$" and "$\frac{$" made matplotlib's mathtext parser raise, which aborted the whole report
+ODD_NAMES = ["$x^2$", "a_b$", "$$", "\\frac{", "$\\frac{$", "<b>&amp;</b>", "50$ & 100%", "c7", "c8", "c9"]
+
+
+def _odd_names_sweep(root: Path):
+    import pickle
+
+    from fake_cifar import write_fake_cifar
+
+    s = synth.make_sweep(root, name="odd", dataset="cifar10", variants=("baseline", "cutout"), seeds=(1, 2),
+                         n_test=100, corruptions=("contrast",), severities=(1,), canonical=3, top_failures=4)
+    folder = write_fake_cifar(s.grid.runs[0].paths.data_root, "cifar10", n_train=50, n_test=100)
+    with open(folder / "test_batch", "rb") as fh:
+        test = pickle.load(fh, encoding="bytes")
+    test[b"labels"] = [int(v) for v in s.labels]  # the stored labels: images are shown too
+    with open(folder / "test_batch", "wb") as fh:
+        pickle.dump(test, fh, protocol=2)
+    with open(folder / "batches.meta", "rb") as fh:
+        meta = pickle.load(fh, encoding="bytes")
+    meta[b"label_names"] = [n.encode() for n in ODD_NAMES]
+    with open(folder / "batches.meta", "wb") as fh:
+        pickle.dump(meta, fh, protocol=2)
+    return s
+
+
+def test_odd_class_names_are_drawn_as_typed(tmp_path, monkeypatch) -> None:
+    from matplotlib.text import Text
+
+    from cnnstress.report import figures as F
+
+    s = _odd_names_sweep(tmp_path / "odd 'names'")
+    drawn: list[tuple[str, bool]] = []
+    real = F.plain_text
+
+    def spy(fig):  # every Text of every figure, as it is laid out for saving
+        real(fig)
+        fig.canvas.draw()
+        drawn.extend((t.get_text(), t.get_parse_math()) for t in fig.findobj(Text) if t.get_text())
+        return fig
+
+    monkeypatch.setattr(F, "plain_text", spy)
+    index = gather.gather(s.sweep_dir, console=Console(file=io.StringIO(), width=200))
+    page = index.read_text(encoding="utf-8")
+    texts = [t for t, _ in drawn]
+    for name in ODD_NAMES[:7]:
+        assert name in texts, f"{name!r} is not drawn as typed"  # a tick label holds the name exactly
+        assert html.escape(name) in page
+    assert "<b>&amp;</b>" not in page
+    assert not [t for t, math in drawn if math], "some text would still be parsed as mathtext"
+    assert any("$x^2$" in t and t != "$x^2$" for t in texts)  # also inside longer captions and titles
+
+
+def test_odd_class_names_through_the_command_line(tmp_path) -> None:
+    s = _odd_names_sweep(tmp_path / "odd cli")
+    proc = subprocess.run([sys.executable, "-m", "cnnstress.gather", str(s.sweep_dir)], capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stdout + proc.stderr
+
+
+def test_one_seed_says_there_is_no_noise_floor(cifar100_report) -> None:
+    s, index, page = cifar100_report
+    out = io.StringIO()
+    gather.gather(s.sweep_dir, console=Console(file=out, width=200), figures=False)
+    assert "one baseline seed gives no noise floor" in page
+    for text in (page, out.getvalue(), (index.parent / "runs.csv").read_text()):
+        assert not re.search(r"\bnan\b|nan%|\binf\b", text, re.IGNORECASE)

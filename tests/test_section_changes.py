@@ -142,3 +142,63 @@ def test_terminal_prints_the_findings_after_the_table(sweep) -> None:
     assert "Findings:" in text and text.index("Findings:") > text.index("test accuracy over seeds")
     for i, sentence in enumerate(summary["findings"], 1):
         assert f"  {i}. {sentence}" in text  # one line each, not wrapped at 80 columns
+
+
+# --- metrics left out of the comparison are listed, never silently dropped ---------------------
+
+
+def test_the_full_sweep_leaves_nothing_out(sweep) -> None:
+    _, summary, page = sweep
+    assert summary["comparisons"][0]["left_out"] == []
+    assert "left out:" not in page
+
+
+@pytest.fixture(scope="module")
+def one_run_without_faithfulness(tmp_path_factory):
+    """A sweep where cropflip seed 2's results.h5 (valid, republished) has no faithfulness arrays."""
+    from cnnstress import store
+
+    s = synth.make_sweep(tmp_path_factory.mktemp("leftout") / "s 'w'", n_test=200, seeds=(1, 2),
+                         corruptions=("contrast",), severities=(1,))
+    run = s.run("cropflip", 2)
+    with store.open_results(run.run_dir / "results.h5") as res:
+        attrs = {k: v for k, v in res.attrs.items() if k != "schema_version"}
+    arrays = {k: v for k, v in run.arrays.items() if not k.startswith("faithfulness/")}
+    sha = store.publish_results(run.run_dir, arrays, attrs)
+    store.write_done(run.run_dir, {"test_accuracy": 0.5}, sha)
+    out = io.StringIO()
+    index = gather.gather(s.sweep_dir, console=Console(file=out, width=200), figures=False)
+    return s, json.loads((index.parent / "summary.json").read_text()), index.read_text(encoding="utf-8"), out.getvalue()
+
+
+def test_a_metric_one_run_lacks_is_listed_with_the_reason(one_run_without_faithfulness) -> None:
+    _, summary, page, _ = one_run_without_faithfulness
+    comp = summary["comparisons"][0]
+    names = {m["name"] for m in comp["metrics"]}
+    left = {m["name"]: m for m in comp["left_out"]}
+    assert set(left) == {"deletion_gradcam", "insertion_gradcam"} and not names & set(left)
+    for m in left.values():
+        assert m["reason"] == "not measured in cropflip seed 2" and m["section"] == "faithfulness"
+    body = page.split('<section id="changes">')[1].split("</section>")[0]
+    assert ("left out: deletion AUC of Grad-CAM (<code>deletion_gradcam</code>): not measured in cropflip seed 2"
+            in body)
+    assert "left out of the comparison: deletion AUC of Grad-CAM (not measured in cropflip seed 2)" in page
+    assert "test_accuracy" in names and "ece" in names  # the rest is still compared
+
+
+def test_a_nonfinite_metric_is_left_out_with_the_reason() -> None:
+    from types import SimpleNamespace
+
+    from cnnstress.report.sections import changes
+    from cnnstress.report.sections.base import Metric
+
+    def run(variant, seed, ece):
+        return (SimpleNamespace(spec=SimpleNamespace(variant=variant, seed=seed), missing={}),
+                {"ece": (Metric("ece", "ECE", ece, False), "calibration"),
+                 "nll": (Metric("nll", "NLL", 0.5, False), "calibration")})
+
+    pairs = [run("baseline", 1, 0.1), run("baseline", 2, 0.2), run("v", 1, float("inf")), run("v", 2, float("nan"))]
+    keys, left = changes._comparable([r for r, _ in pairs], [m for _, m in pairs])
+    assert keys == ["nll"]
+    assert left == [{"name": "ece", "label": "ECE", "section": "calibration",
+                     "reason": "not a finite number in v seed 1, v seed 2"}]

@@ -770,3 +770,54 @@ def test_adversarial_eps_segment_must_be_a_number(run_dir: Path, eps: str) -> No
     arrays = {**make_arrays(), "adversarial/positions": np.arange(M), f"adversarial/linf/{eps}/logits": np.zeros((M, C))}
     with pytest.raises(ResultsError, match="unknown dataset path"):
         store.publish_results(run_dir, arrays, make_attrs())
+
+
+# --- every float array finite ------------------------------------------------------------------
+
+# Float datasets with no value check of their own: before, NaN and infinity passed here unnoticed.
+NONFINITE_KEYS = ("test/embedding", "test/gradcam/pred", "test/gradcam/true", "train_subset/embedding",
+                  "faithfulness/deletion", "shortcut/probe/accuracy", "history/val_loss", "val/logits")
+
+
+def _with_value(arrays: dict, key: str, value: float, row: int = 0) -> dict:
+    arrays = dict(arrays)
+    a = np.array(arrays[key], copy=True)
+    a[row] = value
+    arrays[key] = a
+    return arrays
+
+
+@pytest.mark.parametrize("value", [np.inf, -np.inf, np.nan], ids=["inf", "-inf", "nan"])
+@pytest.mark.parametrize("key", NONFINITE_KEYS)
+def test_nonfinite_float_array_is_refused_on_read_and_on_publish(run_dir: Path, key: str, value: float) -> None:
+    # read: a file written around publish (h5py directly) fails validation, naming file and key
+    path = run_dir / "results.h5"
+    write_raw(path, _with_value(stored_arrays(), key, value, row=1), raw_attrs())
+    with pytest.raises(ResultsError) as info:
+        store.validate_results(path)
+    msg = str(info.value)
+    assert str(path) in msg and key in msg and "first in row 1" in msg and "\n" not in msg
+    assert ("NaN" if np.isnan(value) else "infinity") in msg
+    # ... and a DONE.json vouching for that file's hash does not make it done: broken, naming the key
+    store.atomic_write_json(run_dir / "DONE.json", {"run_id": make_attrs()["run_id"], "summary": {},
+                                                    "results_sha256": store.sha256_file(path)})
+    state = store.run_state(run_dir)
+    assert state.status == "broken" and key in state.reason
+    path.unlink()
+    (run_dir / "DONE.json").unlink()
+    # publish (what the worker calls): refused before anything is written, naming the key
+    with pytest.raises(ResultsError) as info:
+        store.publish_results(run_dir, _with_value(make_arrays(), key, value, row=1), make_attrs())
+    assert str(info.value).startswith(f"{key}: contains") and "\n" not in str(info.value)
+    assert listing(run_dir) == []
+
+
+def test_finiteness_is_checked_block_by_block_and_names_the_row(run_dir: Path, monkeypatch) -> None:
+    # blocks of 2 rows of embedding (8 float16 = 16 bytes a row): the bad row sits in the 5th block
+    monkeypatch.setattr(store, "_BLOCK_BYTES", 32)
+    path = run_dir / "results.h5"
+    write_raw(path, _with_value(stored_arrays(), "test/embedding", np.inf, row=9), raw_attrs())
+    with pytest.raises(ResultsError, match=r"test/embedding: contains infinity \(first in row 9\)"):
+        store.validate_results(path)
+    write_raw(path, stored_arrays(), raw_attrs())  # the control: finite everywhere passes in blocks too
+    assert store.validate_results(path)["n_test"] == N

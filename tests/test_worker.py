@@ -565,3 +565,27 @@ def test_official_source_refuses_files_for_another_test_set(tmp_path):
         run(spec, echo=False)
     reason = store.run_state(run_dir_for(spec)).reason
     assert "labels.npy" in reason and "--download cifar10-c" in reason
+
+
+def test_a_nonfinite_array_fails_the_run_naming_the_array(tmp_path, monkeypatch):
+    # a Grad-CAM map gone infinite (a numerical fault on the device): the worker must not publish it
+    import cnnstress.worker as worker_module
+
+    real = worker_module._predictions
+
+    def broken_maps(*args, **kwargs):
+        out = real(*args, **kwargs)
+        out["test/gradcam/true"] = out["test/gradcam/true"].copy()
+        out["test/gradcam/true"][3] = np.inf
+        return out
+
+    monkeypatch.setattr(worker_module, "_predictions", broken_maps)
+    spec = _spec(tmp_path, epochs=1)
+    with pytest.raises(store.ResultsError, match="test/gradcam/true"):
+        run(spec, echo=False)
+    rd = run_dir_for(spec)
+    failed = json.loads((rd / "FAILED.json").read_text())
+    assert failed["reason"].startswith("ResultsError: test/gradcam/true: contains infinity (first in row 3)")
+    state = store.run_state(rd)
+    assert state.status == "failed" and "test/gradcam/true" in state.reason and "\n" not in state.reason
+    assert not (rd / "results.h5").exists() and not (rd / "DONE.json").exists()

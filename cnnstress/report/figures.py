@@ -25,7 +25,7 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from .. import atomic  # noqa: E402
 from ..analysis.metrics import row_normalize  # noqa: E402
-from .model import Case, CaseView, Cell, Comparison, FigureRef, ReportData, slug  # noqa: E402
+from .model import Case, CaseView, Cell, Comparison, FigureRef, ReportData, ReportWriteError, slug  # noqa: E402
 
 DPI = 100
 LAYOUT = "constrained"
@@ -38,9 +38,24 @@ STYLE = {
     "font.size": 9, "axes.titlesize": 10, "axes.labelsize": 9, "legend.fontsize": 8, "xtick.labelsize": 8,
     "ytick.labelsize": 8, "axes.spines.top": False, "axes.spines.right": False, "figure.dpi": DPI,
     "savefig.dpi": DPI, "axes.grid": True, "grid.alpha": 0.25,
+    # Class names, variant names and reasons come from users' files: "$x^2$" or "$$" must be drawn
+    # as typed, not parsed as mathtext (a parse error would abort the whole report). Every Text
+    # made while drawing gets this default; plain_text() enforces it again before saving.
+    "text.parse_math": False, "text.usetex": False,
 }
 _TAB10 = colormaps["tab10"]
 _JET = colormaps["jet"]
+
+
+def plain_text(fig: Figure) -> Figure:
+    """Every Text of ``fig`` (titles, tick labels, legends, annotations) drawn as plain text: no
+    mathtext, no TeX. The one place that makes user-provided strings safe for matplotlib."""
+    from matplotlib.text import Text
+
+    for text in fig.findobj(Text):
+        text.set_parse_math(False)
+        text.set_usetex(False)
+    return fig
 
 
 def color(cell: Cell) -> tuple[float, float, float, float]:
@@ -64,10 +79,15 @@ class FigureWriter:
         if fig is None:
             return None
         buf = io.BytesIO()
+        plain_text(fig)
         fig.savefig(buf, format="png", dpi=DPI, metadata={"Software": None})  # no version stamp
         fig.clf()  # release the artists now; no pyplot, so nothing else holds the figure
         filename = f"{slug(name)}.png"
-        atomic.atomic_write_bytes(self.folder / filename, buf.getvalue(), if_changed=True)
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)  # report/ removed while drawing: made again
+            atomic.atomic_write_bytes(self.folder / filename, buf.getvalue(), if_changed=True)
+        except OSError as exc:  # disk full: one line naming the figure, not a traceback
+            raise ReportWriteError(exc, self.folder / filename) from exc
         ref = FigureRef(name=name, filename=filename, png=buf.getvalue(), caption=caption)
         self.refs[name] = ref
         return ref

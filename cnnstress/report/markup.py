@@ -8,6 +8,7 @@ Every string that comes from files (run ids, reasons, class names, spec values) 
 from __future__ import annotations
 
 import html
+import math
 from typing import Any, Iterable
 
 from .model import FigureRef, Group, ReportData, slug
@@ -56,12 +57,17 @@ def esc(value: Any) -> str:
     return html.escape(str(value), quote=True)
 
 
+def _missing(x: float | None) -> bool:
+    # None or NaN/infinity: shown as "n/a", never as "nan%" or "inf"
+    return x is None or not math.isfinite(float(x))
+
+
 def pct(x: float | None, digits: int = 2) -> str:
-    return "n/a" if x is None else f"{100 * x:.{digits}f}%"
+    return "n/a" if _missing(x) else f"{100 * x:.{digits}f}%"
 
 
 def num(x: float | None, digits: int = 3) -> str:
-    return "n/a" if x is None else f"{x:.{digits}f}"
+    return "n/a" if _missing(x) else f"{x:.{digits}f}"
 
 
 def count_mean(x: float | None) -> str:
@@ -72,7 +78,7 @@ def count_mean(x: float | None) -> str:
 
 
 def points(x: float | None) -> str:
-    return "n/a" if x is None else f"{100 * x:+.2f}"
+    return "n/a" if _missing(x) else f"{100 * x:+.2f}"
 
 
 def table(headers: Iterable[str], rows: Iterable[Iterable[Any]], numeric: Iterable[int] = (),

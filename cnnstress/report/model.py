@@ -161,3 +161,15 @@ class ReportData:
     @property
     def comparisons(self) -> list[Comparison]:
         return [c for g in self.groups for c in g.comparisons]
+
+
+class ReportWriteError(OSError):
+    """A report file could not be written (disk full, report/ removed, no permission). Its text
+    is one line, "cannot write the report: <path>: <why>", naming the file being written."""
+
+    def __init__(self, exc: OSError, path: Any):
+        self.message = f"cannot write the report: {path}: {exc.strerror or exc or type(exc).__name__}"
+        super().__init__(exc.errno, self.message)
+
+    def __str__(self) -> str:
+        return self.message

@@ -52,7 +52,7 @@ class ChangesSection(Section):
                 continue
             bm = [run_metrics(r, SECTIONS) for r in base.runs]
             vm = [run_metrics(r, SECTIONS) for r in cell.runs]
-            keys = [k for k in bm[0] if all(k in m for m in bm + vm)]
+            keys, left_out = _comparable(base.runs + cell.runs, bm + vm)
             paired = len(base.runs) == len(cell.runs)
             rows = []
             for key in keys:
@@ -81,7 +81,7 @@ class ChangesSection(Section):
                                                                   unit="points" if pts else "",
                                                                   scale=100 if pts else 1)})
             out.append({"variant": cell.variant, "label": cell.label, "baseline": base.variant,
-                        "metrics": verdicts.rank_changes(rows), "power": power})
+                        "metrics": verdicts.rank_changes(rows), "power": power, "left_out": left_out})
         return out
 
     def summary_lines(self, report):
@@ -93,6 +93,9 @@ class ChangesSection(Section):
                 lines.append(f"{comp['variant']} vs {comp['baseline']}: {len(changed)} of {len(comp['metrics'])} "
                              f"metrics changed beyond reseeding noise" + (f": {names}." if names else "."))
                 lines += [p["sentence"] for p in comp["power"][:1]]
+                if comp.get("left_out"):
+                    lines.append(f"{comp['variant']} vs {comp['baseline']}: left out of the comparison: "
+                                 + "; ".join(f"{m['label']} ({m['reason']})" for m in comp["left_out"]) + ".")
         return lines
 
     def html(self, report, figs):
@@ -116,7 +119,49 @@ class ChangesSection(Section):
             out.append(table(("metric", "baseline", "variant", "change", "95% interval", "noise floor", "effect",
                               "verdict"), rows, numeric=(1, 2, 3, 5, 6), row_classes=classes))
             out += [para(p["sentence"]) for p in comp["power"]]
+            if comp.get("left_out"):
+                out.append("<p>Left out of this comparison:</p><ul>" + "".join(
+                    f"<li>left out: {esc(m['label'])} (<code>{esc(m['name'])}</code>): {esc(m['reason'])}</li>"
+                    for m in comp["left_out"]) + "</ul>")
         return "".join(out)
+
+
+def _runs_text(runs, section: str = "") -> str:
+    """"baseline seed 2, cropflip seed 1" (at most four named), with the arrays a section lacked."""
+    names = []
+    for r in runs[:4]:
+        lacking = (getattr(r, "missing", None) or {}).get(section)
+        names.append(f"{r.spec.variant} seed {r.spec.seed}" + (f" (results.h5 has no {', '.join(lacking)})"
+                                                               if lacking else ""))
+    more = f" and {len(runs) - 4} more" if len(runs) > 4 else ""
+    return ", ".join(names) + more
+
+
+def _finite(value) -> bool:
+    try:
+        return bool(np.all(np.isfinite(np.asarray(value, dtype=np.float64))))
+    except (TypeError, ValueError):
+        return False
+
+
+def _comparable(runs, metrics) -> tuple[list[str], list[dict]]:
+    """The metric keys every run has with finite values (first run's order first), and every other
+    metric some run has, with the reason it is left out (never dropped without a word)."""
+    every = list(dict.fromkeys(k for m in metrics for k in m))
+    keys, left_out = [], []
+    for key in every:
+        first, section = next(m[key] for m in metrics if key in m)
+        absent = [r for r, m in zip(runs, metrics) if key not in m]
+        bad = [r for r, m in zip(runs, metrics) if key in m and not _finite(m[key][0].value)]
+        if absent:
+            reason = f"not measured in {_runs_text(absent, section)}"
+        elif bad:
+            reason = f"not a finite number in {_runs_text(bad)}"
+        else:
+            keys.append(key)
+            continue
+        left_out.append({"name": key, "label": first.label, "section": section, "reason": reason})
+    return keys, left_out
 
 
 def _value(r, key) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from ...analysis import compare
@@ -77,6 +79,9 @@ class ComparisonSection(Section):
                                                        "effect", "direction", "section", "headline")} for r in found["metrics"]]
                 entry["seeds_needed"] = [{k: p[k] for k in ("metric", "n_seeds", "detectable", "target",
                                                             "seeds_needed")} for p in found["power"]]
+                # metrics some run lacks or has as NaN/infinity: listed, never silently dropped
+                entry["left_out"] = [{k: m[k] for k in ("name", "label", "section", "reason")}
+                                     for m in found.get("left_out", [])]
             out.append(entry)
         return {"comparisons": out}
 
@@ -107,7 +112,7 @@ class ComparisonSection(Section):
                 ["accuracy delta (points)", f"{points(s['accuracy_delta_mean'])} [{points(lo)}, {points(hi)}]"],
                 ["seed pairs", s["n_pairs"]],
                 ["baseline seed noise floor (share of images two baseline seeds disagree on)",
-                 pct(s["baseline_noise_floor"])],
+                 _floor_text(s["baseline_noise_floor"])],
                 ["variant vs baseline disagreement (mean over pairs)",
                  pct(s["variant_disagreement"]) + {True: " (above the floor)", False: " (within the floor)",
                                                     None: ""}[s["disagreement_exceeds_floor"]]],
@@ -120,6 +125,13 @@ class ComparisonSection(Section):
             ], numeric=(1,)))
             out.append(f'<p class="verdict">Verdict: {esc(s["verdict"])}.</p>')
         return "".join(out)
+
+
+def _floor_text(floor) -> str:
+    """The floor as a share; one baseline seed has none (NaN), said in words rather than "nan%"."""
+    if floor is None or not math.isfinite(floor):
+        return "none: one baseline seed gives no noise floor"
+    return pct(floor)
 
 
 SECTION = ComparisonSection()
