@@ -8,6 +8,7 @@ submitted (slurm/sbatch without --wait); 1 when some run failed (or the report i
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
 import time
@@ -18,7 +19,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from . import atomic, states, store, tensorboard
+from . import atomic, faults, states, store, tensorboard
 from .cluster import BACKENDS, LaunchContext, backend
 from .grid import Grid, GridError, load_grid
 from .layout import GRID_COPY, LAUNCH_FILE, MANIFEST_FILE, REPORT_DIR, RUNS_DIR
@@ -68,6 +69,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.overrides.append("report.tensorboard=true")
     console = Console(highlight=False)
     err = Console(stderr=True, highlight=False, soft_wrap=True)
+    if faults.injected():  # inherited by every run, local or Slurm: a forgotten test hook fails real runs
+        err.print(f"warning: {faults.ENV}={faults.injected()} is set: runs of this launch will have faults "
+                  "injected (a test hook); unset it for real runs", markup=False)
     out_root = Path(args.out)
     data_root = Path(args.data_root) if args.data_root else out_root / "data"
 
@@ -122,7 +126,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if chosen.batch:
         return _launch_slurm(args, grid, sweep_dir, out_root, data_root, console, err)
 
-    write_sweep_files(grid, sweep_dir, Path(args.grid))
+    if not _wrote_sweep_files(grid, sweep_dir, Path(args.grid), err):
+        return 1
     todo, skipped, busy = _select(grid, sweep_dir, args.rerun_failed, ask_slurm=False)
     console.print(f"sweep [bold]{grid.name}[/bold]: {len(grid.runs)} runs, {skipped} already finished, "
                   f"{len(todo)} to run ({args.cluster}); output in {sweep_dir}")
@@ -183,7 +188,8 @@ def _launch_slurm(args: argparse.Namespace, grid: Grid, sweep_dir: Path, out_roo
     except SlurmError as e:
         err.print(f"error: {e}", markup=False)
         return 2
-    write_sweep_files(grid, sweep_dir, Path(args.grid))
+    if not _wrote_sweep_files(grid, sweep_dir, Path(args.grid), err):
+        return 1
     todo, done, busy = _select(grid, sweep_dir, args.rerun_failed, ask_slurm=True)
     console.print(f"sweep [bold]{grid.name}[/bold]: {len(grid.runs)} runs, {done} already finished, "
                   f"{len(busy)} queued or running, {len(todo)} to submit ({args.cluster}); output in {sweep_dir}")
@@ -368,18 +374,59 @@ def _gather(grid: Grid, sweep_dir: Path, console: Console) -> int:
     except ImportError:
         console.print("(the gather report is not available in this version)")
         return 0
-    index = gather.gather(sweep_dir, grid=grid, console=console)
+    try:
+        index = gather.gather(sweep_dir, grid=grid, console=console)
+    except OSError as e:  # e.g. --out on a read-only file system: the report folder cannot be written
+        if e.errno not in WRITE_ERRNOS:
+            raise
+        Console(stderr=True, highlight=False, soft_wrap=True).print(f"error: {CannotWrite(e, sweep_dir / REPORT_DIR)}",
+                                                                    markup=False)
+        return 1
     console.print(f"report: {index}")
     return 0
+
+
+#: OSErrors that say the output folder cannot be written (rather than a bug or an unreadable input)
+WRITE_ERRNOS = (errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EDQUOT)
+
+
+def _wrote_sweep_files(grid: Grid, sweep_dir: Path, grid_path: Path, err: Console) -> bool:
+    try:
+        write_sweep_files(grid, sweep_dir, grid_path)
+    except (CannotWrite, GridError) as e:
+        err.print(f"error: {e}", markup=False)
+        return False
+    return True
+
+
+class CannotWrite(Exception):
+    """The output root cannot be written (a read-only file system, a full disk, no permission): one
+    line naming the path, for exit status 1 (the environment, not the input, is at fault)."""
+
+    def __init__(self, e: OSError, fallback: Path):
+        path = atomic.written_path(e.filename) if e.filename else fallback
+        super().__init__(f"cannot write {path}: {e.strerror or e}")
 
 
 def write_sweep_files(grid: Grid, sweep_dir: Path, grid_path: Path) -> None:
     """grid.toml (as launched) and manifest.jsonl (one resolved RunSpec per line, for people and
     tools; the sbatch fallback reads its own per-launch copy, since this one follows the grid).
-    Rewritten only when their content changes, so relaunching a finished grid touches no file."""
+    Rewritten only when their content changes, so relaunching a finished grid touches no file.
+    Raises CannotWrite when the sweep folder or a file in it cannot be written."""
+    try:
+        grid_bytes = grid_path.read_bytes()
+    except OSError as e:  # the grid file went away since it was read: not a write error
+        raise GridError(str(grid_path), "", f"cannot read the grid file ({e.strerror or e})") from None
+    try:
+        _write_sweep_files(grid, sweep_dir, grid_bytes)
+    except OSError as e:
+        raise CannotWrite(e, sweep_dir) from None
+
+
+def _write_sweep_files(grid: Grid, sweep_dir: Path, grid_bytes: bytes) -> None:
     sweep_dir.mkdir(parents=True, exist_ok=True)
     (sweep_dir / RUNS_DIR).mkdir(exist_ok=True)
-    atomic.atomic_write_bytes(sweep_dir / GRID_COPY, grid_path.read_bytes(), if_changed=True)
+    atomic.atomic_write_bytes(sweep_dir / GRID_COPY, grid_bytes, if_changed=True)
     atomic.atomic_write_json(sweep_dir / LAUNCH_FILE, {"overrides": grid.overrides,
                                                       "data_root": grid.runs[0].paths.data_root}, if_changed=True)
     manifest = "".join(r.to_json() + "\n" for r in grid.runs).encode()

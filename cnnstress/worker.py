@@ -25,7 +25,7 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
-from . import attacks, data, oodsets, randomize, store
+from . import attacks, data, faults, oodsets, randomize, store
 from . import tensorboard as tboard
 from .layout import (BEST_FILE, DONE_NAME, EXIT_BUSY, EXIT_DONE, EXIT_FAILED, EXIT_USAGE, HISTORY_KEYS, LOG_FILE,
                      PROGRESS_FILE, RUNS_DIR, SPEC_FILE)
@@ -272,7 +272,10 @@ def run(spec: RunSpec | dict | str, *, echo: bool = True) -> dict[str, Any]:
         if state.status == "done":
             return {"run_id": spec.run_id, "status": "skipped", **(state.summary or {})}
         log = RunLog(run_dir / LOG_FILE, echo=echo)
+        injected = faults.injected()
         try:
+            if injected:  # a test hook left set must show where a failure is read
+                log(f"WARNING: {faults.ENV}={injected} is set: faults will be injected into this run (a test hook)")
             for leftover in store.cleanup_temp_files(run_dir):
                 log(f"removed leftover temp file {leftover.name} from an interrupted write")
             if (run_dir / DONE_NAME).exists():
@@ -285,10 +288,10 @@ def run(spec: RunSpec | dict | str, *, echo: bool = True) -> dict[str, Any]:
         except Exception as e:
             # Only real errors: SystemExit/KeyboardInterrupt (preemption, Ctrl-C) leave the run
             # resumable instead of failed.
-            reason = f"{type(e).__name__}: {e}"
+            reason = faults.naming(f"{type(e).__name__}: {e}"[:2000])
             log(f"FAILED: {reason}")
             try:
-                store.write_failed(run_dir, reason[:2000], traceback.format_exc())
+                store.write_failed(run_dir, reason, traceback.format_exc(), injected_faults=injected)
             except OSError as e2:  # e.g. the disk is full: the reason still reaches the log/stderr
                 log(f"could not write FAILED.json: {e2}")
             raise
@@ -421,13 +424,16 @@ def _train_and_publish(spec: RunSpec, run_dir: Path, log: RunLog) -> dict[str, A
     }
     if ood_sets is not None:
         attrs["ood_sets"] = ood_sets
+    injected = faults.injected()
+    if injected:
+        attrs["injected_faults"] = injected
     sha = store.publish_results(run_dir, arrays, attrs)
     summary = {
         "test_accuracy": test_acc, "val_accuracy": history["val_acc"][-1] if history["val_acc"] else None,
         "epochs": tr.epochs, "device": attrs["device"], "restarts": restarts(), **timings,
     }
     board.final(arrays)
-    store.write_done(run_dir, summary, sha)
+    store.write_done(run_dir, summary, sha, injected_faults=injected)
     log(f"done: test accuracy {test_acc:.4f}; results.h5 sha256 {sha[:12]}; {timings['total_s']:.0f}s in all")
     return summary
 
@@ -630,7 +636,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"stopped: {e}; a relaunch resumes from the last checkpoint", file=sys.stderr)
         return 128 + e.signum
     except Exception as e:  # noqa: BLE001 - reported in FAILED.json already
-        print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
+        print(f"error: {faults.naming(f'{type(e).__name__}: {e}')}", file=sys.stderr)
         return EXIT_FAILED
     print(json.dumps(result, sort_keys=True))
     return EXIT_DONE

@@ -18,7 +18,7 @@ from typing import Any, Sequence
 import submitit
 from rich.console import Console
 
-from .. import store
+from .. import faults, store
 from ..config import RunSpec
 from ..layout import EXIT_BUSY, SPEC_FILE
 from ..layout import RUNS_DIR
@@ -190,8 +190,9 @@ def run_debug(runs: Sequence[RunSpec], console: Console) -> list[Outcome]:
         except worker.RunBusy as e:
             outcomes.append(Outcome(spec.run_id, "busy", str(e)))
         except Exception as e:  # noqa: BLE001 - recorded in FAILED.json; go on with the others
-            outcomes.append(Outcome(spec.run_id, "failed", f"{type(e).__name__}: {e}"))
-            console.print(f"[red]run {spec.run_id} failed[/red]: {type(e).__name__}: {e}")
+            why = faults.naming(f"{type(e).__name__}: {e}")
+            outcomes.append(Outcome(spec.run_id, "failed", why))
+            console.print(f"[red]run {spec.run_id} failed[/red]: {why}", markup=False)
     return outcomes
 
 
@@ -300,9 +301,10 @@ def record_unreported_end(run_dir: Path, exit_status: int | None) -> str | None:
         rest = f"checkpoint{after} kept, relaunch resumes"
     else:
         rest = "no checkpoint yet, relaunch starts it over"
-    reason = f"{how}; {rest}"
+    reason = faults.naming(f"{how}; {rest}")  # the worker inherited this process's environment
     try:
-        store.write_failed(run_dir, reason, "written by the launcher: the worker process could not report")
+        store.write_failed(run_dir, reason, "written by the launcher: the worker process could not report",
+                           injected_faults=faults.injected())
     except OSError:
         return None
     return reason
