@@ -12,6 +12,7 @@ import io
 import json
 import os
 import platform
+import re
 import signal
 import subprocess
 import sys
@@ -120,6 +121,7 @@ def load_checkpoint(run_dir: Path, spec_hash: str, log: RunLog) -> dict[str, Any
     byte tensors (``Generator.set_state`` and ``torch.set_rng_state`` refuse anything else: ATen's
     ``check_rng_state``). Loading with ``map_location=device`` made every resume on a GPU fail, and
     would have put Adam's ``step`` counters on the GPU (a host sync per parameter per step)."""
+    refused = False
     for name in store.CHECKPOINT_NAMES:
         path = run_dir / name
         if not path.exists():
@@ -132,8 +134,27 @@ def load_checkpoint(run_dir: Path, spec_hash: str, log: RunLog) -> dict[str, Any
                 raise ValueError("written for another spec or format")
             return state
         except Exception as e:  # noqa: BLE001 - any unreadable checkpoint means: fall back
-            log(f"WARNING: {name} is unusable ({type(e).__name__}: {str(e)[:200]}); falling back")
+            refused = True
+            log(f"WARNING: {name} is unusable ({_load_error(e)}); falling back")
+    if refused:
+        log("no usable checkpoint: training starts over from the first epoch")
     return None
+
+
+def _load_error(e: Exception) -> str:
+    """Why torch.load refused a checkpoint, in one line. torch's own message for a pickled object
+    is ten lines that first explain how to load the file anyway; cut at 200 characters it lost
+    the part that matters, so that is said here in our words, with torch's line naming the object."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(e))  # torch bolds part of it with terminal escapes
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if "Weights only load failed" in text:
+        unpickler = re.search(r"WeightsUnpickler error:\s*(.*?)(?:\. Please use|\n\n|$)", text, re.S)
+        which = " ".join((unpickler.group(1) if unpickler else lines[0]).split())[:300]
+        if "Unsupported global" in which:
+            return ("it holds pickled objects other than tensors, which could run arbitrary code when loaded, "
+                    f"so it was not loaded; torch: {which}")
+        return f"not a valid checkpoint ({type(e).__name__}: {which})"
+    return f"{type(e).__name__}: {lines[0][:300]}" if lines else type(e).__name__
 
 
 def _copy_tensors(obj: Any) -> Any:
