@@ -327,7 +327,7 @@ def _train_and_publish(spec: RunSpec, run_dir: Path, log: RunLog) -> dict[str, A
     device = select_device()
     precision = Precision.for_device(device, tr.amp, tr.amp_dtype)
     if device.type == "cpu" and os.environ.get("CUDA_VISIBLE_DEVICES", "").strip():
-        log(f"WARNING: CUDA_VISIBLE_DEVICES={os.environ['CUDA_VISIBLE_DEVICES']} names a GPU but torch sees none "
+        log(f"WARNING: CUDA_VISIBLE_DEVICES={os.environ['CUDA_VISIBLE_DEVICES']} is set but torch sees no GPU "
             f"(torch {torch.__version__}, CUDA {torch.version.cuda}): training on the CPU")
     amp_note = str(precision.dtype).replace("torch.", "") if precision.enabled else "off"
     if tr.amp and not precision.enabled:

@@ -852,6 +852,26 @@ def test_local_gpu_census_counts_as_torch_does_and_warns_when_runs_would_fall_ba
     assert not (tmp_path / "asked").exists()
 
 
+def test_an_invalid_cuda_visible_devices_is_named_not_taken_for_a_gpu(tmp_path, monkeypatch):
+    """CUDA_VISIBLE_DEVICES=garbage on a machine without a GPU was reported as 'this machine has a GPU
+    ... a CPU-only torch build'. Only the driver's files are evidence of a GPU; the value is named as
+    what it is, on a machine with a GPU and on one without."""
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")  # no nvidia-smi
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "garbage")
+    driver = tmp_path / "nvidiactl"
+    without = local.local_gpu_census(_fake_python(tmp_path, "0"), device_files=[str(driver)])
+    assert without.devices == [] and "this machine has a GPU" not in without.warning
+    assert "CUDA_VISIBLE_DEVICES=garbage is not a valid device list ('garbage' is not a GPU index" in without.warning
+    assert "this machine shows no NVIDIA GPU either" in without.warning and "\n" not in without.warning
+    driver.write_text("")
+    with_gpu = local.local_gpu_census(_fake_python(tmp_path, "0"), device_files=[str(driver)])
+    assert "is not a valid device list" in with_gpu.warning and "hides every GPU of this machine" in with_gpu.warning
+    # a valid-looking list on a machine without a driver: no claim of a GPU either
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
+    census = local.local_gpu_census(_fake_python(tmp_path, "0"), device_files=[str(tmp_path / "absent")])
+    assert "this machine has a GPU" not in census.warning and "shows no NVIDIA driver" in census.warning
+
+
 def test_torch_gpu_count_asks_the_real_torch_in_a_child():
     assert local.torch_gpu_count() == torch_device_count_here()
 
