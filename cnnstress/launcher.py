@@ -2,7 +2,9 @@
 
 Exit status: 0 when every run asked for is finished (local, debug, slurm/sbatch with --wait) or
 submitted (slurm/sbatch without --wait); 1 when some run failed (or the report is missing after
---wait); 2 for bad input (grid errors, missing data) or when Slurm cannot be used.
+--wait) or the output folder cannot be written; 2 for bad input (grid errors, missing data) or when
+Slurm cannot be used. --status: 0 when no run is failed or broken (done, running, pending, partial
+or missing), 3 when some run is failed or broken (STATUS_FAILED).
 """
 
 from __future__ import annotations
@@ -23,6 +25,11 @@ from . import atomic, faults, states, store, tensorboard
 from .cluster import BACKENDS, LaunchContext, backend
 from .grid import Grid, GridError, load_grid
 from .layout import GRID_COPY, LAUNCH_FILE, MANIFEST_FILE, REPORT_DIR, RUNS_DIR
+
+#: --status's exit status when some run is failed or broken: a script can tell them apart from
+#: runs that are only unfinished (0) and from bad input (2) without reading the table.
+STATUS_FAILED = 3
+
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
@@ -55,7 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--gather", action="store_true", help="only (re)build the report from finished runs")
     ap.add_argument("--no-gather", action="store_true", help="do not build the report after local runs")
     ap.add_argument("--status", action="store_true",
-                    help="show every run's state (done, running, pending, failed, broken, partial, missing) and exit")
+                    help="show every run's state (done, running, pending, failed, broken, partial, missing) and exit: "
+                         f"0 when no run is failed or broken, {STATUS_FAILED} when some run is")
     ap.add_argument("--download", choices=("cifar10", "cifar100", "cifar10-c", "cifar100-c"),
                     help="fetch a dataset with torchvision's downloader into --data-root and exit; cifar10-c and "
                          "cifar100-c are the published corruption files ([stress].source = \"official\"), "
@@ -115,8 +123,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         _print_plan(args, grid, sweep_dir, out_root, data_root, console)
         return 0
     if args.status:
-        print_status(grid, sweep_dir, console)
-        return 0
+        counts = print_status(grid, sweep_dir, console)
+        return STATUS_FAILED if counts.get("failed") or counts.get("broken") else 0
     if args.gather:
         return _gather(grid, sweep_dir, console)
     problem = missing_files(grid) or tensorboard.missing_package(grid.runs)
@@ -217,7 +225,8 @@ def _launch_slurm(args: argparse.Namespace, grid: Grid, sweep_dir: Path, out_roo
     except SlurmError as e:
         err.print(f"error: {e}", markup=False)
         return 1
-    rc = print_status(grid, sweep_dir, console, verify_hash=True)
+    counts = print_status(grid, sweep_dir, console, verify_hash=True)
+    rc = 0 if counts.get("done", 0) == len(grid.runs) else 1
     report = sweep_dir / REPORT_DIR / "index.html"
     if report.exists() and report.stat().st_mtime >= t_submit:
         console.print(f"report: {report}", markup=False)
@@ -267,11 +276,11 @@ STATUS_COLOURS = {"done": "green", "running": "cyan", "pending": "blue", "failed
                   "partial": "yellow", "missing": "white"}
 
 
-def print_status(grid: Grid, sweep_dir: Path, console: Console, verify_hash: bool = True) -> int:
+def print_status(grid: Grid, sweep_dir: Path, console: Console, verify_hash: bool = True) -> dict[str, int]:
     # verify_hash: a results.h5 that no longer matches its DONE.json must show as broken; hashing
     # costs about a second per GB of results, far less than training them.
     """Every run's state from its files and (for Slurm launches) squeue/sacct, as a table.
-    Returns 0 when every run is done, else 1."""
+    Returns how many runs are in each state."""
     from .cluster.status import RUN_STATUSES, run_statuses
 
     statuses, notes = run_statuses(grid.runs, sweep_dir, ask_slurm=True, verify_hash=verify_hash)
@@ -299,7 +308,7 @@ def print_status(grid: Grid, sweep_dir: Path, console: Console, verify_hash: boo
             console.print(f"{st.status} {st.run_id}: {st.detail}", markup=False, soft_wrap=True)
     for note in notes:
         console.print(f"note: {note}", markup=False)
-    return 0 if counts.get("done", 0) == len(grid.runs) else 1
+    return counts
 
 
 def missing_files(grid: Grid) -> str:

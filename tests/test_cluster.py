@@ -531,7 +531,7 @@ def test_status_from_files_and_squeue_without_accounting(tmp_path, fake_slurm):
     statuses, _ = status.run_statuses(runs, sweep)
     assert statuses[2].status == "failed" and "ended TIMEOUT" in statuses[2].detail
     # the status command prints them all
-    assert main(["--grid", str(_grid(tmp_path, seeds="[1, 2]")), "--status", "--out", str(tmp_path / "o")]) == 0
+    assert main(["--grid", str(_grid(tmp_path, seeds="[1, 2]")), "--status", "--out", str(tmp_path / "o")]) == 3
 
 
 def test_status_without_slurm_commands_uses_files_only(tmp_path, monkeypatch):
@@ -731,7 +731,7 @@ def test_rerun_failed_resubmits_a_run_whose_job_left_squeue_without_a_result(tmp
     rd.mkdir(parents=True)
     (rd / "checkpoint.pt").write_bytes(b"x")
     fake_slurm.set(squeue=f"{first.runs[grid.runs[1].run_id]}|RUNNING|None\n")
-    assert main(["--grid", str(path), "--status", "--out", str(out)]) == 0
+    assert main(["--grid", str(path), "--status", "--out", str(out)]) == 3  # a failed run
     assert f"its Slurm job {first.runs[grid.runs[0].run_id]} ended without a result" in capsys.readouterr().out
     assert main(["--grid", str(path), "--cluster", "sbatch", "--out", str(out), "--rerun-failed"]) == 0
     assert list(slurmctl.read_launches(out / "tiny")[-1].runs) == [grid.runs[0].run_id]
