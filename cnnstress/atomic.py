@@ -26,6 +26,15 @@ def _temp_path(path: Path) -> Path:
     return path.parent / f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
 
 
+def written_path(path: str | os.PathLike[str]) -> Path:
+    """The file a temp name of ours stands for (``.x.json.tmp-1-ab12cd34`` -> ``x.json``), else ``path``:
+    an error while writing the temp file names the temp file, a user knows the real one."""
+    path = Path(path)
+    if _TEMP_RE.match(path.name):
+        return path.parent / path.name[1:].rsplit(".tmp-", 1)[0]
+    return path
+
+
 def _fsync_dir(folder: Path) -> None:
     """Make a rename in ``folder`` durable (some file systems refuse to fsync folders: ignore)."""
     try:
@@ -79,7 +88,10 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes | Iterable[byte
             return False
         os.replace(tmp, path)
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:  # a read-only file system refuses even this: the write's own error is the one to see
+            pass
         raise
     _fsync_dir(path.parent)
     return True

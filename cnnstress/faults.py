@@ -7,6 +7,10 @@ every epoch (so that a test's signal reaches a tiny run mid-training whatever th
 results are unchanged); ``hold:epoch:/some/file`` waits at every epoch until that file exists (at
 most 10 minutes), so a test decides when the run may go on. Several faults are separated by commas.
 A point is a file name written atomically by store.py, or ``epoch``.
+
+A hook left set by mistake must not pass for a real failure: the launcher warns when it is set,
+the worker logs it at start, a failed run's reason names it, and a run records it (``injected()``,
+in results.h5's ``injected_faults`` attribute and in DONE.json / FAILED.json).
 """
 
 from __future__ import annotations
@@ -16,7 +20,24 @@ import os
 import signal
 import time
 
+ENV = "CNNSTRESS_FAULT"
 _counts: dict[str, int] = {}
+
+
+def injected() -> str | None:
+    """The CNNSTRESS_FAULT value in force (control characters escaped, so it prints as one line),
+    or None when it is unset or empty."""
+    spec = os.environ.get(ENV)
+    if not spec:
+        return None
+    return spec if spec.isprintable() else "".join(c if c.isprintable() else repr(c)[1:-1] for c in spec)
+
+
+def naming(reason: str) -> str:
+    """``reason`` with '; CNNSTRESS_FAULT=<value> was set' appended when it is: an injected SIGKILL
+    reads like the kernel's OOM killer unless the reason says the hook was on."""
+    spec = injected()
+    return f"{reason}; {ENV}={spec} was set" if spec else reason
 
 
 def maybe_fail(point: str) -> None:

@@ -11,6 +11,7 @@ import json
 import math
 import os
 import re
+import stat
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +29,10 @@ else:  # pragma: no cover - exercised on 3.10 only
 
 MAX_RUNS = 10_000
 MAX_GRID_FILE_BYTES = 1_000_000
+# Tables and arrays nested deeper than this are refused before anything walks them: the deepest
+# real grid value ([variants.x].augment = [{name, params = {...}}]) is 5 levels, and the readers
+# (tomllib's, and the key walkers here) recurse once per level, so 1 000 levels raised RecursionError.
+MAX_NESTING = 32
 
 # Names that become folder names, Slurm job names and HTML: letters, digits, '_' and '-', no dots
 # (so never '..'), no slashes, quotes, spaces, '$', backticks or newlines.
@@ -273,9 +278,14 @@ def load_grid(
     path = Path(path)
     source = str(path)
     try:
-        size = path.stat().st_size
+        st = path.stat()
     except OSError as e:
         raise GridError(source, "", f"cannot read the grid file ({e.strerror})") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise GridError(source, "", "cannot read the grid file (it is a directory); pass a .toml file")
+    if not stat.S_ISREG(st.st_mode):  # a FIFO or a device: reading one waits for a writer, forever
+        raise GridError(source, "", f"not a regular file ({_file_kind(st.st_mode)}); pass a .toml file")
+    size = st.st_size
     if size > MAX_GRID_FILE_BYTES:
         raise GridError(source, "", f"file is {size} bytes; at most {MAX_GRID_FILE_BYTES} allowed")
     try:
@@ -284,11 +294,46 @@ def load_grid(
         raise GridError(source, "", f"not valid TOML: {e}") from None
     except OSError as e:  # a directory, a vanished file, no permission
         raise GridError(source, "", f"cannot read the grid file ({e.strerror or e}); pass a .toml file") from None
+    raw = _parse_toml(text, source, "")
+    return expand(raw, source=source, overrides=overrides, out_root=out_root, data_root=data_root)
+
+
+def _file_kind(mode: int) -> str:
+    for test, kind in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return kind
+    return "not a plain file"
+
+
+def _parse_toml(text: str, source: str, path: str) -> dict[str, Any]:
+    """tomllib.loads as a GridError: tomllib recurses once per nested array or inline table, so deep
+    nesting raises RecursionError (not TOMLDecodeError) before any check here could run."""
     try:
         raw = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        raise GridError(source, "", f"not valid TOML: {e}") from None
-    return expand(raw, source=source, overrides=overrides, out_root=out_root, data_root=data_root)
+    except RecursionError:
+        raise GridError(source, path, f"nested deeper than the TOML reader can follow; at most {MAX_NESTING} "
+                        "levels of tables and arrays allowed") from None
+    except (ValueError, MemoryError) as e:  # TOMLDecodeError is a ValueError
+        raise GridError(source, path, f"not valid TOML: {e}") from None
+    _check_nesting(raw, source, path)
+    return raw
+
+
+def _check_nesting(value: Any, source: str, where: str = "") -> None:
+    """Refuse tables and arrays nested more than MAX_NESTING deep (dotted keys too: a.b.c is three
+    tables), naming the key; walked with a stack, not recursion, so any depth is measured safely."""
+    stack: list[tuple[Any, list[str], int]] = [(value, [where] if where else [], 0)]
+    while stack:
+        node, keys, depth = stack.pop()
+        if depth > MAX_NESTING:
+            shown = ".".join(keys[:6]) + ("..." if len(keys) > 6 else "")
+            raise GridError(source, shown, f"nested more than {MAX_NESTING} levels deep; at most {MAX_NESTING} "
+                            "levels of tables and arrays allowed")
+        if isinstance(node, dict):
+            stack.extend((v, [*keys, str(k)], depth + 1) for k, v in node.items())
+        elif isinstance(node, list):
+            stack.extend((v, keys, depth + 1) for v in node)
 
 
 def load_sweep_grid(sweep_dir: str | os.PathLike) -> Grid:
@@ -318,7 +363,10 @@ def expand(
     v = _Validator(source)
     if not isinstance(raw, dict):
         raise GridError(source, "", "the grid must be a TOML table")
+    _check_nesting(raw, source)  # expand() is also called with dicts that no file reader checked
     raw = _apply_overrides(raw, overrides, v)
+    if overrides:  # a --set key path under a deep grid value can nest the two deeper than either
+        _check_nesting(raw, "--set")
     v.check_keys(raw, TOP_KEYS, "")
 
     name = v.safe_name(raw.get("name"), "name")
@@ -689,10 +737,17 @@ def parse_override(text: str) -> tuple[str, Any]:
     key = key.strip()
     if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*", key):
         raise GridError("--set", key, "is not a key path (letters, digits, '_' separated by '.')")
+    if key.count(".") >= MAX_NESTING:
+        shown = ".".join(key.split(".")[:6]) + f"... ({key.count('.') + 1} keys deep)"
+        raise GridError("--set", shown, f"nested more than {MAX_NESTING} levels deep; at most {MAX_NESTING} allowed")
     try:
         parsed = tomllib.loads(f"v = {val}")["v"]
-    except tomllib.TOMLDecodeError:
+    except RecursionError:  # see _parse_toml
+        raise GridError("--set", key, f"the value is nested deeper than the TOML reader can follow; at most "
+                        f"{MAX_NESTING} levels of tables and arrays allowed") from None
+    except ValueError:  # not a TOML literal (TOMLDecodeError): a bare word, taken as a string
         parsed = val.strip()
+    _check_nesting(parsed, "--set", key)
     return key, parsed
 
 

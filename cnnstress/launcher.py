@@ -2,12 +2,15 @@
 
 Exit status: 0 when every run asked for is finished (local, debug, slurm/sbatch with --wait) or
 submitted (slurm/sbatch without --wait); 1 when some run failed (or the report is missing after
---wait); 2 for bad input (grid errors, missing data) or when Slurm cannot be used.
+--wait) or the output folder cannot be written; 2 for bad input (grid errors, missing data) or when
+Slurm cannot be used. --status: 0 when no run is failed or broken (done, running, pending, partial
+or missing), 3 when some run is failed or broken (STATUS_FAILED).
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
 import time
@@ -18,10 +21,15 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from . import atomic, states, store, tensorboard
+from . import atomic, faults, states, store, tensorboard
 from .cluster import BACKENDS, LaunchContext, backend
 from .grid import Grid, GridError, load_grid
 from .layout import GRID_COPY, LAUNCH_FILE, MANIFEST_FILE, REPORT_DIR, RUNS_DIR
+
+#: --status's exit status when some run is failed or broken: a script can tell them apart from
+#: runs that are only unfinished (0) and from bad input (2) without reading the table.
+STATUS_FAILED = 3
+
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
@@ -54,7 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--gather", action="store_true", help="only (re)build the report from finished runs")
     ap.add_argument("--no-gather", action="store_true", help="do not build the report after local runs")
     ap.add_argument("--status", action="store_true",
-                    help="show every run's state (done, running, pending, failed, broken, partial, missing) and exit")
+                    help="show every run's state (done, running, pending, failed, broken, partial, missing) and exit: "
+                         f"0 when no run is failed or broken, {STATUS_FAILED} when some run is")
     ap.add_argument("--download", choices=("cifar10", "cifar100", "cifar10-c", "cifar100-c"),
                     help="fetch a dataset with torchvision's downloader into --data-root and exit; cifar10-c and "
                          "cifar100-c are the published corruption files ([stress].source = \"official\"), "
@@ -68,6 +77,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.overrides.append("report.tensorboard=true")
     console = Console(highlight=False)
     err = Console(stderr=True, highlight=False, soft_wrap=True)
+    if faults.injected():  # inherited by every run, local or Slurm: a forgotten test hook fails real runs
+        err.print(f"warning: {faults.ENV}={faults.injected()} is set: runs of this launch will have faults "
+                  "injected (a test hook); unset it for real runs", markup=False)
     out_root = Path(args.out)
     data_root = Path(args.data_root) if args.data_root else out_root / "data"
 
@@ -115,8 +127,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         return 0
     if args.status:
-        print_status(grid, sweep_dir, console)
-        return 0
+        counts = print_status(grid, sweep_dir, console)
+        return STATUS_FAILED if counts.get("failed") or counts.get("broken") else 0
     if args.gather:
         return _gather(grid, sweep_dir, console)
     problem = _launch_problem(grid)
@@ -126,7 +138,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if chosen.batch:
         return _launch_slurm(args, grid, sweep_dir, out_root, data_root, console, err)
 
-    write_sweep_files(grid, sweep_dir, Path(args.grid))
+    if not _wrote_sweep_files(grid, sweep_dir, Path(args.grid), err):
+        return 1
     todo, skipped, busy = _select(grid, sweep_dir, args.rerun_failed, ask_slurm=False)
     console.print(f"sweep [bold]{grid.name}[/bold]: {len(grid.runs)} runs, {skipped} already finished, "
                   f"{len(todo)} to run ({args.cluster}); output in {sweep_dir}")
@@ -187,7 +200,8 @@ def _launch_slurm(args: argparse.Namespace, grid: Grid, sweep_dir: Path, out_roo
     except SlurmError as e:
         err.print(f"error: {e}", markup=False)
         return 2
-    write_sweep_files(grid, sweep_dir, Path(args.grid))
+    if not _wrote_sweep_files(grid, sweep_dir, Path(args.grid), err):
+        return 1
     todo, done, busy = _select(grid, sweep_dir, args.rerun_failed, ask_slurm=True)
     console.print(f"sweep [bold]{grid.name}[/bold]: {len(grid.runs)} runs, {done} already finished, "
                   f"{len(busy)} queued or running, {len(todo)} to submit ({args.cluster}); output in {sweep_dir}")
@@ -215,7 +229,8 @@ def _launch_slurm(args: argparse.Namespace, grid: Grid, sweep_dir: Path, out_roo
     except SlurmError as e:
         err.print(f"error: {e}", markup=False)
         return 1
-    rc = print_status(grid, sweep_dir, console, verify_hash=True)
+    counts = print_status(grid, sweep_dir, console, verify_hash=True)
+    rc = 0 if counts.get("done", 0) == len(grid.runs) else 1
     report = sweep_dir / REPORT_DIR / "index.html"
     if report.exists() and report.stat().st_mtime >= t_submit:
         console.print(f"report: {report}", markup=False)
@@ -265,11 +280,11 @@ STATUS_COLOURS = {"done": "green", "running": "cyan", "pending": "blue", "failed
                   "partial": "yellow", "missing": "white"}
 
 
-def print_status(grid: Grid, sweep_dir: Path, console: Console, verify_hash: bool = True) -> int:
+def print_status(grid: Grid, sweep_dir: Path, console: Console, verify_hash: bool = True) -> dict[str, int]:
     # verify_hash: a results.h5 that no longer matches its DONE.json must show as broken; hashing
     # costs about a second per GB of results, far less than training them.
     """Every run's state from its files and (for Slurm launches) squeue/sacct, as a table.
-    Returns 0 when every run is done, else 1."""
+    Returns how many runs are in each state."""
     from .cluster.status import RUN_STATUSES, run_statuses
 
     statuses, notes = run_statuses(grid.runs, sweep_dir, ask_slurm=True, verify_hash=verify_hash)
@@ -297,7 +312,7 @@ def print_status(grid: Grid, sweep_dir: Path, console: Console, verify_hash: boo
             console.print(f"{st.status} {st.run_id}: {st.detail}", markup=False, soft_wrap=True)
     for note in notes:
         console.print(f"note: {note}", markup=False)
-    return 0 if counts.get("done", 0) == len(grid.runs) else 1
+    return counts
 
 
 def _launch_problem(grid: Grid) -> str:
@@ -388,17 +403,57 @@ def _gather(grid: Grid, sweep_dir: Path, console: Console) -> int:
     except gather.ReportWriteError as exc:  # disk full, report/ removed: one line, not a traceback
         console.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
         return 1
+    except OSError as e:  # e.g. --out on a read-only file system: the report folder cannot be written
+        if e.errno not in WRITE_ERRNOS:
+            raise
+        Console(stderr=True, highlight=False, soft_wrap=True).print(f"error: {CannotWrite(e, sweep_dir / REPORT_DIR)}",
+                                                                    markup=False)
+        return 1
     console.print(f"report: {index}")
     return 0
+
+
+#: OSErrors that say the output folder cannot be written (rather than a bug or an unreadable input)
+WRITE_ERRNOS = (errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EDQUOT)
+
+
+def _wrote_sweep_files(grid: Grid, sweep_dir: Path, grid_path: Path, err: Console) -> bool:
+    try:
+        write_sweep_files(grid, sweep_dir, grid_path)
+    except (CannotWrite, GridError) as e:
+        err.print(f"error: {e}", markup=False)
+        return False
+    return True
+
+
+class CannotWrite(Exception):
+    """The output root cannot be written (a read-only file system, a full disk, no permission): one
+    line naming the path, for exit status 1 (the environment, not the input, is at fault)."""
+
+    def __init__(self, e: OSError, fallback: Path):
+        path = atomic.written_path(e.filename) if e.filename else fallback
+        super().__init__(f"cannot write {path}: {e.strerror or e}")
 
 
 def write_sweep_files(grid: Grid, sweep_dir: Path, grid_path: Path) -> None:
     """grid.toml (as launched) and manifest.jsonl (one resolved RunSpec per line, for people and
     tools; the sbatch fallback reads its own per-launch copy, since this one follows the grid).
-    Rewritten only when their content changes, so relaunching a finished grid touches no file."""
+    Rewritten only when their content changes, so relaunching a finished grid touches no file.
+    Raises CannotWrite when the sweep folder or a file in it cannot be written."""
+    try:
+        grid_bytes = grid_path.read_bytes()
+    except OSError as e:  # the grid file went away since it was read: not a write error
+        raise GridError(str(grid_path), "", f"cannot read the grid file ({e.strerror or e})") from None
+    try:
+        _write_sweep_files(grid, sweep_dir, grid_bytes)
+    except OSError as e:
+        raise CannotWrite(e, sweep_dir) from None
+
+
+def _write_sweep_files(grid: Grid, sweep_dir: Path, grid_bytes: bytes) -> None:
     sweep_dir.mkdir(parents=True, exist_ok=True)
     (sweep_dir / RUNS_DIR).mkdir(exist_ok=True)
-    atomic.atomic_write_bytes(sweep_dir / GRID_COPY, grid_path.read_bytes(), if_changed=True)
+    atomic.atomic_write_bytes(sweep_dir / GRID_COPY, grid_bytes, if_changed=True)
     atomic.atomic_write_json(sweep_dir / LAUNCH_FILE, {"overrides": grid.overrides,
                                                       "data_root": grid.runs[0].paths.data_root}, if_changed=True)
     manifest = "".join(r.to_json() + "\n" for r in grid.runs).encode()

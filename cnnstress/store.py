@@ -169,6 +169,8 @@ OPTIONAL_ROOT_ATTRS: dict[str, str] = {
     "precision": "json",
     # ood_sets: set name -> what the set is (kind near/far, description, count, seed, source)
     "ood_sets": "json",
+    # injected_faults: the CNNSTRESS_FAULT test hook's value when it was set (absent otherwise)
+    "injected_faults": "str",
 }
 
 
@@ -718,8 +720,10 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def write_done(run_dir: str | os.PathLike[str], summary: Mapping[str, Any], results_sha256: str) -> None:
-    """Write DONE.json (last step of a run): run_id, results_sha256, summary, finished_at.
+def write_done(run_dir: str | os.PathLike[str], summary: Mapping[str, Any], results_sha256: str, *,
+               injected_faults: str | None = None) -> None:
+    """Write DONE.json (last step of a run): run_id, results_sha256, summary, finished_at, and
+    injected_faults when the CNNSTRESS_FAULT test hook was set.
 
     Refuses (ResultsError) when results.h5 is missing or its sha256 is not ``results_sha256``, so a
     DONE.json is never written for a file that run_state would call broken.
@@ -733,15 +737,20 @@ def write_done(run_dir: str | os.PathLike[str], summary: Mapping[str, Any], resu
         raise ResultsError(f"{results}: sha256 {actual} is not the given {results_sha256}")
     with open_results(results) as res:
         run_id = res.attrs["run_id"]
-    atomic_write_json(
-        run_dir / DONE_NAME,
-        {"run_id": run_id, "results_sha256": results_sha256, "summary": dict(summary), "finished_at": _now()},
-    )
+    done = {"run_id": run_id, "results_sha256": results_sha256, "summary": dict(summary), "finished_at": _now()}
+    if injected_faults:
+        done["injected_faults"] = injected_faults
+    atomic_write_json(run_dir / DONE_NAME, done)
 
 
-def write_failed(run_dir: str | os.PathLike[str], reason: str, detail: str = "") -> None:
-    """Write FAILED.json atomically: {reason, detail (e.g. the traceback), failed_at}."""
-    atomic_write_json(Path(run_dir) / FAILED_NAME, {"reason": reason, "detail": detail, "failed_at": _now()})
+def write_failed(run_dir: str | os.PathLike[str], reason: str, detail: str = "", *,
+                 injected_faults: str | None = None) -> None:
+    """Write FAILED.json atomically: {reason, detail (e.g. the traceback), failed_at}, and
+    injected_faults when the CNNSTRESS_FAULT test hook was set."""
+    failed = {"reason": reason, "detail": detail, "failed_at": _now()}
+    if injected_faults:
+        failed["injected_faults"] = injected_faults
+    atomic_write_json(Path(run_dir) / FAILED_NAME, failed)
 
 
 def clear_failed(run_dir: str | os.PathLike[str]) -> None:

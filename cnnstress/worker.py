@@ -12,6 +12,7 @@ import io
 import json
 import os
 import platform
+import re
 import signal
 import subprocess
 import sys
@@ -25,7 +26,7 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
-from . import attacks, data, oodsets, randomize, store
+from . import attacks, data, faults, oodsets, randomize, store
 from . import tensorboard as tboard
 from .layout import (BEST_FILE, DONE_NAME, EXIT_BUSY, EXIT_DONE, EXIT_FAILED, EXIT_USAGE, HISTORY_KEYS, LOG_FILE,
                      PROGRESS_FILE, RUNS_DIR, SPEC_FILE)
@@ -120,6 +121,7 @@ def load_checkpoint(run_dir: Path, spec_hash: str, log: RunLog) -> dict[str, Any
     byte tensors (``Generator.set_state`` and ``torch.set_rng_state`` refuse anything else: ATen's
     ``check_rng_state``). Loading with ``map_location=device`` made every resume on a GPU fail, and
     would have put Adam's ``step`` counters on the GPU (a host sync per parameter per step)."""
+    refused = False
     for name in store.CHECKPOINT_NAMES:
         path = run_dir / name
         if not path.exists():
@@ -132,8 +134,27 @@ def load_checkpoint(run_dir: Path, spec_hash: str, log: RunLog) -> dict[str, Any
                 raise ValueError("written for another spec or format")
             return state
         except Exception as e:  # noqa: BLE001 - any unreadable checkpoint means: fall back
-            log(f"WARNING: {name} is unusable ({type(e).__name__}: {str(e)[:200]}); falling back")
+            refused = True
+            log(f"WARNING: {name} is unusable ({_load_error(e)}); falling back")
+    if refused:
+        log("no usable checkpoint: training starts over from the first epoch")
     return None
+
+
+def _load_error(e: Exception) -> str:
+    """Why torch.load refused a checkpoint, in one line. torch's own message for a pickled object
+    is ten lines that first explain how to load the file anyway; cut at 200 characters it lost
+    the part that matters, so that is said here in our words, with torch's line naming the object."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(e))  # torch bolds part of it with terminal escapes
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if "Weights only load failed" in text:
+        unpickler = re.search(r"WeightsUnpickler error:\s*(.*?)(?:\. Please use|\n\n|$)", text, re.S)
+        which = " ".join((unpickler.group(1) if unpickler else lines[0]).split())[:300]
+        if "Unsupported global" in which:
+            return ("it holds pickled objects other than tensors, which could run arbitrary code when loaded, "
+                    f"so it was not loaded; torch: {which}")
+        return f"not a valid checkpoint ({type(e).__name__}: {which})"
+    return f"{type(e).__name__}: {lines[0][:300]}" if lines else type(e).__name__
 
 
 def _copy_tensors(obj: Any) -> Any:
@@ -272,7 +293,10 @@ def run(spec: RunSpec | dict | str, *, echo: bool = True) -> dict[str, Any]:
         if state.status == "done":
             return {"run_id": spec.run_id, "status": "skipped", **(state.summary or {})}
         log = RunLog(run_dir / LOG_FILE, echo=echo)
+        injected = faults.injected()
         try:
+            if injected:  # a test hook left set must show where a failure is read
+                log(f"WARNING: {faults.ENV}={injected} is set: faults will be injected into this run (a test hook)")
             for leftover in store.cleanup_temp_files(run_dir):
                 log(f"removed leftover temp file {leftover.name} from an interrupted write")
             if (run_dir / DONE_NAME).exists():
@@ -285,10 +309,10 @@ def run(spec: RunSpec | dict | str, *, echo: bool = True) -> dict[str, Any]:
         except Exception as e:
             # Only real errors: SystemExit/KeyboardInterrupt (preemption, Ctrl-C) leave the run
             # resumable instead of failed.
-            reason = f"{type(e).__name__}: {e}"
+            reason = faults.naming(f"{type(e).__name__}: {e}"[:2000])
             log(f"FAILED: {reason}")
             try:
-                store.write_failed(run_dir, reason[:2000], traceback.format_exc())
+                store.write_failed(run_dir, reason, traceback.format_exc(), injected_faults=injected)
             except OSError as e2:  # e.g. the disk is full: the reason still reaches the log/stderr
                 log(f"could not write FAILED.json: {e2}")
             raise
@@ -303,7 +327,7 @@ def _train_and_publish(spec: RunSpec, run_dir: Path, log: RunLog) -> dict[str, A
     device = select_device()
     precision = Precision.for_device(device, tr.amp, tr.amp_dtype)
     if device.type == "cpu" and os.environ.get("CUDA_VISIBLE_DEVICES", "").strip():
-        log(f"WARNING: CUDA_VISIBLE_DEVICES={os.environ['CUDA_VISIBLE_DEVICES']} names a GPU but torch sees none "
+        log(f"WARNING: CUDA_VISIBLE_DEVICES={os.environ['CUDA_VISIBLE_DEVICES']} is set but torch sees no GPU "
             f"(torch {torch.__version__}, CUDA {torch.version.cuda}): training on the CPU")
     amp_note = str(precision.dtype).replace("torch.", "") if precision.enabled else "off"
     if tr.amp and not precision.enabled:
@@ -423,13 +447,16 @@ def _train_and_publish(spec: RunSpec, run_dir: Path, log: RunLog) -> dict[str, A
     }
     if ood_sets is not None:
         attrs["ood_sets"] = ood_sets
+    injected = faults.injected()
+    if injected:
+        attrs["injected_faults"] = injected
     sha = store.publish_results(run_dir, arrays, attrs)
     summary = {
         "test_accuracy": test_acc, "val_accuracy": history["val_acc"][-1] if history["val_acc"] else None,
         "epochs": tr.epochs, "device": attrs["device"], "restarts": restarts(), **timings,
     }
     board.final(arrays)
-    store.write_done(run_dir, summary, sha)
+    store.write_done(run_dir, summary, sha, injected_faults=injected)
     log(f"done: test accuracy {test_acc:.4f}; results.h5 sha256 {sha[:12]}; {timings['total_s']:.0f}s in all")
     return summary
 
@@ -632,7 +659,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"stopped: {e}; a relaunch resumes from the last checkpoint", file=sys.stderr)
         return 128 + e.signum
     except Exception as e:  # noqa: BLE001 - reported in FAILED.json already
-        print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
+        print(f"error: {faults.naming(f'{type(e).__name__}: {e}')}", file=sys.stderr)
         return EXIT_FAILED
     print(json.dumps(result, sort_keys=True))
     return EXIT_DONE

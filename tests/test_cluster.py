@@ -531,7 +531,7 @@ def test_status_from_files_and_squeue_without_accounting(tmp_path, fake_slurm):
     statuses, _ = status.run_statuses(runs, sweep)
     assert statuses[2].status == "failed" and "ended TIMEOUT" in statuses[2].detail
     # the status command prints them all
-    assert main(["--grid", str(_grid(tmp_path, seeds="[1, 2]")), "--status", "--out", str(tmp_path / "o")]) == 0
+    assert main(["--grid", str(_grid(tmp_path, seeds="[1, 2]")), "--status", "--out", str(tmp_path / "o")]) == 3
 
 
 def test_status_without_slurm_commands_uses_files_only(tmp_path, monkeypatch):
@@ -731,7 +731,7 @@ def test_rerun_failed_resubmits_a_run_whose_job_left_squeue_without_a_result(tmp
     rd.mkdir(parents=True)
     (rd / "checkpoint.pt").write_bytes(b"x")
     fake_slurm.set(squeue=f"{first.runs[grid.runs[1].run_id]}|RUNNING|None\n")
-    assert main(["--grid", str(path), "--status", "--out", str(out)]) == 0
+    assert main(["--grid", str(path), "--status", "--out", str(out)]) == 3  # a failed run
     assert f"its Slurm job {first.runs[grid.runs[0].run_id]} ended without a result" in capsys.readouterr().out
     assert main(["--grid", str(path), "--cluster", "sbatch", "--out", str(out), "--rerun-failed"]) == 0
     assert list(slurmctl.read_launches(out / "tiny")[-1].runs) == [grid.runs[0].run_id]
@@ -850,6 +850,26 @@ def test_local_gpu_census_counts_as_torch_does_and_warns_when_runs_would_fall_ba
     (tmp_path / "asked").unlink()
     assert local.local_gpu_census(_fake_python(tmp_path, "2"), device_files=[str(driver)]) == local.GpuCensus([], None, "")
     assert not (tmp_path / "asked").exists()
+
+
+def test_an_invalid_cuda_visible_devices_is_named_not_taken_for_a_gpu(tmp_path, monkeypatch):
+    """CUDA_VISIBLE_DEVICES=garbage on a machine without a GPU was reported as 'this machine has a GPU
+    ... a CPU-only torch build'. Only the driver's files are evidence of a GPU; the value is named as
+    what it is, on a machine with a GPU and on one without."""
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")  # no nvidia-smi
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "garbage")
+    driver = tmp_path / "nvidiactl"
+    without = local.local_gpu_census(_fake_python(tmp_path, "0"), device_files=[str(driver)])
+    assert without.devices == [] and "this machine has a GPU" not in without.warning
+    assert "CUDA_VISIBLE_DEVICES=garbage is not a valid device list ('garbage' is not a GPU index" in without.warning
+    assert "this machine shows no NVIDIA GPU either" in without.warning and "\n" not in without.warning
+    driver.write_text("")
+    with_gpu = local.local_gpu_census(_fake_python(tmp_path, "0"), device_files=[str(driver)])
+    assert "is not a valid device list" in with_gpu.warning and "hides every GPU of this machine" in with_gpu.warning
+    # a valid-looking list on a machine without a driver: no claim of a GPU either
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
+    census = local.local_gpu_census(_fake_python(tmp_path, "0"), device_files=[str(tmp_path / "absent")])
+    assert "this machine has a GPU" not in census.warning and "shows no NVIDIA driver" in census.warning
 
 
 def test_torch_gpu_count_asks_the_real_torch_in_a_child():

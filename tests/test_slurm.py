@@ -345,7 +345,7 @@ def test_failing_task_is_reported_while_the_other_run_and_the_gather_job_finish(
     summary = json.loads((sweep / "report" / "summary.json").read_text())  # the gather job still ran
     assert {r["run_id"]: r["status"] for r in summary["runs"]} == {ok.run_id: "done", bad.run_id: "failed"}
     assert "report: " in printed
-    assert main(["--grid", str(grid), "--status", "--out", str(out), "--data-root", str(DATA), *LEAN]) == 0
+    assert main(["--grid", str(grid), "--status", "--out", str(out), "--data-root", str(DATA), *LEAN]) == 3  # failed
     status = capsys.readouterr().out
     assert f"failed {bad.run_id}: IsADirectoryError" in status  # the reason, below the table
     # --rerun-failed submits only the failed run

@@ -18,7 +18,7 @@ from typing import Any, Sequence
 import submitit
 from rich.console import Console
 
-from .. import store
+from .. import faults, store
 from ..config import RunSpec
 from ..layout import EXIT_BUSY, SPEC_FILE
 from ..layout import RUNS_DIR
@@ -138,14 +138,36 @@ def local_gpu_census(python: str = sys.executable, device_files: Sequence[str] =
         devices = [str(i) for i in range(count)]
     warning = ""
     if not devices:
-        evidence = (f"nvidia-smi lists {', '.join(named)}" if named and explicit is None else
-                    f"CUDA_VISIBLE_DEVICES={explicit}" if named else f"the NVIDIA driver is loaded ({driver[0]})")
-        why = ("the check failed" if count is None else
-               "torch.cuda.device_count() is 0: a CPU-only torch build, or a driver too old for its CUDA")
-        warning = (f"WARNING: this machine has a GPU ({evidence}) but torch sees none ({why}): every run will "
-                   "train on the CPU. Install a CUDA build of torch, or set CUDA_VISIBLE_DEVICES='' to say the "
-                   "CPU is meant.")
+        warning = _cpu_fallback_warning(explicit, named, driver, count)
     return GpuCensus(devices, count, warning)
+
+
+#: What CUDA takes as a CUDA_VISIBLE_DEVICES entry: an index, or a GPU/MIG UUID (possibly shortened)
+DEVICE_ENTRY = re.compile(r"^(\d+|GPU-[0-9A-Fa-f-]+|MIG-[0-9A-Za-z/-]+)$")
+
+
+def _cpu_fallback_warning(explicit: str | None, named: list[str], driver: list[str], count: int | None) -> str:
+    """Why the runs will train on the CPU though something pointed at a GPU. Only the driver's files
+    and nvidia-smi are evidence that this machine has a GPU: a CUDA_VISIBLE_DEVICES value is not
+    (CUDA_VISIBLE_DEVICES=garbage on a machine without a GPU was reported as 'this machine has a GPU')."""
+    fix = "set CUDA_VISIBLE_DEVICES='' to say the CPU is meant"
+    bad = next((e for e in named if not DEVICE_ENTRY.match(e)), None) if explicit is not None else None
+    if bad is not None and bad == named[0]:  # CUDA stops at the first invalid entry: here, before any GPU
+        where = "every GPU of this machine" if driver else "every device (and this machine shows no NVIDIA GPU either)"
+        return (f"WARNING: CUDA_VISIBLE_DEVICES={explicit} is not a valid device list ({bad!r} is not a GPU index, "
+                f"GPU-<uuid> or MIG-<uuid>), so it hides {where}: every run will train on the CPU. Name GPUs "
+                f"(e.g. CUDA_VISIBLE_DEVICES=0), or {fix}.")
+    why = ("the check failed" if count is None else
+           "torch.cuda.device_count() is 0: a CPU-only torch build, or a driver too old for its CUDA")
+    if explicit is not None and not driver:
+        return (f"WARNING: CUDA_VISIBLE_DEVICES={explicit} names GPUs, but this machine shows no NVIDIA driver "
+                f"({', '.join(NVIDIA_DEVICE_FILES)} are missing) and torch sees no GPU: every run will train "
+                f"on the CPU; {fix}.")
+    evidence = (f"nvidia-smi lists {', '.join(named)}" if named and explicit is None else
+                f"the NVIDIA driver is loaded ({driver[0]}; CUDA_VISIBLE_DEVICES={explicit})" if explicit is not None
+                else f"the NVIDIA driver is loaded ({driver[0]})")
+    return (f"WARNING: this machine has a GPU ({evidence}) but torch sees none ({why}): every run will "
+            f"train on the CPU. Install a CUDA build of torch, or {fix}.")
 
 
 def torch_gpu_count(python: str = sys.executable) -> int | None:
@@ -190,8 +212,9 @@ def run_debug(runs: Sequence[RunSpec], console: Console) -> list[Outcome]:
         except worker.RunBusy as e:
             outcomes.append(Outcome(spec.run_id, "busy", str(e)))
         except Exception as e:  # noqa: BLE001 - recorded in FAILED.json; go on with the others
-            outcomes.append(Outcome(spec.run_id, "failed", f"{type(e).__name__}: {e}"))
-            console.print(f"[red]run {spec.run_id} failed[/red]: {type(e).__name__}: {e}")
+            why = faults.naming(f"{type(e).__name__}: {e}")
+            outcomes.append(Outcome(spec.run_id, "failed", why))
+            console.print(f"[red]run {spec.run_id} failed[/red]: {why}", markup=False)
     return outcomes
 
 
@@ -300,9 +323,10 @@ def record_unreported_end(run_dir: Path, exit_status: int | None) -> str | None:
         rest = f"checkpoint{after} kept, relaunch resumes"
     else:
         rest = "no checkpoint yet, relaunch starts it over"
-    reason = f"{how}; {rest}"
+    reason = faults.naming(f"{how}; {rest}")  # the worker inherited this process's environment
     try:
-        store.write_failed(run_dir, reason, "written by the launcher: the worker process could not report")
+        store.write_failed(run_dir, reason, "written by the launcher: the worker process could not report",
+                           injected_faults=faults.injected())
     except OSError:
         return None
     return reason
