@@ -43,7 +43,8 @@ EXPECTED_DTYPES = {
 
 @pytest.fixture
 def run_dir(tmp_path: Path) -> Path:
-    d = tmp_path / "my data's \"dir\"" / "run 'one'"
+    # a run folder is named by its run id (run_state checks that DONE.json and results.h5 name it)
+    d = tmp_path / "my data's \"dir\"" / "runs" / make_attrs()["run_id"]
     d.mkdir(parents=True)
     return d
 
