@@ -56,7 +56,7 @@ def run_dir_for(spec: RunSpec) -> Path:
     path = (sweep_dir / RUNS_DIR / spec.run_id).resolve()
     if root not in path.parents:  # sweep and run ids are validated; this is the last line of defence
         raise ValueError(f"run folder {path} escapes the output root {root}")
-    refuse_links(sweep_dir, sweep_dir / RUNS_DIR / spec.run_id)
+    refuse_links(sweep_dir, sweep_dir / RUNS_DIR / spec.run_id)  # (one inside the root too)
     return path
 
 

@@ -771,3 +771,21 @@ def test_adversarial_eps_segment_must_be_a_number(run_dir: Path, eps: str) -> No
     arrays = {**make_arrays(), "adversarial/positions": np.arange(M), f"adversarial/linf/{eps}/logits": np.zeros((M, C))}
     with pytest.raises(ResultsError, match="unknown dataset path"):
         store.publish_results(run_dir, arrays, make_attrs())
+
+
+def test_results_copied_from_another_run_are_broken_whatever_the_hash_says(run_dir: Path) -> None:
+    """DONE.json + results.h5 copied whole from another run agree with each other (hash, run id):
+    only the folder's name tells that they are not this run's."""
+    import shutil
+
+    _done_run(run_dir)
+    other = run_dir.parent / "demo-flip-s42-89abcdef"
+    other.mkdir()
+    for name in ("results.h5", "DONE.json"):
+        shutil.copy2(run_dir / name, other / name)
+    for verify in (True, False):
+        state = store.run_state(other, verify_hash=verify)
+        assert state.status == "broken" and state.summary is None
+        assert state.reason == (f"{other / 'DONE.json'}: holds run 'demo-baseline-s42-0123abcd', but this folder "
+                                "is run 'demo-flip-s42-89abcdef'")
+    assert store.run_state(run_dir).status == "done"
