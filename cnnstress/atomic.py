@@ -2,6 +2,11 @@
 fsynced. A writer killed half-way leaves only a temp file (``.<name>.tmp-<pid>-<8 hex>``), which
 ``cleanup_temp_files`` removes. No h5py and no torch: the launcher, the cluster side and the report
 write their files through this module (store.py re-exports it for results.h5's writers).
+
+The few files written in place (claim.lock, log.txt, launches.jsonl.lock) are opened with
+``open_in_place``, which never follows a symbolic link: a link planted in a run or sweep folder
+would otherwise make a relaunch truncate or append to whatever file it points at. A replaced file
+needs no such care: ``os.replace`` swaps the link itself for the new file.
 """
 
 from __future__ import annotations
@@ -19,6 +24,39 @@ import numpy as np
 from .faults import maybe_fail
 
 _TEMP_RE = re.compile(r"^\..+\.tmp-\d+-[0-9a-f]{8}$")
+
+
+class LinkRefused(OSError):
+    """A file or folder cnnstress would write in place is a symbolic link."""
+
+    def __init__(self, path: str | os.PathLike[str]):
+        super().__init__(f"{path} is a symbolic link; cnnstress does not write through links in a run or sweep "
+                         "folder: remove it")
+
+
+def open_in_place(path: str | os.PathLike[str], flags: int, mode: int = 0o644) -> int:
+    """``os.open`` for a file written in place, never through a symbolic link (O_NOFOLLOW; O_CLOEXEC
+    so that no child process inherits it). A link raises LinkRefused naming it."""
+    try:
+        return os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+    except OSError as e:
+        # ELOOP is what O_NOFOLLOW gives for a link (a link opened with O_CREAT|O_EXCL gives EEXIST)
+        if os.path.islink(path):
+            raise LinkRefused(path) from None
+        raise
+
+
+def refuse_links(base: str | os.PathLike[str], path: str | os.PathLike[str]) -> None:
+    """LinkRefused when ``path`` or a folder between ``base`` (not included) and it is a symbolic
+    link: for folders cnnstress creates itself (runs/<run_id>, the TensorBoard folders), whose
+    files would otherwise land wherever the link points."""
+    base, path = Path(base), Path(path)
+    rel = path.relative_to(base)
+    here = base
+    for part in rel.parts:
+        here = here / part
+        if here.is_symlink():
+            raise LinkRefused(here)
 
 
 def _temp_path(path: Path) -> Path:
@@ -66,7 +104,7 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes | Iterable[byte
     changes), so re-running a finished step rewrites nothing. Returns whether the file was written."""
     path = Path(path)
     whole = isinstance(data, (bytes, bytearray))
-    if if_changed and whole:
+    if if_changed and whole and not path.is_symlink():  # a link is replaced by a real file, even when alike
         try:
             if path.read_bytes() == data:
                 return False
@@ -83,7 +121,7 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes | Iterable[byte
                     maybe_fail(path.name)  # tests: die or fail with part of a temp file on disk
             fh.flush()
             os.fsync(fh.fileno())
-        if if_changed and not whole and _same_bytes(tmp, path):
+        if if_changed and not whole and not path.is_symlink() and _same_bytes(tmp, path):
             tmp.unlink()
             return False
         os.replace(tmp, path)

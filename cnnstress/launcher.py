@@ -2,9 +2,10 @@
 
 Exit status: 0 when every run asked for is finished (local, debug, slurm/sbatch with --wait) or
 submitted (slurm/sbatch without --wait); 1 when some run failed (or the report is missing after
---wait) or the output folder cannot be written; 2 for bad input (grid errors, missing data) or when
-Slurm cannot be used. --status: 0 when no run is failed or broken (done, running, pending, partial
-or missing), 3 when some run is failed or broken (STATUS_FAILED).
+--wait) or the output folder cannot be written; 2 for bad input (grid errors, missing data, a
+symbolic link where the sweep is written in place) or when Slurm cannot be used. --status: 0 when no
+run is failed or broken (done, running, pending, partial or missing), 3 when some run is failed or
+broken (STATUS_FAILED).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from rich.text import Text
 from . import atomic, faults, states, store, tensorboard
 from .cluster import BACKENDS, LaunchContext, backend
 from .grid import Grid, GridError, load_grid
-from .layout import GRID_COPY, LAUNCH_FILE, MANIFEST_FILE, REPORT_DIR, RUNS_DIR
+from .layout import GRID_COPY, LAUNCH_FILE, LAUNCHES_LOCK, MANIFEST_FILE, REPORT_DIR, RUNS_DIR
 
 #: --status's exit status when some run is failed or broken: a script can tell them apart from
 #: runs that are only unfinished (0) and from bad input (2) without reading the table.
@@ -72,6 +73,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except atomic.LinkRefused as e:  # a link in the sweep folder: one line, never a traceback
+        Console(stderr=True, highlight=False, soft_wrap=True).print(f"error: {e}", markup=False)
+        return 2
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     if args.tensorboard:
         args.overrides.append("report.tensorboard=true")
@@ -452,6 +461,10 @@ def write_sweep_files(grid: Grid, sweep_dir: Path, grid_path: Path) -> None:
 
 def _write_sweep_files(grid: Grid, sweep_dir: Path, grid_bytes: bytes) -> None:
     sweep_dir.mkdir(parents=True, exist_ok=True)
+    # runs/ and launches.jsonl.lock are written in place: a link there is refused before anything
+    # is submitted (LinkRefused; the files below are replaced, which replaces a link)
+    atomic.refuse_links(sweep_dir, sweep_dir / RUNS_DIR)
+    atomic.refuse_links(sweep_dir, sweep_dir / LAUNCHES_LOCK)
     (sweep_dir / RUNS_DIR).mkdir(exist_ok=True)
     atomic.atomic_write_bytes(sweep_dir / GRID_COPY, grid_bytes, if_changed=True)
     atomic.atomic_write_json(sweep_dir / LAUNCH_FILE, {"overrides": grid.overrides,

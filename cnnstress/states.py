@@ -3,7 +3,8 @@ and the report. Each state knows how summary.json reports it and whether a launc
 
     done     DONE.json matches results.h5                               reported done
     failed   FAILED.json, or its job ended without a result              reported failed; rerun
-    broken   DONE.json, but results.h5 is unusable (truncated, hash)     reported failed; rerun
+    broken   DONE.json, but results.h5 is unusable (truncated, hash,      reported failed; rerun
+             or either names another run than its folder)
     partial  a checkpoint without DONE.json or FAILED.json               reported missing; a plain
              (killed, preempted, or still running elsewhere)            launch resumes it
     missing  nothing written yet                                         reported missing; rerun
@@ -29,7 +30,7 @@ class State:
 STATES: dict[str, State] = {s.name: s for s in (
     State("done", "done", False, False, False, "finished: DONE.json matches results.h5"),
     State("failed", "failed", True, True, False, "ended with a reason (FAILED.json, or its job ended without a result)"),
-    State("broken", "failed", True, True, False, "DONE.json exists but results.h5 cannot be used"),
+    State("broken", "failed", True, True, False, "DONE.json exists but results.h5 cannot be used, or they are another run's"),
     State("partial", "missing", True, False, False, "a checkpoint, no result yet: killed, preempted or still running"),
     State("missing", "missing", True, True, False, "nothing written yet"),
     State("running", "missing", False, False, True, "being trained (a live claim or a running job)"),

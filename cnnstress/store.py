@@ -799,6 +799,9 @@ def _done_state(run_dir: Path, verify_hash: bool) -> RunState:
         done = read_done(run_dir)
     except ResultsError as exc:
         return RunState("broken", str(exc))
+    if done["run_id"] != run_dir.name:  # copied from another run: never this run's result
+        return RunState("broken", f"{run_dir / DONE_NAME}: holds run {done['run_id']!r}, but this folder is run "
+                                  f"{run_dir.name!r}")
     results = run_dir / RESULTS_NAME
     if not results.is_file():
         return RunState("broken", f"{run_dir / DONE_NAME} exists but {results} is missing")
@@ -831,7 +834,9 @@ def _failed_reason(run_dir: Path) -> str:
 
 
 def run_state(run_dir: str | os.PathLike[str], *, verify_hash: bool = True) -> RunState:
-    """The state of one run folder (see RunState); never raises for damaged files."""
+    """The state of one run folder (see RunState); never raises for damaged files. The folder's
+    name is the run id: DONE.json and results.h5 must both name it, or the run is broken (files
+    copied from another run), which every launch reruns."""
     run_dir = Path(run_dir)
     if (run_dir / DONE_NAME).exists():
         return _done_state(run_dir, verify_hash)

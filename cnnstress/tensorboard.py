@@ -39,6 +39,8 @@ from typing import Callable, Mapping
 
 import numpy as np
 
+from .atomic import refuse_links
+
 INSTALL = "pip install -e '.[tensorboard]'"
 FOLDER = "tensorboard"
 # /history/<key> -> tag (HISTORY_KEYS minus "epoch", which is the step)
@@ -143,7 +145,12 @@ class RunBoard:
 
     def start(self, writer_class, history: Mapping[str, list]) -> None:
         try:
+            # The writer opens its event file itself, following links: a linked tensorboard/,
+            # variant or run folder is refused first (a warning; the run goes on without event files).
+            # An event file that is a link is only unlinked, which never touches its target.
+            refuse_links(self.dir.parents[2], self.dir)
             self.dir.mkdir(parents=True, exist_ok=True)
+            refuse_links(self.dir.parents[2], self.dir)  # made a link by someone else meanwhile
             stale = sorted(self.dir.glob("events.out.tfevents.*"))
             for f in stale:  # an earlier attempt's steps: rewritten below from the checkpoint's history
                 f.unlink()

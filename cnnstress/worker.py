@@ -19,7 +19,7 @@ import sys
 import threading
 import time
 import traceback
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -30,6 +30,7 @@ from . import attacks, data, faults, oodsets, randomize, store
 from . import tensorboard as tboard
 from .layout import (BEST_FILE, DONE_NAME, EXIT_BUSY, EXIT_DONE, EXIT_FAILED, EXIT_USAGE, HISTORY_KEYS, LOG_FILE,
                      PROGRESS_FILE, RUNS_DIR, SPEC_FILE)
+from .atomic import LinkRefused, open_in_place, refuse_links
 from .claims import RunBusy, claim
 from .augment import BatchAugment
 from .config import RunSpec
@@ -48,10 +49,15 @@ FAITHFULNESS_STEPS = 16
 
 
 def run_dir_for(spec: RunSpec) -> Path:
+    """<out>/<sweep>/runs/<run_id>. The output root and the sweep folder may be links (a user's
+    choice of disk); runs/ and the run folder, which cnnstress creates, may not: a link there sends
+    the run's files into another run's folder or out of the sweep (LinkRefused)."""
     root = Path(spec.paths.out_root).resolve()
-    path = (root / spec.sweep / RUNS_DIR / spec.run_id).resolve()
+    sweep_dir = root / spec.sweep
+    path = (sweep_dir / RUNS_DIR / spec.run_id).resolve()
     if root not in path.parents:  # sweep and run ids are validated; this is the last line of defence
         raise ValueError(f"run folder {path} escapes the output root {root}")
+    refuse_links(sweep_dir, sweep_dir / RUNS_DIR / spec.run_id)  # (one inside the root too)
     return path
 
 
@@ -64,7 +70,8 @@ class RunLog:
     """Appends timestamped lines to log.txt (and echoes them to stdout, which submitit captures)."""
 
     def __init__(self, path: Path, echo: bool = True):
-        self.file = open(path, "a", encoding="utf-8")
+        fd = open_in_place(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)  # LinkRefused for a link
+        self.file = os.fdopen(fd, "a", encoding="utf-8")
         self.echo = echo
 
     def __call__(self, msg: str) -> None:
@@ -94,7 +101,7 @@ def save_checkpoint(run_dir: Path, state: dict[str, Any]) -> None:
     if cur.exists():
         prev.unlink(missing_ok=True)
         try:
-            os.link(cur, prev)
+            os.link(cur, prev, follow_symlinks=False)  # a checkpoint.pt that is a link: link the link
         except OSError:  # a file system without hard links: the short window comes back
             os.replace(cur, prev)
     store.atomic_write_bytes(cur, data)
@@ -285,14 +292,24 @@ def run(spec: RunSpec | dict | str, *, echo: bool = True) -> dict[str, Any]:
         spec = RunSpec.from_dict(spec)
     run_dir = run_dir_for(spec)
     run_dir.mkdir(parents=True, exist_ok=True)
+    refuse_links(run_dir.parent, run_dir)  # created by someone else between the check and mkdir
     state = store.run_state(run_dir)
     if state.status == "done":
         return {"run_id": spec.run_id, "status": "skipped", **(state.summary or {})}
-    with claim(run_dir):
+    with ExitStack() as held:
+        try:
+            held.enter_context(claim(run_dir))
+        except LinkRefused as e:
+            _fail_unlogged(run_dir, e)
+            raise
         state = store.run_state(run_dir)  # another process may have finished it meanwhile
         if state.status == "done":
             return {"run_id": spec.run_id, "status": "skipped", **(state.summary or {})}
-        log = RunLog(run_dir / LOG_FILE, echo=echo)
+        try:
+            log = RunLog(run_dir / LOG_FILE, echo=echo)
+        except LinkRefused as e:
+            _fail_unlogged(run_dir, e)
+            raise
         injected = faults.injected()
         try:
             if injected:  # a test hook left set must show where a failure is read
@@ -318,6 +335,16 @@ def run(spec: RunSpec | dict | str, *, echo: bool = True) -> dict[str, Any]:
             raise
         finally:
             log.close()
+
+
+def _fail_unlogged(run_dir: Path, e: LinkRefused) -> None:
+    """A run whose claim.lock or log.txt is a link fails with that one line in FAILED.json (written
+    by replacing, so a link there is replaced, not written through); it is no other run's business.
+    A disk that refuses even that leaves the line to the launcher's output."""
+    try:
+        store.write_failed(run_dir, f"{type(e).__name__}: {e}", "")
+    except OSError:
+        pass
 
 
 def _train_and_publish(spec: RunSpec, run_dir: Path, log: RunLog) -> dict[str, Any]:
@@ -654,6 +681,7 @@ def main(argv: list[str] | None = None) -> int:
         result = run(RunSpec.from_json(text))
     except RunBusy as e:
         print(f"error: {e}", file=sys.stderr)
+        print(f"busy: {e}", flush=True)  # the last line on stdout: what --cluster local reports
         return EXIT_BUSY
     except StopRequested as e:  # the run stays resumable: every finished epoch is in checkpoint.pt
         print(f"stopped: {e}; a relaunch resumes from the last checkpoint", file=sys.stderr)

@@ -19,7 +19,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cnnstress import launcher, store
+from cnnstress import atomic, launcher, store
 from cnnstress.cluster import base, local, sbatch, slurm, slurmctl, status
 from cnnstress.cluster.slurmctl import JobInfo, Launch
 from cnnstress.config import RunSpec
@@ -27,6 +27,7 @@ from cnnstress.grid import load_grid
 from cnnstress.launcher import main
 
 from conftest import REPO, tiny_grid_text
+from test_atomic import _outside, _untouched
 
 GOLDEN = Path(__file__).parent / "golden"
 
@@ -957,3 +958,81 @@ def test_submitit_and_sbatch_spell_one_request(tmp_path):
     assert "gpus_per_node" not in gather and "constraint" not in gather and "signal_delay_s" not in gather
     assert {"--time=15", "--cpus-per-task=3", "--mem=4G"} <= set(gargv)
     assert not any(a.startswith(("--gres", "--constraint", "--signal")) for a in gargv)
+
+
+# --- symbolic links in a sweep folder ------------------------------------------------------------
+
+
+def test_a_linked_launch_record_is_never_written_through(tmp_path):
+    """launches.jsonl.lock is opened in place (refused when a link); launches.jsonl is replaced,
+    which replaces a link instead of writing to its target."""
+    sweep = tmp_path / "sweep 'x'"
+    sweep.mkdir()
+    target = _outside(tmp_path)
+    a = Launch("slurm", "/x/f1", ["1"], "2", {"r1": "1_0"}, "t1")
+    (sweep / "launches.jsonl.lock").symlink_to(target)
+    with pytest.raises(atomic.LinkRefused, match="launches.jsonl.lock is a symbolic link; cnnstress does not write"):
+        slurmctl.record_launch(sweep, a)
+    assert _untouched(target) and not (sweep / "launches.jsonl").exists()
+    (sweep / "launches.jsonl.lock").unlink()
+    (sweep / "launches.jsonl").symlink_to(target)
+    slurmctl.record_launch(sweep, a)
+    assert _untouched(target) and not (sweep / "launches.jsonl").is_symlink()
+    # the target's bytes were read as the old lines (not JSON: skipped); the new line is the only launch
+    assert [x.to_dict() for x in slurmctl.read_launches(sweep)] == [a.to_dict()]
+
+
+@pytest.mark.parametrize("name", ["launches.jsonl.lock", "runs"])
+def test_a_launch_into_a_sweep_with_a_link_stops_before_submitting_with_one_line(tmp_path, fake_slurm, capsys, name):
+    path = _grid(tmp_path)
+    out = tmp_path / "o"
+    (out / "tiny").mkdir(parents=True)
+    target = _outside(tmp_path) if name != "runs" else tmp_path / "elsewhere"
+    if name == "runs":
+        target.mkdir()
+    (out / "tiny" / name).symlink_to(target)
+    for cluster in ("sbatch", "debug"):
+        assert main(["--grid", str(path), "--cluster", cluster, "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert err == (f"error: {out / 'tiny' / name} is a symbolic link; cnnstress does not write through links "
+                       "in a run or sweep folder: remove it\n"), err
+    assert fake_slurm.calls("sbatch") == [] and slurmctl.read_launches(out / "tiny") == []
+    if name == "runs":
+        assert list(target.iterdir()) == []
+    else:
+        assert _untouched(target)
+
+
+HOLD_CLAIM = """
+import sys, time
+from pathlib import Path
+from cnnstress.claims import claim
+with claim(Path(sys.argv[1])):
+    print("held", flush=True)
+    time.sleep(600)
+"""
+
+
+@pytest.mark.slow
+def test_a_busy_local_run_names_the_pid_and_host_holding_it(tmp_path, capsys):
+    """Two local launches on one run: the one that loses says who holds it, not a log path."""
+    import socket
+
+    from rich.console import Console
+
+    out = tmp_path / "o"
+    grid = load_grid(_grid(tmp_path), out_root=out, data_root=REPO / "scratch" / "test-data")
+    spec = grid.runs[0]
+    rd = out / "tiny" / "runs" / spec.run_id
+    rd.mkdir(parents=True)
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_CLAIM, str(rd)], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        [oc] = local.run_local([spec], out / "tiny", Console(width=200), 1, poll_s=0.1)
+    finally:
+        holder.kill()
+        holder.wait()
+    said = f"run {spec.run_id} is claimed by pid {holder.pid} on {socket.gethostname()} since "
+    assert oc.status == "busy" and oc.detail.startswith(said), oc.detail
+    assert said in capsys.readouterr().out
+    assert store.run_state(rd).status == "missing"  # nothing written for a run someone else trains

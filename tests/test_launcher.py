@@ -71,3 +71,45 @@ def test_dry_run_table_never_squeezed_in_a_narrow_terminal(tiny_grid, tmp_path, 
             assert f"seed={r.seed}" in mine[0] and f"epochs={r.train.epochs}" in mine[0] and "state=missing" in mine[0]
         else:
             assert "│" in mine[0] and "missing" in mine[0]
+
+
+@pytest.mark.slow
+def test_results_copied_from_another_run_are_broken_everywhere_and_rerun(tiny_grid, tmp_path, capsys):
+    """results.h5 + DONE.json copied from the baseline run into the flip run's folder agree with each
+    other: --status, a relaunch, --rerun-failed and gather must all see that they are not flip's."""
+    import shutil
+
+    from cnnstress import gather, launcher
+
+    out = tmp_path / "out 'x'"
+    data = REPO / "scratch" / "test-data"
+    args = ["--grid", str(tiny_grid), "--cluster", "debug", "--out", str(out), "--no-gather",
+            "--data-root", str(data), "--set", "epochs=1"]
+    assert main(args) == 0
+    grid = load_grid(tiny_grid, overrides=["epochs=1"], out_root=out, data_root=data)
+    base, flip = (out / "tiny" / "runs" / r.run_id for r in grid.runs)
+    for name in ("results.h5", "DONE.json"):
+        shutil.copy2(base / name, flip / name)
+    capsys.readouterr()
+
+    assert main([*args, "--status"]) == 0  # --status reports; it does not fail
+    said = capsys.readouterr().out
+    why = f"{flip / 'DONE.json'}: holds run {base.name!r}, but this folder is run {flip.name!r}"
+    assert f"broken {flip.name}: {why}" in " ".join(said.split()), said
+    todo, done, _ = launcher._select(grid, out / "tiny", rerun_failed=True, ask_slurm=False)
+    assert [r.run_id for r in todo] == [flip.name] and done == 1
+    assert gather.main([str(out / "tiny"), "--no-figures"]) == 0
+    summary = {r["run_id"]: r for r in json.loads((out / "tiny" / "report" / "summary.json").read_text())["runs"]}
+    assert summary[flip.name]["status"] == "failed" and summary[flip.name]["state"] == "broken"
+
+    assert main(args) == 0
+    assert "1 already finished, 1 to run" in " ".join(capsys.readouterr().out.split())
+    state = store.run_state(flip)
+    assert state.status == "done"
+    with store.open_results(flip / "results.h5") as r:
+        assert r.attrs["run_id"] == flip.name
+    assert json.loads((flip / "DONE.json").read_text())["run_id"] == flip.name
+    assert "DONE.json does not match results.h5 (" + why + "); redoing the run" in (flip / "log.txt").read_text()
+    assert gather.main([str(out / "tiny"), "--no-figures"]) == 0
+    summary = json.loads((out / "tiny" / "report" / "summary.json").read_text())
+    assert [r["status"] for r in summary["runs"]] == ["done", "done"]

@@ -43,7 +43,8 @@ EXPECTED_DTYPES = {
 
 @pytest.fixture
 def run_dir(tmp_path: Path) -> Path:
-    d = tmp_path / "my data's \"dir\"" / "run 'one'"
+    # a run folder is named by its run id (run_state checks that DONE.json and results.h5 name it)
+    d = tmp_path / "my data's \"dir\"" / "runs" / make_attrs()["run_id"]
     d.mkdir(parents=True)
     return d
 
@@ -821,3 +822,21 @@ def test_finiteness_is_checked_block_by_block_and_names_the_row(run_dir: Path, m
         store.validate_results(path)
     write_raw(path, stored_arrays(), raw_attrs())  # the control: finite everywhere passes in blocks too
     assert store.validate_results(path)["n_test"] == N
+
+
+def test_results_copied_from_another_run_are_broken_whatever_the_hash_says(run_dir: Path) -> None:
+    """DONE.json + results.h5 copied whole from another run agree with each other (hash, run id):
+    only the folder's name tells that they are not this run's."""
+    import shutil
+
+    _done_run(run_dir)
+    other = run_dir.parent / "demo-flip-s42-89abcdef"
+    other.mkdir()
+    for name in ("results.h5", "DONE.json"):
+        shutil.copy2(run_dir / name, other / name)
+    for verify in (True, False):
+        state = store.run_state(other, verify_hash=verify)
+        assert state.status == "broken" and state.summary is None
+        assert state.reason == (f"{other / 'DONE.json'}: holds run 'demo-baseline-s42-0123abcd', but this folder "
+                                "is run 'demo-flip-s42-89abcdef'")
+    assert store.run_state(run_dir).status == "done"

@@ -25,6 +25,7 @@ from cnnstress.grid import GridError, load_grid
 from cnnstress.layout import HISTORY_KEYS
 
 from conftest import REPO, tiny_grid_text
+from test_atomic import _outside, _untouched
 
 DATA = REPO / "scratch" / "test-data"
 
@@ -332,3 +333,38 @@ def test_a_slurm_run_requeued_mid_training_has_one_value_per_step(tmp_path):
     assert len(files) == 1
     assert max(counts.values()) == 1, [k for k, n in counts.items() if n > 1]
     _assert_history_equal(scalars, _history(rd))
+
+
+@pytest.mark.parametrize("linked", ["tensorboard", "tensorboard/baseline", "tensorboard/baseline/seed1"])
+def test_a_linked_event_folder_is_refused_and_the_run_goes_on_without_event_files(tmp_path, linked):
+    """The writer opens its event file itself, following links: a linked tensorboard/, variant or
+    run folder is refused first (a warning in the log; TensorBoard never fails a run)."""
+    pytest.importorskip("tensorboard")
+    out = tmp_path / "out 'x'"
+    spec = load_grid(_grid(tmp_path), overrides=["report.tensorboard=true"], out_root=out, data_root=DATA).runs[0]
+    elsewhere = tmp_path / "elsewhere \"dir\""
+    elsewhere.mkdir()
+    link = out / "tiny" / linked
+    link.parent.mkdir(parents=True)
+    link.symlink_to(elsewhere)
+    said: list[str] = []
+    board = tboard.open_board(spec, {k: [] for k in HISTORY_KEYS}, said.append)
+    board.epoch({k: [1.0] for k in HISTORY_KEYS})
+    board.close()
+    assert list(elsewhere.iterdir()) == []
+    assert len(said) == 1 and said[0].startswith("WARNING: TensorBoard: writing to ")
+    assert f"(LinkRefused: {link} is a symbolic link; cnnstress does not write through links" in said[0]
+
+
+def test_a_linked_stale_event_file_is_unlinked_and_its_target_left_alone(tmp_path):
+    pytest.importorskip("tensorboard")
+    out = tmp_path / "out 'x'"
+    spec = load_grid(_grid(tmp_path), overrides=["report.tensorboard=true"], out_root=out, data_root=DATA).runs[0]
+    folder = tboard.run_logdir(spec)
+    folder.mkdir(parents=True)
+    target = _outside(tmp_path)
+    (folder / "events.out.tfevents.1.host.1.0").symlink_to(target)
+    board = tboard.open_board(spec, {k: [] for k in HISTORY_KEYS}, lambda msg: None)
+    board.close()
+    files = sorted(folder.glob("events.out.tfevents.*"))
+    assert len(files) == 1 and not files[0].is_symlink() and _untouched(target)

@@ -6,7 +6,9 @@ import fcntl
 import json
 import os
 import random
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -19,11 +21,13 @@ import pytest
 import torch
 
 from cnnstress import oodsets, store
+from cnnstress.atomic import LinkRefused
 from cnnstress.grid import load_grid
 from cnnstress.claims import RunBusy, claim, claim_holder
 from cnnstress.worker import run, run_dir_for
 
 from conftest import REPO, tiny_grid_text
+from test_atomic import PRECIOUS, _outside, _untouched
 
 pytestmark = pytest.mark.slow
 
@@ -320,10 +324,26 @@ def test_claim_is_exclusive_and_names_its_holder(tmp_path):
         holder = claim_holder(tmp_path)
         assert holder["pid"] == os.getpid()
         # flock is per open file, so a second claim from this process is refused like another's
-        with pytest.raises(RunBusy, match=f'"pid": {os.getpid()}'):
+        with pytest.raises(RunBusy, match=f"is claimed by pid {os.getpid()} on {socket.gethostname()} since "):
             with claim(tmp_path):
                 pass
     assert claim_holder(tmp_path) is None  # released with the context
+
+
+def test_a_second_worker_names_the_pid_and_host_of_the_first(tmp_path):
+    """Two processes on one run: the refused one says who trains it (from the claim file)."""
+    hold = ("import sys, time\nfrom pathlib import Path\nfrom cnnstress.claims import claim\n"
+            "with claim(Path(sys.argv[1])):\n    print('held', flush=True)\n    time.sleep(600)\n")
+    holder = subprocess.Popen([sys.executable, "-c", hold, str(tmp_path)], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(RunBusy) as err:
+            with claim(tmp_path):
+                pass
+    finally:
+        holder.kill()
+        holder.wait()
+    assert f"run {tmp_path.name} is claimed by pid {holder.pid} on {socket.gethostname()} since " in str(err.value)
 
 
 def test_claim_waits_out_a_status_check_that_holds_the_lock_for_a_moment(tmp_path):
@@ -589,3 +609,66 @@ def test_a_nonfinite_array_fails_the_run_naming_the_array(tmp_path, monkeypatch)
     state = store.run_state(rd)
     assert state.status == "failed" and "test/gradcam/true" in state.reason and "\n" not in state.reason
     assert not (rd / "results.h5").exists() and not (rd / "DONE.json").exists()
+
+
+# --- symbolic links in a run folder: never written through ---------------------------------------
+
+
+def _refusal(link: Path) -> str:
+    return f"LinkRefused: {link} is a symbolic link; cnnstress does not write through links in a run or sweep folder: remove it"
+
+
+@pytest.mark.parametrize("name", ["claim.lock", "log.txt"])
+def test_a_linked_claim_or_log_fails_the_run_and_leaves_the_target_alone(tmp_path, name):
+    """A relaunch used to truncate claim.lock's target and append log lines to log.txt's. Now the
+    run fails with one line naming the link, in FAILED.json and from the worker command; removing
+    the link is all it takes to train it (a linked progress.json is then replaced, not written to)."""
+    spec = _spec(tmp_path)
+    rd = run_dir_for(spec)
+    rd.mkdir(parents=True)
+    target = _outside(tmp_path)
+    (rd / name).symlink_to(target)
+    with pytest.raises(LinkRefused):
+        run(spec, echo=False)
+    state = store.run_state(rd)
+    assert state == store.RunState("failed", _refusal(rd / name)), state
+    assert _untouched(target) and (rd / name).is_symlink()
+    assert not (rd / "log.txt").exists() or (rd / "log.txt").is_symlink()  # nothing trained
+
+    spec_file = tmp_path / "spec.json"
+    spec_file.write_text(spec.to_json())
+    out = subprocess.run([sys.executable, "-m", "cnnstress.worker", "--spec", str(spec_file)], cwd=REPO,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 1 and out.stderr.strip() == f"error: {_refusal(rd / name)}", out.stderr
+    assert _untouched(target)
+
+    (rd / name).unlink()
+    (rd / "progress.json").symlink_to(target)
+    assert run(spec, echo=False)["status"] == "done"
+    assert store.run_state(rd).status == "done"
+    assert not (rd / "progress.json").is_symlink() and json.loads((rd / "progress.json").read_text())["epoch"] == 2
+    assert _untouched(target) and target.read_bytes() == PRECIOUS
+
+
+@pytest.mark.parametrize("linked", ["run folder", "runs folder"])
+def test_a_linked_run_folder_is_refused_and_nothing_lands_where_it_points(tmp_path, linked):
+    """runs/<run_id> (or runs/) as a link to elsewhere: the worker refuses before it writes. Out
+    of the output root that was already refused ("escapes"); inside it (another sweep's or another
+    run's folder) it is refused as a link."""
+    spec = _spec(tmp_path)
+    sweep = Path(spec.paths.out_root).resolve() / spec.sweep
+    with pytest.raises(ValueError, match="escapes the output root"):
+        (sweep / "runs").mkdir(parents=True)
+        (sweep / "runs" / spec.run_id).symlink_to(tmp_path)
+        run(spec, echo=False)
+    shutil.rmtree(sweep)
+    elsewhere = sweep.parent / "another sweep's 'dir'"
+    elsewhere.mkdir()
+    (sweep / "runs").mkdir(parents=True)
+    link = sweep / "runs" / spec.run_id if linked == "run folder" else sweep / "runs"
+    if linked == "runs folder":
+        (sweep / "runs").rmdir()
+    link.symlink_to(elsewhere)
+    with pytest.raises(LinkRefused, match=f"{link.name} is a symbolic link"):
+        run(spec, echo=False)
+    assert list(elsewhere.iterdir()) == []

@@ -18,7 +18,8 @@ from typing import Any, Sequence
 import submitit
 from rich.console import Console
 
-from .. import faults, store
+from .. import atomic, faults, store
+from ..claims import claim_holder, describe_holder
 from ..config import RunSpec
 from ..layout import EXIT_BUSY, SPEC_FILE
 from ..layout import RUNS_DIR
@@ -67,13 +68,25 @@ class LocalTrainTask:
             rc = proc.wait()
         if rc == 0:
             return json.loads(last)
-        if rc == EXIT_BUSY:  # worker.main: another live process holds the run
-            raise RuntimeError(f"RunBusy: another live process holds {run_dir}")
+        if rc == EXIT_BUSY:  # worker.main: another live process holds the run; its line names it
+            raise RuntimeError(f"RunBusy: {_busy_line(last, Path(run_dir))}")
+        try:  # a linked run folder: the worker refused it, and nothing may be written into it here
+            atomic.refuse_links(Path(run_dir).parent.parent, Path(run_dir))
+        except atomic.LinkRefused as e:
+            raise RunFailed(f"{type(e).__name__}: {e}") from None
         state = store.run_state(Path(run_dir), verify_hash=False)
         if state.status == "failed":  # the worker wrote its reason
             raise RunFailed(state.reason)
         reason = record_unreported_end(Path(run_dir), rc)
         raise RunFailed(reason or f"the worker exited with status {rc}")
+
+
+def _busy_line(last: str, run_dir: Path) -> str:
+    """What a worker refused with EXIT_BUSY printed last ("run X is claimed by pid P on H since T"),
+    or, from an older worker, the holder as the claim file names it now."""
+    if last.startswith("busy: "):
+        return last[len("busy: "):]
+    return f"run {run_dir.name} is {describe_holder(claim_holder(run_dir))}"
 
 
 def visible_gpus() -> list[str]:
@@ -289,6 +302,10 @@ def _outcome(job: Any, spec: RunSpec, folder: Path) -> Outcome:
         status = "busy" if "RunBusy" in text else "failed"
         last = [line for line in text.strip().splitlines() if line.strip()]
         detail = last[-1] if last else type(e).__name__
+        # submitit's text ends with the job's log paths: a busy run's own line names the holder
+        said = [line.split("RunBusy: ", 1)[1] for line in last if "RunBusy: " in line]
+        if status == "busy" and said:
+            detail = said[-1]
         return Outcome(spec.run_id, status, f"{detail} (logs: {folder})")
 
 
@@ -303,8 +320,8 @@ def record_unreported_end(run_dir: Path, exit_status: int | None) -> str | None:
     FAILED.json for it, in the worker's own format, so --status, --rerun-failed and the report see
     a failed run with a reason instead of a 'partial' one. Returns the reason written, else None."""
     state = store.run_state(run_dir, verify_hash=False)
-    if state.status in ("done", "failed") or not run_dir.is_dir():
-        return None
+    if state.status in ("done", "failed") or not run_dir.is_dir() or run_dir.is_symlink() or run_dir.parent.is_symlink():
+        return None  # (a linked run folder: nothing is written into it)
     if exit_status is not None and exit_status < 0:
         import signal
 

@@ -8,6 +8,7 @@ spells in its own syntax), splitting arrays at MaxArraySize, the launch records 
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
 import subprocess
@@ -276,7 +277,8 @@ def record_launch(sweep_dir: Path, launch: Launch) -> None:
 
     path = sweep_dir / LAUNCHES_FILE
     sweep_dir.mkdir(parents=True, exist_ok=True)
-    with open(sweep_dir / LAUNCHES_LOCK, "a") as lock:
+    # never through a link (LinkRefused): the launcher refuses one before it submits anything
+    with os.fdopen(atomic.open_in_place(sweep_dir / LAUNCHES_LOCK, os.O_WRONLY | os.O_APPEND | os.O_CREAT), "a") as lock:
         fcntl.flock(lock.fileno(), fcntl.LOCK_EX)  # released when the file is closed
         old = path.read_bytes() if path.exists() else b""
         if old and not old.endswith(b"\n"):
