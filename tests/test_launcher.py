@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from cnnstress import store
+from cnnstress import launcher, store
 from cnnstress.grid import load_grid
 from cnnstress.launcher import main
 
@@ -92,7 +92,7 @@ def test_results_copied_from_another_run_are_broken_everywhere_and_rerun(tiny_gr
         shutil.copy2(base / name, flip / name)
     capsys.readouterr()
 
-    assert main([*args, "--status"]) == 0  # --status reports; it does not fail
+    assert main([*args, "--status"]) == launcher.STATUS_FAILED  # a broken run: the distinct status
     said = capsys.readouterr().out
     why = f"{flip / 'DONE.json'}: holds run {base.name!r}, but this folder is run {flip.name!r}"
     assert f"broken {flip.name}: {why}" in " ".join(said.split()), said
