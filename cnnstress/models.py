@@ -332,12 +332,12 @@ def _unwrap(model: nn.Module) -> nn.Module:
     return getattr(model, "_orig_mod", model)
 
 
-def _shallow_modules(model: nn.Module, max_depth: int = 2) -> list[tuple[str, nn.Module]]:
-    """``(path, module)`` for modules at depth 1..max_depth, in definition order."""
+def _shallow_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """``(path, module)`` for the top- and second-level modules, in definition order."""
     return [
         (path, module)
         for path, module in model.named_modules()
-        if path and path.count(".") < max_depth and not isinstance(module, nn.Identity)
+        if path and path.count(".") < 2 and not isinstance(module, nn.Identity)
     ]
 
 
