@@ -194,3 +194,8 @@ class Section:
         body = note + (empty("No finished run has the arrays this section needs.") if none
                        else self.html(report, figs))
         return f'<section id="{esc(self.id)}"><h2>{esc(self.title)}</h2>{body}</section>'
+
+
+def cell_parts(cells: list[Cell], section_id: str) -> list[tuple[Cell, Any]]:
+    """(cell, aggregate) of the cells that have one for ``section_id``."""
+    return [(c, c.parts[section_id]) for c in cells if c.parts.get(section_id) is not None]
