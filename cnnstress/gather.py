@@ -2,14 +2,16 @@
 
 ``python -m cnnstress.gather SWEEP_DIR`` (the Slurm gather job) or ``gather(sweep_dir, grid)`` (the
 launcher, after local runs and for ``--gather``). Writes ``SWEEP_DIR/report/``: ``index.html`` (one
-self-contained page), ``figures/*.png``, ``summary.json``, ``failures.json`` and ``runs.csv``.
+self-contained page), ``figures/*.png``, ``summary.json``, ``runs.csv`` and the files sections add
+(``Section.extra_files``).
 
 What the report shows is made by the report sections (``cnnstress.report.sections``, one module
 each, listed in its registry): gather opens each run's results.h5 once, reads what every section
 shares (test labels, index and logits, softmax, predictions), and hands the open file to every
 section's ``reduce``; then it builds one cell per (group, variant) and lets each section aggregate
-over seeds, compare within groups, and contribute summary.json fields, figures and HTML. Gather
-itself owns only the run states, the read order, and the files.
+over seeds, compare within groups, and contribute summary.json fields, runs.csv and terminal
+columns, files, figures and HTML. Gather itself owns only the run states, the read order, and the
+files. It names no section: what each one needs and gives, it declares (``report.sections.base``).
 
 Memory is bounded by one run, not by the sweep: runs are read one at a time with
 ``store.open_results`` and sections keep only reductions (accuracies, confusion matrices,
@@ -29,13 +31,11 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import json
-import math
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 from rich.console import Console
@@ -48,11 +48,9 @@ from .layout import REPORT_DIR, RUNS_DIR
 from .analysis import compare, failures, metrics
 from .config import RunSpec, spec_diff
 from .grid import Grid, GridError, load_grid, load_sweep_grid
-from .report.markup import count_mean
-from .report.model import Cell, Group, ReportData, ReportWriteError
-from .report.sections import SECTIONS
-from .report.sections.base import GatherContext, RunContext
-from .report.sections.calibration import scores as calibration_scores
+from .report.model import Cell, Group, ReportData, ReportWriteError, jsonable
+from .report.sections import SECTIONS, compute_order
+from .report.sections.base import GatherContext, RunContext, RunRecord
 
 
 # summary.json's `status` takes DESIGN.md's three values; `state` keeps what gather saw, finer:
@@ -170,7 +168,7 @@ def read_run(path: Path, expected: RunSpec, ref: Reference, plan: Plan, threshol
         run = RunContext(spec=spec, where=where, labels=labels, index=index, logits=logits, probs=probs,
                          preds=preds, conf=conf, correct=correct, num_classes=c, names=names, threshold=threshold,
                          mask=ref.mask, bg_class=ref.bg_class, positions=out.positions, neighbours=plan.neighbours)
-        for section in SECTIONS:
+        for section in compute_order():
             ok, got = section.read(res, run)
             if not ok:
                 out.missing[section.id] = got
@@ -330,11 +328,6 @@ class _Reader:
 # ------------------------------------------------------------------------------------------------
 
 
-def _mean_or_none(values: list[float | None]) -> float | None:
-    vals = [float(v) for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
-    return float(np.mean(vals)) if vals else None
-
-
 def _acc_stats(accs: list[float]) -> tuple[float | None, float | None, tuple[float, float] | None]:
     if not accs:
         return None, None, None
@@ -360,7 +353,7 @@ def build_cell(variant: str, group: str, entries: list[Entry], is_baseline: bool
     # the layer each run's maps come from (its own spec) and their size before upsampling; one entry
     # unless runs of the cell disagree (then every one is listed rather than one picked)
     cell.gradcam = list(dict.fromkeys((r.spec.gradcam_layer, r.gradcam_size) for r in rs))
-    for section in SECTIONS:
+    for section in compute_order():
         lacking = [(e.spec.run_id, e.result.missing[section.id]) for e in done if section.id in e.result.missing]
         if lacking:
             cell.missing[section.id] = lacking
@@ -381,26 +374,6 @@ def _spec_for(entries: list[Entry], variant: str) -> RunSpec | None:
 # ------------------------------------------------------------------------------------------------
 # outputs
 # ------------------------------------------------------------------------------------------------
-
-
-def jsonable(obj: Any) -> Any:
-    """Plain JSON types: numpy to Python, tuples to lists, NaN/inf to None."""
-    if isinstance(obj, dict):
-        return {str(k): jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return jsonable(obj.tolist())
-    if isinstance(obj, (np.bool_, bool)):
-        return bool(obj)
-    if isinstance(obj, (np.integer, int)):
-        return int(obj)
-    if isinstance(obj, (np.floating, float)):
-        f = float(obj)
-        return f if math.isfinite(f) else None
-    if obj is None or isinstance(obj, str):
-        return obj
-    return str(obj)
 
 
 def _run_row(e: Entry) -> dict[str, Any]:
@@ -465,49 +438,31 @@ def build_summary(grid: Grid, entries: list[Entry], report: ReportData) -> dict[
     return jsonable(out)
 
 
-_RUNS_SLOT = "\x00runs\x00"  # stands in for the runs list in the skeleton of failures.json
+#: runs.csv's own columns; each section adds its ``csv_columns`` after them, in page order.
+RUN_COLUMNS = ("run_id", "variant", "seed", "group", "status", "state", "reason", "test_accuracy")
 
 
-def _failures_run(e: Entry) -> dict[str, Any]:
-    """One run's entry of failures.json (its dicts exist only while it is written)."""
-    fails = e.result.parts["failures"].failures
-    return jsonable({"run_id": e.spec.run_id, "variant": e.spec.variant, "seed": e.spec.seed, "group": e.group,
-                     "count": len(fails), "failures": fails.records()})
-
-
-def iter_failures_json(grid: Grid, entries: list[Entry], threshold: float) -> Iterator[str]:
-    """The text of failures.json in pieces, one run at a time.
-
-    Byte for byte what ``store.atomic_write_json`` writes for the whole document (sorted keys,
-    indent 2, trailing newline): the skeleton is dumped with a placeholder for the runs list, and
-    each run is dumped alone and indented to its depth (JSON strings hold no raw newline, so
-    indenting every line is safe).
-    """
-    head, tail = store.json_text(jsonable({"sweep": grid.name, "confidence_threshold": threshold,
-                                        "runs": _RUNS_SLOT})).split(json.dumps(_RUNS_SLOT))
-    yield head
-    first = True
-    for e in entries:
-        if e.result is None or "failures" not in e.result.parts:
-            continue
-        yield ("[\n    " if first else ",\n    ") + store.json_text(_failures_run(e)).replace("\n", "\n    ")
-        first = False
-    yield ("[]" if first else "\n  ]") + tail + "\n"
-
-
-CSV_COLUMNS = ("run_id", "variant", "seed", "group", "status", "state", "reason", "test_accuracy", "high_conf_failures",
-               "ece", "nll", "brier", "temperature", "ece_after", "mean_corruption_accuracy", "follows_background")
+def csv_columns() -> tuple[str, ...]:
+    """runs.csv's header: gather's columns, then every section's (registry order)."""
+    return RUN_COLUMNS + tuple(c for section in SECTIONS for c in section.csv_columns)
 
 
 def build_runs_csv(entries: list[Entry]) -> str:
     """runs.csv: one row per expected run."""
+    columns = csv_columns()
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, extrasaction="ignore", lineterminator="\n")
+    writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     for e in entries:
         row = jsonable(_run_row(e))
-        writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in CSV_COLUMNS})
+        writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in columns})
     return buf.getvalue()
+
+
+def run_records(entries: list[Entry]) -> list[RunRecord]:
+    """Every expected run, in the grid's order, as the sections' extra files see it."""
+    return [RunRecord(run_id=e.spec.run_id, variant=e.spec.variant, seed=e.spec.seed, group=e.group,
+                      parts=e.result.parts if e.result is not None else None) for e in entries]
 
 
 def _status_rows(entries: list[Entry]) -> list[dict[str, Any]]:
@@ -516,9 +471,11 @@ def _status_rows(entries: list[Entry]) -> list[dict[str, Any]]:
 
 
 def print_headline(report: ReportData, console: Console) -> None:
-    """The headline numbers as a rich table."""
+    """The headline numbers as a rich table: gather's columns, then each section's (registry order)."""
     table = Table(title=Text(f"{report.sweep}: test accuracy over seeds"), title_justify="left")
-    for col in ("variant", "n", "accuracy", "delta vs baseline [95% CI]", "high-conf failures", "ECE"):
+    extra = [s for s in SECTIONS if s.headline_columns]
+    for col in ("variant", "n", "accuracy", "delta vs baseline [95% CI]") + tuple(
+            c for s in extra for c in s.headline_columns):
         table.add_column(col, justify="left" if col == "variant" else "right")
     comps = {(c.group, c.variant): c for c in report.comparisons}
     for cell in report.cells:
@@ -532,11 +489,13 @@ def print_headline(report: ReportData, console: Console) -> None:
         else:
             lo, hi = comp.stats["ci95"]
             delta = f"{100 * comp.stats['accuracy_delta_mean']:+.2f} [{100 * lo:+.2f}, {100 * hi:+.2f}]"
-        fails = cell.parts.get("failures")
-        hc = _mean_or_none(fails.high_conf) if fails else None
-        ece = calibration_scores(cell).get("ece")
-        row = (cell.label, str(cell.n_runs), acc, delta, count_mean(hc),
-               "n/a" if ece is None else f"{ece:.3f}")
+        row = [cell.label, str(cell.n_runs), acc, delta]
+        for s in extra:
+            texts = tuple(s.headline(cell, cell.parts.get(s.id)))
+            if len(texts) != len(s.headline_columns):
+                raise ValueError(f"report section {s.id!r}: headline() gave {len(texts)} texts for its "
+                                 f"{len(s.headline_columns)} headline_columns")
+            row.extend(texts)
         table.add_row(*(Text(x) for x in row))  # Text: labels like "v [k=1]" are not markup
     console.print(table)
 
@@ -647,7 +606,7 @@ def gather(sweep_dir: Path, grid: Grid | None = None, console: Console | None = 
                 cell.diff = [(k, a, b) for k, (a, b) in spec_diff(base_spec, spec).items()]
             cells.append(cell)
         group = Group(label=label, cells=cells)
-        for section in SECTIONS:
+        for section in compute_order():
             part = section.compare(group, ctx)
             if part is not None:
                 group.parts[section.id] = part
@@ -663,7 +622,7 @@ def gather(sweep_dir: Path, grid: Grid | None = None, console: Console | None = 
         status_rows=_status_rows(entries), status_counts={k: v for k, v in counts.items() if v},
         state_counts={k: v for k, v in state_counts.items() if v},
         groups=groups, notes=notes)
-    for section in SECTIONS:
+    for section in compute_order():
         part = section.finish(report, ctx)
         if part is not None:
             report.parts[section.id] = part
@@ -679,9 +638,11 @@ def gather(sweep_dir: Path, grid: Grid | None = None, console: Console | None = 
         # each write first re-creates report/ (deleted while the figures were drawn: made again)
         _report_file(report_dir, "summary.json", lambda p: store.atomic_write_json(
             p, build_summary(grid, entries, report), if_changed=True))
-        _report_file(report_dir, "failures.json", lambda p: store.atomic_write_bytes(
-            p, (piece.encode("utf-8") for piece in iter_failures_json(grid, entries, threshold)),
-            if_changed=True))  # streamed: memory does not grow with the sweep
+        runs = run_records(entries)
+        for section in SECTIONS:  # written from pieces: memory does not grow with the sweep
+            for name, pieces in section.extra_files(report, runs).items():
+                _report_file(report_dir, name, lambda p, pieces=pieces: store.atomic_write_bytes(
+                    p, pieces(), if_changed=True))
         _report_file(report_dir, "runs.csv", lambda p: store.atomic_write_bytes(
             p, build_runs_csv(entries).encode("utf-8"), if_changed=True))
         # last: a crash leaves the old page whole

@@ -20,7 +20,25 @@ per set of non-seed grid values, and the page. A section overrides only what it 
 ``html(report, figs)``        the section's body on the page
 ``metrics(part)``             the numbers of one run's reduction that "What the modification
                               changed" compares variant vs baseline (``Metric``s)
+``headline(cell, agg)``       the texts of ``headline_columns`` for one cell (terminal table)
+``extra_files(report, runs)`` files of report/ besides the page, summary.json and runs.csv:
+                              name -> a function returning the file's bytes in pieces
 ============================  ==================================================================
+
+And declares what it needs and gives, as class attributes:
+
+============================  ==================================================================
+``depends``                   ids of the sections whose results (``parts[id]`` of a run, cell,
+                              group or the report) this one reads; the registry runs every step
+                              so that they come first, and refuses a cycle or an unknown id
+``requires``                  results.h5 datasets ``reduce`` needs
+``run_keys``                  the keys ``run_fields`` returns
+``csv_columns``               which of ``run_keys`` are also runs.csv columns (in this order)
+``headline_columns``          the column titles this section adds to the terminal's table
+============================  ==================================================================
+
+The page shows the sections in the registry's order; every step (reduce, aggregate, compare,
+finish) runs them in an order where each comes after the sections it ``depends`` on.
 
 The template methods ``read`` (per run) and ``render`` (the ``<section>`` on the page) are not
 overridden: ``read`` skips a run whose results.h5 lacks one of ``requires`` and records that,
@@ -32,13 +50,15 @@ Importing this module loads no matplotlib: draw functions import it when they ar
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 import numpy as np
 
 from ..markup import empty, esc, para
 
 if TYPE_CHECKING:  # pragma: no cover
+    from ...config import RunSpec
+    from ...grid import Grid
     from ..model import Cell, FigureRef, Group, ReportData
 
 
@@ -68,11 +88,11 @@ class Metric:
 class RunContext:
     """What gather already read from one run, shared by every section's ``reduce``.
 
-    ``parts`` holds the reductions of the sections before this one (registry order), so a
-    section may use an earlier one's result (robustness uses calibration's temperature).
+    ``parts`` holds the reductions of the sections read before this one, among them every section
+    this one ``depends`` on (robustness uses calibration's temperature).
     """
 
-    spec: Any  # config.RunSpec
+    spec: RunSpec
     where: str  # the results.h5 path, for messages
     labels: np.ndarray  # (N,) int64
     index: np.ndarray  # (N,) int64 positions in the dataset's official test split
@@ -95,7 +115,7 @@ class RunContext:
 class GatherContext:
     """Sweep-wide inputs for ``aggregate``, ``compare`` and ``finish``."""
 
-    grid: Any  # grid.Grid
+    grid: Grid
     names: list[str]
     threshold: float
     top_k: int  # report.top_failures
@@ -107,7 +127,18 @@ class GatherContext:
     canonical: dict[str, np.ndarray]  # group label -> canonical case positions
     case_notes: dict[str, str]  # group label -> why cases lack their first baseline seed's detail
     notes: list[str]  # the page's notes (a section may add one)
-    spec0: Any  # the grid's first RunSpec (dataset, paths)
+    spec0: RunSpec  # the grid's first run (dataset, paths)
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """One expected run as ``extra_files`` sees it (all of them, in the grid's order)."""
+
+    run_id: str
+    variant: str
+    seed: int
+    group: str  # the run's non-seed grid values ("" when the grid varies only the seed)
+    parts: dict[str, Any] | None  # each section's reduction; None when the run has no usable result
 
 
 class Section:
@@ -115,8 +146,11 @@ class Section:
 
     id: str = ""  # the HTML id and the key of parts[...]
     title: str = ""  # the <h2> heading and the table of contents entry
+    depends: tuple[str, ...] = ()  # ids of the sections whose results this one reads
     requires: tuple[str, ...] = ()  # results.h5 datasets ``reduce`` needs (a run lacking one is skipped)
     run_keys: tuple[str, ...] = ()  # the keys ``run_fields`` returns (None for runs without a result)
+    csv_columns: tuple[str, ...] = ()  # those of run_keys that are runs.csv columns, in this order
+    headline_columns: tuple[str, ...] = ()  # titles of this section's columns in the terminal's table
 
     # -- overrides ---------------------------------------------------------------------------------
 
@@ -164,6 +198,15 @@ class Section:
     def metrics(self, part: Any) -> list[Metric]:
         """The metrics of one run's reduction (``part``, never None) for the verdict table."""
         return []
+
+    def headline(self, cell: Cell, agg: Any) -> tuple[str, ...]:
+        """One text per ``headline_columns`` for a cell (``agg`` is None when it has no finished run)."""
+        return ()
+
+    def extra_files(self, report: ReportData, runs: list[RunRecord]) -> dict[str, Callable[[], Iterable[bytes]]]:
+        """report/ files this section writes: name -> a function returning the bytes in pieces (so a big
+        file is written without being held whole). Gather writes them atomically, after summary.json."""
+        return {}
 
     # -- template methods --------------------------------------------------------------------------
 

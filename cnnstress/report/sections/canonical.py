@@ -68,6 +68,7 @@ def case_view(cell, pos: int, names: list[str]) -> CaseView | None:
 class CanonicalSection(Section):
     id = "canonical"
     title = "Canonical failure cases and Grad-CAM"
+    depends = ('comparison',)
 
     def reduce(self, res, run):
         if not run.positions.size:

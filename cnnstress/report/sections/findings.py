@@ -52,6 +52,7 @@ def _rank_key(r: dict) -> tuple:
 class FindingsSection(Section):
     id = "findings"
     title = "Findings"
+    depends = ('changes',)
 
     def finish(self, report, ctx):
         """The headline metrics' changes beyond reseeding noise, test accuracy first, then by effect,

@@ -53,6 +53,7 @@ def train_images(spec, wanted: set[int]) -> tuple[dict[int, np.ndarray], str]:
 class NeighboursSection(Section):
     id = "neighbours"
     title = "Nearest training neighbours"
+    depends = ('canonical',)
 
     def reduce(self, res, run):
         return nearest(res, run.positions) if run.neighbours else None
