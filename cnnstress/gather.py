@@ -15,11 +15,11 @@ files. It names no section: what each one needs and gives, it declares (``report
 
 Memory is bounded by one run, not by the sweep: runs are read one at a time with
 ``store.open_results`` and sections keep only reductions (accuracies, confusion matrices,
-per-class and per-threshold counts, a (N,) correct mask, a few Grad-CAM maps). The one exception is
-the baseline's test logits of one group, kept until the canonical failure cases are chosen
-(S x N x C float32). Each results.h5 is opened exactly once: the baseline's first seed is read last
-among the baseline seeds, so that the canonical cases, which need every baseline seed, are known
-while its Grad-CAM maps can still be read.
+per-class and per-threshold counts, a (N,) correct mask, a few Grad-CAM maps). Each results.h5 is
+opened exactly once, in the order of the registry's one read plan (``Section.read_plan``: the
+canonical cases' section reads the baseline's first seed last among the baseline seeds, so that
+the cases, which need every baseline seed, are known while its Grad-CAM maps can still be read);
+the logits a plan keeps (one group's baseline seeds, S x N x C float32) are the one exception.
 
 No torch and no training code here (engine, worker, models, augment, corrupt): gather runs on a
 login node. Images come from ``data.load_test`` by index; when the dataset is not on this machine
@@ -45,12 +45,12 @@ from rich.text import Text
 
 from . import data, states, store
 from .layout import REPORT_DIR, RUNS_DIR
-from .analysis import compare, failures, metrics
+from .analysis import compare, metrics
 from .config import RunSpec, spec_diff
 from .grid import Grid, GridError, load_grid, load_sweep_grid
 from .report.model import Cell, Group, ReportData, ReportWriteError, jsonable
-from .report.sections import SECTIONS, compute_order
-from .report.sections.base import GatherContext, RunContext, RunRecord
+from .report.sections import SECTIONS, compute_order, planner
+from .report.sections.base import GatherContext, PlannedRun, ReadOutcome, ReadRequest, RunContext, RunRecord
 
 
 # summary.json's `status` takes DESIGN.md's three values; `state` keeps what gather saw, finer:
@@ -110,11 +110,11 @@ class Reference:
 
 @dataclass
 class Plan:
-    """What to take from one run beyond the per-run reductions."""
+    """What to take from one run beyond the per-run reductions (from a section's ReadRequest)."""
 
-    pick: Callable[[np.ndarray], np.ndarray] | None = None  # logits -> positions whose Grad-CAM to keep
-    neighbours: bool = False  # nearest training neighbours of the picked positions
-    keep_logits: bool = False  # keep (N, C) float32 test logits (baseline seeds, for canonical cases)
+    section: str = ""  # the id of the section whose read plan asked
+    pick: Callable[[RunContext], Any] | None = None  # the run -> run.picked[section]
+    keep_logits: bool = False  # keep (N, C) float32 test logits until the plan has them
 
 
 @dataclass
@@ -127,7 +127,7 @@ class RunData:
     preds: np.ndarray  # (N,) int32
     conf: np.ndarray  # (N,) float32 top softmax probability
     gradcam_size: tuple[int, int] | None = None  # (h, w) of the stored maps, at spec.gradcam_layer
-    positions: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # picked by the read plan
+    picked: dict[str, Any] = field(default_factory=dict)  # what the read plan's pick took (section id ->)
     logits: np.ndarray | None = None  # (N, C) float32, only while the read plan keeps it
     parts: dict[str, Any] = field(default_factory=dict)  # section id -> reduction
     missing: dict[str, list[str]] = field(default_factory=dict)  # section id -> results.h5 keys it lacked
@@ -164,10 +164,12 @@ def read_run(path: Path, expected: RunSpec, ref: Reference, plan: Plan, threshol
         if res.has("test/gradcam/pred"):
             h, w = res.shape("test/gradcam/pred")[1:3]
             out.gradcam_size = (int(h), int(w))
-        out.positions = np.asarray(plan.pick(logits) if plan.pick is not None else [], dtype=np.int64)
         run = RunContext(spec=spec, where=where, labels=labels, index=index, logits=logits, probs=probs,
                          preds=preds, conf=conf, correct=correct, num_classes=c, names=names, threshold=threshold,
-                         mask=ref.mask, bg_class=ref.bg_class, positions=out.positions, neighbours=plan.neighbours)
+                         mask=ref.mask, bg_class=ref.bg_class)
+        if plan.pick is not None:
+            run.picked[plan.section] = plan.pick(run)
+        out.picked = run.picked
         for section in compute_order():
             ok, got = section.read(res, run)
             if not ok:
@@ -264,9 +266,8 @@ class _Reader:
         self.grid, self.test, self.console = grid, test, console
         self.ref = Reference(on_first=self._on_first)
         self.threshold = float(grid.report["confidence_threshold"])
-        self.k_cases = int(grid.report["canonical_cases"])
-        self.canonical: dict[str, np.ndarray] = {}  # group -> positions
-        self.case_notes: dict[str, str] = {}
+        self.planner = planner()
+        self.planned: dict[str, Any] = {}  # group -> what the read plan returned
 
     def read(self, entry: Entry, plan: Plan) -> RunData | None:
         try:
@@ -288,40 +289,35 @@ class _Reader:
             self.test.note = note
 
     def read_group(self, label: str, entries: list[Entry]) -> None:
-        done = [e for e in entries if e.status == "done"]
-        base = sorted((e for e in done if e.spec.variant == self.grid.baseline), key=lambda e: e.spec.seed)
-        base_logits: list[np.ndarray] = []
-        for e in base[1:]:
-            r = self.read(e, Plan(keep_logits=True))
-            if r is not None:
-                base_logits.append(r.logits)
-                r.logits = None
-        positions = np.zeros(0, np.int64)
-        if base:
-            k, thr = self.k_cases, self.threshold
+        """Read the group's done runs: first those the read plan asks for, in its order, then the rest."""
+        done = {e.spec.run_id: e for e in entries if e.status == "done"}
+        todo = dict(done)
+        if self.planner is not None:
+            sid = self.planner.id
+            runs = [PlannedRun(run_id=e.spec.run_id, variant=e.spec.variant, seed=e.spec.seed,
+                               is_baseline=e.spec.variant == self.grid.baseline) for e in done.values()]
+            steps = self.planner.read_plan(runs, self.grid)
+            outcome = None
+            try:
+                while True:
+                    req: ReadRequest = steps.send(outcome)
+                    e = todo.pop(req.run.run_id, None)
+                    if e is None:
+                        raise ValueError(f"report section {sid!r}: its read plan asks for run {req.run.run_id!r} "
+                                         "twice or for a run that is not a finished run of the group")
+                    r = self.read(e, Plan(section=sid, pick=req.pick, keep_logits=req.keep_logits))
+                    outcome = ReadOutcome(read=r is not None, labels=self.ref.labels,
+                                          logits=r.logits if r is not None else None,
+                                          picked=r.picked.get(sid) if r is not None else None)
+                    if r is not None:
+                        r.logits = None  # the plan holds them now, for as long as it needs them
+                    del r
+            except StopIteration as stop:
+                self.planned[label] = stop.value
+            outcome = None
+        for e in todo.values():
+            self.read(e, Plan())
 
-            def pick(logits: np.ndarray) -> np.ndarray:
-                stack = np.stack(base_logits + [np.asarray(logits, dtype=np.float32)])
-                return failures.canonical_failures(stack, self.ref.labels, thr, k=k)
-
-            r = self.read(base[0], Plan(pick=pick, neighbours=True))
-            if r is not None:
-                positions = r.positions
-            elif base_logits:
-                positions = failures.canonical_failures(np.stack(base_logits), self.ref.labels, self.threshold,
-                                                        k=self.k_cases)
-                self.case_notes[label] = (f"the baseline's first seed ({base[0].spec.seed}) is broken: its Grad-CAM "
-                                          "maps and neighbours are not shown")
-        del base_logits
-        self.canonical[label] = positions
-        for variant in self.grid.variants:
-            if variant == self.grid.baseline:
-                continue
-            have_cams = False
-            for e in sorted((e for e in done if e.spec.variant == variant), key=lambda e: e.spec.seed):
-                plan = Plan(pick=(lambda _l, p=positions: p) if not have_cams and positions.size else None)
-                r = self.read(e, plan)
-                have_cams = have_cams or (r is not None and plan.pick is not None)
 
 # ------------------------------------------------------------------------------------------------
 # cells, groups
@@ -587,7 +583,7 @@ def gather(sweep_dir: Path, grid: Grid | None = None, console: Console | None = 
     ctx = GatherContext(grid=grid, names=names, threshold=threshold, top_k=top_k, baseline=grid.baseline,
                         image=lambda i: _image(test, i), has_images=test.images is not None,
                         ref_index=ref.index, ref_labels=ref.labels,
-                        canonical=reader.canonical, case_notes=reader.case_notes, notes=notes, spec0=spec0)
+                        planned=reader.planned, notes=notes, spec0=spec0)
 
     groups: list[Group] = []
     palette = {v: i for i, v in enumerate([grid.baseline] + [v for v in grid.variants if v != grid.baseline])}

@@ -213,6 +213,12 @@ def test_a_cycle_an_unknown_or_a_duplicate_id_fails_building_the_registry() -> N
     with pytest.raises(sections.SectionRegistryError,
                        match=r"report section module cnnstress.report.sections.no_such_section cannot be imported"):
         sections.load("no_such_section")
+    planning = {"read_plan": lambda self, runs, grid: iter(())}
+    two = [type(f"Plan{i}", (type(_toy(i)),), planning)() for i in ("p", "q")]
+    with pytest.raises(sections.SectionRegistryError, match=r"'p', 'q' each define read_plan: only one section"):
+        sections.dependency_order(two)
+    assert [s.id for s in SECTIONS if type(s).read_plan is not Section.read_plan] == ["canonical"]
+    assert sections.planner() is next(s for s in SECTIONS if s.id == "canonical")
 
 
 class TopLogitSection(Section):

@@ -65,7 +65,8 @@ def load(name: str) -> Section:
 def dependency_order(sections: Iterable[Section]) -> list[Section]:
     """``sections`` sorted so that each comes after those it ``depends`` on, otherwise in the given
     order (at each step the first listed section whose dependencies are placed). Raises
-    SectionRegistryError for an unknown id in ``depends``, a duplicate id or a cycle."""
+    SectionRegistryError for an unknown id in ``depends``, a duplicate id, a cycle, or more than
+    one section with a ``read_plan``."""
     todo = list(sections)
     ids = [s.id for s in todo]
     dup = sorted({i for i in ids if ids.count(i) > 1})
@@ -76,6 +77,10 @@ def dependency_order(sections: Iterable[Section]) -> list[Section]:
         if unknown:
             raise SectionRegistryError(f"report section {s.id!r} depends on {', '.join(map(repr, unknown))}, which "
                                        f"is not a registered section (registered: {', '.join(ids)})")
+    planners = [s.id for s in todo if type(s).read_plan is not Section.read_plan]
+    if len(planners) > 1:
+        raise SectionRegistryError(f"report sections {', '.join(map(repr, planners))} each define read_plan: only one "
+                                   "section may set the order in which runs are read")
     placed: list[Section] = []
     done: set[str] = set()
     while todo:
@@ -110,5 +115,10 @@ def compute_order() -> list[Section]:
     return dependency_order(SECTIONS)
 
 
+def planner() -> Section | None:
+    """The registered section that plans the read order (``Section.read_plan``), if any."""
+    return next((s for s in compute_order() if type(s).read_plan is not Section.read_plan), None)
+
+
 __all__ = ["MODULES", "SECTIONS", "FigureSpec", "GatherContext", "RunContext", "RunRecord", "Section",
-           "SectionRegistryError", "compute_order", "dependency_order", "load"]
+           "SectionRegistryError", "compute_order", "dependency_order", "load", "planner"]

@@ -21,6 +21,9 @@ per set of non-seed grid values, and the page. A section overrides only what it 
 ``metrics(part)``             the numbers of one run's reduction that "What the modification
                               changed" compares variant vs baseline (``Metric``s)
 ``headline(cell, agg)``       the texts of ``headline_columns`` for one cell (terminal table)
+``read_plan(runs, grid)``     the order in which a group's runs are read, and what to take from
+                              each beyond the reductions (at most one section plans; see
+                              ``ReadRequest``)
 ``extra_files(report, runs)`` files of report/ besides the page, summary.json and runs.csv:
                               name -> a function returning the file's bytes in pieces
 ============================  ==================================================================
@@ -50,7 +53,7 @@ Importing this module loads no matplotlib: draw functions import it when they ar
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Generator, Iterable
 
 import numpy as np
 
@@ -106,8 +109,7 @@ class RunContext:
     threshold: float  # report.confidence_threshold
     mask: np.ndarray | None = None  # (N, 32, 32) object masks aligned with the stored positions (shapes)
     bg_class: np.ndarray | None = None  # (N,) background classes (shapes)
-    positions: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # picked: per-image detail
-    neighbours: bool = False  # whether this run's picked positions get nearest training neighbours
+    picked: dict[str, Any] = field(default_factory=dict)  # section id -> what its read plan picked here
     parts: dict[str, Any] = field(default_factory=dict)
 
 
@@ -124,10 +126,44 @@ class GatherContext:
     has_images: bool  # whether the dataset's images are on this machine (and match the stored test set)
     ref_index: np.ndarray | None  # (N,) official test index of each stored position
     ref_labels: np.ndarray | None  # (N,)
-    canonical: dict[str, np.ndarray]  # group label -> canonical case positions
-    case_notes: dict[str, str]  # group label -> why cases lack their first baseline seed's detail
+    planned: dict[str, Any]  # group label -> what the read plan's section found while reading it
     notes: list[str]  # the page's notes (a section may add one)
     spec0: RunSpec  # the grid's first run (dataset, paths)
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    """A finished run of one group, before it is read (what ``read_plan`` orders)."""
+
+    run_id: str
+    variant: str
+    seed: int
+    is_baseline: bool
+
+
+@dataclass(frozen=True)
+class ReadRequest:
+    """What ``read_plan`` yields: read ``run`` now. ``keep_logits``: hand its (N, C) float32 test
+    logits back in the outcome. ``pick(run)`` (the run's RunContext, before any reduce) -> what the
+    planning section takes from this run, seen by every section's reduce as ``run.picked[its id]``."""
+
+    run: PlannedRun
+    keep_logits: bool = False
+    pick: Callable[[RunContext], Any] | None = None
+
+
+@dataclass(frozen=True)
+class ReadOutcome:
+    """What gather sends back into ``read_plan`` after reading a requested run."""
+
+    read: bool  # False: the run turned out broken (nothing of it was kept)
+    labels: np.ndarray | None  # (N,) the sweep's test labels, once any run was read
+    logits: np.ndarray | None = None  # (N, C) float32 when keep_logits asked for them
+    picked: Any = None  # what ``pick`` returned
+
+
+#: ``read_plan``'s generator: yields ReadRequests, is sent ReadOutcomes, returns the group's result.
+ReadPlan = Generator[ReadRequest, ReadOutcome, Any]
 
 
 @dataclass(frozen=True)
@@ -198,6 +234,15 @@ class Section:
     def metrics(self, part: Any) -> list[Metric]:
         """The metrics of one run's reduction (``part``, never None) for the verdict table."""
         return []
+
+    def read_plan(self, runs: list[PlannedRun], grid: Grid) -> ReadPlan | None:
+        """The finished runs of one group in the order to read them (a generator of ReadRequests,
+        each sent the ReadOutcome of its read), returning what it found, ``ctx.planned[group]``.
+        Runs it does not request are read after it, in the grid's order. Every results.h5 is opened
+        once, so a plan is how a section uses several runs' arrays while one of them is still open
+        (canonical cases: every baseline seed's logits, then the first seed's Grad-CAM rows).
+        Only one section of the registry may plan. None: this section does not plan."""
+        return None
 
     def headline(self, cell: Cell, agg: Any) -> tuple[str, ...]:
         """One text per ``headline_columns`` for a cell (``agg`` is None when it has no finished run)."""
