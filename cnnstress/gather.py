@@ -68,6 +68,10 @@ RUN_STATES = states.ON_DISK  # gather reads files only: no running/pending here
 # per-run reading
 # ------------------------------------------------------------------------------------------------
 
+#: The dataset's per-image arrays besides images and labels (``data.Split`` fields, present for
+#: some datasets only) that sections see as ``run.annotations``, aligned with the stored positions.
+ANNOTATIONS = ("mask", "bg_class")
+
 
 @dataclass
 class TestData:
@@ -75,8 +79,7 @@ class TestData:
 
     images: np.ndarray | None = None  # (M, 3, 32, 32) uint8
     labels: np.ndarray | None = None  # (M,)
-    mask: np.ndarray | None = None  # (M, 32, 32) bool (shapes)
-    bg_class: np.ndarray | None = None  # (M,) (shapes)
+    annotations: dict[str, np.ndarray] = field(default_factory=dict)  # ANNOTATIONS the dataset has, (M, ...)
     class_names: list[str] | None = None
     note: str = ""  # why images are unavailable
     verified: str = ""  # how the dataset's files were verified (data.Split.note)
@@ -89,8 +92,7 @@ class Reference:
     labels: np.ndarray | None = None
     index: np.ndarray | None = None
     num_classes: int | None = None
-    mask: np.ndarray | None = None  # (N, 32, 32) aligned with the stored positions
-    bg_class: np.ndarray | None = None  # (N,)
+    annotations: dict[str, np.ndarray] = field(default_factory=dict)  # aligned with the stored positions
     on_first: Callable[[Reference], None] | None = None  # called once the first run has set it
 
     def check(self, labels: np.ndarray, index: np.ndarray, num_classes: int, where: str) -> None:
@@ -166,7 +168,7 @@ def read_run(path: Path, expected: RunSpec, ref: Reference, plan: Plan, threshol
             out.gradcam_size = (int(h), int(w))
         run = RunContext(spec=spec, where=where, labels=labels, index=index, logits=logits, probs=probs,
                          preds=preds, conf=conf, correct=correct, num_classes=c, names=names, threshold=threshold,
-                         mask=ref.mask, bg_class=ref.bg_class)
+                         annotations=ref.annotations)
         if plan.pick is not None:
             run.picked[plan.section] = plan.pick(run)
         out.picked = run.picked
@@ -231,14 +233,14 @@ def _load_test_data(spec: RunSpec) -> TestData:
         out.note = f"test images unavailable ({type(exc).__name__}: {exc})"
         return out
     out.images, out.labels = split.x, np.asarray(split.y, dtype=np.int64)
-    out.mask, out.bg_class = split.mask, split.bg_class
+    out.annotations = {k: getattr(split, k) for k in ANNOTATIONS if getattr(split, k) is not None}
     out.class_names = [str(n) for n in info.class_names]
     out.verified = split.note
     return out
 
 
 def _align_test(test: TestData, ref: Reference) -> str:
-    """Check the dataset against the stored test set and align the shortcut arrays; note on mismatch."""
+    """Check the dataset against the stored test set and align its annotations; note on mismatch."""
     if test.images is None or ref.index is None:
         return ""
     if ref.index.size and (ref.index.max() >= test.labels.shape[0]):
@@ -246,10 +248,9 @@ def _align_test(test: TestData, ref: Reference) -> str:
     elif not np.array_equal(test.labels[ref.index], ref.labels):
         note = "test images unavailable (the dataset's labels differ from the stored ones: other dataset options?)"
     else:
-        if test.mask is not None and test.bg_class is not None:
-            ref.mask, ref.bg_class = test.mask[ref.index], np.asarray(test.bg_class[ref.index], dtype=np.int64)
+        ref.annotations = {k: v[ref.index] for k, v in test.annotations.items()}
         return ""
-    test.images = test.mask = test.bg_class = None
+    test.images, test.annotations = None, {}
     return note
 
 

@@ -107,8 +107,9 @@ class RunContext:
     num_classes: int
     names: list[str]  # class names (generic "class i" when the dataset's are unavailable)
     threshold: float  # report.confidence_threshold
-    mask: np.ndarray | None = None  # (N, 32, 32) object masks aligned with the stored positions (shapes)
-    bg_class: np.ndarray | None = None  # (N,) background classes (shapes)
+    # the dataset's per-image annotations, aligned with the stored positions, when it has them and
+    # they match the stored test set (shapes: "mask" (N, 32, 32) object pixels, "bg_class" (N,))
+    annotations: dict[str, np.ndarray] = field(default_factory=dict)
     picked: dict[str, Any] = field(default_factory=dict)  # section id -> what its read plan picked here
     parts: dict[str, Any] = field(default_factory=dict)
 

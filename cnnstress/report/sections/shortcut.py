@@ -56,12 +56,11 @@ class ShortcutSection(Section):
     csv_columns = run_keys
 
     def reduce(self, res, run):
-        if run.mask is None:
+        mask, bg_class = run.annotations.get("mask"), run.annotations.get("bg_class")  # shapes only
+        if mask is None or bg_class is None:
             return None
-        energy, hits = mask_energy(res, run.mask)
-        if run.bg_class is None:
-            return None
-        sc = shortcut.shortcut_accuracy(run.labels, run.preds, run.bg_class)
+        energy, hits = mask_energy(res, mask)
+        sc = shortcut.shortcut_accuracy(run.labels, run.preds, np.asarray(bg_class, dtype=np.int64))
         correct = run.correct
         return {"energy_right": _nanmean(energy[correct]), "energy_wrong": _nanmean(energy[~correct]),
                 "energy_all": _nanmean(energy), "pointing_game": _nanmean(hits), **{k: (None if isinstance(v, float) and math.isnan(v) else v)
