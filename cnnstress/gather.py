@@ -497,13 +497,14 @@ def print_headline(report: ReportData, console: Console) -> None:
     console.print(table)
 
 
-def print_findings(report: ReportData, console: Console) -> None:
-    """The page's Findings, as numbered sentences after the table."""
-    found = report.parts.get("findings") or []
-    if found:
-        console.print("Findings:", style="bold")
-    for i, f in enumerate(found, 1):
-        console.print(f"  {i}. {f['sentence']}", markup=False, highlight=False, soft_wrap=True)
+def print_section_lines(report: ReportData, console: Console) -> None:
+    """Each section's lines for the terminal after the table (registry order), under its heading."""
+    for section in SECTIONS:
+        lines = section.terminal_lines(report)
+        if lines and section.terminal_heading:
+            console.print(section.terminal_heading, style="bold")
+        for line in lines:
+            console.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
 def _summary_lines(entries: list[Entry], report: ReportData) -> list[str]:
@@ -651,7 +652,7 @@ def gather(sweep_dir: Path, grid: Grid | None = None, console: Console | None = 
         raise ReportWriteError(exc, report_dir) from exc
 
     print_headline(report, console)
-    print_findings(report, console)
+    print_section_lines(report, console)
     not_done = [e for e in entries if e.status != "done"]
     if not_done:
         console.print(f"[yellow]{len(not_done)} of {len(entries)} runs are not done[/yellow] "

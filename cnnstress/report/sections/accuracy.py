@@ -20,7 +20,7 @@ def delta_text(comp) -> str:
 class AccuracySection(Section):
     id = "accuracy"
     title = "Test accuracy"
-    depends = ('comparison',)
+    depends = ("comparison",)
 
     def html(self, report, figs):
         comps = {(c.group, c.variant): c for c in report.comparisons}

@@ -21,6 +21,7 @@ per set of non-seed grid values, and the page. A section overrides only what it 
 ``metrics(part)``             the numbers of one run's reduction that "What the modification
                               changed" compares variant vs baseline (``Metric``s)
 ``headline(cell, agg)``       the texts of ``headline_columns`` for one cell (terminal table)
+``terminal_lines(report)``    lines printed after that table, under ``terminal_heading``
 ``read_plan(runs, grid)``     the order in which a group's runs are read, and what to take from
                               each beyond the reductions (at most one section plans; see
                               ``ReadRequest``)
@@ -188,6 +189,7 @@ class Section:
     run_keys: tuple[str, ...] = ()  # the keys ``run_fields`` returns (None for runs without a result)
     csv_columns: tuple[str, ...] = ()  # those of run_keys that are runs.csv columns, in this order
     headline_columns: tuple[str, ...] = ()  # titles of this section's columns in the terminal's table
+    terminal_heading: str = ""  # printed (bold) above this section's ``terminal_lines``, when it has any
 
     # -- overrides ---------------------------------------------------------------------------------
 
@@ -248,6 +250,10 @@ class Section:
     def headline(self, cell: Cell, agg: Any) -> tuple[str, ...]:
         """One text per ``headline_columns`` for a cell (``agg`` is None when it has no finished run)."""
         return ()
+
+    def terminal_lines(self, report: ReportData) -> list[str]:
+        """Plain lines printed after the terminal's table (no markup)."""
+        return []
 
     def extra_files(self, report: ReportData, runs: list[RunRecord]) -> dict[str, Callable[[], Iterable[bytes]]]:
         """report/ files this section writes: name -> a function returning the bytes in pieces (so a big

@@ -80,7 +80,7 @@ def case_view(cell, pos: int, names: list[str]) -> CaseView | None:
 class CanonicalSection(Section):
     id = "canonical"
     title = "Canonical failure cases and Grad-CAM"
-    depends = ('comparison',)
+    depends = ("comparison",)
 
     def read_plan(self, runs, grid):
         """Baseline seeds 2.. (logits kept), then seed 1 (cases chosen from every seed's logits), then

@@ -53,7 +53,7 @@ def train_images(spec, wanted: set[int]) -> tuple[dict[int, np.ndarray], str]:
 class NeighboursSection(Section):
     id = "neighbours"
     title = "Nearest training neighbours"
-    depends = ('canonical',)
+    depends = ("canonical",)
 
     def reduce(self, res, run):
         picked = run.picked.get(CanonicalSection.id)  # the canonical cases' read plan

@@ -16,7 +16,7 @@ from .base import FigureSpec, Section, cell_parts
 class PerClassSection(Section):
     id = "per-class"
     title = "Per-class accuracy"
-    depends = ('comparison',)
+    depends = ("comparison",)
 
     def reduce(self, res, run):
         return metrics.per_class_accuracy(run.labels, run.preds, run.num_classes)
