@@ -456,6 +456,8 @@ def write_sweep_files(grid: Grid, sweep_dir: Path, grid_path: Path) -> None:
         raise GridError(str(grid_path), "", f"cannot read the grid file ({e.strerror or e})") from None
     try:
         _write_sweep_files(grid, sweep_dir, grid_bytes)
+    except atomic.LinkRefused:  # bad input (exit 2), not a folder that cannot be written
+        raise
     except OSError as e:
         raise CannotWrite(e, sweep_dir) from None
 
