@@ -7,12 +7,15 @@ machine. No torch here: the launcher validates and expands grids on login nodes.
 
 from __future__ import annotations
 
+import copy
 import functools
 import hashlib
 import json
 import re
-from dataclasses import dataclass, field, fields
+from dataclasses import FrozenInstanceError, dataclass, field, fields
 from typing import Any
+
+from . import probes
 
 SPEC_VERSION = 1
 
@@ -55,31 +58,46 @@ class TrainSpec:
         return cls(**d)
 
 
-@dataclass(frozen=True)
 class StressSpec:
-    corruptions: list[str]
-    severities: list[int]
-    corruption_seed: int
-    faithfulness_samples: int  # test images used for Grad-CAM deletion/insertion curves
-    train_embedding_samples: int  # training images whose embeddings are stored (nearest neighbours)
-    # Stress tests that are off unless a grid turns them on; {} = off. Left out of a run's identity
-    # while off, so that run ids of grids written before they existed do not change.
-    adversarial: dict[str, Any] = field(default_factory=dict)  # linf, l2 (eps lists), steps, samples
-    ood: dict[str, Any] = field(default_factory=dict)  # sets, samples
-    sanity: dict[str, Any] = field(default_factory=dict)  # samples
-    # Where corrupted test images come from: "generated" (corrupt.py, on the device) or "official"
-    # (the published CIFAR-10-C / CIFAR-100-C files, cifar_c.py). Left out of a run's identity while
-    # "generated", so run ids of grids written before it existed do not change.
-    source: str = "generated"
+    """The resolved [stress] settings: one field per setting of a registered stress test
+    (``cnnstress/probes/``; each probe names its fields and their off values), read as attributes
+    (``spec.stress.corruptions``). Frozen, compared by value, and plain JSON like every part of a
+    RunSpec. A field a spec.json written before its probe existed lacks holds its off value."""
+
+    __slots__ = ("_values",)
+
+    def __init__(self, **values: Any):
+        fields = probes.spec_fields()
+        unknown = sorted(set(values) - set(fields))
+        if unknown:
+            raise TypeError(f"StressSpec: unknown fields {unknown}; fields of the registered stress tests: "
+                            f"{', '.join(fields)}")
+        object.__setattr__(self, "_values", {k: values[k] if k in values else copy.deepcopy(off)
+                                             for k, off in fields.items()})
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return object.__getattribute__(self, "_values")[name]
+        except KeyError:
+            raise AttributeError(f"StressSpec has no field {name!r}") from None
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise FrozenInstanceError(f"cannot assign to field {name!r}")
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, StressSpec) and self._values == other._values
+
+    __hash__ = None  # type: ignore[assignment]  # (like a frozen dataclass holding lists)
+
+    def __repr__(self) -> str:
+        return f"StressSpec({', '.join(f'{k}={v!r}' for k, v in self._values.items())})"
+
+    def to_dict(self) -> dict[str, Any]:
+        return _plain(self._values)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> StressSpec:
         return cls(**d)
-
-
-#: StressSpec fields that are dropped from a run's identity while they hold this value (off, or
-#: the default that every run had before the field existed).
-OPTIONAL_STRESS: dict[str, Any] = {"adversarial": {}, "ood": {}, "sanity": {}, "source": "generated"}
 
 
 @dataclass(frozen=True)
@@ -171,8 +189,10 @@ class RunSpec:
         del d["paths"]
         del d["sweep"]
         del d["runtime"]
-        for key, off in OPTIONAL_STRESS.items():
-            if d["stress"][key] == off:
+        # a stress test's fields that hold their off value (off, or the default every run had
+        # before the field existed) are left out: adding a stress test changes no run id
+        for key, off in probes.optional_fields().items():
+            if key in d["stress"] and d["stress"][key] == off:
                 del d["stress"][key]
         return d
 
@@ -273,6 +293,8 @@ def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
 def _plain(obj: Any) -> Any:
     """dataclasses.asdict's result, without its copy.deepcopy of every leaf (the leaves of a
     RunSpec are str/int/float/bool/None, which deepcopy returns as they are)."""
+    if isinstance(obj, StressSpec):
+        return obj.to_dict()
     names = getattr(type(obj), "__dataclass_fields__", None)
     if names is not None:
         return {name: _plain(getattr(obj, name)) for name in names}

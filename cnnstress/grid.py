@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import catalog
+from . import catalog, probes
 from .catalog import Param
 from .config import Component, Paths, Runtime, RunSpec, SlurmConfig, StressSpec, TrainSpec
 from .layout import GRID_COPY, LAUNCH_FILE  # LAUNCH_FILE: importers take it from here too
@@ -97,30 +97,8 @@ BASE_DEFAULTS: dict[str, Any] = {
 # One sweep has one test set: these may not differ between runs (variants or [grid]).
 SWEEP_WIDE = ("dataset", "dataset_options", "val_fraction", "split_seed", "checkpoint_every_min")
 
-STRESS_KEYS: dict[str, Param] = {
-    "corruptions": Param([], doc="names, or [\"all\"]"),
-    # generated: corrupt.py's corruptions, made on the device; official: the published CIFAR-10-C /
-    # CIFAR-100-C files under the data root (cifar_c.py), whose 19 names the corruptions are then
-    "source": Param("generated", choices=("generated", "official"),
-                    doc="generated (corrupt.py) | official (CIFAR-10-C / CIFAR-100-C files)"),
-    "severities": Param([1, 3, 5], 1, 5),
-    "seed": Param(0, 0, 2**31 - 1),
-    "faithfulness_samples": Param(200, 0, 10_000),
-    "train_embedding_samples": Param(1000, 0, 100_000),
-    # adversarial robustness: PGD (Madry et al.) on a fixed sample of test images
-    "adversarial": Param(False, doc="attack a fixed sample of test images with PGD"),
-    "adversarial_linf": Param([0, 1, 2, 4, 8], doc="L-infinity radii in 1/255 units, 0..64"),
-    "adversarial_l2": Param([], doc="L2 radii (pixels in [0, 1]), 0..16; [] = no L2 attack"),
-    "adversarial_steps": Param(10, 1, 1000, doc="PGD steps (step size 2.5 * eps / steps)"),
-    "adversarial_samples": Param(1000, 1, 100_000, doc="test images attacked (the same for every run)"),
-    # out-of-distribution detection and selective prediction
-    "ood": Param(False, doc="score out-of-distribution sets (and selective prediction on the test set)"),
-    "ood_sets": Param([], doc="names; [] = every set offered for the dataset whose files are present"),
-    "ood_samples": Param(1000, 1, 100_000, doc="images per generated set (at most this many of a CIFAR set)"),
-    # explanation sanity check: cascading model-parameter randomisation (Adebayo et al. 2018)
-    "sanity": Param(False, doc="Grad-CAM after re-initialising the model block by block from the output down"),
-    "sanity_samples": Param(100, 1, 10_000, doc="test images whose maps are compared"),
-}
+# [stress] keys are the registered stress tests' keys (cnnstress/probes/, each probe's ``keys``):
+# ``probes.stress_keys()``, read when a grid is expanded.
 REPORT_KEYS: dict[str, Param] = {
     "confidence_threshold": Param(0.7, 0.01, 0.999),
     "gradcam_layer": Param(""),
@@ -151,101 +129,6 @@ SLURM_KEYS: dict[str, Param] = {
     "setup": Param([], doc="shell lines run before each task"),
     "additional": Param({}, doc="extra sbatch options, name -> value"),
 }
-
-
-def _radii(v: "_Validator", value: Any, path: str, hi: float) -> list[float | int]:
-    """A sorted list of distinct attack radii in [0, hi] (integers stay integers: they name keys)."""
-    if not isinstance(value, list) or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in value):
-        raise v.fail(path, f"must be a list of numbers in [0, {hi:g}], got {value!r}"[:300])
-    for x in value:
-        if not math.isfinite(x) or x < 0 or x > hi:
-            raise v.fail(path, f"{x!r} is out of range [0, {hi:g}]")
-    if len({float(x) for x in value}) != len(value):
-        raise v.fail(path, f"has duplicates: {value}")
-    return sorted(int(x) if float(x).is_integer() else float(x) for x in value)
-
-
-def _optional_stress(v: "_Validator", stress: dict[str, Any], dataset: str | None,
-                     data_root: str) -> dict[str, dict[str, Any]]:
-    """The adversarial / ood / sanity parts of StressSpec: {} for each one that is off. Their keys
-    are validated whether or not the test is on, so a typo is an error before it is turned on."""
-    out: dict[str, dict[str, Any]] = {"adversarial": {}, "ood": {}, "sanity": {}}
-    linf = _radii(v, stress["adversarial_linf"], "[stress].adversarial_linf", 64)
-    l2 = _radii(v, stress["adversarial_l2"], "[stress].adversarial_l2", 16)
-    if stress["adversarial"]:
-        if not linf and not l2:
-            raise v.fail("[stress].adversarial_linf", "and [stress].adversarial_l2 are both empty: nothing to attack "
-                                                      "(set adversarial = false to turn the attack off)")
-        out["adversarial"] = {"linf": linf, "l2": l2, "steps": stress["adversarial_steps"],
-                              "samples": stress["adversarial_samples"]}
-    sets = stress["ood_sets"]
-    if not isinstance(sets, list) or not all(isinstance(x, str) for x in sets):
-        raise v.fail("[stress].ood_sets", f"must be a list of set names, got {sets!r}"[:300])
-    if len(set(sets)) != len(sets):
-        raise v.fail("[stress].ood_sets", f"has duplicates: {sets}")
-    if dataset in catalog.DATASETS and (stress["ood"] or sets):  # (a bad dataset is reported by [base])
-        from . import oodsets  # numpy only; loaded when a grid asks for OOD sets
-
-        offered = oodsets.sets_for(dataset)
-        for name in sets:
-            if name not in offered:
-                raise v.fail("[stress].ood_sets", f"{name!r} is not an out-of-distribution set for {dataset}"
-                                                  f"{_suggest(name, offered)}; allowed: {', '.join(offered)}"[:400])
-        if stress["ood"]:
-            # [] stays [] (every set whose files are there when the run starts, which the run records in its
-            # ood_sets attribute): resolving it here would change run ids when a file is downloaded later.
-            # A named set whose files are missing fails the run with the --download command (oodsets).
-            out["ood"] = {"sets": [n for n in offered if n in sets], "samples": stress["ood_samples"]}
-    if stress["sanity"]:
-        out["sanity"] = {"samples": stress["sanity_samples"]}
-    return out
-
-
-def _official_corruptions(v: "_Validator", value: Any) -> list[str]:
-    """[stress].corruptions with source = "official": names of the published files (or ["all"]), in
-    the published order."""
-    from . import cifar_c  # numpy only; loaded when a grid asks for the official files
-
-    path, names = "[stress].corruptions", cifar_c.CORRUPTIONS
-    if value == ["all"]:
-        return list(names)
-    if not isinstance(value, list) or not all(isinstance(x, str) for x in value):
-        raise v.fail(path, f"must be a list of corruption names, got {value!r}"[:300])
-    for x in value:
-        if x not in names:
-            raise v.fail(path, f"{x!r} is not an official CIFAR-C corruption (source = \"official\")"
-                               f"{_suggest(x, names)}; allowed: {', '.join(names)} or [\"all\"]"[:600])
-    if len(set(value)) != len(value):
-        raise v.fail(path, f"has duplicates: {value}")
-    return [c for c in names if c in value]
-
-
-def _official_only(v: "_Validator", value: Any) -> None:
-    """A generated-source grid that names a corruption only the official files have: say so."""
-    if not isinstance(value, list):
-        return
-    unknown = [x for x in value if isinstance(x, str) and x not in catalog.CORRUPTIONS and x != "all"]
-    if unknown:
-        from . import cifar_c
-
-        if unknown[0] in cifar_c.CORRUPTIONS:
-            raise v.fail("[stress].corruptions", f"{unknown[0]!r} is a corruption of the official CIFAR-C files: set "
-                                                 "[stress].source = \"official\" to read them; generated corruptions: "
-                                                 f"{', '.join(catalog.CORRUPTIONS)}")
-
-
-def _check_official(v: "_Validator", corruptions: list[str], dataset: Any, data_root: str) -> None:
-    """source = "official" needs a CIFAR dataset. Its files are looked for at launch
-    (launcher.missing_files), not here: gather and --status re-read the grid on machines that may
-    not hold them."""
-    from . import cifar_c
-
-    if dataset not in catalog.DATASETS:
-        return  # [base].dataset's own check says what is wrong with it
-    if dataset not in cifar_c.DATASETS:
-        raise v.fail("[stress].source", f"\"official\" reads the published CIFAR-10-C / CIFAR-100-C files, which exist "
-                                        f"for {' and '.join(cifar_c.DATASETS)} only, not {dataset}; use source = "
-                                        "\"generated\"")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -418,13 +301,7 @@ def expand(
     if n_points > MAX_RUNS:
         raise GridError(source, "[grid]", f"expands to {n_points} runs; at most {MAX_RUNS} allowed")
 
-    stress = v.section(raw.get("stress", {}), STRESS_KEYS, "[stress]")
-    if stress["source"] == "official":
-        stress["corruptions"] = _official_corruptions(v, stress["corruptions"])
-    else:
-        _official_only(v, stress["corruptions"])
-        stress["corruptions"] = v.corruptions(stress["corruptions"])
-    stress["severities"] = v.int_list(stress["severities"], "[stress].severities", 1, 5)
+    stress = v.section(raw.get("stress", {}), probes.stress_keys(), "[stress]")
     report = v.section(raw.get("report", {}), REPORT_KEYS, "[report]")
     slurm = v.section(raw.get("slurm", {}), SLURM_KEYS, "[slurm]")
     v.slurm_strings(slurm)
@@ -438,17 +315,10 @@ def expand(
     out_abs = os.path.abspath(out_root)
     data_abs = os.path.abspath(data_root) if data_root is not None else os.path.join(out_abs, "data")
     paths = Paths(out_root=out_abs, data_root=data_abs)
-    if stress["source"] == "official":
-        _check_official(v, stress["corruptions"], _merge(BASE_DEFAULTS, base_raw).get("dataset"), data_abs)
-    stress_spec = StressSpec(
-        corruptions=stress["corruptions"],
-        severities=stress["severities"],
-        corruption_seed=stress["seed"],
-        faithfulness_samples=stress["faithfulness_samples"],
-        train_embedding_samples=stress["train_embedding_samples"],
-        **_optional_stress(v, stress, _merge(BASE_DEFAULTS, base_raw).get("dataset"), data_abs),
-        source=stress["source"],
-    )
+    # each stress test turns its validated keys into its StressSpec fields (and checks what no
+    # single key's range can express)
+    stress_spec = StressSpec(**probes.resolve(v, stress, dataset=_merge(BASE_DEFAULTS, base_raw).get("dataset"),
+                                              data_root=data_abs))
 
     runs: list[RunSpec] = []
     seen: dict[str, str] = {}
@@ -644,19 +514,6 @@ class _Validator:
         if len(set(value)) != len(value):
             raise self.fail(path, f"has duplicates: {value}")
         return sorted(value)
-
-    def corruptions(self, value: Any) -> list[str]:
-        path = "[stress].corruptions"
-        if value == ["all"]:
-            return list(catalog.CORRUPTIONS)
-        if not isinstance(value, list) or not all(isinstance(x, str) for x in value):
-            raise self.fail(path, f"must be a list of corruption names, got {value!r}"[:300])
-        for x in value:
-            if x not in catalog.CORRUPTIONS:
-                raise self.fail(path, f"{x!r} is not a corruption{_suggest(x, catalog.CORRUPTIONS)}; allowed: {', '.join(catalog.CORRUPTIONS)} or [\"all\"]"[:500])
-        if len(set(value)) != len(value):
-            raise self.fail(path, f"has duplicates: {value}")
-        return [c for c in catalog.CORRUPTIONS if c in value]
 
     def section(self, given: Any, spec: dict[str, Param], path: str) -> dict[str, Any]:
         given = self.table(given, path)

@@ -10,6 +10,9 @@ per-epoch history keys of results.h5. Torch-free and h5py-free, so every side ma
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 # -- a run folder ------------------------------------------------------------------------------
 SPEC_FILE = "spec.json"
 LOG_FILE = "log.txt"
@@ -35,6 +38,37 @@ REPORT_DIR = "report"
 # -- results.h5 --------------------------------------------------------------------------------
 #: /history/<key>, one value per epoch, in this order (the worker writes them, gather reads them).
 HISTORY_KEYS = ("epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "epoch_seconds")
+
+
+@dataclass(frozen=True)
+class Field:
+    """One dataset (or family of datasets) of results.h5: a row of ``store.SCHEMA``. Defined here,
+    not in store.py (the only importer of h5py), so that a stress test's module under
+    ``cnnstress/probes/`` can declare the rows it writes without loading h5py or torch.
+
+    ``dims`` are symbolic sizes that must agree across all datasets naming them (N test images,
+    C classes, E epochs, D embedding width, h/w Grad-CAM map, V validation images, T train-subset
+    images); ``None`` means any shape. Optional fields with the same ``bundle`` must appear
+    together. ``check`` names the value check run by validate_results.
+    """
+
+    template: str
+    dtype: str
+    dims: tuple[str, ...] | None
+    required: bool = False
+    bundle: str = ""
+    # "" | "index" | "label" | "logits" | "positions" (distinct rows of /test); every float dataset is
+    # also checked finite whatever its check (no field stores NaN or infinity by design: a "not
+    # measured" value is an absent dataset, never a NaN marker)
+    check: str = ""
+    chunked: bool = False  # chunked along the first axis + gzip + shuffle (when it has >= 2 axes)
+    doc: str = ""
+
+    @property
+    def np_dtype(self) -> Any:
+        import numpy as np  # (numpy only when a file is written or read)
+
+        return np.dtype(self.dtype)
 
 # -- the worker command's exit status (python -m cnnstress.worker; read by cluster/local.py and array.sbatch)
 EXIT_DONE = 0

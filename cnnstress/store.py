@@ -33,7 +33,9 @@ import numpy as np
 
 from .atomic import (_fsync_dir, _fsync_file, _temp_path, atomic_write_bytes, atomic_write_json,  # noqa: F401
                      cleanup_temp_files, json_text, sha256_file)
+from . import probes
 from .faults import maybe_fail
+from .layout import Field
 
 SCHEMA_VERSION: int = 1
 
@@ -78,33 +80,6 @@ _PLACEHOLDERS: dict[str, str] = {
 }
 
 
-@dataclass(frozen=True)
-class Field:
-    """One dataset (or family of datasets) of results.h5.
-
-    ``dims`` are symbolic sizes that must agree across all datasets naming them (N test images,
-    C classes, E epochs, D embedding width, h/w Grad-CAM map, V validation images, T train-subset
-    images); ``None`` means any shape. Optional fields with the same ``bundle`` must appear
-    together. ``check`` names the value check run by validate_results.
-    """
-
-    template: str
-    dtype: str
-    dims: tuple[str, ...] | None
-    required: bool = False
-    bundle: str = ""
-    # "" | "index" | "label" | "logits" | "positions" (distinct rows of /test); every float dataset is
-    # also checked finite whatever its check (no field stores NaN or infinity by design: a "not
-    # measured" value is an absent dataset, never a NaN marker)
-    check: str = ""
-    chunked: bool = False  # chunked along the first axis + gzip + shuffle (when it has >= 2 axes)
-    doc: str = ""
-
-    @property
-    def np_dtype(self) -> np.dtype:
-        return np.dtype(self.dtype)
-
-
 _HISTORY = (
     ("epoch", "int32", "epoch number, 1-based"),
     ("lr", "float64", "learning rate used in the epoch"),
@@ -115,14 +90,9 @@ _HISTORY = (
     ("epoch_seconds", "float64", "wall time of the epoch"),
 )
 
-# Optional prefixes: any float array below these groups is accepted with the declared dtype
-# (deletion/insertion curves of the Grad-CAM faithfulness test, shortcut-probe results, ...).
-OPTIONAL_PREFIXES: dict[str, str] = {
-    "faithfulness": "float32",
-    "shortcut": "float32",
-}
-
-SCHEMA: tuple[Field, ...] = (
+# The rows every run writes; each stress test (cnnstress/probes/) adds the rows of what it measures,
+# and SCHEMA is the two together (``schema()``).
+CORE_SCHEMA: tuple[Field, ...] = (
     *(Field(f"history/{name}", dt, ("E",), required=True, doc=doc) for name, dt, doc in _HISTORY),
     Field("test/index", "int32", ("N",), True, check="index", doc="index into the official test split"),
     Field("test/label", "int16", ("N",), True, check="label", doc="true class"),
@@ -133,22 +103,6 @@ SCHEMA: tuple[Field, ...] = (
     Field("val/index", "int32", ("V",), bundle="val", check="index", doc="index into the training set"),
     Field("val/label", "int16", ("V",), bundle="val", check="label", doc="true class"),
     Field("val/logits", "float32", ("V", "C"), bundle="val", check="logits", chunked=True, doc="final logits"),
-    Field("train_subset/index", "int32", ("T",), bundle="train_subset", check="index", doc="index into the training set"),
-    Field("train_subset/label", "int16", ("T",), bundle="train_subset", check="label", doc="true class"),
-    Field("train_subset/embedding", "float16", ("T", "D"), bundle="train_subset", chunked=True, doc="penultimate activations"),
-    Field("stress/<corruption>/<severity>/logits", "float16", ("N", "C"), check="logits", chunked=True,
-          doc="logits on the corrupted test set"),
-    Field("adversarial/positions", "int32", ("M",), check="positions",
-          doc="rows of /test attacked (the same for every run of a sweep)"),
-    Field("adversarial/<norm>/<eps>/logits", "float32", ("M", "C"), check="logits", chunked=True,
-          doc="logits after the PGD attack of that norm and radius"),
-    Field("ood/<set>/logits", "float32", ("*K", "C"), check="logits", chunked=True,
-          doc="logits on an out-of-distribution set (K, C); K differs between sets"),
-    Field("sanity/positions", "int32", ("S",), check="positions", doc="rows of /test whose Grad-CAM maps are re-computed"),
-    Field("sanity/randomization/<step>/gradcam", "float16", ("S", "h", "w"), chunked=True,
-          doc="Grad-CAM after cascading re-initialisation up to this step (00_trained: none)"),
-    *(Field(f"{prefix}/<name>", dt, None, chunked=True, doc=f"optional {prefix} array")
-      for prefix, dt in OPTIONAL_PREFIXES.items()),
 )
 
 # Root attributes: name -> kind ("int", "str" or "json" = JSON text of an object).
@@ -163,12 +117,11 @@ ROOT_ATTRS: dict[str, str] = {
     "git_sha": "str",
     "timings": "json",
 }
-# Root attributes a file may lack (written before they existed); readers say so, never fail.
+# Root attributes a file may lack (written before they existed); readers say so, never fail. The
+# stress tests add theirs (probes.root_attrs(); OPTIONAL_ROOT_ATTRS is the two together).
 # precision: AMP on/off and dtype, and the float32 and determinism settings in force (TF32 off).
-OPTIONAL_ROOT_ATTRS: dict[str, str] = {
+CORE_OPTIONAL_ROOT_ATTRS: dict[str, str] = {
     "precision": "json",
-    # ood_sets: set name -> what the set is (kind near/far, description, count, seed, source)
-    "ood_sets": "json",
     # injected_faults: the CNNSTRESS_FAULT test hook's value when it was set (absent otherwise)
     "injected_faults": "str",
 }
@@ -190,8 +143,45 @@ def _group_regexes(template: str) -> list[re.Pattern[str]]:
     return out
 
 
-_FIELD_RES: tuple[tuple[Field, re.Pattern[str]], ...] = tuple((f, _template_regex(f.template)) for f in SCHEMA)
-_GROUP_RES: tuple[re.Pattern[str], ...] = tuple(r for f in SCHEMA for r in _group_regexes(f.template))
+@dataclass(frozen=True)
+class _Schema:
+    """SCHEMA of the registered stress tests, with what matching a path against it needs."""
+
+    fields: tuple[Field, ...]
+    field_res: tuple[tuple[Field, re.Pattern[str]], ...]
+    group_res: tuple[re.Pattern[str], ...]
+    optional_attrs: dict[str, str]
+
+
+_compiled: tuple[tuple[probes.Probe, ...], _Schema] | None = None
+
+
+def _schema() -> _Schema:
+    """Built once per registry (the registered stress tests can change while a process runs: a test
+    registers one)."""
+    global _compiled
+    registered = probes.registered()
+    if _compiled is None or _compiled[0] != registered:
+        rows = CORE_SCHEMA + probes.schema_rows()
+        _compiled = (registered, _Schema(
+            fields=rows, field_res=tuple((f, _template_regex(f.template)) for f in rows),
+            group_res=tuple(r for f in rows for r in _group_regexes(f.template)),
+            optional_attrs={**CORE_OPTIONAL_ROOT_ATTRS, **probes.root_attrs()}))
+    return _compiled[1]
+
+
+def schema() -> tuple[Field, ...]:
+    """Every row of results.h5: CORE_SCHEMA, then the rows of each registered stress test."""
+    return _schema().fields
+
+
+def __getattr__(name: str) -> Any:
+    # SCHEMA and OPTIONAL_ROOT_ATTRS follow the registry of stress tests, so they are computed when read
+    if name == "SCHEMA":
+        return schema()
+    if name == "OPTIONAL_ROOT_ATTRS":
+        return dict(_schema().optional_attrs)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def eps_text(eps: float) -> str:
@@ -220,14 +210,14 @@ def sanity_key(step: int, block: str) -> str:
 
 def field_for(key: str) -> Field | None:
     """The schema field a dataset path (no leading slash) belongs to, or None when unknown."""
-    for field, rx in _FIELD_RES:
+    for field, rx in _schema().field_res:
         if rx.match(key):
             return field
     return None
 
 
 def _allowed_keys_text() -> str:
-    return ", ".join(f.template for f in SCHEMA)
+    return ", ".join(f.template for f in schema())
 
 
 def _norm_key(key: str) -> str:
@@ -310,14 +300,15 @@ def _storage_options(field: Field, arr: np.ndarray) -> dict[str, Any]:
 def _encode_attrs(attrs: Mapping[str, Any]) -> dict[str, Any]:
     """Root attributes as stored: JSON kinds as text, ints as int64, plus schema_version."""
     names = set(attrs)
+    optional = _schema().optional_attrs
     required = set(ROOT_ATTRS) - {"schema_version"}
-    kinds = {**ROOT_ATTRS, **OPTIONAL_ROOT_ATTRS}
+    kinds = {**ROOT_ATTRS, **optional}
     if "schema_version" in names:
         raise ResultsError("attrs: schema_version is set by store, do not pass it")
     if names - set(kinds) or required - names:
         raise ResultsError(
             f"attrs: missing {sorted(required - names)}, unknown {sorted(names - set(kinds))}; "
-            f"expected exactly {sorted(required)} (optional: {sorted(OPTIONAL_ROOT_ATTRS)})"
+            f"expected exactly {sorted(required)} (optional: {sorted(optional)})"
         )
     out: dict[str, Any] = {"schema_version": np.int64(SCHEMA_VERSION)}
     for name in sorted(names):
@@ -413,6 +404,7 @@ def _parse_json_object(text: Any, where: str) -> dict[str, Any]:
 def _decode_attrs(fh: h5py.File, label: str) -> dict[str, Any]:
     """Root attributes checked against ROOT_ATTRS and decoded (JSON text -> dict, ints -> int)."""
     raw = dict(fh.attrs)
+    optional = _schema().optional_attrs
     if "schema_version" not in raw:
         raise ResultsError(f"{label}: no schema_version attribute on the root (not a cnnstress results file)")
     version = raw["schema_version"]
@@ -423,12 +415,12 @@ def _decode_attrs(fh: h5py.File, label: str) -> dict[str, Any]:
     if int(version) != SCHEMA_VERSION:
         raise ResultsError(f"{label}: schema_version {int(version)} is not supported (this code reads {SCHEMA_VERSION})")
     missing = sorted(set(ROOT_ATTRS) - set(raw))
-    unknown = sorted(set(raw) - set(ROOT_ATTRS) - set(OPTIONAL_ROOT_ATTRS))
+    unknown = sorted(set(raw) - set(ROOT_ATTRS) - set(optional))
     if missing or unknown:
         raise ResultsError(f"{label}: root attributes missing {missing}, unknown {unknown}; expected {sorted(ROOT_ATTRS)} "
-                           f"(optional: {sorted(OPTIONAL_ROOT_ATTRS)})")
+                           f"(optional: {sorted(optional)})")
     out: dict[str, Any] = {}
-    kinds = {**ROOT_ATTRS, **{k: v for k, v in OPTIONAL_ROOT_ATTRS.items() if k in raw}}
+    kinds = {**ROOT_ATTRS, **{k: v for k, v in optional.items() if k in raw}}
     for name, kind in kinds.items():
         value = raw[name]
         if isinstance(value, np.ndarray) and value.shape == ():
@@ -518,23 +510,24 @@ def _validate_open(fh: h5py.File, label: str) -> dict[str, Any]:
 
     matched: list[tuple[int, str, Field]] = []
     for key in datasets:
-        for order, (field, rx) in enumerate(_FIELD_RES):
+        for order, (field, rx) in enumerate(_schema().field_res):
             if rx.match(key):
                 matched.append((order, key, field))
                 break
         else:
             raise ResultsError(f"{label}: {key}: unknown dataset path; allowed: {_allowed_keys_text()}")
     for group in groups:  # datasets first: a typo is then reported with the dataset's full path
-        if not any(rx.match(group) for rx in _GROUP_RES):
+        if not any(rx.match(group) for rx in _schema().group_res):
             raise ResultsError(f"{label}: {group}: unknown group; allowed datasets: {_allowed_keys_text()}")
     matched.sort()  # required fields first, so sizes are bound by them and offenders named
 
     present = {key for _, key, _ in matched}
-    for field in SCHEMA:
+    rows = schema()
+    for field in rows:
         if field.required and field.template not in present:
             raise ResultsError(f"{label}: required dataset {field.template} is missing")
-    for bundle in sorted({f.bundle for f in SCHEMA if f.bundle}):
-        members = [f.template for f in SCHEMA if f.bundle == bundle]
+    for bundle in sorted({f.bundle for f in rows if f.bundle}):
+        members = [f.template for f in rows if f.bundle == bundle]
         have = [m for m in members if m in present]
         if have and len(have) != len(members):
             missing = [m for m in members if m not in present]
