@@ -42,22 +42,22 @@ class AdversarialProbe(Probe):
                                 "samples": stress["adversarial_samples"]}}
 
     def measure(self, pred, data, spec, log):
+        """PGD (attacks.sweep) on a fixed sample of test images, every norm and radius of the grid."""
         import time
 
         import numpy as np
         import torch
 
         from .. import attacks, store
+        from ..engine import fixed_positions
 
         adv, st, test = spec.stress.adversarial, spec.stress, data.test
-        pos = attacks.attack_positions(len(test), adv["samples"], st.corruption_seed)
+        pos = fixed_positions(len(test), adv["samples"], st.corruption_seed)
         tpos = torch.from_numpy(pos).to(test.x.device)
         norms = {norm: adv[norm] for norm in attacks.NORMS if adv.get(norm)}
         t0 = time.time()
-        found = attacks.attack_sweep(pred.model, test.x[tpos], test.y[tpos], pred.mean, pred.std, pred.precision,
-                                     norms=norms, seed=st.corruption_seed, steps=adv["steps"],
-                                     batch_size=min(spec.train.eval_batch_size, 256),
-                                     channels_last=pred.channels_last)
+        found = attacks.sweep(pred, test.x[tpos], test.y[tpos], norms=norms, seed=st.corruption_seed,
+                              steps=adv["steps"], batch_size=min(spec.train.eval_batch_size, 256))
         out = {"adversarial/positions": pos.astype(np.int32)}
         labels = test.y[tpos]
         for (norm, eps), logits in found.items():

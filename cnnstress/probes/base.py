@@ -75,14 +75,13 @@ class Probe:
 
 @dataclass
 class MeasureData:
-    """What a probe may use besides the model: the run's splits on the device and what every run
-    measures anyway (the test set's predictions and Grad-CAM maps)."""
+    """What a probe may use besides the model (``pred``, an engine.Predictor): the run's splits on
+    the device and what every run measures anyway (the test set's predictions and Grad-CAM maps)."""
 
-    splits: Any  # data.Splits: indices and labels
-    train: Any  # engine.DeviceData
+    splits: Any  # data.Splits: official indices and labels
+    train: Any  # engine.DeviceData (uint8 images and labels on the device)
     val: Any
     test: Any
-    device: Any  # torch.device
     preds: Any  # (N,) predicted classes of the test set
     cam_pred: Any  # (N, h, w) Grad-CAM of the predicted classes
     #: root attributes of results.h5 a probe records (declared in its ``root_attrs``)

@@ -57,10 +57,7 @@ class CorruptionsProbe(Probe):
     def measure(self, pred, data, spec, log):
         import torch
 
-        from ..corrupt import corrupt, corrupt_seed
-        from ..engine import predict
-
-        st, test = spec.stress, data.test
+        st = spec.stress
         official = st.source == "official"
         if official:
             from .. import cifar_c  # numpy only
@@ -73,21 +70,28 @@ class CorruptionsProbe(Probe):
                     # the published file's images of this severity, in the order of the stored test positions
                     images = cifar_c.load_corruption(spec.dataset.name, spec.paths.data_root, name, sev,
                                                      test_labels=official_labels)[data.splits.test.index]
-                    clog, _ = predict(pred.model, torch.from_numpy(images).to(test.x.device), pred.mean, pred.std,
-                                      pred.precision, STRESS_BATCH, pred.channels_last)
+                    clog, _ = pred.predict(torch.from_numpy(images).to(data.test.x.device), STRESS_BATCH)
                 else:
-                    def transform(x01, b, name=name, sev=sev):
-                        g = torch.Generator(device=x01.device)
-                        g.manual_seed(corrupt_seed(st.corruption_seed, name, sev, b))
-                        return corrupt(x01, name, sev, g)
-
-                    clog, _ = predict(pred.model, test.x, pred.mean, pred.std, pred.precision, STRESS_BATCH,
-                                      pred.channels_last, transform=transform)
+                    clog = _generated_corruption(pred, data.test, st.corruption_seed, name, sev)
                 out[f"stress/{name}/{sev}/logits"] = clog.cpu().numpy()
         where = (f"the official {cifar_c.official_set(spec.dataset.name).folder} files" if official
                  else "generated on the device")
         log(f"evaluated {len(st.corruptions)} corruptions x {len(st.severities)} severities ({where})")
         return out
+
+
+def _generated_corruption(pred: Any, test: Any, seed: int, name: str, sev: int) -> Any:
+    """Logits on the test split corrupted batch by batch, each batch from its own seed (corrupt_seed)."""
+    import torch
+
+    from ..corrupt import corrupt, corrupt_seed
+
+    def transform(x01: torch.Tensor, b: int) -> torch.Tensor:
+        g = torch.Generator(device=x01.device)
+        g.manual_seed(corrupt_seed(seed, name, sev, b))
+        return corrupt(x01, name, sev, g)
+
+    return pred.predict(test.x, STRESS_BATCH, transform=transform)[0]
 
 
 def _generated(v: Any, value: Any) -> list[str]:

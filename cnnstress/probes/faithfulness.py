@@ -25,24 +25,21 @@ class FaithfulnessProbe(Probe):
         return {"faithfulness_samples": stress["faithfulness_samples"]}
 
     def measure(self, pred, data, spec, log):
+        """Deletion and insertion curves of the predicted class's Grad-CAM maps and of random maps."""
         import numpy as np
         import torch
 
-        from ..engine import deletion_insertion
+        from ..engine import fixed_positions
 
-        st, test = spec.stress, data.test
-        bs = spec.train.eval_batch_size
-        m = min(st.faithfulness_samples, len(test))
-        pos = np.sort(np.random.default_rng(st.corruption_seed).permutation(len(test))[:m])
+        st, test, bs = spec.stress, data.test, spec.train.eval_batch_size
+        pos = fixed_positions(len(test), st.faithfulness_samples, st.corruption_seed)
         tpos = torch.from_numpy(pos).to(test.x.device)
         g = torch.Generator(device=test.x.device)
         g.manual_seed(st.corruption_seed)
         random_maps = torch.rand(data.cam_pred[tpos].shape, generator=g, device=test.x.device)
         out = {}
         for label, maps in (("gradcam", data.cam_pred[tpos]), ("random", random_maps)):
-            dele, ins = deletion_insertion(pred.model, test.x[tpos], maps, data.preds[tpos], pred.mean, pred.std,
-                                           pred.precision, FAITHFULNESS_STEPS, pred.channels_last,
-                                           batch_size=min(bs, 256))
+            dele, ins = pred.deletion_insertion(test.x[tpos], maps, data.preds[tpos], FAITHFULNESS_STEPS, min(bs, 256))
             out[f"faithfulness/deletion_{label}"] = dele.cpu().numpy()
             out[f"faithfulness/insertion_{label}"] = ins.cpu().numpy()
         out["faithfulness/positions"] = pos.astype(np.float32)

@@ -26,18 +26,17 @@ class NeighboursProbe(Probe):
         return {"train_embedding_samples": stress["train_embedding_samples"]}
 
     def measure(self, pred, data, spec, log):
-        import numpy as np
+        """Embeddings of a fixed training subset: the same images for every run of the sweep (drawn
+        with the split seed)."""
         import torch
 
-        from ..engine import predict
+        from ..engine import fixed_positions
 
-        train = data.train
-        # the same training images for every run of the sweep (drawn with the split seed)
-        n = min(spec.stress.train_embedding_samples, len(train))
-        pos = np.sort(np.random.default_rng(spec.train.split_seed).permutation(len(train))[:n])
-        _, temb = predict(pred.model, train.x, pred.mean, pred.std, pred.precision, spec.train.eval_batch_size,
-                          pred.channels_last, index=torch.from_numpy(pos).to(train.x.device), with_embedding=True)
-        return {"train_subset/index": data.splits.train.index[pos], "train_subset/label": data.splits.train.y[pos],
+        train, split = data.train, data.splits.train
+        pos = fixed_positions(len(train), spec.stress.train_embedding_samples, spec.train.split_seed)
+        _, temb = pred.predict(train.x, spec.train.eval_batch_size, index=torch.from_numpy(pos).to(train.x.device),
+                               with_embedding=True)
+        return {"train_subset/index": split.index[pos], "train_subset/label": split.y[pos],
                 "train_subset/embedding": temb.cpu().numpy()}
 
 

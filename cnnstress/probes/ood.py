@@ -50,10 +50,11 @@ class OodProbe(Probe):
         return {"ood": {"sets": [n for n in offered if n in sets], "samples": stress["ood_samples"]}}
 
     def measure(self, pred, data, spec, log):
+        """Logits on every out-of-distribution set of the grid; what each set is goes in the root
+        attribute ``ood_sets``."""
         import torch
 
         from .. import oodsets, store
-        from ..engine import predict
 
         out = {}
         described: dict[str, Any] = {}
@@ -61,8 +62,7 @@ class OodProbe(Probe):
         for name in names:
             x, attrs = oodsets.load_ood_set(name, spec.dataset.name, spec.paths.data_root, spec.stress.ood["samples"],
                                             spec.stress.corruption_seed)
-            logits, _ = predict(pred.model, torch.from_numpy(x).to(data.device), pred.mean, pred.std, pred.precision,
-                                spec.train.eval_batch_size, pred.channels_last)
+            logits, _ = pred.predict(torch.from_numpy(x).to(pred.device), spec.train.eval_batch_size)
             out[store.ood_key(name)] = logits.float().cpu().numpy()
             described[name] = {k: v for k, v in attrs.items() if isinstance(v, (str, int, float, bool))}
         log(f"scored {len(out)} out-of-distribution sets: {', '.join(names)}")

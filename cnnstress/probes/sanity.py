@@ -23,20 +23,20 @@ class SanityProbe(Probe):
     section = "sanity"
 
     def measure(self, pred, data, spec, log):
+        """Grad-CAM after cascading re-initialisation (randomize.cascading_randomization), for the
+        trained model's predicted classes on a fixed sample of test images."""
         import numpy as np
         import torch
 
         from .. import randomize, store
+        from ..engine import fixed_positions
 
         st, test = spec.stress, data.test
-        # the same positions for every run of a sweep ([stress].seed)
-        pos = np.sort(np.random.default_rng(st.corruption_seed).permutation(len(test))[:min(st.sanity["samples"], len(test))])
+        pos = fixed_positions(len(test), st.sanity["samples"], st.corruption_seed)
         tpos = torch.from_numpy(pos).to(test.x.device)
         g = torch.Generator().manual_seed(st.corruption_seed)
-        steps = randomize.cascading_randomization(pred.model, spec.gradcam_layer, test.x[tpos], data.preds[tpos],
-                                                  pred.mean, pred.std, generator=g,
-                                                  batch_size=min(spec.train.eval_batch_size, 256),
-                                                  channels_last=pred.channels_last)
+        steps = randomize.cascading_randomization(pred, spec.gradcam_layer, test.x[tpos], data.preds[tpos], generator=g,
+                                                  batch_size=min(spec.train.eval_batch_size, 256))
         out = {"sanity/positions": pos.astype(np.int32)}
         for i, (name, maps) in enumerate(steps):
             out[store.sanity_key(i, name)] = maps

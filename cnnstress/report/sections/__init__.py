@@ -110,8 +110,43 @@ SECTIONS: list[Section] = [load(name) for name in MODULES]
 dependency_order(SECTIONS)  # checked now: a broken ``depends`` fails the import, not a gather
 
 
+#: Sections brought by stress tests (``Probe.report_section``) whose section is not a module here:
+#: registered probe -> its section, as placed in SECTIONS.
+_from_probes: dict[object, Section] = {}
+_synced: tuple[object, ...] | None = None
+
+
+def sync_probe_sections() -> None:
+    """Place the section of every registered stress test (cnnstress/probes/) that brings its own
+    before the last section ("files"), and take out those of stress tests no longer registered, so
+    that registering a stress test is all it takes for its section to be on the page. Raises
+    SectionRegistryError for a stress test that names a section nobody registers."""
+    global _synced
+    from ... import probes  # torch-free: the stress tests' declarations
+
+    registered = probes.registered()
+    if registered == _synced:
+        return
+    for probe in [p for p in _from_probes if p not in registered]:
+        SECTIONS.remove(_from_probes.pop(probe))
+    for probe in registered:
+        if not probe.section or probe in _from_probes or any(s.id == probe.section for s in SECTIONS):
+            continue
+        section = probe.report_section()
+        if section is None or section.id != probe.section:
+            raise SectionRegistryError(f"stress test {probe.name!r} names the report section {probe.section!r}, which is "
+                                       "neither a module of cnnstress/report/sections/ listed in MODULES nor what its "
+                                       "report_section() returns")
+        _from_probes[probe] = section
+        SECTIONS.insert(len(SECTIONS) - 1, section)
+    dependency_order(SECTIONS)
+    _synced = registered
+
+
 def compute_order() -> list[Section]:
-    """The registered sections in the order gather runs them (see ``dependency_order``)."""
+    """The registered sections in the order gather runs them (see ``dependency_order``), the
+    stress tests' own sections included (``sync_probe_sections``)."""
+    sync_probe_sections()
     return dependency_order(SECTIONS)
 
 
@@ -121,4 +156,4 @@ def planner() -> Section | None:
 
 
 __all__ = ["MODULES", "SECTIONS", "FigureSpec", "GatherContext", "RunContext", "RunRecord", "Section",
-           "SectionRegistryError", "compute_order", "dependency_order", "load", "planner"]
+           "SectionRegistryError", "compute_order", "dependency_order", "load", "planner", "sync_probe_sections"]
