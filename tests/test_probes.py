@@ -1,0 +1,199 @@
+"""Stress tests are plugins: a new one is one module plus one registry line. Its grid keys are
+validated like every key, an off one changes no run id, the worker writes its arrays into
+results.h5 (checked by store against its rows) and its section is on the report page."""
+
+from __future__ import annotations
+
+import io
+import json
+import pkgutil
+import textwrap
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+from rich.console import Console
+
+from cnnstress import gather, probes, store
+from cnnstress.grid import GridError, load_grid
+from cnnstress.report import sections
+
+from conftest import REPO, loaded_by, tiny_grid_text
+
+# What a stress test's author writes: one module (here into a package of its own, outside cnnstress).
+TOY_MODULE = '''
+"""Top-2 logit margin on the first test images: a toy stress test."""
+
+from cnnstress.catalog import Param
+from cnnstress.layout import Field
+from cnnstress.probes.base import Probe
+
+
+class ToyProbe(Probe):
+    name = "toy"
+    keys = {
+        "toy": Param(False, doc="measure the top-2 logit margin"),
+        "toy_samples": Param(8, 1, 64, doc="test images measured"),
+    }
+    fields = {"toy": {}}  # {"samples": n} while on; {} = off, left out of a run's identity
+    rows = (
+        Field("toy/positions", "int32", ("Y",), check="positions", doc="rows of /test measured"),
+        Field("toy/margin", "float32", ("Y",), doc="top-1 minus top-2 logit"),
+    )
+    section = "toy"
+
+    def measure(self, pred, data, spec, log):
+        import numpy as np
+
+        n = min(spec.stress.toy["samples"], len(data.test))
+        logits, _ = pred.predict(data.test.x[:n], n)
+        top = logits.topk(2, dim=1).values
+        log(f"toy margin on {n} test images")
+        return {"toy/positions": np.arange(n, dtype=np.int32), "toy/margin": (top[:, 0] - top[:, 1]).cpu().numpy()}
+
+    def report_section(self):
+        from cnnstress.report.markup import num, para, table
+        from cnnstress.report.sections.base import Section
+
+        class ToySection(Section):
+            id = "toy"
+            title = "Toy margin"
+            requires = ("toy/margin",)
+            run_keys = ("toy_margin",)
+
+            def reduce(self, res, run):
+                return float(res.read("toy/margin").mean())
+
+            def aggregate(self, cell, parts, ctx):
+                return {"mean": sum(parts) / len(parts)} if parts else None
+
+            def run_fields(self, run, part):
+                return {"toy_margin": part}
+
+            def html(self, report, figs):
+                rows = [[c.label, num(c.parts[self.id]["mean"])] for c in report.cells if c.parts.get(self.id)]
+                return para("Mean top-2 logit margin.") + table(("variant", "margin"), rows)
+
+        return ToySection()
+
+
+PROBE = ToyProbe()
+'''
+
+
+@pytest.fixture
+def toy(tmp_path, monkeypatch):
+    """Registers the toy stress test the way a user does: its module, and one line in the registry
+    (here added to probes.MODULES for the length of the test)."""
+    pkg = tmp_path / "user's \"probes\"" / "toyprobes"
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "margin.py").write_text(TOY_MODULE)
+    monkeypatch.syspath_prepend(str(pkg.parent))
+    monkeypatch.setattr(probes, "MODULES", (*probes.MODULES, "toyprobes.margin"))
+    yield probes.registered()[-1]
+    monkeypatch.undo()
+    sections.sync_probe_sections()  # its section leaves the page with it
+
+
+def _grid(tmp: Path, extra: str = "") -> Path:
+    tmp.mkdir(parents=True, exist_ok=True)
+    path = tmp / "toy grid.toml"
+    path.write_text(tiny_grid_text(name="toy", epochs=1, extra=extra))
+    return path
+
+
+def _load(path: Path, tmp: Path):
+    return load_grid(path, out_root=tmp / "out dir", data_root=REPO / "scratch" / "test-data")
+
+
+def test_the_builtin_stress_tests_are_registered_once_and_load_no_torch() -> None:
+    modules = {m.name for m in pkgutil.iter_modules(probes.__path__)} - {"base"}
+    assert modules == set(probes.MODULES) and len(probes.MODULES) == len(set(probes.MODULES))
+    ids = {s.id for s in sections.SECTIONS}
+    assert all(p.section in ids for p in probes.registered())  # each names a section of the page
+    assert loaded_by("cnnstress.probes, " + ", ".join(f"cnnstress.probes.{m}" for m in modules)) == []
+    # the composed schema holds every stress test's rows, the catch-all rows last
+    templates = [f.template for f in store.SCHEMA]
+    for p in probes.registered():
+        assert all(r.template in templates for r in p.rows)
+    assert templates[-2:] == ["faithfulness/<name>", "shortcut/<name>"]
+
+
+def test_a_toy_stress_tests_keys_are_validated_and_off_it_changes_no_run_id(toy, tmp_path) -> None:
+    grid = _grid(tmp_path)
+    with_toy = _load(grid, tmp_path)
+    assert with_toy.runs[0].stress.toy == {}
+    bad = _grid(tmp_path / "bad", 'toy_samples = 999')
+    with pytest.raises(GridError) as err:
+        _load(bad, tmp_path)
+    msg = str(err.value)
+    assert "\n" not in msg and msg.endswith("[stress].toy_samples: 999 is out of range; allowed: int in [1, 64]"), msg
+    on = _load(_grid(tmp_path / "on", "toy = true\ntoy_samples = 4"), tmp_path).runs[0]
+    assert on.stress.toy == {"samples": 4} and on.identity()["stress"]["toy"] == {"samples": 4}
+    assert on.run_id != with_toy.runs[0].run_id  # turned on, it is another measurement
+
+
+def test_an_off_stress_test_leaves_run_ids_as_they_were(tmp_path, monkeypatch) -> None:
+    grid = _grid(tmp_path)
+    before = [r.run_id for r in _load(grid, tmp_path).runs]
+    pkg = tmp_path / "pkg"
+    (pkg / "toyprobes").mkdir(parents=True)
+    (pkg / "toyprobes" / "__init__.py").write_text("")
+    (pkg / "toyprobes" / "margin.py").write_text(TOY_MODULE)
+    monkeypatch.syspath_prepend(str(pkg))
+    with pytest.raises(GridError, match=r"\[stress\]\.toy: unknown key"):
+        _load(_grid(tmp_path / "early", "toy = true"), tmp_path)  # not registered yet
+    monkeypatch.setattr(probes, "MODULES", (*probes.MODULES, "toyprobes.margin"))
+    runs = _load(grid, tmp_path).runs
+    assert [r.run_id for r in runs] == before
+    assert "toy" not in runs[0].identity()["stress"] and runs[0].stress.toy == {}
+
+
+@pytest.mark.slow
+def test_a_toy_stress_test_is_measured_stored_and_reported(toy, tmp_path) -> None:
+    from cnnstress.worker import run, run_dir_for
+
+    grid = _load(_grid(tmp_path, "toy = true\ntoy_samples = 6"), tmp_path)
+    spec = grid.runs[0]
+    assert run(spec, echo=False)["status"] == "done"
+    path = run_dir_for(spec) / "results.h5"
+    store.validate_results(path)  # its rows are part of the schema
+    assert store.field_for("toy/margin").doc == "top-1 minus top-2 logit"
+    with h5py.File(path, "r") as f:
+        margin = f["toy/margin"][:]
+        assert f["toy/positions"][:].tolist() == list(range(6)) and margin.dtype == np.float32
+        assert (margin >= 0).all()
+        logits = f["test/logits"][:6]
+    top = np.sort(logits, axis=1)
+    np.testing.assert_allclose(margin, top[:, -1] - top[:, -2], rtol=1e-5, atol=1e-5)  # the final model's
+    assert "toy margin on 6 test images" in (run_dir_for(spec) / "log.txt").read_text()
+
+    # the store checks its arrays like any other: a NaN in one is refused, naming the dataset
+    with pytest.raises(store.ResultsError, match="toy/margin"):
+        store.publish_results(tmp_path, {**_arrays(path), "toy/margin": np.full(6, np.nan, np.float32)},
+                              _attrs(path))
+
+    for r in grid.runs[1:]:
+        run(r, echo=False)
+    sweep = Path(spec.paths.out_root) / spec.sweep
+    index = gather.gather(sweep, grid=grid, console=Console(file=io.StringIO(), width=200), figures=False)
+    page = index.read_text(encoding="utf-8")
+    assert '<a href="#toy">Toy margin</a>' in page
+    body = page.split('<section id="toy">', 1)[1].split("</section>", 1)[0]
+    assert "<h2>Toy margin</h2>" in body and "Mean top-2 logit margin." in body
+    summary = json.loads((index.parent / "summary.json").read_text())
+    row = next(r for r in summary["runs"] if r["run_id"] == spec.run_id)
+    assert row["toy_margin"] == pytest.approx(float(margin.mean()), rel=1e-6)
+
+
+def _arrays(path: Path) -> dict[str, np.ndarray]:
+    with store.open_results(path) as r:
+        return {k: r.read(k) for k in r.keys()}
+
+
+def _attrs(path: Path) -> dict:
+    with h5py.File(path, "r") as f:
+        out = {k: f.attrs[k] for k in f.attrs if k != "schema_version"}
+    return {k: (v.item() if isinstance(v, np.generic) else v) for k, v in out.items()}
