@@ -9,6 +9,7 @@ per-epoch history keys of results.h5. Torch-free and h5py-free, so every side ma
       sbatch/    manifest-<sha>.jsonl  setup-<sha>.sh         (the sbatch fallback's launch files)
       slurm-logs/  <array>_<task>.out  gather-<job>.out     (the sbatch fallback's logs)
       submitit/  slurm-<time>-<pid>/  local-<time>-<pid>/   (submitit's folders, one per launch)
+      tensorboard/<variant>/<seed, grid values>/             ([report].tensorboard)
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ REPORT_DIR = "report"
 SBATCH_DIR = "sbatch"  # the sbatch fallback's per-launch manifest and setup files (content-named, read-only)
 SLURM_LOGS_DIR = "slurm-logs"  # the sbatch fallback's job logs (Slurm does not create the folder)
 SUBMITIT_DIR = "submitit"  # submitit's own folders, one per launch
+TENSORBOARD_DIR = "tensorboard"  # TensorBoard event files, one folder per run ([report].tensorboard)
 
 
 def sbatch_manifest_name(sha256: str) -> str:
