@@ -979,6 +979,19 @@ def test_a_queueing_backend_goes_the_launchers_one_way(tmp_path, monkeypatch, ca
     assert queue.waited == 1 and set(queue.queued.values()) == {end_state}
 
 
+def test_sbatch_wait_follows_the_handle_then_shows_every_run_and_misses_the_report(tmp_path, fake_slurm, capsys):
+    """--wait on a real backend's handle: squeue no longer lists the jobs and no run wrote a result,
+    so every run reads as failed, the status table says so and the gather job's report is missing."""
+    out = tmp_path / "o u t's"
+    path = _grid(tmp_path, seeds="[1, 2]")  # 2 variants x 2 seeds
+    assert main(["--grid", str(path), "--cluster", "sbatch", "--out", str(out), "--wait"]) == 1
+    printed = capsys.readouterr()
+    launch = slurmctl.read_launches(out / "tiny")[0]
+    assert printed.out.count("ended (gone from squeue)") == 4 and "failed: 4" in printed.out, printed.out
+    assert f"the gather job {launch.gather} did not write" in printed.out.replace("\n", "")
+    assert "follow with" not in printed.out and printed.err == ""
+
+
 def test_every_backend_returns_the_one_handle_in_the_one_vocabulary(tmp_path, fake_slurm, monkeypatch):
     """debug and local run their runs before submit returns (here: already finished, so skipped);
     slurm and sbatch queue them. Every submit returns a base.Handle whose states() are states.py's."""
