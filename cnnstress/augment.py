@@ -22,7 +22,7 @@ only normalised (:func:`normalize`); the engine applies ``BatchAugment`` to trai
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
@@ -329,6 +329,40 @@ def _mix_targets(t: Tensor, perm: Tensor, lam: Tensor) -> Tensor:
 # --------------------------------------------------------------------------------------------------
 
 
+# What a step works on. A step of a later stage runs after every step of an earlier one (the batch
+# moves on between them), so the catalogue must list the steps by stage: checked below.
+_UINT8, _UNIT, _NORMALIZED = 0, 1, 2
+
+
+@dataclass
+class _Batch:
+    """One batch on its way through :class:`BatchAugment`: the images at their ``stage`` (uint8,
+    floats in [0, 1], normalised), the soft targets, and the crop and flip drawn but not yet applied
+    (both are one gather when the batch leaves the uint8 stage)."""
+
+    x: Tensor
+    t: Tensor
+    stage: int = _UINT8
+    padding: int = 0
+    top: Tensor | None = None
+    left: Tensor | None = None
+    flip: Tensor | None = None
+
+    def advance(self, stage: int, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
+        """Move the images on to ``stage``: the pending crop/flip and /255, then normalisation."""
+        if self.stage < _UNIT <= stage:
+            if self.top is not None or self.flip is not None:
+                b, device = self.x.shape[0], self.x.device
+                zero = torch.zeros(b, dtype=torch.int64, device=device)
+                no_flip = torch.zeros(b, dtype=torch.bool, device=device) if self.flip is None else self.flip
+                self.x = crop_flip(self.x, self.padding, zero if self.top is None else self.top,
+                                   zero if self.left is None else self.left, no_flip)
+            self.x = self.x.to(torch.float32) / 255.0
+        if self.stage < _NORMALIZED <= stage:
+            self.x = _normalize_float(self.x, mean, std)
+        self.stage = max(self.stage, stage)
+
+
 class BatchAugment:
     """Augment, normalise and soft-label one training batch; see the module docstring."""
 
@@ -383,47 +417,34 @@ class BatchAugment:
         if y.shape != (x_uint8.shape[0],) or y.dtype != torch.int64:
             raise ValueError(f"expected int64 labels of shape ({x_uint8.shape[0]},), got {y.dtype} {tuple(y.shape)}")
         _check_generator(generator, x_uint8.device)
-        g, p = generator, self.params
-        x = self._crop_flip(x_uint8, g).to(torch.float32) / 255.0
-        if "rotation" in p:
-            x = self._rotation(x, g)
-        if "color_jitter" in p:
-            x = self._color_jitter(x, g)
-        x = _normalize_float(x, self.mean, self.std)
-        if "cutout" in p:
-            x = x.masked_fill(self._cutout_mask(x, g).unsqueeze(1), 0.0)
-        if "random_erasing" in p:
-            x = x.masked_fill(self._erasing_mask(x, g).unsqueeze(1), 0.0)
-        t = soft_targets(y, self.num_classes, self.label_smoothing)
-        if "cutmix" in p:
-            x, t = self._cutmix(x, t, g)
-        if "mixup" in p:
-            x, t = self._mixup(x, t, g)
-        return x.contiguous(memory_format=self.memory_format), t
+        batch = _Batch(x_uint8, soft_targets(y, self.num_classes, self.label_smoothing))
+        for name in self.names:  # the catalogue's order
+            stage, step = _STEPS[name]
+            batch.advance(stage, self.mean, self.std)
+            step(self, batch, generator)
+        batch.advance(_NORMALIZED, self.mean, self.std)
+        return batch.x.contiguous(memory_format=self.memory_format), batch.t
 
     # each step draws its randomness from g in a fixed order, then applies a pure function
 
-    def _crop_flip(self, x: Tensor, g: torch.Generator) -> Tensor:
-        if "crop" not in self.params and "flip" not in self.params:
-            return x
-        b, device = x.shape[0], x.device
-        padding = int(self.params["crop"]["padding"]) if "crop" in self.params else 0
-        if "crop" in self.params:
-            top = torch.randint(0, 2 * padding + 1, (b,), generator=g, device=device)
-            left = torch.randint(0, 2 * padding + 1, (b,), generator=g, device=device)
-        else:
-            top = left = torch.zeros(b, dtype=torch.int64, device=device)
-        if "flip" in self.params:
-            flip = torch.rand(b, generator=g, device=device) < self.params["flip"]["p"]
-        else:
-            flip = torch.zeros(b, dtype=torch.bool, device=device)
-        return crop_flip(x, padding, top, left, flip)
+    def _crop(self, batch: _Batch, g: torch.Generator) -> None:
+        b, device, padding = batch.x.shape[0], batch.x.device, int(self.params["crop"]["padding"])
+        batch.padding = padding
+        batch.top = torch.randint(0, 2 * padding + 1, (b,), generator=g, device=device)
+        left = torch.randint(0, 2 * padding + 1, (b,), generator=g, device=device)
+        # after a flip: the window at `left` of the mirrored image is the mirrored window at 2p - left
+        batch.left = left if batch.flip is None else torch.where(batch.flip, 2 * padding - left, left)
 
-    def _rotation(self, x: Tensor, g: torch.Generator) -> Tensor:
-        deg = float(self.params["rotation"]["degrees"])
-        return rotate(x, _uniform((x.shape[0],), -deg, deg, g, x.device))
+    def _flip(self, batch: _Batch, g: torch.Generator) -> None:
+        b, device = batch.x.shape[0], batch.x.device
+        batch.flip = torch.rand(b, generator=g, device=device) < self.params["flip"]["p"]
 
-    def _color_jitter(self, x: Tensor, g: torch.Generator) -> Tensor:
+    def _rotation(self, batch: _Batch, g: torch.Generator) -> None:
+        x, deg = batch.x, float(self.params["rotation"]["degrees"])
+        batch.x = rotate(x, _uniform((x.shape[0],), -deg, deg, g, x.device))
+
+    def _color_jitter(self, batch: _Batch, g: torch.Generator) -> None:
+        x = batch.x
         p, b, device = self.params["color_jitter"], x.shape[0], x.device
 
         def factor(amount: float) -> Tensor | None:
@@ -432,7 +453,13 @@ class BatchAugment:
 
         brightness, contrast, saturation = factor(p["brightness"]), factor(p["contrast"]), factor(p["saturation"])
         hue = _uniform((b,), -p["hue"], p["hue"], g, device) if p["hue"] > 0 else None
-        return color_jitter(x, brightness, contrast, saturation, hue)
+        batch.x = color_jitter(x, brightness, contrast, saturation, hue)
+
+    def _cutout(self, batch: _Batch, g: torch.Generator) -> None:
+        batch.x = batch.x.masked_fill(self._cutout_mask(batch.x, g).unsqueeze(1), 0.0)
+
+    def _random_erasing(self, batch: _Batch, g: torch.Generator) -> None:
+        batch.x = batch.x.masked_fill(self._erasing_mask(batch.x, g).unsqueeze(1), 0.0)
 
     def _cutout_mask(self, x: Tensor, g: torch.Generator) -> Tensor:
         b, _, h, w = x.shape
@@ -459,7 +486,8 @@ class BatchAugment:
         apply = (torch.rand(b, generator=g, device=device) < p["p"]) & fits.any(dim=1)
         return box_mask(top, left, top + bh, left + bw, h, w) & apply[:, None, None]
 
-    def _cutmix(self, x: Tensor, t: Tensor, g: torch.Generator) -> tuple[Tensor, Tensor]:
+    def _cutmix(self, batch: _Batch, g: torch.Generator) -> None:
+        x, t = batch.x, batch.t
         b, _, h, w = x.shape
         device, p = x.device, self.params["cutmix"]
         perm = torch.randperm(b, generator=g, device=device)
@@ -472,18 +500,37 @@ class BatchAugment:
         mask = _centred_box(cy, cx, cut_h, cut_w, h, w) & apply[:, None, None]
         # lambda from the box actually pasted (after clipping at the border)
         lam_eff = 1.0 - mask.sum(dim=(1, 2)).to(torch.float32) / (h * w)
-        x = torch.where(mask.unsqueeze(1), x[perm], x)
-        return x, _mix_targets(t, perm, lam_eff)
+        batch.x = torch.where(mask.unsqueeze(1), x[perm], x)
+        batch.t = _mix_targets(t, perm, lam_eff)
 
-    def _mixup(self, x: Tensor, t: Tensor, g: torch.Generator) -> tuple[Tensor, Tensor]:
+    def _mixup(self, batch: _Batch, g: torch.Generator) -> None:
+        x, t = batch.x, batch.t
         b, device, p = x.shape[0], x.device, self.params["mixup"]
         perm = torch.randperm(b, generator=g, device=device)
         lam = sample_beta(float(p["alpha"]), b, g, device)
         apply = torch.rand(b, generator=g, device=device) < p["p"]
         lam = torch.where(apply, lam, torch.ones_like(lam))
         lam_x = lam.view(-1, 1, 1, 1)
-        x = lam_x * x + (1.0 - lam_x) * x[perm]
-        return x, _mix_targets(t, perm, lam)
+        batch.x = lam_x * x + (1.0 - lam_x) * x[perm]
+        batch.t = _mix_targets(t, perm, lam)
+
+
+# name -> (stage, step); __call__ runs the selected steps in the catalogue's order
+_STEPS: dict[str, tuple[int, Callable[[BatchAugment, _Batch, torch.Generator], None]]] = {
+    "crop": (_UINT8, BatchAugment._crop),
+    "flip": (_UINT8, BatchAugment._flip),
+    "rotation": (_UNIT, BatchAugment._rotation),
+    "color_jitter": (_UNIT, BatchAugment._color_jitter),
+    "cutout": (_NORMALIZED, BatchAugment._cutout),
+    "random_erasing": (_NORMALIZED, BatchAugment._random_erasing),
+    "cutmix": (_NORMALIZED, BatchAugment._cutmix),
+    "mixup": (_NORMALIZED, BatchAugment._mixup),
+}
+assert set(_STEPS) == set(AUGMENTS), "augment.py _STEPS and catalog.AUGMENTS must name the same augmentations"
+_stages = [_STEPS[n][0] for n in CANONICAL_ORDER]
+assert _stages == sorted(_stages), (
+    f"catalog.AUGMENTS must list uint8 steps, then [0, 1] float steps, then normalised ones; got {list(CANONICAL_ORDER)}"
+)
 
 
 def _check_generator(g: torch.Generator, device: torch.device) -> None:

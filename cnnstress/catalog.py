@@ -190,7 +190,8 @@ CORRUPTIONS: tuple[str, ...] = (
     "fog",
 )
 
-# Top-level module paths that produce a 4-D feature map, per model.
+# The main top-level layers that produce a 4-D feature map, per model: what an error names first
+# (tests/test_models.py checks each is in GRADCAM_LAYER_PATHS).
 GRADCAM_LAYERS: dict[str, tuple[str, ...]] = {
     "simple_cnn": ("block1", "block2", "block3"),
     "flexible_cnn": ("stem", "stage1", "stage2", "stage3"),
@@ -198,20 +199,71 @@ GRADCAM_LAYERS: dict[str, tuple[str, ...]] = {
 }
 
 
+# Every module path Grad-CAM can hook (the top-level layers and their children with a spatial 4-D
+# output), per model and per value of the options that change which paths exist. Generated from the
+# models themselves, built on the meta device: `python -m cnnstress.models` prints this block, and
+# tests/test_models.py fails when it differs from what the models give.
+GRADCAM_LAYER_OPTIONS: dict[str, tuple[str, ...]] = {
+    "simple_cnn": (),
+    "flexible_cnn": ("depth",),
+    "resnet18": (),
+}
+GRADCAM_LAYER_PATHS: dict[tuple[Any, ...], tuple[str, ...]] = {
+    ("simple_cnn",): (
+        "block1", "block1.0", "block1.1", "block1.2", "block1.3", "block1.4", "block1.5", "block1.6",
+        "block2", "block2.0", "block2.1", "block2.2", "block2.3", "block2.4", "block2.5", "block2.6",
+        "block3", "block3.0", "block3.1", "block3.2", "block3.3", "block3.4", "block3.5",
+    ),
+    ("flexible_cnn", 1): (
+        "stem", "stem.0", "stem.1", "stem.2", "stage1", "stage1.0", "stage2", "stage2.0", "stage3",
+        "stage3.0",
+    ),
+    ("flexible_cnn", 2): (
+        "stem", "stem.0", "stem.1", "stem.2", "stage1", "stage1.0", "stage1.1", "stage2", "stage2.0",
+        "stage2.1", "stage3", "stage3.0", "stage3.1",
+    ),
+    ("flexible_cnn", 3): (
+        "stem", "stem.0", "stem.1", "stem.2", "stage1", "stage1.0", "stage1.1", "stage1.2", "stage2",
+        "stage2.0", "stage2.1", "stage2.2", "stage3", "stage3.0", "stage3.1", "stage3.2",
+    ),
+    ("flexible_cnn", 4): (
+        "stem", "stem.0", "stem.1", "stem.2", "stage1", "stage1.0", "stage1.1", "stage1.2", "stage1.3",
+        "stage2", "stage2.0", "stage2.1", "stage2.2", "stage2.3", "stage3", "stage3.0", "stage3.1",
+        "stage3.2", "stage3.3",
+    ),
+    ("flexible_cnn", 5): (
+        "stem", "stem.0", "stem.1", "stem.2", "stage1", "stage1.0", "stage1.1", "stage1.2", "stage1.3",
+        "stage1.4", "stage2", "stage2.0", "stage2.1", "stage2.2", "stage2.3", "stage2.4", "stage3",
+        "stage3.0", "stage3.1", "stage3.2", "stage3.3", "stage3.4",
+    ),
+    ("flexible_cnn", 6): (
+        "stem", "stem.0", "stem.1", "stem.2", "stage1", "stage1.0", "stage1.1", "stage1.2", "stage1.3",
+        "stage1.4", "stage1.5", "stage2", "stage2.0", "stage2.1", "stage2.2", "stage2.3", "stage2.4",
+        "stage2.5", "stage3", "stage3.0", "stage3.1", "stage3.2", "stage3.3", "stage3.4", "stage3.5",
+    ),
+    ("flexible_cnn", 7): (
+        "stem", "stem.0", "stem.1", "stem.2", "stage1", "stage1.0", "stage1.1", "stage1.2", "stage1.3",
+        "stage1.4", "stage1.5", "stage1.6", "stage2", "stage2.0", "stage2.1", "stage2.2", "stage2.3",
+        "stage2.4", "stage2.5", "stage2.6", "stage3", "stage3.0", "stage3.1", "stage3.2", "stage3.3",
+        "stage3.4", "stage3.5", "stage3.6",
+    ),
+    ("flexible_cnn", 8): (
+        "stem", "stem.0", "stem.1", "stem.2", "stage1", "stage1.0", "stage1.1", "stage1.2", "stage1.3",
+        "stage1.4", "stage1.5", "stage1.6", "stage1.7", "stage2", "stage2.0", "stage2.1", "stage2.2",
+        "stage2.3", "stage2.4", "stage2.5", "stage2.6", "stage2.7", "stage3", "stage3.0", "stage3.1",
+        "stage3.2", "stage3.3", "stage3.4", "stage3.5", "stage3.6", "stage3.7",
+    ),
+    ("resnet18",): (
+        "conv1", "bn1", "relu", "layer1", "layer1.0", "layer1.1", "layer2", "layer2.0", "layer2.1",
+        "layer3", "layer3.0", "layer3.1", "layer4", "layer4.0", "layer4.1",
+    ),
+}
+
+
 def gradcam_layer_paths(model: str, options: dict[str, Any]) -> tuple[str, ...]:
-    """Every module path Grad-CAM can hook for ``model`` built with ``options``: the top-level
-    layers and their children with a spatial 4-D output. Torch-free, so the grid can refuse a bad
-    path before anything runs; tests/test_models.py checks it against models.gradcam_layers, which
-    finds the same list by a probe forward pass."""
-    if model == "simple_cnn":
-        # conv, bn, relu, conv, bn, relu (+ max-pool in block1 and block2)
-        blocks = {"block1": 7, "block2": 7, "block3": 6}
-        return tuple(p for b, n in blocks.items() for p in (b, *(f"{b}.{i}" for i in range(n))))
-    if model == "flexible_cnn":
-        stages = tuple(p for s in ("stage1", "stage2", "stage3")
-                       for p in (s, *(f"{s}.{i}" for i in range(options["depth"]))))
-        return ("stem", "stem.0", "stem.1", "stem.2", *stages)
-    if model == "resnet18":
-        layers = tuple(p for s in ("layer1", "layer2", "layer3", "layer4") for p in (s, f"{s}.0", f"{s}.1"))
-        return ("conv1", "bn1", "relu", *layers)
-    raise ValueError(f"unknown model {model!r}; valid: {', '.join(MODELS)}")
+    """Every module path Grad-CAM can hook for ``model`` built with ``options`` (all of them, as
+    resolved): the top-level layers and their children with a spatial 4-D output. Torch-free, so the
+    grid can refuse a bad path before anything runs (the table above is generated from the models)."""
+    if model not in GRADCAM_LAYER_OPTIONS:
+        raise ValueError(f"unknown model {model!r}; valid: {', '.join(MODELS)}")
+    return GRADCAM_LAYER_PATHS[(model, *(options[key] for key in GRADCAM_LAYER_OPTIONS[model]))]

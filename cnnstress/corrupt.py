@@ -185,11 +185,11 @@ def _gaussian_1d(sigma: float, radius: int) -> Tensor:
     return w / w.sum()
 
 
-def _depthwise(x: Tensor, kernel: Tensor, pad_mode: str = "reflect") -> Tensor:
+def _depthwise(x: Tensor, kernel: Tensor) -> Tensor:
     """Correlate every channel of every image with one 2-D kernel (kh, kw), same-size output."""
     kh, kw = kernel.shape
     pad = max(kh, kw) // 2
-    xp = _pad(x, pad, pad_mode)
+    xp = _pad(x, pad, "reflect")
     # crop the padding the kernel does not need (kernel may be non-square: a separable 1-D pass)
     dh, dw = pad - kh // 2, pad - kw // 2
     xp = xp[..., dh : xp.shape[-2] - dh, dw : xp.shape[-1] - dw]

@@ -2,22 +2,24 @@
 
 ``python -m cnnstress.gather SWEEP_DIR`` (the Slurm gather job) or ``gather(sweep_dir, grid)`` (the
 launcher, after local runs and for ``--gather``). Writes ``SWEEP_DIR/report/``: ``index.html`` (one
-self-contained page), ``figures/*.png``, ``summary.json``, ``failures.json`` and ``runs.csv``.
+self-contained page), ``figures/*.png``, ``summary.json``, ``runs.csv`` and the files sections add
+(``Section.extra_files``).
 
 What the report shows is made by the report sections (``cnnstress.report.sections``, one module
 each, listed in its registry): gather opens each run's results.h5 once, reads what every section
 shares (test labels, index and logits, softmax, predictions), and hands the open file to every
 section's ``reduce``; then it builds one cell per (group, variant) and lets each section aggregate
-over seeds, compare within groups, and contribute summary.json fields, figures and HTML. Gather
-itself owns only the run states, the read order, and the files.
+over seeds, compare within groups, and contribute summary.json fields, runs.csv and terminal
+columns, files, figures and HTML. Gather itself owns only the run states, the read order, and the
+files. It names no section: what each one needs and gives, it declares (``report.sections.base``).
 
 Memory is bounded by one run, not by the sweep: runs are read one at a time with
 ``store.open_results`` and sections keep only reductions (accuracies, confusion matrices,
-per-class and per-threshold counts, a (N,) correct mask, a few Grad-CAM maps). The one exception is
-the baseline's test logits of one group, kept until the canonical failure cases are chosen
-(S x N x C float32). Each results.h5 is opened exactly once: the baseline's first seed is read last
-among the baseline seeds, so that the canonical cases, which need every baseline seed, are known
-while its Grad-CAM maps can still be read.
+per-class and per-threshold counts, a (N,) correct mask, a few Grad-CAM maps). Each results.h5 is
+opened exactly once, in the order of the registry's one read plan (``Section.read_plan``: the
+canonical cases' section reads the baseline's first seed last among the baseline seeds, so that
+the cases, which need every baseline seed, are known while its Grad-CAM maps can still be read);
+the logits a plan keeps (one group's baseline seeds, S x N x C float32) are the one exception.
 
 No torch and no training code here (engine, worker, models, augment, corrupt): gather runs on a
 login node. Images come from ``data.load_test`` by index; when the dataset is not on this machine
@@ -29,13 +31,11 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import json
-import math
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 from rich.console import Console
@@ -45,14 +45,12 @@ from rich.text import Text
 
 from . import data, states, store
 from .layout import REPORT_DIR, RUNS_DIR
-from .analysis import compare, failures, metrics
+from .analysis import compare, metrics
 from .config import RunSpec, spec_diff
 from .grid import Grid, GridError, load_grid, load_sweep_grid
-from .report.markup import count_mean
-from .report.model import Cell, Group, ReportData, ReportWriteError
-from .report.sections import SECTIONS
-from .report.sections.base import GatherContext, RunContext
-from .report.sections.calibration import scores as calibration_scores
+from .report.model import Cell, Group, ReportData, ReportWriteError, jsonable
+from .report.sections import SECTIONS, compute_order, planner
+from .report.sections.base import GatherContext, PlannedRun, ReadOutcome, ReadRequest, RunContext, RunRecord
 
 
 # summary.json's `status` takes DESIGN.md's three values; `state` keeps what gather saw, finer:
@@ -70,6 +68,10 @@ RUN_STATES = states.ON_DISK  # gather reads files only: no running/pending here
 # per-run reading
 # ------------------------------------------------------------------------------------------------
 
+#: The dataset's per-image arrays besides images and labels (``data.Split`` fields, present for
+#: some datasets only) that sections see as ``run.annotations``, aligned with the stored positions.
+ANNOTATIONS = ("mask", "bg_class")
+
 
 @dataclass
 class TestData:
@@ -77,8 +79,7 @@ class TestData:
 
     images: np.ndarray | None = None  # (M, 3, 32, 32) uint8
     labels: np.ndarray | None = None  # (M,)
-    mask: np.ndarray | None = None  # (M, 32, 32) bool (shapes)
-    bg_class: np.ndarray | None = None  # (M,) (shapes)
+    annotations: dict[str, np.ndarray] = field(default_factory=dict)  # ANNOTATIONS the dataset has, (M, ...)
     class_names: list[str] | None = None
     note: str = ""  # why images are unavailable
     verified: str = ""  # how the dataset's files were verified (data.Split.note)
@@ -91,8 +92,7 @@ class Reference:
     labels: np.ndarray | None = None
     index: np.ndarray | None = None
     num_classes: int | None = None
-    mask: np.ndarray | None = None  # (N, 32, 32) aligned with the stored positions
-    bg_class: np.ndarray | None = None  # (N,)
+    annotations: dict[str, np.ndarray] = field(default_factory=dict)  # aligned with the stored positions
     on_first: Callable[[Reference], None] | None = None  # called once the first run has set it
 
     def check(self, labels: np.ndarray, index: np.ndarray, num_classes: int, where: str) -> None:
@@ -112,11 +112,11 @@ class Reference:
 
 @dataclass
 class Plan:
-    """What to take from one run beyond the per-run reductions."""
+    """What to take from one run beyond the per-run reductions (from a section's ReadRequest)."""
 
-    pick: Callable[[np.ndarray], np.ndarray] | None = None  # logits -> positions whose Grad-CAM to keep
-    neighbours: bool = False  # nearest training neighbours of the picked positions
-    keep_logits: bool = False  # keep (N, C) float32 test logits (baseline seeds, for canonical cases)
+    section: str = ""  # the id of the section whose read plan asked
+    pick: Callable[[RunContext], Any] | None = None  # the run -> run.picked[section]
+    keep_logits: bool = False  # keep (N, C) float32 test logits until the plan has them
 
 
 @dataclass
@@ -129,7 +129,7 @@ class RunData:
     preds: np.ndarray  # (N,) int32
     conf: np.ndarray  # (N,) float32 top softmax probability
     gradcam_size: tuple[int, int] | None = None  # (h, w) of the stored maps, at spec.gradcam_layer
-    positions: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # picked by the read plan
+    picked: dict[str, Any] = field(default_factory=dict)  # what the read plan's pick took (section id ->)
     logits: np.ndarray | None = None  # (N, C) float32, only while the read plan keeps it
     parts: dict[str, Any] = field(default_factory=dict)  # section id -> reduction
     missing: dict[str, list[str]] = field(default_factory=dict)  # section id -> results.h5 keys it lacked
@@ -166,11 +166,13 @@ def read_run(path: Path, expected: RunSpec, ref: Reference, plan: Plan, threshol
         if res.has("test/gradcam/pred"):
             h, w = res.shape("test/gradcam/pred")[1:3]
             out.gradcam_size = (int(h), int(w))
-        out.positions = np.asarray(plan.pick(logits) if plan.pick is not None else [], dtype=np.int64)
         run = RunContext(spec=spec, where=where, labels=labels, index=index, logits=logits, probs=probs,
                          preds=preds, conf=conf, correct=correct, num_classes=c, names=names, threshold=threshold,
-                         mask=ref.mask, bg_class=ref.bg_class, positions=out.positions, neighbours=plan.neighbours)
-        for section in SECTIONS:
+                         annotations=ref.annotations)
+        if plan.pick is not None:
+            run.picked[plan.section] = plan.pick(run)
+        out.picked = run.picked
+        for section in compute_order():
             ok, got = section.read(res, run)
             if not ok:
                 out.missing[section.id] = got
@@ -231,14 +233,14 @@ def _load_test_data(spec: RunSpec) -> TestData:
         out.note = f"test images unavailable ({type(exc).__name__}: {exc})"
         return out
     out.images, out.labels = split.x, np.asarray(split.y, dtype=np.int64)
-    out.mask, out.bg_class = split.mask, split.bg_class
+    out.annotations = {k: getattr(split, k) for k in ANNOTATIONS if getattr(split, k) is not None}
     out.class_names = [str(n) for n in info.class_names]
     out.verified = split.note
     return out
 
 
 def _align_test(test: TestData, ref: Reference) -> str:
-    """Check the dataset against the stored test set and align the shortcut arrays; note on mismatch."""
+    """Check the dataset against the stored test set and align its annotations; note on mismatch."""
     if test.images is None or ref.index is None:
         return ""
     if ref.index.size and (ref.index.max() >= test.labels.shape[0]):
@@ -246,10 +248,9 @@ def _align_test(test: TestData, ref: Reference) -> str:
     elif not np.array_equal(test.labels[ref.index], ref.labels):
         note = "test images unavailable (the dataset's labels differ from the stored ones: other dataset options?)"
     else:
-        if test.mask is not None and test.bg_class is not None:
-            ref.mask, ref.bg_class = test.mask[ref.index], np.asarray(test.bg_class[ref.index], dtype=np.int64)
+        ref.annotations = {k: v[ref.index] for k, v in test.annotations.items()}
         return ""
-    test.images = test.mask = test.bg_class = None
+    test.images, test.annotations = None, {}
     return note
 
 
@@ -266,9 +267,8 @@ class _Reader:
         self.grid, self.test, self.console = grid, test, console
         self.ref = Reference(on_first=self._on_first)
         self.threshold = float(grid.report["confidence_threshold"])
-        self.k_cases = int(grid.report["canonical_cases"])
-        self.canonical: dict[str, np.ndarray] = {}  # group -> positions
-        self.case_notes: dict[str, str] = {}
+        self.planner = planner()
+        self.planned: dict[str, Any] = {}  # group -> what the read plan returned
 
     def read(self, entry: Entry, plan: Plan) -> RunData | None:
         try:
@@ -290,49 +290,39 @@ class _Reader:
             self.test.note = note
 
     def read_group(self, label: str, entries: list[Entry]) -> None:
-        done = [e for e in entries if e.status == "done"]
-        base = sorted((e for e in done if e.spec.variant == self.grid.baseline), key=lambda e: e.spec.seed)
-        base_logits: list[np.ndarray] = []
-        for e in base[1:]:
-            r = self.read(e, Plan(keep_logits=True))
-            if r is not None:
-                base_logits.append(r.logits)
-                r.logits = None
-        positions = np.zeros(0, np.int64)
-        if base:
-            k, thr = self.k_cases, self.threshold
+        """Read the group's done runs: first those the read plan asks for, in its order, then the rest."""
+        done = {e.spec.run_id: e for e in entries if e.status == "done"}
+        todo = dict(done)
+        if self.planner is not None:
+            sid = self.planner.id
+            runs = [PlannedRun(run_id=e.spec.run_id, variant=e.spec.variant, seed=e.spec.seed,
+                               is_baseline=e.spec.variant == self.grid.baseline) for e in done.values()]
+            steps = self.planner.read_plan(runs, self.grid)
+            outcome = None
+            try:
+                while True:
+                    req: ReadRequest = steps.send(outcome)
+                    e = todo.pop(req.run.run_id, None)
+                    if e is None:
+                        raise ValueError(f"report section {sid!r}: its read plan asks for run {req.run.run_id!r} "
+                                         "twice or for a run that is not a finished run of the group")
+                    r = self.read(e, Plan(section=sid, pick=req.pick, keep_logits=req.keep_logits))
+                    outcome = ReadOutcome(read=r is not None, labels=self.ref.labels,
+                                          logits=r.logits if r is not None else None,
+                                          picked=r.picked.get(sid) if r is not None else None)
+                    if r is not None:
+                        r.logits = None  # the plan holds them now, for as long as it needs them
+                    del r
+            except StopIteration as stop:
+                self.planned[label] = stop.value
+            outcome = None
+        for e in todo.values():
+            self.read(e, Plan())
 
-            def pick(logits: np.ndarray) -> np.ndarray:
-                stack = np.stack(base_logits + [np.asarray(logits, dtype=np.float32)])
-                return failures.canonical_failures(stack, self.ref.labels, thr, k=k)
-
-            r = self.read(base[0], Plan(pick=pick, neighbours=True))
-            if r is not None:
-                positions = r.positions
-            elif base_logits:
-                positions = failures.canonical_failures(np.stack(base_logits), self.ref.labels, self.threshold,
-                                                        k=self.k_cases)
-                self.case_notes[label] = (f"the baseline's first seed ({base[0].spec.seed}) is broken: its Grad-CAM "
-                                          "maps and neighbours are not shown")
-        del base_logits
-        self.canonical[label] = positions
-        for variant in self.grid.variants:
-            if variant == self.grid.baseline:
-                continue
-            have_cams = False
-            for e in sorted((e for e in done if e.spec.variant == variant), key=lambda e: e.spec.seed):
-                plan = Plan(pick=(lambda _l, p=positions: p) if not have_cams and positions.size else None)
-                r = self.read(e, plan)
-                have_cams = have_cams or (r is not None and plan.pick is not None)
 
 # ------------------------------------------------------------------------------------------------
 # cells, groups
 # ------------------------------------------------------------------------------------------------
-
-
-def _mean_or_none(values: list[float | None]) -> float | None:
-    vals = [float(v) for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
-    return float(np.mean(vals)) if vals else None
 
 
 def _acc_stats(accs: list[float]) -> tuple[float | None, float | None, tuple[float, float] | None]:
@@ -360,7 +350,7 @@ def build_cell(variant: str, group: str, entries: list[Entry], is_baseline: bool
     # the layer each run's maps come from (its own spec) and their size before upsampling; one entry
     # unless runs of the cell disagree (then every one is listed rather than one picked)
     cell.gradcam = list(dict.fromkeys((r.spec.gradcam_layer, r.gradcam_size) for r in rs))
-    for section in SECTIONS:
+    for section in compute_order():
         lacking = [(e.spec.run_id, e.result.missing[section.id]) for e in done if section.id in e.result.missing]
         if lacking:
             cell.missing[section.id] = lacking
@@ -381,26 +371,6 @@ def _spec_for(entries: list[Entry], variant: str) -> RunSpec | None:
 # ------------------------------------------------------------------------------------------------
 # outputs
 # ------------------------------------------------------------------------------------------------
-
-
-def jsonable(obj: Any) -> Any:
-    """Plain JSON types: numpy to Python, tuples to lists, NaN/inf to None."""
-    if isinstance(obj, dict):
-        return {str(k): jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return jsonable(obj.tolist())
-    if isinstance(obj, (np.bool_, bool)):
-        return bool(obj)
-    if isinstance(obj, (np.integer, int)):
-        return int(obj)
-    if isinstance(obj, (np.floating, float)):
-        f = float(obj)
-        return f if math.isfinite(f) else None
-    if obj is None or isinstance(obj, str):
-        return obj
-    return str(obj)
 
 
 def _run_row(e: Entry) -> dict[str, Any]:
@@ -465,49 +435,31 @@ def build_summary(grid: Grid, entries: list[Entry], report: ReportData) -> dict[
     return jsonable(out)
 
 
-_RUNS_SLOT = "\x00runs\x00"  # stands in for the runs list in the skeleton of failures.json
+#: runs.csv's own columns; each section adds its ``csv_columns`` after them, in page order.
+RUN_COLUMNS = ("run_id", "variant", "seed", "group", "status", "state", "reason", "test_accuracy")
 
 
-def _failures_run(e: Entry) -> dict[str, Any]:
-    """One run's entry of failures.json (its dicts exist only while it is written)."""
-    fails = e.result.parts["failures"].failures
-    return jsonable({"run_id": e.spec.run_id, "variant": e.spec.variant, "seed": e.spec.seed, "group": e.group,
-                     "count": len(fails), "failures": fails.records()})
-
-
-def iter_failures_json(grid: Grid, entries: list[Entry], threshold: float) -> Iterator[str]:
-    """The text of failures.json in pieces, one run at a time.
-
-    Byte for byte what ``store.atomic_write_json`` writes for the whole document (sorted keys,
-    indent 2, trailing newline): the skeleton is dumped with a placeholder for the runs list, and
-    each run is dumped alone and indented to its depth (JSON strings hold no raw newline, so
-    indenting every line is safe).
-    """
-    head, tail = store.json_text(jsonable({"sweep": grid.name, "confidence_threshold": threshold,
-                                        "runs": _RUNS_SLOT})).split(json.dumps(_RUNS_SLOT))
-    yield head
-    first = True
-    for e in entries:
-        if e.result is None or "failures" not in e.result.parts:
-            continue
-        yield ("[\n    " if first else ",\n    ") + store.json_text(_failures_run(e)).replace("\n", "\n    ")
-        first = False
-    yield ("[]" if first else "\n  ]") + tail + "\n"
-
-
-CSV_COLUMNS = ("run_id", "variant", "seed", "group", "status", "state", "reason", "test_accuracy", "high_conf_failures",
-               "ece", "nll", "brier", "temperature", "ece_after", "mean_corruption_accuracy", "follows_background")
+def csv_columns() -> tuple[str, ...]:
+    """runs.csv's header: gather's columns, then every section's (registry order)."""
+    return RUN_COLUMNS + tuple(c for section in SECTIONS for c in section.csv_columns)
 
 
 def build_runs_csv(entries: list[Entry]) -> str:
     """runs.csv: one row per expected run."""
+    columns = csv_columns()
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, extrasaction="ignore", lineterminator="\n")
+    writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     for e in entries:
         row = jsonable(_run_row(e))
-        writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in CSV_COLUMNS})
+        writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in columns})
     return buf.getvalue()
+
+
+def run_records(entries: list[Entry]) -> list[RunRecord]:
+    """Every expected run, in the grid's order, as the sections' extra files see it."""
+    return [RunRecord(run_id=e.spec.run_id, variant=e.spec.variant, seed=e.spec.seed, group=e.group,
+                      parts=e.result.parts if e.result is not None else None) for e in entries]
 
 
 def _status_rows(entries: list[Entry]) -> list[dict[str, Any]]:
@@ -516,9 +468,11 @@ def _status_rows(entries: list[Entry]) -> list[dict[str, Any]]:
 
 
 def print_headline(report: ReportData, console: Console) -> None:
-    """The headline numbers as a rich table."""
+    """The headline numbers as a rich table: gather's columns, then each section's (registry order)."""
     table = Table(title=Text(f"{report.sweep}: test accuracy over seeds"), title_justify="left")
-    for col in ("variant", "n", "accuracy", "delta vs baseline [95% CI]", "high-conf failures", "ECE"):
+    extra = [s for s in SECTIONS if s.headline_columns]
+    for col in ("variant", "n", "accuracy", "delta vs baseline [95% CI]") + tuple(
+            c for s in extra for c in s.headline_columns):
         table.add_column(col, justify="left" if col == "variant" else "right")
     comps = {(c.group, c.variant): c for c in report.comparisons}
     for cell in report.cells:
@@ -532,22 +486,25 @@ def print_headline(report: ReportData, console: Console) -> None:
         else:
             lo, hi = comp.stats["ci95"]
             delta = f"{100 * comp.stats['accuracy_delta_mean']:+.2f} [{100 * lo:+.2f}, {100 * hi:+.2f}]"
-        fails = cell.parts.get("failures")
-        hc = _mean_or_none(fails.high_conf) if fails else None
-        ece = calibration_scores(cell).get("ece")
-        row = (cell.label, str(cell.n_runs), acc, delta, count_mean(hc),
-               "n/a" if ece is None else f"{ece:.3f}")
+        row = [cell.label, str(cell.n_runs), acc, delta]
+        for s in extra:
+            texts = tuple(s.headline(cell, cell.parts.get(s.id)))
+            if len(texts) != len(s.headline_columns):
+                raise ValueError(f"report section {s.id!r}: headline() gave {len(texts)} texts for its "
+                                 f"{len(s.headline_columns)} headline_columns")
+            row.extend(texts)
         table.add_row(*(Text(x) for x in row))  # Text: labels like "v [k=1]" are not markup
     console.print(table)
 
 
-def print_findings(report: ReportData, console: Console) -> None:
-    """The page's Findings, as numbered sentences after the table."""
-    found = report.parts.get("findings") or []
-    if found:
-        console.print("Findings:", style="bold")
-    for i, f in enumerate(found, 1):
-        console.print(f"  {i}. {f['sentence']}", markup=False, highlight=False, soft_wrap=True)
+def print_section_lines(report: ReportData, console: Console) -> None:
+    """Each section's lines for the terminal after the table (registry order), under its heading."""
+    for section in SECTIONS:
+        lines = section.terminal_lines(report)
+        if lines and section.terminal_heading:
+            console.print(section.terminal_heading, style="bold")
+        for line in lines:
+            console.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
 def _summary_lines(entries: list[Entry], report: ReportData) -> list[str]:
@@ -628,7 +585,7 @@ def gather(sweep_dir: Path, grid: Grid | None = None, console: Console | None = 
     ctx = GatherContext(grid=grid, names=names, threshold=threshold, top_k=top_k, baseline=grid.baseline,
                         image=lambda i: _image(test, i), has_images=test.images is not None,
                         ref_index=ref.index, ref_labels=ref.labels,
-                        canonical=reader.canonical, case_notes=reader.case_notes, notes=notes, spec0=spec0)
+                        planned=reader.planned, notes=notes, spec0=spec0)
 
     groups: list[Group] = []
     palette = {v: i for i, v in enumerate([grid.baseline] + [v for v in grid.variants if v != grid.baseline])}
@@ -647,7 +604,7 @@ def gather(sweep_dir: Path, grid: Grid | None = None, console: Console | None = 
                 cell.diff = [(k, a, b) for k, (a, b) in spec_diff(base_spec, spec).items()]
             cells.append(cell)
         group = Group(label=label, cells=cells)
-        for section in SECTIONS:
+        for section in compute_order():
             part = section.compare(group, ctx)
             if part is not None:
                 group.parts[section.id] = part
@@ -663,7 +620,7 @@ def gather(sweep_dir: Path, grid: Grid | None = None, console: Console | None = 
         status_rows=_status_rows(entries), status_counts={k: v for k, v in counts.items() if v},
         state_counts={k: v for k, v in state_counts.items() if v},
         groups=groups, notes=notes)
-    for section in SECTIONS:
+    for section in compute_order():
         part = section.finish(report, ctx)
         if part is not None:
             report.parts[section.id] = part
@@ -679,9 +636,11 @@ def gather(sweep_dir: Path, grid: Grid | None = None, console: Console | None = 
         # each write first re-creates report/ (deleted while the figures were drawn: made again)
         _report_file(report_dir, "summary.json", lambda p: store.atomic_write_json(
             p, build_summary(grid, entries, report), if_changed=True))
-        _report_file(report_dir, "failures.json", lambda p: store.atomic_write_bytes(
-            p, (piece.encode("utf-8") for piece in iter_failures_json(grid, entries, threshold)),
-            if_changed=True))  # streamed: memory does not grow with the sweep
+        runs = run_records(entries)
+        for section in SECTIONS:  # written from pieces: memory does not grow with the sweep
+            for name, pieces in section.extra_files(report, runs).items():
+                _report_file(report_dir, name, lambda p, pieces=pieces: store.atomic_write_bytes(
+                    p, pieces(), if_changed=True))
         _report_file(report_dir, "runs.csv", lambda p: store.atomic_write_bytes(
             p, build_runs_csv(entries).encode("utf-8"), if_changed=True))
         # last: a crash leaves the old page whole
@@ -693,7 +652,7 @@ def gather(sweep_dir: Path, grid: Grid | None = None, console: Console | None = 
         raise ReportWriteError(exc, report_dir) from exc
 
     print_headline(report, console)
-    print_findings(report, console)
+    print_section_lines(report, console)
     not_done = [e for e in entries if e.status != "done"]
     if not_done:
         console.print(f"[yellow]{len(not_done)} of {len(entries)} runs are not done[/yellow] "

@@ -412,9 +412,10 @@ def _escape(text: str) -> str:
 def _gather(grid: Grid, sweep_dir: Path, console: Console) -> int:
     try:
         from . import gather
-    except ImportError:
-        console.print("(the gather report is not available in this version)")
-        return 0
+    except ImportError as exc:  # e.g. a report section module that cannot be imported: never a silent success
+        where = f"{exc.name}: " if exc.name and exc.name not in str(exc) else ""
+        console.print(f"error: cannot build the report: {where}{exc}", markup=False, highlight=False, soft_wrap=True)
+        return 1
     try:
         index = gather.gather(sweep_dir, grid=grid, console=console)
     except gather.ReportWriteError as exc:  # disk full, report/ removed: one line, not a traceback
@@ -463,6 +464,8 @@ def write_sweep_files(grid: Grid, sweep_dir: Path, grid_path: Path) -> None:
         raise GridError(str(grid_path), "", f"cannot read the grid file ({e.strerror or e})") from None
     try:
         _write_sweep_files(grid, sweep_dir, grid_bytes)
+    except atomic.LinkRefused:  # bad input (exit 2), not a folder that cannot be written
+        raise
     except OSError as e:
         raise CannotWrite(e, sweep_dir) from None
 

@@ -22,7 +22,9 @@ initialises the weights from a private generator seeded with that draw. Conseque
 
 from __future__ import annotations
 
+import itertools
 import math
+import textwrap
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -330,12 +332,12 @@ def _unwrap(model: nn.Module) -> nn.Module:
     return getattr(model, "_orig_mod", model)
 
 
-def _shallow_modules(model: nn.Module, max_depth: int = 2) -> list[tuple[str, nn.Module]]:
-    """``(path, module)`` for modules at depth 1..max_depth, in definition order."""
+def _shallow_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """``(path, module)`` for the top- and second-level modules, in definition order."""
     return [
         (path, module)
         for path, module in model.named_modules()
-        if path and path.count(".") < max_depth and not isinstance(module, nn.Identity)
+        if path and path.count(".") < 2 and not isinstance(module, nn.Identity)
     ]
 
 
@@ -379,6 +381,66 @@ def gradcam_layers(model: nn.Module) -> list[str]:
     return valid
 
 
+def meta_model(name: str, **options: Any) -> nn.Module:
+    """Model ``name`` built on the meta device: its modules and their shapes, no memory, no weights
+    and no draw from the global RNG. Enough for :func:`gradcam_layers`."""
+    resolved = resolve_options(name, options)
+    with torch.device("meta"):
+        model, _ = _BUILDERS[name](2, **resolved)  # the head is not a Grad-CAM layer: any class count
+    return model
+
+
+def _every_value(param: catalog.Param) -> tuple[Any, ...] | None:
+    """All values of a bool, a choice or an integer range of at most 16 values; else None."""
+    if isinstance(param.default, bool):
+        return (False, True)
+    if param.choices is not None:
+        return param.choices
+    if isinstance(param.default, int) and param.hi - param.lo < 16:
+        return tuple(range(int(param.lo), int(param.hi) + 1))
+    return None
+
+
+def option_samples(param: catalog.Param) -> tuple[Any, ...]:
+    """Values of a model option worth building: every value where there are few, else the bounds and
+    the default."""
+    return _every_value(param) or tuple(dict.fromkeys((param.lo, param.default, param.hi)))
+
+
+def gradcam_layer_table() -> tuple[dict[str, tuple[str, ...]], dict[tuple[Any, ...], tuple[str, ...]]]:
+    """What ``catalog.GRADCAM_LAYER_OPTIONS`` and ``catalog.GRADCAM_LAYER_PATHS`` must hold, from the
+    models themselves (built on the meta device): per model, the options whose value changes
+    :func:`gradcam_layers` (each varied alone over :func:`option_samples`), and the paths for every
+    combination of their values. ``python -m cnnstress.models`` prints them as catalog.py source."""
+    shaping: dict[str, tuple[str, ...]] = {}
+    table: dict[tuple[Any, ...], tuple[str, ...]] = {}
+    for name, spec in catalog.MODELS.items():
+        default = tuple(gradcam_layers(meta_model(name)))
+        shaping[name] = tuple(
+            key for key, param in spec.items()
+            if any(tuple(gradcam_layers(meta_model(name, **{key: v}))) != default for v in option_samples(param))
+        )
+        for key in shaping[name]:
+            if _every_value(spec[key]) is None:
+                raise ValueError(f"model {name!r} option {key!r} changes the layer paths but has too many values to list")
+        for values in itertools.product(*(option_samples(spec[key]) for key in shaping[name])):
+            model = meta_model(name, **dict(zip(shaping[name], values)))
+            table[(name, *values)] = tuple(gradcam_layers(model))
+    return shaping, table
+
+
+def _catalog_source(shaping: dict[str, tuple[str, ...]], table: dict[tuple[Any, ...], tuple[str, ...]]) -> str:
+    lines = ["GRADCAM_LAYER_OPTIONS: dict[str, tuple[str, ...]] = {"]
+    lines += [f"    {name!r}: ({''.join(f'{k!r}, ' for k in keys).rstrip()}),".replace("'", '"') for name, keys in shaping.items()]
+    lines += ["}", "GRADCAM_LAYER_PATHS: dict[tuple[Any, ...], tuple[str, ...]] = {"]
+    for key, paths in table.items():
+        lines.append(f"    {key!r}: (".replace("'", '"'))
+        lines += textwrap.wrap(", ".join(f'"{p}"' for p in paths) + ",", width=104,
+                               initial_indent=" " * 8, subsequent_indent=" " * 8, break_on_hyphens=False)
+        lines.append("    ),")
+    return "\n".join(lines + ["}"])
+
+
 def resolve_layer(model: nn.Module, path: str) -> nn.Module:
     """The submodule at ``path`` (e.g. ``"layer3"``, ``"block3"``, ``"stage2.0"``) for Grad-CAM.
 
@@ -393,3 +455,8 @@ def resolve_layer(model: nn.Module, path: str) -> nn.Module:
             f"(modules with a spatial 4-D output): {', '.join(top)}; nested: {', '.join(nested)}"
         )
     return _unwrap(model).get_submodule(path)
+
+
+if __name__ == "__main__":
+    # the Grad-CAM layer table of catalog.py, regenerated from the models (paste it over the old one)
+    print(_catalog_source(*gradcam_layer_table()))

@@ -88,7 +88,7 @@ def test_failure_records_match_loop_and_are_json_ready():
     labels = rng.integers(0, c, size=n).astype(np.int16)
     index = rng.permutation(10_000)[:n].astype(np.int32)
     names = ["cat", "dog", "ship"]
-    recs = failures.failure_records(logits, labels, index, 0.6, names)
+    recs = failures.failure_columns(logits, labels, index, 0.6, names).records()
     expected = []
     for pos in range(n):
         p = metrics.softmax(logits[pos][None])[0]
@@ -105,7 +105,7 @@ def test_failure_records_match_loop_and_are_json_ready():
         assert {k: v for k, v in got.items() if k != "confidence"} == {k: v for k, v in want.items() if k != "confidence"}
     assert json.loads(json.dumps(recs)) == recs
     with pytest.raises(ValueError, match="class_names"):
-        failures.failure_records(logits, labels, index, 0.6, names[:2])
+        failures.failure_columns(logits, labels, index, 0.6, names[:2])
 
 
 # ----------------------------------------------------------------------------- gradcam
@@ -295,8 +295,8 @@ def test_analysis_modules_import_only_numpy():
 # ----------------------------------------------------------------------------- one implementation each
 
 
-def test_failure_columns_are_failure_records():
-    """The report's failures.json columns and failure_records are one implementation."""
+def test_failure_columns_records_and_given_probabilities():
+    """The report's failures.json columns: their records, a prefix of them, and given probabilities."""
     rng = np.random.default_rng(11)
     n, c = 400, 7
     logits = (rng.normal(size=(n, c)) * 3).astype(np.float32)
@@ -304,7 +304,6 @@ def test_failure_columns_are_failure_records():
     index = rng.permutation(10 * n)[:n]
     names = [f"k{i}" for i in range(c)]
     cols = failures.failure_columns(logits, labels, index, 0.6, names)
-    assert cols.records() == failures.failure_records(logits, labels, index, 0.6, names)
     assert len(cols) == len(metrics.high_confidence_failures(logits, labels, 0.6))
     assert cols.records(3) == cols.records()[:3]
     same = failures.failure_columns(logits, labels, index, 0.6, names, probs=metrics.softmax(logits))

@@ -453,3 +453,182 @@ def test_beta_sampler_tiny_alpha_has_no_nan() -> None:
     lam = sample_beta(0.01, 10_000, gen(20), torch.device("cpu"))
     assert torch.isfinite(lam).all()
     assert ((lam < 0.01) | (lam > 0.99)).float().mean() > 0.9  # mass at the ends
+
+
+# -- the order: the catalogue's, step by step ---------------------------------------------------------
+#
+# An independent composition: each augmentation's draws written out again from its definition, applied
+# one at a time (crop and flip as two steps, boxes by slicing), on the stage it works on: uint8 images,
+# floats in [0, 1], normalised. Its draws come in the order the steps are composed in.
+
+
+def _ref_crop(p: dict, x: torch.Tensor, t: torch.Tensor, g: torch.Generator):
+    b, _, h, w, pad = *x.shape, int(p["padding"])
+    top = torch.randint(0, 2 * pad + 1, (b,), generator=g)
+    left = torch.randint(0, 2 * pad + 1, (b,), generator=g)
+    padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))
+    return torch.stack([padded[i, :, top[i]:top[i] + h, left[i]:left[i] + w] for i in range(b)]), t
+
+
+def _ref_flip(p: dict, x: torch.Tensor, t: torch.Tensor, g: torch.Generator):
+    flip = torch.rand(x.shape[0], generator=g) < p["p"]
+    return torch.where(flip[:, None, None, None], torch.flip(x, dims=[-1]), x), t
+
+
+def _ref_uniform(n, lo, hi, g):
+    return lo + (hi - lo) * torch.rand(n, generator=g)
+
+
+def _ref_rotation(p: dict, x: torch.Tensor, t: torch.Tensor, g: torch.Generator):
+    return rotate(x, _ref_uniform(x.shape[0], -p["degrees"], p["degrees"], g)), t
+
+
+def _ref_color_jitter(p: dict, x: torch.Tensor, t: torch.Tensor, g: torch.Generator):
+    b = x.shape[0]
+    f = [_ref_uniform(b, max(0.0, 1.0 - p[k]), 1.0 + p[k], g) if p[k] > 0 else None
+         for k in ("brightness", "contrast", "saturation")]
+    hue = _ref_uniform(b, -p["hue"], p["hue"], g) if p["hue"] > 0 else None
+    return color_jitter(x, *f, hue), t
+
+
+def _zero_boxes(x: torch.Tensor, boxes: list[list[tuple[int, int, int, int]]]) -> torch.Tensor:
+    x = x.clone()
+    for i, sample in enumerate(boxes):
+        for top, left, bottom, right in sample:
+            x[i, :, max(top, 0):max(bottom, 0), max(left, 0):max(right, 0)] = 0.0
+    return x
+
+
+def _ref_cutout(p: dict, x: torch.Tensor, t: torch.Tensor, g: torch.Generator):
+    b, _, h, w = x.shape
+    holes, s = int(p["holes"]), int(p["size"])
+    cy = torch.randint(0, h, (b, holes), generator=g)
+    cx = torch.randint(0, w, (b, holes), generator=g)
+    return _zero_boxes(x, [[(int(cy[i, k]) - s // 2, int(cx[i, k]) - s // 2, int(cy[i, k]) - s // 2 + s,
+                             int(cx[i, k]) - s // 2 + s) for k in range(holes)] for i in range(b)]), t
+
+
+def _ref_random_erasing(p: dict, x: torch.Tensor, t: torch.Tensor, g: torch.Generator):
+    b, _, h, w = x.shape
+    area = (h * w) * (p["scale_min"] + (p["scale_max"] - p["scale_min"]) * torch.rand((b, 10), generator=g))
+    lo, hi = math.log(0.3), math.log(3.3)
+    ratio = torch.exp(lo + (hi - lo) * torch.rand((b, 10), generator=g))
+    bh, bw = torch.round(torch.sqrt(area * ratio)).long(), torch.round(torch.sqrt(area / ratio)).long()
+    # the first of the 10 attempts that fits (attempt 0's size, unused, when none does)
+    first = [next((k for k in range(10) if bh[i, k] < h and bw[i, k] < w), None) for i in range(b)]
+    bh = torch.tensor([int(bh[i, k or 0]) for i, k in enumerate(first)])
+    bw = torch.tensor([int(bw[i, k or 0]) for i, k in enumerate(first)])
+    top = (torch.rand(b, generator=g) * (h - bh + 1)).long()
+    left = (torch.rand(b, generator=g) * (w - bw + 1)).long()
+    apply = torch.rand(b, generator=g) < p["p"]
+    return _zero_boxes(x, [[(int(top[i]), int(left[i]), int(top[i] + bh[i]), int(left[i] + bw[i]))]
+                           if apply[i] and first[i] is not None else [] for i in range(b)]), t
+
+
+def _ref_mix(x, t, perm, lam_x, lam_t):
+    return x * lam_x + x[perm] * (1.0 - lam_x), lam_t.view(-1, 1) * t + (1.0 - lam_t.view(-1, 1)) * t[perm]
+
+
+def _ref_cutmix(p: dict, x: torch.Tensor, t: torch.Tensor, g: torch.Generator):
+    b, _, h, w = x.shape
+    perm = torch.randperm(b, generator=g)
+    lam = sample_beta(float(p["alpha"]), b, g, torch.device("cpu"))
+    apply = torch.rand(b, generator=g) < p["p"]
+    cut_h, cut_w = (h * torch.sqrt(1.0 - lam)).long(), (w * torch.sqrt(1.0 - lam)).long()
+    cy, cx = torch.randint(0, h, (b,), generator=g), torch.randint(0, w, (b,), generator=g)
+    out, area = x.clone(), torch.zeros(b)
+    for i in range(b):
+        top, left = max(int(cy[i] - cut_h[i] // 2), 0), max(int(cx[i] - cut_w[i] // 2), 0)
+        bottom, right = min(int(cy[i] - cut_h[i] // 2 + cut_h[i]), h), min(int(cx[i] - cut_w[i] // 2 + cut_w[i]), w)
+        if apply[i] and bottom > top and right > left:
+            out[i, :, top:bottom, left:right] = x[perm[i], :, top:bottom, left:right]
+            area[i] = (bottom - top) * (right - left)
+    lam_t = 1.0 - area / (h * w)
+    return out, lam_t.view(-1, 1) * t + (1.0 - lam_t.view(-1, 1)) * t[perm]
+
+
+def _ref_mixup(p: dict, x: torch.Tensor, t: torch.Tensor, g: torch.Generator):
+    b = x.shape[0]
+    perm = torch.randperm(b, generator=g)
+    lam = sample_beta(float(p["alpha"]), b, g, torch.device("cpu"))
+    lam = torch.where(torch.rand(b, generator=g) < p["p"], lam, torch.ones_like(lam))
+    return _ref_mix(x, t, perm, lam.view(-1, 1, 1, 1), lam)
+
+
+# name -> (stage: 0 uint8, 1 floats in [0, 1], 2 normalised; step)
+REF_STEPS = {
+    "crop": (0, _ref_crop), "flip": (0, _ref_flip), "rotation": (1, _ref_rotation),
+    "color_jitter": (1, _ref_color_jitter), "cutout": (2, _ref_cutout), "random_erasing": (2, _ref_random_erasing),
+    "cutmix": (2, _ref_cutmix), "mixup": (2, _ref_mixup),
+}
+# The order the transform applied them in when it listed them by hand, before it followed the catalogue.
+HAND_ORDER = ("crop", "flip", "rotation", "color_jitter", "cutout", "random_erasing", "cutmix", "mixup")
+# probabilities below 1 so that skipped samples are compared too
+SOME = {"flip": {"p": 0.5}, "random_erasing": {"p": 0.7}, "cutmix": {"p": 0.8}, "mixup": {"p": 0.9}}
+
+
+def composed(order, params: dict, x: torch.Tensor, y: torch.Tensor, g: torch.Generator, eps: float = 0.1):
+    """The steps of ``order`` one after another, moving the batch on between stages."""
+    t, stage = soft_targets(y, C, eps), 0
+    mean, std = torch.tensor(MEAN).view(1, 3, 1, 1), torch.tensor(STD).view(1, 3, 1, 1)
+
+    def move_to(target: int) -> None:
+        nonlocal x, stage
+        if stage < 1 <= target:
+            x = x.to(torch.float32) / 255.0
+        if stage < 2 <= target:
+            x = (x - mean) / std
+        stage = max(stage, target)
+
+    for name in order:
+        move_to(REF_STEPS[name][0])
+        x, t = REF_STEPS[name][1](params[name], x, t, g)
+    move_to(2)
+    return x, t
+
+
+def _resolved(names, given: dict) -> dict:
+    return {n: {k: p.default for k, p in catalog.AUGMENTS[n].items()} | given.get(n, {}) for n in names}
+
+
+def test_every_combination_gives_what_the_hand_ordered_transform_gave() -> None:
+    """Every subset of the augmentations, bitwise: the same draws in the same order as before."""
+    import itertools
+
+    x, y = images(), labels()
+    for r in range(len(AUGMENTS) + 1):
+        for combo in itertools.combinations(AUGMENTS, r):
+            g_new, g_ref = gen(7), gen(7)
+            out, t = BatchAugment(list(combo), SOME, mean=MEAN, std=STD, num_classes=C, label_smoothing=0.1)(x, y, g_new)
+            want_x, want_t = composed([n for n in HAND_ORDER if n in combo], _resolved(combo, SOME), x, y, g_ref)
+            assert torch.equal(out, want_x) and torch.equal(t, want_t), f"{combo}: output differs"
+            assert torch.equal(g_new.get_state(), g_ref.get_state()), f"{combo}: a different number of draws"
+
+
+@pytest.mark.parametrize("pair", [("crop", "flip"), ("rotation", "color_jitter"), ("cutout", "random_erasing"),
+                                  ("cutmix", "mixup")])
+def test_a_pair_runs_in_catalogue_order_and_the_order_shows(pair: tuple[str, str]) -> None:
+    """Two augmentations of one stage: the output is the catalogue-order composition, and the reverse
+    composition gives another output, so a transform that ran them the other way round would fail."""
+    x, y, params = images(), labels(), _resolved(pair, {**ALWAYS, "flip": {"p": 0.5}})
+    order = [n for n in CANONICAL_ORDER if n in pair]
+    out, t = BatchAugment(list(reversed(pair)), params, mean=MEAN, std=STD, num_classes=C, label_smoothing=0.1)(x, y, gen(3))
+    want_x, want_t = composed(order, params, x, y, gen(3))
+    assert torch.equal(out, want_x) and torch.equal(t, want_t)
+    other_x, other_t = composed(order[::-1], params, x, y, gen(3))
+    assert not (torch.equal(out, other_x) and torch.equal(t, other_t))
+
+
+def test_the_catalogue_order_is_the_one_applied(monkeypatch) -> None:
+    """Swap neighbours of each stage in the order the transform reads: it follows, step by step."""
+    import cnnstress.augment as augment
+
+    swapped = ("flip", "crop", "color_jitter", "rotation", "random_erasing", "cutout", "mixup", "cutmix")
+    monkeypatch.setattr(augment, "CANONICAL_ORDER", swapped)
+    x, y, params = images(), labels(), _resolved(AUGMENTS, {**ALWAYS, "flip": {"p": 0.5}})
+    for names in (list(AUGMENTS), ["crop", "flip"], ["rotation", "color_jitter"], ["cutmix", "mixup", "cutout"]):
+        aug = make(names, params, eps=0.1)
+        assert aug.names == tuple(n for n in swapped if n in names)
+        out, t = aug(x, y, gen(11))
+        want_x, want_t = composed(aug.names, params, x, y, gen(11))
+        assert torch.equal(out, want_x) and torch.equal(t, want_t), f"{names}: not applied in the order {aug.names}"

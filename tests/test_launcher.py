@@ -113,3 +113,57 @@ def test_results_copied_from_another_run_are_broken_everywhere_and_rerun(tiny_gr
     assert gather.main([str(out / "tiny"), "--no-figures"]) == 0
     summary = json.loads((out / "tiny" / "report" / "summary.json").read_text())
     assert [r["status"] for r in summary["runs"]] == ["done", "done"]
+
+
+# A section module whose own import fails (a missing library, a typo): the report cannot be built,
+# so the launch and --gather fail with one line naming the module, never "success, no report".
+BROKEN_SECTION = "cnnstress.report.sections.shortcut"
+PLANTED = "planted: the shortcut section's library is missing"
+
+
+class _BrokenSection:
+    """A meta path finder: importing BROKEN_SECTION raises ImportError, as a broken module would."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name == BROKEN_SECTION:
+            raise ImportError(PLANTED)
+        return None
+
+
+def test_gather_fails_with_one_line_when_a_section_cannot_be_imported(tiny_grid, tmp_path, monkeypatch):
+    import io
+
+    import cnnstress
+    import cnnstress.gather  # noqa: F401 - loaded now, so that every module removed below is restored after
+    import cnnstress.report
+    from rich.console import Console
+
+    from cnnstress import launcher
+
+    for name in [m for m in sys.modules if m == "cnnstress.gather" or m.startswith("cnnstress.report.sections")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.delattr(cnnstress, "gather")
+    monkeypatch.delattr(cnnstress.report, "sections")
+    monkeypatch.setattr(sys, "meta_path", [_BrokenSection(), *sys.meta_path])
+    grid = load_grid(tiny_grid, out_root=tmp_path)
+    buf = io.StringIO()
+    assert launcher._gather(grid, tmp_path / "tiny", Console(file=buf, width=400)) == 1
+    text = buf.getvalue().strip()
+    assert "\n" not in text, text
+    assert text.startswith("error: cannot build the report: ") and BROKEN_SECTION in text and PLANTED in text
+    assert not (tmp_path / "tiny" / "report").exists()
+
+
+def test_gather_option_exits_1_when_a_section_cannot_be_imported(tiny_grid, tmp_path):
+    code = ("import sys\n"
+            "sys.path.insert(0, 'tests')\n"
+            "from test_launcher import _BrokenSection\n"
+            "sys.meta_path.insert(0, _BrokenSection())\n"
+            "from cnnstress.launcher import main\n"
+            "sys.exit(main(sys.argv[1:]))\n")
+    out = subprocess.run([sys.executable, "-c", code, "--grid", str(tiny_grid), "--gather", "--out", str(tmp_path / "o")],
+                         cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1, out.stdout + out.stderr
+    lines = (out.stdout + out.stderr).strip().splitlines()
+    assert len(lines) == 1 and BROKEN_SECTION in lines[0] and PLANTED in lines[0], lines
+    assert "not available" not in out.stdout

@@ -3,12 +3,14 @@ architecture formulas, residual on/off, Grad-CAM layer paths, option errors, det
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 import torchvision
 from torch import nn
 
-from cnnstress import catalog
+from cnnstress import catalog, models
 from cnnstress.models import MODELS, build_model, gradcam_layers, resolve_layer
 
 # small widths keep the CPU tests fast; resnet18 has no width option
@@ -308,3 +310,35 @@ def test_catalogue_layer_paths_match_the_probe(name: str, options: dict | None, 
     resolved = catalog.MODELS[name]
     full = {k: p.default for k, p in resolved.items()} | (options or {})
     assert list(catalog.gradcam_layer_paths(name, full)) == gradcam_layers(model)
+
+
+def test_catalogue_layer_table_is_what_the_models_give() -> None:
+    """The torch-free table the grid checks [report].gradcam_layer against is regenerated from the
+    models (built on the meta device) and must equal the checked-in copy."""
+    shaping, table = models.gradcam_layer_table()
+    assert (catalog.GRADCAM_LAYER_OPTIONS, catalog.GRADCAM_LAYER_PATHS) == (shaping, table), (
+        "cnnstress/catalog.py GRADCAM_LAYER_PATHS differs from the models; paste `python -m cnnstress.models` over it")
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_catalogue_layer_paths_hold_for_every_option_combination(name: str) -> None:
+    # every value of each small option and the bounds of the others, all combinations: an option the
+    # table leaves out (flexible_cnn's width and residual, resnet18's init) must not change the paths
+    spec = catalog.MODELS[name]
+    for values in itertools.product(*(models.option_samples(p) for p in spec.values())):
+        options = dict(zip(spec, values))
+        got = models.gradcam_layers(models.meta_model(name, **options))
+        assert list(catalog.gradcam_layer_paths(name, options)) == got, f"{name} {options}"
+    paths = catalog.gradcam_layer_paths(name, models.resolve_options(name, {}))
+    assert set(catalog.GRADCAM_LAYERS[name]) <= set(paths) and catalog.GRADCAM_DEFAULT[name] in paths
+
+
+def test_meta_model_is_the_real_module_tree_without_weights_or_draws() -> None:
+    torch.manual_seed(0)
+    before = torch.get_rng_state()
+    meta = models.meta_model("flexible_cnn", width=8, depth=3)
+    assert torch.equal(torch.get_rng_state(), before)
+    assert all(p.is_meta for p in meta.parameters())
+    real = build_model("flexible_cnn", 10, width=8, depth=3)
+    assert [n for n, _ in meta.named_modules()] == [n for n, _ in real.named_modules()]
+    assert models.gradcam_layers(meta) == gradcam_layers(real)

@@ -174,6 +174,111 @@ def test_sections_load_no_matplotlib_and_no_torch() -> None:
     assert out.stdout.strip() == "[]"
 
 
+# ---- what a section declares: depends, runs.csv and terminal columns, extra files ----------------
+
+
+def _toy(sid: str, depends: tuple[str, ...] = ()) -> Section:
+    return type(f"Toy{sid}", (Section,), {"id": sid, "title": sid, "depends": depends,
+                                          "html": lambda self, report, figs: ""})()
+
+
+def test_dependency_order_keeps_the_given_order_where_dependencies_allow() -> None:
+    a, b, c, d = _toy("a", ("c",)), _toy("b"), _toy("c"), _toy("d", ("a",))
+    assert [s.id for s in sections.dependency_order([a, b, c, d])] == ["b", "c", "a", "d"]
+    assert [s.id for s in sections.dependency_order([b, c, a, d])] == ["b", "c", "a", "d"]
+
+
+def test_registry_runs_every_section_after_the_ones_it_depends_on() -> None:
+    order = [s.id for s in sections.compute_order()]
+    assert sorted(order) == sorted(s.id for s in SECTIONS)
+    for s in SECTIONS:
+        for dep in s.depends:
+            assert order.index(dep) < order.index(s.id), (s.id, dep)
+    by_id = {s.id: s for s in SECTIONS}
+    assert "changes" in by_id["findings"].depends  # listed first on the page, computed after "changes"
+    assert "calibration" in by_id["robustness"].depends
+    assert [s.id for s in SECTIONS][0] == "findings"  # the page keeps the registry's order
+
+
+def test_a_cycle_an_unknown_or_a_duplicate_id_fails_building_the_registry() -> None:
+    with pytest.raises(sections.SectionRegistryError, match=r"cycle: a -> c -> a;"):
+        sections.dependency_order([_toy("a", ("c",)), _toy("b"), _toy("c", ("a",))])
+    with pytest.raises(sections.SectionRegistryError, match=r"cycle: a -> a;"):
+        sections.dependency_order([_toy("a", ("a",))])
+    with pytest.raises(sections.SectionRegistryError,
+                       match=r"'b' depends on 'nope', which is not a registered section \(registered: a, b\)"):
+        sections.dependency_order([_toy("a"), _toy("b", ("a", "nope"))])
+    with pytest.raises(sections.SectionRegistryError, match=r"share the id 'a'"):
+        sections.dependency_order([_toy("a"), _toy("a")])
+    with pytest.raises(sections.SectionRegistryError,
+                       match=r"report section module cnnstress.report.sections.no_such_section cannot be imported"):
+        sections.load("no_such_section")
+    planning = {"read_plan": lambda self, runs, grid: iter(())}
+    two = [type(f"Plan{i}", (type(_toy(i)),), planning)() for i in ("p", "q")]
+    with pytest.raises(sections.SectionRegistryError, match=r"'p', 'q' each define read_plan: only one section"):
+        sections.dependency_order(two)
+    assert [s.id for s in SECTIONS if type(s).read_plan is not Section.read_plan] == ["canonical"]
+    assert sections.planner() is next(s for s in SECTIONS if s.id == "canonical")
+
+
+class TopLogitSection(Section):
+    """A toy section with its own runs.csv column, terminal column and file, and a dependency."""
+
+    id = "top-logit"
+    title = "Top logit"
+    depends = ("calibration",)
+    run_keys = ("top_logit_mean",)
+    csv_columns = run_keys
+    headline_columns = ("top logit",)
+
+    def reduce(self, res, run):
+        assert "calibration" in run.parts  # read after what it depends on
+        return float(run.logits.max(axis=1).astype(np.float64).mean())
+
+    def aggregate(self, cell, parts, ctx):
+        return float(np.mean(parts))
+
+    def run_fields(self, run, part):
+        return {"top_logit_mean": part}
+
+    def headline(self, cell, agg):
+        return ("n/a" if agg is None else f"{agg:.4f}",)
+
+    def extra_files(self, report, runs):
+        return {"top logit.txt": lambda: (f"{r.run_id} {r.parts[self.id]!r}\n".encode() for r in runs
+                                          if r.parts is not None)}
+
+    def html(self, report, figs):
+        return para("Mean top logit.")
+
+
+def test_a_sections_columns_and_files_need_no_change_to_gather(sweep) -> None:
+    _gather(sweep, figures=False)
+    report = sweep.sweep_dir / "report"
+    csv_before = (report / "runs.csv").read_text().splitlines()
+    SECTIONS.insert(0, TopLogitSection())  # first on the page: computed after calibration all the same
+    try:
+        buf = io.StringIO()
+        gather.gather(sweep.sweep_dir, console=Console(file=buf, width=300), figures=False)
+    finally:
+        SECTIONS.pop(0)
+    rows = (report / "runs.csv").read_text().splitlines()
+    assert rows[0] == csv_before[0].replace(",high_conf_failures", ",top_logit_mean,high_conf_failures")
+    want = {r.run_id: float(r.arrays["test/logits"].astype(np.float64).max(axis=1).mean()) for r in sweep.runs}
+    for line, before in zip(rows[1:], csv_before[1:]):
+        cols = line.split(",")
+        assert float(cols[8]) == pytest.approx(want[cols[0]], abs=1e-9)
+        assert cols[:8] + cols[9:] == before.split(",")
+    text = buf.getvalue()
+    header = next(line for line in text.splitlines() if "variant" in line)
+    assert header.index("delta vs baseline") < header.index("top logit") < header.index("high-conf failures")
+    for variant in sweep.grid.variants:
+        runs = [r for r in sweep.runs if r.spec.variant == variant]
+        assert f"{np.mean([want[r.run_id] for r in runs]):.4f}" in text
+    assert (report / "top logit.txt").read_text().splitlines() == [
+        f"{r.run_id} {want[r.run_id]!r}" for r in sweep.runs]
+
+
 # ---- the issue-12 sections: adversarial, ood (+ selective prediction), sanity ---------------------
 #
 # A synthetic sweep (synth.make_sweep) whose finished runs are republished with /adversarial, /ood

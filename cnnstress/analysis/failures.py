@@ -111,14 +111,3 @@ def failure_columns(logits: np.ndarray, labels: np.ndarray, index: np.ndarray, t
     pred = p[pos].argmax(axis=1).astype(np.int64)
     return FailureColumns(test_index=idx[pos], position=pos, true=y[pos], pred=pred,
                           confidence=np.asarray(p[pos, pred], dtype=np.float64), names=names)
-
-
-def failure_records(logits: np.ndarray, labels: np.ndarray, index: np.ndarray, threshold: float,
-                    class_names: Sequence[str]) -> list[dict]:
-    """The ``failures.json`` entries of one run, sorted by confidence descending.
-
-    ``logits`` (N, C), ``labels`` (N,), ``index`` (N,) positions in the dataset's official test
-    split, ``class_names`` C names. Each entry: {test_index, position, true, true_name, pred,
-    pred_name, confidence}, all plain Python types (``failure_columns(...).records()``).
-    """
-    return failure_columns(logits, labels, index, threshold, class_names).records()

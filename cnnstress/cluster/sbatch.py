@@ -44,7 +44,7 @@ def _options(req: JobRequest) -> list[str]:
 
 def sbatch_array_argv(slurm: SlurmConfig, sweep: str, sweep_dir: Path, manifest: Path, python: str,
                       offset: int, task_ids: Sequence[int], setup_file: Path | None = None,
-                      array_parallelism: int | None = None, repo: Path = PACKAGE_ROOT,
+                      array_parallelism: int | None = None,
                       manifest_sha256: str = "") -> list[str]:
     """The sbatch command line of one training array of the sbatch fallback. Every grid value
     travels as an argument; slurm/array.sbatch itself is a static file. With manifest_sha256 the
@@ -52,8 +52,8 @@ def sbatch_array_argv(slurm: SlurmConfig, sweep: str, sweep_dir: Path, manifest:
     req = job_request(slurm, sweep, "array", array_parallelism)
     parallel = min(int(req.array_parallelism or 1), len(task_ids))
     argv = ["sbatch", "--parsable", f"--array={array_ranges(task_ids)}%{parallel}", *_options(req),
-            f"--chdir={repo}", f"--output={_slurm_filename(sweep_dir / SLURM_LOGS_DIR)}/{SBATCH_TASK_LOG}",
-            str(repo / "slurm" / "array.sbatch"), str(manifest), python, str(offset), str(slurm.max_num_timeout)]
+            f"--chdir={PACKAGE_ROOT}", f"--output={_slurm_filename(sweep_dir / SLURM_LOGS_DIR)}/{SBATCH_TASK_LOG}",
+            str(PACKAGE_ROOT / "slurm" / "array.sbatch"), str(manifest), python, str(offset), str(slurm.max_num_timeout)]
     if setup_file is not None or manifest_sha256:
         argv.append(str(setup_file or ""))
     if manifest_sha256:
@@ -62,12 +62,11 @@ def sbatch_array_argv(slurm: SlurmConfig, sweep: str, sweep_dir: Path, manifest:
 
 
 def sbatch_gather_argv(slurm: SlurmConfig, sweep: str, sweep_dir: Path, python: str, dependency: str,
-                       gather_args: Sequence[str], setup_file: Path | None = None,
-                       repo: Path = PACKAGE_ROOT) -> list[str]:
+                       gather_args: Sequence[str], setup_file: Path | None = None) -> list[str]:
     """The sbatch command line of the fallback's gather job (runs ``launch.py --gather``)."""
     return ["sbatch", "--parsable", f"--dependency={dependency}", *_options(job_request(slurm, sweep, "gather")),
-            f"--chdir={repo}", f"--output={_slurm_filename(sweep_dir / SLURM_LOGS_DIR)}/{SBATCH_GATHER_LOG}",
-            str(repo / "slurm" / "gather.sbatch"), python, str(setup_file or ""), *gather_args]
+            f"--chdir={PACKAGE_ROOT}", f"--output={_slurm_filename(sweep_dir / SLURM_LOGS_DIR)}/{SBATCH_GATHER_LOG}",
+            str(PACKAGE_ROOT / "slurm" / "gather.sbatch"), python, str(setup_file or ""), *gather_args]
 
 
 def setup_file(sweep_dir: Path, setup: Sequence[str]) -> tuple[Path, bytes] | None:

@@ -26,6 +26,8 @@ from .base import Backend, BackendError, Handle, progress_bar
 
 DEFAULT_MAX_ARRAY_SIZE = 1001  # Slurm's default MaxArraySize
 CMD_TIMEOUT_S = 30
+# how long wait_for_launch lets squeue fail in a row before it gives up
+SQUEUE_PATIENCE_S = 600.0
 
 # Slurm job states (squeue %T / sacct State), grouped by what they mean for a run.
 PENDING_STATES = frozenset({"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESV_DEL_HOLD", "SUSPENDED",
@@ -406,10 +408,10 @@ def _now() -> str:
 
 
 def wait_for_launch(launch: Launch, run_ids: Sequence[str], sweep_dir: Path, console: Console,
-                    poll_s: float | None = None, patience_s: float = 600) -> None:
+                    poll_s: float | None = None) -> None:
     """Block until no job of this launch is queued or running any more (squeue; no accounting
     needed). Prints each run as it finishes. Polls every 2 s at first, then less often (at most
-    every 30 s), unless poll_s is given. SlurmError when squeue fails for patience_s in a row."""
+    every 30 s), unless poll_s is given. SlurmError when squeue fails for SQUEUE_PATIENCE_S in a row."""
     ids = launch.job_ids()
     by_run = [r for r in run_ids if r in launch.runs]
     reported: set[str] = set()
@@ -421,8 +423,8 @@ def wait_for_launch(launch: Launch, run_ids: Sequence[str], sweep_dir: Path, con
             now = time.time()
             if query.ok:
                 last_ok = now
-            elif now - last_ok > patience_s:
-                raise SlurmError(f"squeue has not answered for {patience_s:.0f} s: {'; '.join(query.notes)}")
+            elif now - last_ok > SQUEUE_PATIENCE_S:
+                raise SlurmError(f"squeue has not answered for {SQUEUE_PATIENCE_S:.0f} s: {'; '.join(query.notes)}")
             for rid in by_run:
                 if rid in reported:
                     continue

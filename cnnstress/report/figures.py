@@ -34,6 +34,7 @@ BARS_MAX_CLASSES = 30  # per-class accuracy as grouped bars up to this many clas
 WATERFALL_FULL = 100  # waterfall shows every class up to this many (CIFAR-100), else the top and bottom 20
 WATERFALL_TALL = 40  # above this many bars, thinner rows and smaller labels (the page also has a table)
 CASE_ROWS_MAX = 12  # canonical cases drawn per figure
+_CAPTION_LINES = 2  # text lines under each tile of a mosaic
 STYLE = {
     "font.size": 9, "axes.titlesize": 10, "axes.labelsize": 9, "legend.fontsize": 8, "xtick.labelsize": 8,
     "ytick.labelsize": 8, "axes.spines.top": False, "axes.spines.right": False, "figure.dpi": DPI,
@@ -444,12 +445,12 @@ def _tile(img: np.ndarray | None) -> np.ndarray | None:
 
 
 def mosaic(tiles: list[list[np.ndarray | None]], captions: list[list[str]], title: str,
-           col_titles: list[str] | None = None, tile_in: float = 1.25, caption_lines: int = 2) -> Figure:
+           col_titles: list[str] | None = None, tile_in: float = 1.25) -> Figure:
     """Rows of 32x32 RGB tiles with a caption under each, drawn as one image on one axes."""
     rows, cols = len(tiles), max(len(r) for r in tiles)
     pad, size = 4, 32
     px_per_in = (size + 2 * pad) / tile_in
-    cap_px = int(np.ceil(caption_lines * 9.5 / 72 * px_per_in)) + 2  # 9.5 pt per caption line
+    cap_px = int(np.ceil(_CAPTION_LINES * 9.5 / 72 * px_per_in)) + 2  # 9.5 pt per caption line
     head_px = int(np.ceil(11 / 72 * px_per_in)) + 2 if col_titles else 0
     cell_w, cell_h = size + 2 * pad, size + pad + cap_px
     canvas = np.ones((head_px + rows * cell_h, cols * cell_w, 3))

@@ -9,6 +9,7 @@ small reductions (per class, per threshold, per epoch, a few 32x32 images and ma
 from __future__ import annotations
 
 import base64
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -173,3 +174,23 @@ class ReportWriteError(OSError):
 
     def __str__(self) -> str:
         return self.message
+
+
+def jsonable(obj: Any) -> Any:
+    """Plain JSON types: numpy to Python, tuples to lists, NaN/inf to None."""
+    if isinstance(obj, dict):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return jsonable(obj.tolist())
+    if isinstance(obj, (np.bool_, bool)):
+        return bool(obj)
+    if isinstance(obj, (np.integer, int)):
+        return int(obj)
+    if isinstance(obj, (np.floating, float)):
+        f = float(obj)
+        return f if math.isfinite(f) else None
+    if obj is None or isinstance(obj, str):
+        return obj
+    return str(obj)

@@ -20,6 +20,7 @@ def delta_text(comp) -> str:
 class AccuracySection(Section):
     id = "accuracy"
     title = "Test accuracy"
+    depends = ("comparison",)
 
     def html(self, report, figs):
         comps = {(c.group, c.variant): c for c in report.comparisons}

@@ -9,7 +9,7 @@ import numpy as np
 
 from ...analysis import adversarial, compare
 from ..markup import empty, figure, para, pct, table
-from .base import FigureSpec, Metric, Section
+from .base import FigureSpec, Metric, Section, cell_parts
 
 _KEY = re.compile(r"^adversarial/(linf|l2)/([^/]+)/logits$")
 #: The headline radius: RobustBench's CIFAR-10 L-inf threat model, 8/255.
@@ -87,7 +87,7 @@ class AdversarialSection(Section):
                                                 "(line) and min..max (band); every run attacks the same test images.")]
 
     def html(self, report, figs):
-        items = [(c, c.parts[self.id]) for c in report.cells if c.parts.get(self.id)]
+        items = cell_parts(report.cells, self.id)
         if not items:
             return empty("No run stored adversarial logits ([stress].adversarial is off).")
         rows = []

@@ -20,7 +20,29 @@ per set of non-seed grid values, and the page. A section overrides only what it 
 ``html(report, figs)``        the section's body on the page
 ``metrics(part)``             the numbers of one run's reduction that "What the modification
                               changed" compares variant vs baseline (``Metric``s)
+``headline(cell, agg)``       the texts of ``headline_columns`` for one cell (terminal table)
+``terminal_lines(report)``    lines printed after that table, under ``terminal_heading``
+``read_plan(runs, grid)``     the order in which a group's runs are read, and what to take from
+                              each beyond the reductions (at most one section plans; see
+                              ``ReadRequest``)
+``extra_files(report, runs)`` files of report/ besides the page, summary.json and runs.csv:
+                              name -> a function returning the file's bytes in pieces
 ============================  ==================================================================
+
+And declares what it needs and gives, as class attributes:
+
+============================  ==================================================================
+``depends``                   ids of the sections whose results (``parts[id]`` of a run, cell,
+                              group or the report) this one reads; the registry runs every step
+                              so that they come first, and refuses a cycle or an unknown id
+``requires``                  results.h5 datasets ``reduce`` needs
+``run_keys``                  the keys ``run_fields`` returns
+``csv_columns``               which of ``run_keys`` are also runs.csv columns (in this order)
+``headline_columns``          the column titles this section adds to the terminal's table
+============================  ==================================================================
+
+The page shows the sections in the registry's order; every step (reduce, aggregate, compare,
+finish) runs them in an order where each comes after the sections it ``depends`` on.
 
 The template methods ``read`` (per run) and ``render`` (the ``<section>`` on the page) are not
 overridden: ``read`` skips a run whose results.h5 lacks one of ``requires`` and records that,
@@ -32,13 +54,15 @@ Importing this module loads no matplotlib: draw functions import it when they ar
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Generator, Iterable
 
 import numpy as np
 
 from ..markup import empty, esc, para
 
 if TYPE_CHECKING:  # pragma: no cover
+    from ...config import RunSpec
+    from ...grid import Grid
     from ..model import Cell, FigureRef, Group, ReportData
 
 
@@ -68,11 +92,11 @@ class Metric:
 class RunContext:
     """What gather already read from one run, shared by every section's ``reduce``.
 
-    ``parts`` holds the reductions of the sections before this one (registry order), so a
-    section may use an earlier one's result (robustness uses calibration's temperature).
+    ``parts`` holds the reductions of the sections read before this one, among them every section
+    this one ``depends`` on (robustness uses calibration's temperature).
     """
 
-    spec: Any  # config.RunSpec
+    spec: RunSpec
     where: str  # the results.h5 path, for messages
     labels: np.ndarray  # (N,) int64
     index: np.ndarray  # (N,) int64 positions in the dataset's official test split
@@ -84,10 +108,10 @@ class RunContext:
     num_classes: int
     names: list[str]  # class names (generic "class i" when the dataset's are unavailable)
     threshold: float  # report.confidence_threshold
-    mask: np.ndarray | None = None  # (N, 32, 32) object masks aligned with the stored positions (shapes)
-    bg_class: np.ndarray | None = None  # (N,) background classes (shapes)
-    positions: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # picked: per-image detail
-    neighbours: bool = False  # whether this run's picked positions get nearest training neighbours
+    # the dataset's per-image annotations, aligned with the stored positions, when it has them and
+    # they match the stored test set (shapes: "mask" (N, 32, 32) object pixels, "bg_class" (N,))
+    annotations: dict[str, np.ndarray] = field(default_factory=dict)
+    picked: dict[str, Any] = field(default_factory=dict)  # section id -> what its read plan picked here
     parts: dict[str, Any] = field(default_factory=dict)
 
 
@@ -95,7 +119,7 @@ class RunContext:
 class GatherContext:
     """Sweep-wide inputs for ``aggregate``, ``compare`` and ``finish``."""
 
-    grid: Any  # grid.Grid
+    grid: Grid
     names: list[str]
     threshold: float
     top_k: int  # report.top_failures
@@ -104,10 +128,55 @@ class GatherContext:
     has_images: bool  # whether the dataset's images are on this machine (and match the stored test set)
     ref_index: np.ndarray | None  # (N,) official test index of each stored position
     ref_labels: np.ndarray | None  # (N,)
-    canonical: dict[str, np.ndarray]  # group label -> canonical case positions
-    case_notes: dict[str, str]  # group label -> why cases lack their first baseline seed's detail
+    planned: dict[str, Any]  # group label -> what the read plan's section found while reading it
     notes: list[str]  # the page's notes (a section may add one)
-    spec0: Any  # the grid's first RunSpec (dataset, paths)
+    spec0: RunSpec  # the grid's first run (dataset, paths)
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    """A finished run of one group, before it is read (what ``read_plan`` orders)."""
+
+    run_id: str
+    variant: str
+    seed: int
+    is_baseline: bool
+
+
+@dataclass(frozen=True)
+class ReadRequest:
+    """What ``read_plan`` yields: read ``run`` now. ``keep_logits``: hand its (N, C) float32 test
+    logits back in the outcome. ``pick(run)`` (the run's RunContext, before any reduce) -> what the
+    planning section takes from this run, seen by every section's reduce as ``run.picked[its id]``."""
+
+    run: PlannedRun
+    keep_logits: bool = False
+    pick: Callable[[RunContext], Any] | None = None
+
+
+@dataclass(frozen=True)
+class ReadOutcome:
+    """What gather sends back into ``read_plan`` after reading a requested run."""
+
+    read: bool  # False: the run turned out broken (nothing of it was kept)
+    labels: np.ndarray | None  # (N,) the sweep's test labels, once any run was read
+    logits: np.ndarray | None = None  # (N, C) float32 when keep_logits asked for them
+    picked: Any = None  # what ``pick`` returned
+
+
+#: ``read_plan``'s generator: yields ReadRequests, is sent ReadOutcomes, returns the group's result.
+ReadPlan = Generator[ReadRequest, ReadOutcome, Any]
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """One expected run as ``extra_files`` sees it (all of them, in the grid's order)."""
+
+    run_id: str
+    variant: str
+    seed: int
+    group: str  # the run's non-seed grid values ("" when the grid varies only the seed)
+    parts: dict[str, Any] | None  # each section's reduction; None when the run has no usable result
 
 
 class Section:
@@ -115,8 +184,12 @@ class Section:
 
     id: str = ""  # the HTML id and the key of parts[...]
     title: str = ""  # the <h2> heading and the table of contents entry
+    depends: tuple[str, ...] = ()  # ids of the sections whose results this one reads
     requires: tuple[str, ...] = ()  # results.h5 datasets ``reduce`` needs (a run lacking one is skipped)
     run_keys: tuple[str, ...] = ()  # the keys ``run_fields`` returns (None for runs without a result)
+    csv_columns: tuple[str, ...] = ()  # those of run_keys that are runs.csv columns, in this order
+    headline_columns: tuple[str, ...] = ()  # titles of this section's columns in the terminal's table
+    terminal_heading: str = ""  # printed (bold) above this section's ``terminal_lines``, when it has any
 
     # -- overrides ---------------------------------------------------------------------------------
 
@@ -164,6 +237,28 @@ class Section:
     def metrics(self, part: Any) -> list[Metric]:
         """The metrics of one run's reduction (``part``, never None) for the verdict table."""
         return []
+
+    def read_plan(self, runs: list[PlannedRun], grid: Grid) -> ReadPlan | None:
+        """The finished runs of one group in the order to read them (a generator of ReadRequests,
+        each sent the ReadOutcome of its read), returning what it found, ``ctx.planned[group]``.
+        Runs it does not request are read after it, in the grid's order. Every results.h5 is opened
+        once, so a plan is how a section uses several runs' arrays while one of them is still open
+        (canonical cases: every baseline seed's logits, then the first seed's Grad-CAM rows).
+        Only one section of the registry may plan. None: this section does not plan."""
+        return None
+
+    def headline(self, cell: Cell, agg: Any) -> tuple[str, ...]:
+        """One text per ``headline_columns`` for a cell (``agg`` is None when it has no finished run)."""
+        return ()
+
+    def terminal_lines(self, report: ReportData) -> list[str]:
+        """Plain lines printed after the terminal's table (no markup)."""
+        return []
+
+    def extra_files(self, report: ReportData, runs: list[RunRecord]) -> dict[str, Callable[[], Iterable[bytes]]]:
+        """report/ files this section writes: name -> a function returning the bytes in pieces (so a big
+        file is written without being held whole). Gather writes them atomically, after summary.json."""
+        return {}
 
     # -- template methods --------------------------------------------------------------------------
 

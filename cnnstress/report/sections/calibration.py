@@ -8,7 +8,7 @@ import numpy as np
 
 from ...analysis import calibration, metrics
 from ..markup import empty, figure, num, para, table
-from .base import FigureSpec, Metric, Section
+from .base import FigureSpec, Metric, Section, cell_parts
 
 RELIABILITY_BINS = 15
 KEYS = ("ece", "nll", "brier", "temperature", "ece_after", "nll_after")
@@ -36,6 +36,8 @@ class CalibrationSection(Section):
     id = "calibration"
     title = "Calibration"
     run_keys = ("ece", "nll", "brier", "temperature", "ece_after")
+    csv_columns = run_keys
+    headline_columns = ("ECE",)
 
     def reduce(self, res, run):
         val_logits = val_labels = None
@@ -55,12 +57,15 @@ class CalibrationSection(Section):
     def variant_fields(self, cell, agg):
         return {f"{k}_mean": v for k, v in (agg["scores"] if agg else {}).items()}
 
+    def headline(self, cell, agg):
+        ece = (agg["scores"] if agg else {}).get("ece")
+        return ("n/a" if ece is None else f"{ece:.3f}",)
+
     def figures(self, report):
         def draw():
             from .. import figures as F
 
-            return F.reliability([(c, c.parts[self.id]["reliability"], c.parts[self.id]["scores"])
-                                  for c in report.cells if c.parts.get(self.id)])
+            return F.reliability([(c, a["reliability"], a["scores"]) for c, a in cell_parts(report.cells, self.id)])
 
         return [FigureSpec("reliability", draw, "Reliability diagrams pooled over seeds; title: ECE before → after "
                                                 "temperature scaling (fitted on validation logits).")]

@@ -1,9 +1,12 @@
 """Canonical failure cases and Grad-CAM: test images that are high-confidence failures in most
 baseline seeds, with Grad-CAM for the predicted and the true class of the baseline and each variant.
 
-Which positions are canonical is decided by gather's read order (the baseline's first seed is read
-last, with every other baseline seed's logits at hand); the run context's ``positions`` are those
-positions for the first seed of the baseline and of each variant, and empty otherwise.
+Which positions are canonical is decided by this section's read plan: each results.h5 is opened
+once, so the baseline's first seed is read last among the baseline seeds, with every other seed's
+logits at hand, and its Grad-CAM rows of the chosen positions are read while it is open; then the
+first seed of each variant (its first readable one) gets the same positions. ``run.picked[id]``
+is a ``Picked`` for those runs and absent for the others. Memory: one group's baseline logits
+(S x N x C float32) are kept until the cases are chosen.
 """
 
 from __future__ import annotations
@@ -12,11 +15,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ...analysis import gradcam
+from ...analysis import failures, gradcam
 from ..markup import empty, figure, figure_key, gradcam_note, group_suffix, group_title, para, table
 from ..model import Case, CaseView
 from ..model import slug
-from .base import FigureSpec, Section
+from .base import FigureSpec, ReadRequest, Section
 
 IMAGE_SIZE = 32
 
@@ -33,6 +36,15 @@ class RunCams:
     positions: np.ndarray  # (k,) int64
     pred: np.ndarray  # (k, 32, 32) float32 Grad-CAM for the predicted class, upsampled
     true: np.ndarray  # (k, 32, 32) float32 for the true class
+
+
+@dataclass(frozen=True)
+class Picked:
+    """What the read plan takes from one run: the canonical positions, and whether the nearest
+    training neighbours of those images are looked up (the baseline's first seed only)."""
+
+    positions: np.ndarray  # (k,) int64
+    neighbours: bool = False
 
 
 @dataclass
@@ -68,16 +80,59 @@ def case_view(cell, pos: int, names: list[str]) -> CaseView | None:
 class CanonicalSection(Section):
     id = "canonical"
     title = "Canonical failure cases and Grad-CAM"
+    depends = ("comparison",)
+
+    def read_plan(self, runs, grid):
+        """Baseline seeds 2.. (logits kept), then seed 1 (cases chosen from every seed's logits), then
+        each variant's seeds, the first readable one with the cases' positions; returns the group's
+        {"positions", "note"}."""
+        thr, k = float(grid.report["confidence_threshold"]), int(grid.report["canonical_cases"])
+        base = sorted((r for r in runs if r.is_baseline), key=lambda r: r.seed)
+        base_logits: list[np.ndarray] = []
+        labels = None
+        for r in base[1:]:
+            got = yield ReadRequest(r, keep_logits=True)
+            if got.read:
+                base_logits.append(got.logits)
+            labels = got.labels
+        positions, note = np.zeros(0, np.int64), ""
+        if base:
+            def pick(run) -> Picked:
+                stack = np.stack(base_logits + [np.asarray(run.logits, dtype=np.float32)])
+                return Picked(np.asarray(failures.canonical_failures(stack, run.labels, thr, k=k), dtype=np.int64),
+                              neighbours=True)
+
+            got = yield ReadRequest(base[0], pick=pick)
+            if got.read:
+                positions = got.picked.positions
+            elif base_logits:
+                positions = np.asarray(failures.canonical_failures(np.stack(base_logits), labels, thr, k=k),
+                                       dtype=np.int64)
+                note = (f"the baseline's first seed ({base[0].seed}) is broken: its Grad-CAM maps and neighbours "
+                        "are not shown")
+        del base_logits
+        for variant in grid.variants:
+            if variant == grid.baseline:
+                continue
+            have_cams = False
+            for r in sorted((r for r in runs if r.variant == variant), key=lambda r: r.seed):
+                given = not have_cams and positions.size
+                got = yield ReadRequest(r, pick=(lambda _run, p=positions: Picked(p)) if given else None)
+                have_cams = have_cams or (got.read and given)
+        return {"positions": positions, "note": note}
 
     def reduce(self, res, run):
-        if not run.positions.size:
+        picked = run.picked.get(self.id)
+        if picked is None or not picked.positions.size:
             return None
-        return RunCams(positions=run.positions,
-                       pred=gradcam.upsample_bilinear(read_rows(res, "test/gradcam/pred", run.positions), IMAGE_SIZE),
-                       true=gradcam.upsample_bilinear(read_rows(res, "test/gradcam/true", run.positions), IMAGE_SIZE))
+        pos = picked.positions
+        return RunCams(positions=pos,
+                       pred=gradcam.upsample_bilinear(read_rows(res, "test/gradcam/pred", pos), IMAGE_SIZE),
+                       true=gradcam.upsample_bilinear(read_rows(res, "test/gradcam/true", pos), IMAGE_SIZE))
 
     def compare(self, group, ctx):
-        positions = ctx.canonical.get(group.label, np.zeros(0, np.int64))
+        planned = ctx.planned.get(group.label) or {}
+        positions = planned.get("positions", np.zeros(0, np.int64))
         base = group.cells[0]
         cases = []
         for pos in (int(p) for p in positions):
@@ -86,7 +141,7 @@ class CanonicalSection(Section):
                               true_name=ctx.names[int(ctx.ref_labels[pos])], image=ctx.image(int(ctx.ref_index[pos])),
                               fail_fraction=float(np.mean(fails)) if fails else 0.0,
                               baseline=case_view(base, pos, ctx.names)))
-        note = ctx.case_notes.get(group.label, "")
+        note = planned.get("note", "")
         if not base.runs:
             note = "no finished baseline run: canonical cases need the baseline"
         elif not positions.size:

@@ -49,6 +49,7 @@ def comparison_summary(comp: Comparison) -> dict:
 class ComparisonSection(Section):
     id = "comparison"
     title = "Baseline vs variant"
+    depends = ("changes",)
 
     def compare(self, group, ctx):
         """compare_variant over sorted-seed pairs of every variant with finished runs (a list)."""

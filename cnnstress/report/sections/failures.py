@@ -1,19 +1,24 @@
 """High-confidence failures: counts per run, across thresholds, confidence histograms, and the most
-confident failures of each variant's first seed. Its per-run columns also make failures.json."""
+confident failures of each variant's first seed. Its per-run columns also make failures.json (every
+failure of every run), written one run at a time."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
+from ...atomic import json_text
 from ...analysis import failures, metrics
 from ..markup import count_mean, esc, figure, figure_key, num, para, table
-from ..model import slug
-from .base import FigureSpec, Section
+from ..model import jsonable, slug
+from .base import FigureSpec, Section, cell_parts
 
 HIST_BINS = 20
+FAILURES_FILE = "failures.json"
+_RUNS_SLOT = "\x00runs\x00"  # stands in for the runs list in the skeleton of failures.json
 
 
 @dataclass
@@ -44,6 +49,8 @@ class FailuresSection(Section):
     id = "failures"
     title = "High-confidence failures"
     run_keys = ("high_conf_failures",)
+    csv_columns = run_keys
+    headline_columns = ("high-conf failures",)
 
     def reduce(self, res, run):
         cols = failures.failure_columns(run.logits, run.labels, run.index, run.threshold, run.names, probs=run.probs)
@@ -68,19 +75,26 @@ class FailuresSection(Section):
     def variant_fields(self, cell, agg):
         return {"high_conf_failures_mean": _mean_or_none(agg.high_conf) if agg else None}
 
+    def headline(self, cell, agg):
+        return (count_mean(_mean_or_none(agg.high_conf) if agg else None),)
+
+    def extra_files(self, report, runs):
+        return {FAILURES_FILE: lambda: (piece.encode("utf-8")
+                                        for piece in iter_failures_json(report.sweep, report.threshold, runs))}
+
     def figures(self, report):
         cells = report.cells
 
         def thresholds():
             from .. import figures as F
 
-            return F.thresholds([(c, c.parts[self.id].threshold_counts) for c in cells if c.parts.get(self.id)],
+            return F.thresholds([(c, a.threshold_counts) for c, a in cell_parts(cells, self.id)],
                                 report.thresholds, report.threshold)
 
         def hist():
             from .. import figures as F
 
-            return F.confidence_hist([(c, c.parts[self.id].conf_hist) for c in cells if c.parts.get(self.id)])
+            return F.confidence_hist([(c, a.conf_hist) for c, a in cell_parts(cells, self.id)])
 
         specs = [FigureSpec("thresholds", thresholds,
                             "Number of wrong predictions with confidence above each threshold (mean over seeds); "
@@ -123,6 +137,34 @@ class FailuresSection(Section):
                                  ([t["test_index"], t["true_name"], t["pred_name"], num(t["confidence"])]
                                   for t in agg.top_failures), numeric=(0, 3)))
         return "".join(out)
+
+
+def _failures_run(run, part: RunFailures) -> dict[str, Any]:
+    """One run's entry of failures.json (its dicts exist only while it is written)."""
+    fails = part.failures
+    return jsonable({"run_id": run.run_id, "variant": run.variant, "seed": run.seed, "group": run.group,
+                     "count": len(fails), "failures": fails.records()})
+
+
+def iter_failures_json(sweep: str, threshold: float, runs) -> Iterator[str]:
+    """The text of failures.json in pieces, one run at a time (``runs``: base.RunRecord, grid order).
+
+    Byte for byte what ``atomic.atomic_write_json`` writes for the whole document (sorted keys,
+    indent 2, trailing newline): the skeleton is dumped with a placeholder for the runs list, and
+    each run is dumped alone and indented to its depth (JSON strings hold no raw newline, so
+    indenting every line is safe).
+    """
+    head, tail = json_text(jsonable({"sweep": sweep, "confidence_threshold": threshold,
+                                           "runs": _RUNS_SLOT})).split(json.dumps(_RUNS_SLOT))
+    yield head
+    first = True
+    for run in runs:
+        if run.parts is None or FailuresSection.id not in run.parts:
+            continue
+        yield ("[\n    " if first else ",\n    ") + json_text(
+            _failures_run(run, run.parts[FailuresSection.id])).replace("\n", "\n    ")
+        first = False
+    yield ("[]" if first else "\n  ]") + tail + "\n"
 
 
 SECTION = FailuresSection()

@@ -6,7 +6,7 @@ import numpy as np
 
 from ...analysis import gradcam
 from ..markup import empty, figure, gradcam_note, num, para, table
-from .base import FigureSpec, Metric, Section
+from .base import FigureSpec, Metric, Section, cell_parts
 
 FAITHFULNESS_KINDS = ("deletion_gradcam", "deletion_random", "insertion_gradcam", "insertion_random")
 
@@ -56,7 +56,7 @@ class FaithfulnessSection(Section):
                                                  "(mean over the sampled test images and seeds).")]
 
     def html(self, report, figs):
-        items = [(c, c.parts[self.id]) for c in report.cells if c.parts.get(self.id) and c.parts[self.id]["auc"]]
+        items = [(c, a) for c, a in cell_parts(report.cells, self.id) if a["auc"]]
         if not items:
             return empty("No deletion/insertion curves were stored ([stress].faithfulness_samples is 0).")
         rows = []

@@ -52,6 +52,8 @@ def _rank_key(r: dict) -> tuple:
 class FindingsSection(Section):
     id = "findings"
     title = "Findings"
+    depends = ("changes",)
+    terminal_heading = "Findings:"
 
     def finish(self, report, ctx):
         """The headline metrics' changes beyond reseeding noise, test accuracy first, then by effect,
@@ -71,6 +73,9 @@ class FindingsSection(Section):
         chosen = changed + rest[:max(0, MIN_FINDINGS - len(changed))]
         return [{"sentence": sentence(comp, r, group), "section": r.get("section", "changes"), "metric": r["name"],
                  "verdict": r["verdict"]} for r, comp, group in chosen]
+
+    def terminal_lines(self, report):
+        return [f"  {i}. {f['sentence']}" for i, f in enumerate(report.parts.get(self.id) or [], 1)]
 
     def summary_fields(self, report):
         return {"findings": [f["sentence"] for f in report.parts.get(self.id) or []]}

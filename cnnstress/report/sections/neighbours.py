@@ -9,7 +9,7 @@ from ... import data
 from ..markup import empty, figure, group_suffix, group_title, para, table
 from ..model import Neighbour
 from .base import FigureSpec, Section
-from .canonical import cases_of, read_rows
+from .canonical import CanonicalSection, cases_of, read_rows
 
 N_NEIGHBOURS = 5
 
@@ -53,9 +53,11 @@ def train_images(spec, wanted: set[int]) -> tuple[dict[int, np.ndarray], str]:
 class NeighboursSection(Section):
     id = "neighbours"
     title = "Nearest training neighbours"
+    depends = ("canonical",)
 
     def reduce(self, res, run):
-        return nearest(res, run.positions) if run.neighbours else None
+        picked = run.picked.get(CanonicalSection.id)  # the canonical cases' read plan
+        return nearest(res, picked.positions) if picked is not None and picked.neighbours else None
 
     def compare(self, group, ctx):
         """Attach each canonical case's neighbours (images come in ``finish``)."""
@@ -66,10 +68,12 @@ class NeighboursSection(Section):
         rows = first.parts.get(self.id)
         if rows is None:
             return None
-        picked = first.positions.tolist()
+        cams = first.parts.get(CanonicalSection.id)  # the positions the read plan picked for this run
+        positions = cams.positions if cams is not None else np.zeros(0, np.int64)
+        picked = positions.tolist()
         for case in cases_of(group):
             if case.position in set(picked):
-                row = int(np.flatnonzero(first.positions == case.position)[0])
+                row = int(np.flatnonzero(positions == case.position)[0])
                 case.neighbours = [Neighbour(train_index=tidx, label_name=ctx.names[tlab] if tlab < len(ctx.names)
                                              else str(tlab), similarity=sim, image=None)
                                    for tidx, tlab, sim in rows[row]]

@@ -10,7 +10,7 @@ import numpy as np
 
 from ...analysis import compare, ood, selective
 from ..markup import empty, figure, num, para, pct, table
-from .base import FigureSpec, Metric, Section
+from .base import FigureSpec, Metric, Section, cell_parts
 
 _KEY = re.compile(r"^ood/([a-z0-9_]+)/logits$")
 METRICS = ("auroc", "aupr_in", "aupr_out", "fpr95")
@@ -103,7 +103,7 @@ class OodSection(Section):
                            "seeds (line), min..max (band). Lower is better; the area under it is the AURC.")]
 
     def html(self, report, figs):
-        items = [(c, c.parts[self.id]) for c in report.cells if c.parts.get(self.id)]
+        items = cell_parts(report.cells, self.id)
         if not items:
             return empty("No run stored out-of-distribution logits ([stress].ood is off).")
         rows = []

@@ -10,12 +10,13 @@ import numpy as np
 from ...analysis import metrics
 from ..markup import empty, esc, figure, figure_key, group_suffix, group_title, pct, points, table
 from ..model import slug
-from .base import FigureSpec, Section
+from .base import FigureSpec, Section, cell_parts
 
 
 class PerClassSection(Section):
     id = "per-class"
     title = "Per-class accuracy"
+    depends = ("comparison",)
 
     def reduce(self, res, run):
         return metrics.per_class_accuracy(run.labels, run.preds, run.num_classes)
@@ -31,8 +32,7 @@ class PerClassSection(Section):
         base = group.cells[0].parts.get(self.id)
         if base is None:
             return None
-        return {c.variant: metrics.per_class_delta(base, c.parts[self.id])
-                for c in group.cells[1:] if c.parts.get(self.id) is not None}
+        return {c.variant: metrics.per_class_delta(base, agg) for c, agg in cell_parts(group.cells[1:], self.id)}
 
     def figures(self, report):
         specs = []

@@ -11,7 +11,7 @@ import numpy as np
 from ... import cifar_c
 from ...analysis import calibration, metrics, robustness
 from ..markup import empty, figure, num, para, pct, points, table
-from .base import FigureSpec, Metric, Section
+from .base import FigureSpec, Metric, Section, cell_parts
 from .calibration import mean_or_none, pool_bins, scores
 
 STRESS_CALIBRATION_KEYS = ("ece", "nll", "brier", "ece_after")
@@ -61,7 +61,9 @@ def breaking_first(support: np.ndarray, clean_right: np.ndarray, right_by_severi
 class RobustnessSection(Section):
     id = "robustness"
     title = "Corruption robustness"
+    depends = ("calibration",)  # reduce uses its fitted temperature
     run_keys = ("mean_corruption_accuracy", "corruption_error", "mce")
+    csv_columns = ("mean_corruption_accuracy",)
 
     def reduce(self, res, run):
         """Accuracy, per-class right counts and calibration on every corrupted test set, one set at a time.
@@ -187,15 +189,15 @@ class RobustnessSection(Section):
         def accuracy():
             from .. import figures as F
 
-            cells = [c for c in report.cells if c.parts.get(self.id)]
-            return F.robustness([(c, c.parts[self.id].stress) for c in cells], reference=reference,
-                                means=[(c, c.parts[self.id].benchmark_mean) for c in cells] if reference else None)
+            cells = cell_parts(report.cells, self.id)
+            return F.robustness([(c, a.stress) for c, a in cells], reference=reference,
+                                means=[(c, a.benchmark_mean) for c, a in cells] if reference else None)
 
         def reliability():
             from .. import figures as F
 
-            return F.reliability([(c, c.parts[self.id].stress_reliability, c.parts[self.id].corruption_calibration)
-                                  for c in report.cells if c.parts.get(self.id)], corrupted=True)
+            return F.reliability([(c, a.stress_reliability, a.corruption_calibration)
+                                  for c, a in cell_parts(report.cells, self.id)], corrupted=True)
 
         caption = "Accuracy under each corruption by severity (mean over seeds)."
         if reference:
@@ -208,7 +210,7 @@ class RobustnessSection(Section):
                            "corrupted sets before → after the temperature fitted on clean validation logits.")]
 
     def html(self, report, figs):
-        cells = [(c, c.parts[self.id]) for c in report.cells if c.parts.get(self.id) and c.parts[self.id].stress]
+        cells = [(c, a) for c, a in cell_parts(report.cells, self.id) if a.stress]
         if not cells:
             return empty("No corrupted test sets were stored ([stress].corruptions is empty).")
         rows = []

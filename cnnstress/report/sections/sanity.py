@@ -11,7 +11,7 @@ import numpy as np
 
 from ...analysis import sanity
 from ..markup import empty, figure, num, para, table
-from .base import FigureSpec, Metric, Section
+from .base import FigureSpec, Metric, Section, cell_parts
 
 _KEY = re.compile(r"^sanity/randomization/([0-9]{2})_([a-z0-9_]+)/gradcam$")
 #: Mean rank correlation above which the maps after the last step are called "still similar".
@@ -75,7 +75,7 @@ class SanitySection(Section):
                            "seeds (line), min..max (band).")]
 
     def html(self, report, figs):
-        items = [(c, c.parts[self.id]) for c in report.cells if c.parts.get(self.id)]
+        items = cell_parts(report.cells, self.id)
         if not items:
             return empty("No run stored the randomisation maps ([stress].sanity is off).")
         rows, words = [], []

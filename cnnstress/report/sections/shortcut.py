@@ -9,7 +9,7 @@ import numpy as np
 
 from ...analysis import gradcam, shortcut
 from ..markup import empty, figure, gradcam_note, num, para, pct, table
-from .base import FigureSpec, Metric, Section
+from .base import FigureSpec, Metric, Section, cell_parts
 from .calibration import mean_or_none
 
 # Grad-CAM rows per block when computing mask energy: (rows, 32, 32) float64 stays ~8 MiB.
@@ -53,14 +53,14 @@ class ShortcutSection(Section):
     id = "shortcut"
     title = "Background shortcut"
     run_keys = ("follows_background",)
+    csv_columns = run_keys
 
     def reduce(self, res, run):
-        if run.mask is None:
+        mask, bg_class = run.annotations.get("mask"), run.annotations.get("bg_class")  # shapes only
+        if mask is None or bg_class is None:
             return None
-        energy, hits = mask_energy(res, run.mask)
-        if run.bg_class is None:
-            return None
-        sc = shortcut.shortcut_accuracy(run.labels, run.preds, run.bg_class)
+        energy, hits = mask_energy(res, mask)
+        sc = shortcut.shortcut_accuracy(run.labels, run.preds, np.asarray(bg_class, dtype=np.int64))
         correct = run.correct
         return {"energy_right": _nanmean(energy[correct]), "energy_wrong": _nanmean(energy[~correct]),
                 "energy_all": _nanmean(energy), "pointing_game": _nanmean(hits), **{k: (None if isinstance(v, float) and math.isnan(v) else v)
@@ -93,7 +93,7 @@ class ShortcutSection(Section):
                                              "background hue names another class (mean over seeds).")]
 
     def html(self, report, figs):
-        items = [(c, c.parts[self.id]) for c in report.cells if c.parts.get(self.id)]
+        items = cell_parts(report.cells, self.id)
         if not items:
             return empty("Not available: needs the shapes dataset (object masks and background classes) on this "
                          "machine.")

@@ -9,6 +9,7 @@ from .base import Section
 class StatusSection(Section):
     id = "status"
     title = "Run status"
+    depends = ("failures",)
 
     def html(self, report, figs):
         counts = ", ".join(f"{v} {k}" for k, v in report.status_counts.items())

@@ -10,6 +10,7 @@ from .calibration import scores
 class SummarySection(Section):
     id = "summary"
     title = "Summary"
+    depends = ("calibration", "comparison")
 
     def figures(self, report):
         def draw():
