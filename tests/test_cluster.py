@@ -549,6 +549,23 @@ def test_status_without_slurm_commands_uses_files_only(tmp_path, monkeypatch):
     assert any("squeue failed" in n for n in notes)
 
 
+def test_status_survives_a_launch_record_of_an_unknown_backend_and_a_progress_file_that_is_not_an_object(tmp_path):
+    """A launches.jsonl line written by a backend this version lacks (another version's, or a typo)
+    and a progress.json holding a list: --status judges those runs from their files, with a note."""
+    grid = load_grid(_grid(tmp_path), out_root=tmp_path / "o")
+    sweep = tmp_path / "o" / "tiny"
+    for r in grid.runs:
+        (sweep / "runs" / r.run_id).mkdir(parents=True)
+    store.write_failed(sweep / "runs" / grid.runs[0].run_id, "DataError: no data")
+    (sweep / "runs" / grid.runs[1].run_id / "progress.json").write_text("[3]")
+    slurmctl.record_launch(sweep, Launch("pbs", str(sweep / "pbs logs"), ["7"], "8",
+                                        {r.run_id: f"7_{i}" for i, r in enumerate(grid.runs)}))
+    statuses, notes = status.run_statuses(grid.runs, sweep)
+    assert [(s.status, s.epoch, s.log) for s in statuses] == [("failed", 0, ""), ("missing", 0, "")]
+    assert notes == ["launches.jsonl names an unknown backend 'pbs'; its jobs are judged from files"]
+    assert store.progress_epochs(sweep / "runs" / grid.runs[1].run_id) == 0
+
+
 def test_launches_jsonl_round_trip_and_bad_lines(tmp_path):
     a = Launch("slurm", "/x/f1", ["1"], "2", {"r1": "1_0", "r2": "1_1"}, "t1")
     b = Launch("sbatch", "/x/logs", ["5"], "6", {"r2": "5_0"}, "t2")

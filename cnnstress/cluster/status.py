@@ -11,6 +11,7 @@ from .. import states, store
 from ..claims import claim_holder
 from ..config import RunSpec
 from ..layout import LOG_FILE, RUNS_DIR
+from . import BACKENDS
 from .slurmctl import PENDING_STATES, RUNNING_STATES, JobInfo, JobQuery, Launch, latest_jobs, read_launches
 
 
@@ -74,7 +75,9 @@ def run_statuses(runs: Sequence[RunSpec], sweep_dir: Path, ask_slurm: bool = Tru
         run_dir = sweep_dir / RUNS_DIR / spec.run_id
         job_id, launch = latest.get(spec.run_id, ("", None))
         job = query.jobs.get(job_id) if job_id else None
-        status, detail, epoch, disk = state_of(run_dir, job, job_id, query.ok, verify_hash)
+        # a job of a backend this version lacks was asked nowhere: its absence from squeue says nothing
+        asked = query.ok and launch is not None and launch.cluster in BACKENDS
+        status, detail, epoch, disk = state_of(run_dir, job, job_id, asked, verify_hash)
         log = _task_log(launch, job_id) if launch is not None and job_id else ""
         if status in ("failed", "broken") and log:
             detail += f" (log: {log}; {run_dir / LOG_FILE})"
