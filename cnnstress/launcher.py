@@ -234,10 +234,10 @@ def _ended(args: argparse.Namespace, grid: Grid, sweep_dir: Path, handle: Handle
     """Exit status once nothing of the handle is left running: 1 unless every submitted run is done
     (and, after jobs, every run of the grid) and the report was written."""
     ended = handle.states()
-    for run_id in handle.run_ids:  # a run that ran here: its own words (busy: someone else's process has it)
-        if ended[run_id] != "done" and run_id in handle.outcomes:
-            oc = handle.outcomes[run_id]
-            err.print(f"run {run_id}: {oc.word}: {oc.detail}", markup=False)
+    # runs that ran here, in the order they ended, in their own words (busy: another process has it)
+    for oc in handle.outcomes.values():
+        if ended[oc.run_id] != "done":
+            err.print(f"run {oc.run_id}: {oc.word}: {oc.detail}", markup=False)
     rc = 0 if all(ended[r] == "done" for r in handle.run_ids) else 1
     if handle.launch is not None:  # jobs ran elsewhere: every run's state, as --status shows it
         counts = print_status(grid, sweep_dir, console, verify_hash=True)

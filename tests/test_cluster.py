@@ -1064,7 +1064,8 @@ def test_names_on_disk_are_spelt_only_in_layout():
     launcher that spells one itself would drift from what --status, gather and the docs expect."""
     from cnnstress import layout
 
-    spelt = re.compile(r"""["'](slurm-logs|submitit|sbatch|report|index\.html|figures)["']\s*(\)|$|/)|/ ["'](sbatch|submitit|report)["']""")
+    spelt = re.compile(r"""["'](slurm-logs|submitit|sbatch|report|index\.html|figures)["']\s*(\)|$|/)"""
+                       r"""|/ ["'](sbatch|submitit|report)["']""")
     files = [*sorted((REPO / "cnnstress" / "cluster").glob("*.py")), REPO / "cnnstress" / "launcher.py"]
     found = [f"{f.name}:{n}: {line.strip()}" for f in files for n, line in enumerate(f.read_text().splitlines(), 1)
              if spelt.search(line) and not line.strip().startswith(("name = ", '"sbatch": '))]  # backend names
