@@ -59,7 +59,7 @@ def refuse_links(base: str | os.PathLike[str], path: str | os.PathLike[str]) -> 
             raise LinkRefused(here)
 
 
-def _temp_path(path: Path) -> Path:
+def temp_path(path: Path) -> Path:
     """A fresh temp name next to ``path`` that cleanup_temp_files recognises as ours."""
     return path.parent / f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
 
@@ -73,7 +73,7 @@ def written_path(path: str | os.PathLike[str]) -> Path:
     return path
 
 
-def _fsync_dir(folder: Path) -> None:
+def fsync_dir(folder: Path) -> None:
     """Make a rename in ``folder`` durable (some file systems refuse to fsync folders: ignore)."""
     try:
         fd = os.open(folder, os.O_RDONLY)
@@ -87,7 +87,7 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def _fsync_file(path: Path) -> None:
+def fsync_file(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -111,7 +111,7 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes | Iterable[byte
         except OSError:
             pass
     chunks = (data[: len(data) // 2], data[len(data) // 2:]) if whole else data
-    tmp = _temp_path(path)
+    tmp = temp_path(path)
     try:
         with open(tmp, "xb") as fh:
             for i, chunk in enumerate(chunks):
@@ -131,7 +131,7 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes | Iterable[byte
         except OSError:  # a read-only file system refuses even this: the write's own error is the one to see
             pass
         raise
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
     return True
 
 

@@ -44,7 +44,7 @@ from rich.table import Table
 from rich.text import Text
 
 from . import data, states, store
-from .layout import REPORT_DIR, RUNS_DIR
+from .layout import FIGURES_DIR, REPORT_DIR, REPORT_INDEX, REPORT_RUNS_CSV, REPORT_SUMMARY, RUNS_DIR
 from .analysis import compare, metrics
 from .config import RunSpec, spec_diff
 from .grid import Grid, GridError, load_grid, load_sweep_grid
@@ -629,19 +629,19 @@ def gather(sweep_dir: Path, grid: Grid | None = None, console: Console | None = 
     from .report import render  # matplotlib is loaded only now, and only by report/
 
     report_dir = sweep_dir / REPORT_DIR
-    index = report_dir / "index.html"
+    index = report_dir / REPORT_INDEX
     try:
-        (report_dir / "figures").mkdir(parents=True, exist_ok=True)
+        (report_dir / FIGURES_DIR).mkdir(parents=True, exist_ok=True)
         html_text = render(report, report_dir, figures=figures)
         # each write first re-creates report/ (deleted while the figures were drawn: made again)
-        _report_file(report_dir, "summary.json", lambda p: store.atomic_write_json(
+        _report_file(report_dir, REPORT_SUMMARY, lambda p: store.atomic_write_json(
             p, build_summary(grid, entries, report), if_changed=True))
         runs = run_records(entries)
         for section in SECTIONS:  # written from pieces: memory does not grow with the sweep
             for name, pieces in section.extra_files(report, runs).items():
                 _report_file(report_dir, name, lambda p, pieces=pieces: store.atomic_write_bytes(
                     p, pieces(), if_changed=True))
-        _report_file(report_dir, "runs.csv", lambda p: store.atomic_write_bytes(
+        _report_file(report_dir, REPORT_RUNS_CSV, lambda p: store.atomic_write_bytes(
             p, build_runs_csv(entries).encode("utf-8"), if_changed=True))
         # last: a crash leaves the old page whole
         _report_file(report_dir, index.name, lambda p: store.atomic_write_bytes(
@@ -669,7 +669,7 @@ def gather(sweep_dir: Path, grid: Grid | None = None, console: Console | None = 
 
 def gather_as_launched(launch_args: Sequence[str], console: Console | None = None) -> Path:
     """The gather job: the report of the sweep exactly as it was launched. ``launch_args`` are the
-    launch's own arguments (``cluster.slurmctl.gather_arguments``: ``--grid`` the sweep's copy of the grid,
+    launch's own arguments (``cluster.base.gather_arguments``: ``--grid`` the sweep's copy of the grid,
     ``--out``, ``--data-root`` and its ``--set`` values), so the report sees the runs that were
     submitted. The cluster side calls this, never the command line (no launcher <-> cluster cycle)."""
     ap = argparse.ArgumentParser(prog="gather job", add_help=False, exit_on_error=False)

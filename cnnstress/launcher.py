@@ -23,9 +23,11 @@ from rich.table import Table
 from rich.text import Text
 
 from . import atomic, faults, states, store, tensorboard
-from .cluster import BACKENDS, LaunchContext, backend
+from .cluster import BACKENDS, BackendError, Handle, LaunchContext, backend
+from .cluster.base import gather_arguments
 from .grid import Grid, GridError, load_grid
-from .layout import GRID_COPY, LAUNCH_FILE, LAUNCHES_LOCK, MANIFEST_FILE, REPORT_DIR, RUNS_DIR
+from .layout import (GRID_COPY, LAUNCH_FILE, LAUNCHES_FILE, LAUNCHES_LOCK, LOG_FILE, MANIFEST_FILE, REPORT_DIR,
+                     REPORT_INDEX, RUNS_DIR)
 
 #: --status's exit status when some run is failed or broken: a script can tell them apart from
 #: runs that are only unfinished (0) and from bad input (2) without reading the table.
@@ -144,24 +146,7 @@ def _main(argv: Sequence[str] | None) -> int:
     if problem:  # before anything is written or submitted (gather and --status never need the files)
         err.print(f"error: {grid.source}: {problem}", markup=False)
         return 2
-    if chosen.batch:
-        return _launch_slurm(args, grid, sweep_dir, out_root, data_root, console, err)
-
-    if not _wrote_sweep_files(grid, sweep_dir, Path(args.grid), err):
-        return 1
-    todo, skipped, busy = _select(grid, sweep_dir, args.rerun_failed, ask_slurm=False)
-    console.print(f"sweep [bold]{grid.name}[/bold]: {len(grid.runs)} runs, {skipped} already finished, "
-                  f"{len(todo)} to run ({args.cluster}); output in {sweep_dir}")
-    for st in busy:
-        console.print(f"  not started: {st.run_id} is {st.status} ({st.detail})", markup=False)
-    outcomes = chosen.submit(todo, _context(args, grid, sweep_dir, out_root, data_root, console))
-    failed = [o for o in outcomes if o.status not in ("done", "skipped")]
-    for o in failed:
-        err.print(f"run {o.run_id}: {o.status}: {o.detail}", markup=False)
-    rc = 0 if not failed else 1
-    if not args.no_gather:
-        rc = max(rc, _gather(grid, sweep_dir, console))
-    return rc
+    return _launch(args, grid, sweep_dir, out_root, data_root, console, err)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -184,70 +169,89 @@ def _select(grid: Grid, sweep_dir: Path, rerun_failed: bool, ask_slurm: bool, ve
 
 
 # ------------------------------------------------------------------------------------------------
-# Slurm
+# launching: one path for every backend
 # ------------------------------------------------------------------------------------------------
 
 
 def _context(args: argparse.Namespace, grid: Grid, sweep_dir: Path, out_root: Path, data_root: Path,
              console: Console) -> LaunchContext:
-    from .cluster.slurmctl import gather_arguments
-
     gather_args = gather_arguments(sweep_dir / GRID_COPY, Path(os.path.abspath(out_root)),
                                    Path(os.path.abspath(data_root)), args.overrides)
     return LaunchContext(grid.name, sweep_dir, grid.slurm, console, gather_args, args.max_parallel)
 
 
-def _launch_slurm(args: argparse.Namespace, grid: Grid, sweep_dir: Path, out_root: Path, data_root: Path,
-                  console: Console, err: Console) -> int:
-    """--cluster slurm|sbatch: submit every unfinished run that no job is working on, then the
-    gather job; return at once (or, with --wait, when every job has ended)."""
-    from .cluster.slurmctl import SlurmError, wait_for_launch
-
+def _launch(args: argparse.Namespace, grid: Grid, sweep_dir: Path, out_root: Path, data_root: Path,
+            console: Console, err: Console) -> int:
+    """Run or submit every unfinished run that nobody is working on. The backend's handle says what
+    became of them: runs that ran here have ended; queued jobs are followed with --wait (or later
+    with --status). Then the report: the gather job's, checked, or built here."""
     chosen = backend(args.cluster)
     try:
         chosen.check_environment()
-    except SlurmError as e:
+    except BackendError as e:
         err.print(f"error: {e}", markup=False)
         return 2
     if not _wrote_sweep_files(grid, sweep_dir, Path(args.grid), err):
         return 1
-    todo, done, busy = _select(grid, sweep_dir, args.rerun_failed, ask_slurm=True)
-    console.print(f"sweep [bold]{grid.name}[/bold]: {len(grid.runs)} runs, {done} already finished, "
-                  f"{len(busy)} queued or running, {len(todo)} to submit ({args.cluster}); output in {sweep_dir}")
+    # a scheduler's backend asks it which runs are queued; runs started here need only their files
+    todo, done, busy = _select(grid, sweep_dir, args.rerun_failed, ask_slurm=chosen.batch)
+    if chosen.batch:
+        console.print(f"sweep [bold]{grid.name}[/bold]: {len(grid.runs)} runs, {done} already finished, "
+                      f"{len(busy)} queued or running, {len(todo)} to submit ({args.cluster}); output in {sweep_dir}")
+    else:
+        console.print(f"sweep [bold]{grid.name}[/bold]: {len(grid.runs)} runs, {done} already finished, "
+                      f"{len(todo)} to run ({args.cluster}); output in {sweep_dir}")
     for st in busy:
-        console.print(f"  not resubmitted: {st.run_id} is {st.status} ({st.detail})", markup=False)
-    if not todo:
+        console.print(f"  not {'resubmitted' if chosen.batch else 'started'}: {st.run_id} is {st.status} ({st.detail})",
+                      markup=False)
+    if not todo and chosen.batch:
         console.print("nothing to submit" + ("; see --status" if busy else ""))
         return 0
     t_submit = time.time()
     try:
-        launch = chosen.submit(todo, _context(args, grid, sweep_dir, out_root, data_root, console))
-    except SlurmError as e:
+        handle = chosen.submit(todo, _context(args, grid, sweep_dir, out_root, data_root, console))
+    except BackendError as e:
         err.print(f"error: {e}", markup=False)
         return 2
-    _print_launch(launch, todo, sweep_dir, time.time() - t_submit, console)
-    if not args.wait:
+    _print_jobs(handle, todo, sweep_dir, time.time() - t_submit, console)
+    if not handle.finished and not args.wait:
         same = "".join(f" --set {_q(o)}" for o in args.overrides) + (f" --out {_q(args.out)}" if args.out != "scratch" else "")
         console.print(f"follow with: python launch.py --grid {_q(args.grid)}{same} --status", markup=False)
         return 0
     try:
-        wait_for_launch(launch, todo, sweep_dir, console)
+        handle.wait(console)
     except KeyboardInterrupt:
         console.print("stopped waiting; the jobs go on (see --status)")
         return 130
-    except SlurmError as e:
+    except BackendError as e:
         err.print(f"error: {e}", markup=False)
         return 1
-    counts = print_status(grid, sweep_dir, console, verify_hash=True)
-    rc = 0 if counts.get("done", 0) == len(grid.runs) else 1
-    report = sweep_dir / REPORT_DIR / "index.html"
+    return _ended(args, grid, sweep_dir, handle, t_submit, console, err)
+
+
+def _ended(args: argparse.Namespace, grid: Grid, sweep_dir: Path, handle: Handle, t_submit: float,
+           console: Console, err: Console) -> int:
+    """Exit status once nothing of the handle is left running: 1 unless every submitted run is done
+    (and, after jobs, every run of the grid) and the report was written."""
+    ended = handle.states()
+    # runs that ran here, in the order they ended, in their own words (busy: another process has it)
+    for oc in handle.outcomes.values():
+        if ended[oc.run_id] != "done":
+            err.print(f"run {oc.run_id}: {oc.word}: {oc.detail}", markup=False)
+    rc = 0 if all(ended[r] == "done" for r in handle.run_ids) else 1
+    if handle.launch is not None:  # jobs ran elsewhere: every run's state, as --status shows it
+        counts = print_status(grid, sweep_dir, console, verify_hash=True)
+        rc = max(rc, 0 if counts.get("done", 0) == len(grid.runs) else 1)
+    gather_job = handle.launch.gather if handle.launch is not None else None
+    if gather_job is None:  # nobody else builds the report
+        return rc if args.no_gather else max(rc, _gather(grid, sweep_dir, console))
+    report = sweep_dir / REPORT_DIR / REPORT_INDEX
     if report.exists() and report.stat().st_mtime >= t_submit:
         console.print(f"report: {report}", markup=False)
-    else:
-        console.print(f"[red]no new report[/red]: the gather job {launch.gather} did not write {report}; "
-                      f"see {launch.gather_log()}", markup=True)
-        rc = 1
-    return rc
+        return rc
+    console.print(f"[red]no new report[/red]: the gather job {gather_job} did not write {report}; "
+                  f"see {handle.gather_log()}", markup=True)
+    return 1
 
 
 def _q(text: str) -> str:
@@ -256,15 +260,19 @@ def _q(text: str) -> str:
     return shlex.quote(str(text))
 
 
-def _print_launch(launch, todo: Sequence, sweep_dir: Path, seconds: float, console: Console) -> None:
+def _print_jobs(handle: Handle, todo: Sequence, sweep_dir: Path, seconds: float, console: Console) -> None:
+    """The jobs a submission queued, and where their logs go (nothing for runs that ran here)."""
+    launch = handle.launch
+    if launch is None:
+        return
     arrays = ", ".join(launch.arrays)
     console.print(f"submitted {len(todo)} runs as job array {arrays} and gather job {launch.gather} "
                   f"(--dependency=afterany:{':'.join(launch.arrays)}) in {seconds:.1f}s", markup=False)
-    first = launch.runs[todo[0].run_id]
-    console.print(f"task logs: {launch.log_for(first)} (one per task; <array>_<task>)", markup=False)
-    console.print(f"run logs: {sweep_dir / 'runs' / '<run_id>' / 'log.txt'}; gather log: {launch.gather_log()}",
+    console.print(f"task logs: {handle.task_log(handle.job_of(todo[0].run_id))} (one per task; <array>_<task>)",
                   markup=False)
-    console.print(f"jobs recorded in {sweep_dir / 'launches.jsonl'}", markup=False)
+    console.print(f"run logs: {sweep_dir / RUNS_DIR / '<run_id>' / LOG_FILE}; gather log: {handle.gather_log()}",
+                  markup=False)
+    console.print(f"jobs recorded in {sweep_dir / LAUNCHES_FILE}", markup=False)
 
 
 def _print_plan(args: argparse.Namespace, grid: Grid, sweep_dir: Path, out_root: Path, data_root: Path,

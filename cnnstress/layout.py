@@ -5,7 +5,11 @@ per-epoch history keys of results.h5. Torch-free and h5py-free, so every side ma
       grid.toml  manifest.jsonl  launch.json  launches.jsonl (+ .lock)
       runs/<run_id>/  spec.json  log.txt  progress.json  claim.lock  checkpoint.pt  checkpoint.prev.pt
                       best.pt  results.h5  DONE.json  FAILED.json
-      report/  sbatch/  slurm-logs/  submitit/
+      report/    index.html  summary.json  failures.json  runs.csv  figures/<name>.png
+      sbatch/    manifest-<sha>.jsonl  setup-<sha>.sh         (the sbatch fallback's launch files)
+      slurm-logs/  <array>_<task>.out  gather-<job>.out     (the sbatch fallback's logs)
+      submitit/  slurm-<time>-<pid>/  local-<time>-<pid>/   (submitit's folders, one per launch)
+      tensorboard/<variant>/<seed, grid values>/             ([report].tensorboard)
 """
 
 from __future__ import annotations
@@ -34,6 +38,39 @@ LAUNCH_FILE = "launch.json"  # the last launch's --set values and data root
 LAUNCHES_FILE = "launches.jsonl"  # one line per launch (appended under LAUNCHES_LOCK)
 LAUNCHES_LOCK = "launches.jsonl.lock"
 REPORT_DIR = "report"
+SBATCH_DIR = "sbatch"  # the sbatch fallback's per-launch manifest and setup files (content-named, read-only)
+SLURM_LOGS_DIR = "slurm-logs"  # the sbatch fallback's job logs (Slurm does not create the folder)
+SUBMITIT_DIR = "submitit"  # submitit's own folders, one per launch
+TENSORBOARD_DIR = "tensorboard"  # TensorBoard event files, one folder per run ([report].tensorboard)
+
+
+def sbatch_manifest_name(sha256: str) -> str:
+    """sbatch/<this>: the runs of one sbatch launch, named by the sha256 of its content."""
+    return f"manifest-{sha256[:16]}.jsonl"
+
+
+def sbatch_setup_name(sha256: str) -> str:
+    """sbatch/<this>: the [slurm].setup lines of one sbatch launch, named by their content's sha256."""
+    return f"setup-{sha256[:16]}.sh"
+
+
+#: slurm-logs/<this>: an array task's log, a Slurm filename pattern (%A array job id, %a task id)
+SBATCH_TASK_LOG = "%A_%a.out"
+#: slurm-logs/<this>: the gather job's log (%j its job id)
+SBATCH_GATHER_LOG = "gather-%j.out"
+
+
+def submitit_launch_name(kind: str, stamp: str, pid: int | str) -> str:
+    """submitit/<this>: one launch's submitit folder (kind: slurm or local)."""
+    return f"{kind}-{stamp}-{pid}"
+
+
+# -- a sweep's report/ folder (written by gather) -------------------------------------------------
+REPORT_INDEX = "index.html"
+REPORT_SUMMARY = "summary.json"
+REPORT_FAILURES = "failures.json"
+REPORT_RUNS_CSV = "runs.csv"
+FIGURES_DIR = "figures"  # figures/<name>.png
 
 # -- results.h5 --------------------------------------------------------------------------------
 #: /history/<key>, one value per epoch, in this order (the worker writes them, gather reads them).

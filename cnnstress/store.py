@@ -31,8 +31,8 @@ from typing import Any, Iterator, Mapping
 import h5py
 import numpy as np
 
-from .atomic import (_fsync_dir, _fsync_file, _temp_path, atomic_write_bytes, atomic_write_json,  # noqa: F401
-                     cleanup_temp_files, json_text, sha256_file)
+from .atomic import (atomic_write_bytes, atomic_write_json, cleanup_temp_files, fsync_dir,  # noqa: F401
+                     fsync_file, json_text, sha256_file, temp_path)
 from . import probes
 from .faults import maybe_fail
 from .layout import Field
@@ -41,7 +41,7 @@ SCHEMA_VERSION: int = 1
 
 # the run folder's file names are defined once, in layout.py (re-exported here for store's callers)
 from .layout import (CHECKPOINT_NAME, CHECKPOINT_NAMES, DONE_NAME, FAILED_NAME,  # noqa: E402,F401
-                     PREV_CHECKPOINT_NAME, RESULTS_NAME)
+                     PREV_CHECKPOINT_NAME, PROGRESS_FILE, RESULTS_NAME)
 
 # Chunks of about 1 MiB: big enough that gzip works well and reading a whole dataset is a few
 # hundred chunk reads, small enough that reading a few rows does not inflate much.
@@ -358,7 +358,7 @@ def publish_results(
             raise ResultsError(f"{key}: given twice (keys differ only by slashes)")
         prepared[key] = (field, _cast(key, value, field))
 
-    tmp = _temp_path(final)
+    tmp = temp_path(final)
     try:
         with _open_h5(tmp, "w") as fh:
             for name, value in stored_attrs.items():
@@ -371,14 +371,14 @@ def publish_results(
                 fh.create_dataset(key, data=arr, **_storage_options(field, arr))
         with _open_h5(tmp, "r") as fh:
             _validate_open(fh, f"{final} (being written as {tmp.name})")
-        _fsync_file(tmp)
+        fsync_file(tmp)
         digest = sha256_file(tmp)
         (run_dir / DONE_NAME).unlink(missing_ok=True)
         os.replace(tmp, final)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    _fsync_dir(run_dir)
+    fsync_dir(run_dir)
     return digest
 
 
@@ -749,7 +749,7 @@ def write_failed(run_dir: str | os.PathLike[str], reason: str, detail: str = "",
 def clear_failed(run_dir: str | os.PathLike[str]) -> None:
     """Remove FAILED.json if present (a retry starts)."""
     (Path(run_dir) / FAILED_NAME).unlink(missing_ok=True)
-    _fsync_dir(Path(run_dir))
+    fsync_dir(Path(run_dir))
 
 
 @dataclass(frozen=True)
@@ -839,3 +839,12 @@ def run_state(run_dir: str | os.PathLike[str], *, verify_hash: bool = True) -> R
     if present:
         return RunState("partial", f"{' and '.join(present)} present, no DONE.json")
     return RunState("missing", "")
+
+
+def progress_epochs(run_dir: str | os.PathLike[str]) -> int:
+    """The last epoch progress.json records (0 when there is none or it cannot be read): what
+    --status, the local progress bars and a launcher-written FAILED.json say about a run."""
+    try:
+        return int(json.loads((Path(run_dir) / PROGRESS_FILE).read_text())["epoch"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0

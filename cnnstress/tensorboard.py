@@ -40,9 +40,9 @@ from typing import Callable, Mapping
 import numpy as np
 
 from .atomic import refuse_links
+from .layout import TENSORBOARD_DIR
 
 INSTALL = "pip install -e '.[tensorboard]'"
-FOLDER = "tensorboard"
 # /history/<key> -> tag (HISTORY_KEYS minus "epoch", which is the step)
 EPOCH_TAGS = {
     "train_loss": "loss/train",
@@ -80,7 +80,7 @@ def run_name(spec) -> str:
 
 
 def sweep_logdir(out_root: str | Path, sweep: str) -> Path:
-    return Path(out_root).resolve() / sweep / FOLDER
+    return Path(out_root).resolve() / sweep / TENSORBOARD_DIR
 
 
 def run_logdir(spec) -> Path:

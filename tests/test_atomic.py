@@ -26,6 +26,12 @@ def test_store_re_exports_the_same_writers(tmp_path):
     assert [p.name for p in atomic.cleanup_temp_files(tmp_path)] == [".x.json.tmp-1-0123abcd"]
 
 
+def test_store_hands_on_no_private_helper_of_atomic():
+    """What other modules use of atomic is public there; store keeps no underscore names of it."""
+    private = [n for n in vars(atomic) if n.startswith("_") and not n.startswith("__") and callable(vars(atomic)[n])]
+    assert private and [n for n in private if getattr(store, n, None) is vars(atomic)[n]] == []
+
+
 # --- symbolic links: never written through -------------------------------------------------------
 
 PRECIOUS = b"someone else's file\n"

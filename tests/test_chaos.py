@@ -342,7 +342,7 @@ def test_the_report_check_compares_rows_with_folders(twin_sweeps, tmp_path):
 
 
 def test_temp_names_are_the_atomic_writers(tmp_path):
-    name = atomic._temp_path(tmp_path / "results.h5").name
+    name = atomic.temp_path(tmp_path / "results.h5").name
     assert chaos.TEMP_RE.match(name) and atomic._TEMP_RE.pattern == chaos.TEMP_RE.pattern
     (tmp_path / "report" / "figures").mkdir(parents=True)
     (tmp_path / "report" / "figures" / ".a.png.tmp-1-abcdef01").write_bytes(b"")

@@ -26,7 +26,7 @@ from cnnstress.config import RunSpec
 from cnnstress.grid import load_grid
 from cnnstress.launcher import main
 
-from conftest import REPO, tiny_grid_text
+from conftest import REPO, loaded_by, tiny_grid_text
 from test_atomic import _outside, _untouched
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -258,7 +258,7 @@ def test_sbatch_command_lines_match_golden_file(tmp_path):
     sweep = tmp_path / "out dir's \"q\"" / grid.name
     ids = [r.run_id for r in grid.runs]
     todo = [grid.runs[0], grid.runs[2], grid.runs[3]]  # run 1 is finished
-    args = slurmctl.gather_arguments(sweep / "grid.toml", tmp_path / "out dir's \"q\"", tmp_path / "data",
+    args = base.gather_arguments(sweep / "grid.toml", tmp_path / "out dir's \"q\"", tmp_path / "data",
                                     ["epochs=3", "optimizer.lr=0.01"])
     arrays, gather = sbatch.sbatch_plan(todo, grid.slurm, grid.name, sweep, sys.executable, args, 2)
     # the launch's own manifest holds just these 3 runs; MaxArraySize 2: lines 0-1 | 2
@@ -549,6 +549,23 @@ def test_status_without_slurm_commands_uses_files_only(tmp_path, monkeypatch):
     assert any("squeue failed" in n for n in notes)
 
 
+def test_status_survives_a_launch_record_of_an_unknown_backend_and_a_progress_file_that_is_not_an_object(tmp_path):
+    """A launches.jsonl line written by a backend this version lacks (another version's, or a typo)
+    and a progress.json holding a list: --status judges those runs from their files, with a note."""
+    grid = load_grid(_grid(tmp_path), out_root=tmp_path / "o")
+    sweep = tmp_path / "o" / "tiny"
+    for r in grid.runs:
+        (sweep / "runs" / r.run_id).mkdir(parents=True)
+    store.write_failed(sweep / "runs" / grid.runs[0].run_id, "DataError: no data")
+    (sweep / "runs" / grid.runs[1].run_id / "progress.json").write_text("[3]")
+    slurmctl.record_launch(sweep, Launch("pbs", str(sweep / "pbs logs"), ["7"], "8",
+                                        {r.run_id: f"7_{i}" for i, r in enumerate(grid.runs)}))
+    statuses, notes = status.run_statuses(grid.runs, sweep)
+    assert [(s.status, s.epoch, s.log) for s in statuses] == [("failed", 0, ""), ("missing", 0, "")]
+    assert notes == ["launches.jsonl names an unknown backend 'pbs'; its jobs are judged from files"]
+    assert store.progress_epochs(sweep / "runs" / grid.runs[1].run_id) == 0
+
+
 def test_launches_jsonl_round_trip_and_bad_lines(tmp_path):
     a = Launch("slurm", "/x/f1", ["1"], "2", {"r1": "1_0", "r2": "1_1"}, "t1")
     b = Launch("sbatch", "/x/logs", ["5"], "6", {"r2": "5_0"}, "t2")
@@ -802,7 +819,7 @@ def test_local_runs_get_the_parents_gpus_one_each(tmp_path, monkeypatch, visible
     console = Console(record=True, width=200)
     outcomes = local.run_local(grid.runs, tmp_path / "o" / "tiny", console, max_parallel, poll_s=0.05,
                                  task=local.LocalTrainTask([sys.executable, str(worker)]))
-    assert [o.status for o in outcomes] == ["done"] * 4, [o.detail for o in outcomes]
+    assert [o.word for o in outcomes] == ["done"] * 4, [o.detail for o in outcomes]
     seen = [json.loads((record / f"{r.run_id}.json").read_text()) for r in grid.runs]
     assert {s["device"] for s in seen} == devices
     # no two runs share a GPU at the same time; no more runs at once than asked (or GPUs)
@@ -901,7 +918,8 @@ def test_every_registered_backend_implements_the_interface():
 
 
 class _RecordingBackend(base.Backend):
-    """A backend as a plugin author would write one: it 'runs' each run by writing nothing."""
+    """A backend as a plugin author would write one: it 'runs' each run by writing nothing, and
+    says so in the one handle every backend returns."""
 
     name = "record"
 
@@ -917,7 +935,8 @@ class _RecordingBackend(base.Backend):
 
     def submit(self, runs, ctx):
         self.calls.append([r.run_id for r in runs])
-        return [base.Outcome(r.run_id, "done") for r in runs]
+        return base.Handle(self, ctx.sweep_dir, tuple(r.run_id for r in runs),
+                           {r.run_id: base.Outcome(r.run_id, "done") for r in runs})
 
 
 def test_a_new_backend_is_one_class_and_one_registry_line(tmp_path, monkeypatch, capsys):
@@ -935,6 +954,124 @@ def test_a_new_backend_is_one_class_and_one_registry_line(tmp_path, monkeypatch,
     rc = main(["--grid", str(grid), "--cluster", "record", "--out", str(out), "--set", "slurm.partition=forbidden"])
     assert rc == 2 and "[slurm].partition: 'forbidden'" in capsys.readouterr().err
     assert len(recording.calls) == 1  # refused before anything ran
+
+
+class _QueueBackend(base.Backend):
+    """A toy scheduler: submit queues the runs and returns; wait 'runs' them, as a batch system
+    would, leaving the states it was told to."""
+
+    name = "queue"
+
+    def __init__(self, end_state: str = "done"):
+        self.end_state, self.queued, self.waited = end_state, {}, 0
+
+    def plan(self, runs, ctx):
+        return []
+
+    def submit(self, runs, ctx):
+        self.queued = {r.run_id: "pending" for r in runs}
+        return base.Handle(self, ctx.sweep_dir, tuple(self.queued))
+
+    def states(self, handle):
+        return {r: self.queued[r] for r in handle.run_ids}
+
+    def wait(self, handle, console):
+        self.waited += 1
+        self.queued = {r: self.end_state for r in self.queued}
+
+
+@pytest.mark.parametrize("end_state, rc", [("done", 0), ("failed", 1)])
+def test_a_queueing_backend_goes_the_launchers_one_way(tmp_path, monkeypatch, capsys, end_state, rc):
+    """submit returns a handle that is not finished: the launcher says how to follow it and returns,
+    or with --wait waits on the handle and judges its states(); nothing asks which kind it is."""
+    from cnnstress import cluster
+
+    queue = _QueueBackend(end_state)
+    monkeypatch.setitem(cluster.BACKENDS, "queue", "tests:unused")
+    monkeypatch.setitem(cluster._LOADED, "queue", queue)
+    grid, out = _grid(tmp_path), tmp_path / "o u t's"
+    assert main(["--grid", str(grid), "--cluster", "queue", "--out", str(out), "--no-gather"]) == 0
+    assert "follow with:" in capsys.readouterr().out and queue.waited == 0 and set(queue.queued.values()) == {"pending"}
+    assert main(["--grid", str(grid), "--cluster", "queue", "--out", str(out), "--no-gather", "--wait"]) == rc
+    assert queue.waited == 1 and set(queue.queued.values()) == {end_state}
+
+
+def test_sbatch_wait_follows_the_handle_then_shows_every_run_and_misses_the_report(tmp_path, fake_slurm, capsys):
+    """--wait on a real backend's handle: squeue no longer lists the jobs and no run wrote a result,
+    so every run reads as failed, the status table says so and the gather job's report is missing."""
+    out = tmp_path / "o u t's"
+    path = _grid(tmp_path, seeds="[1, 2]")  # 2 variants x 2 seeds
+    assert main(["--grid", str(path), "--cluster", "sbatch", "--out", str(out), "--wait"]) == 1
+    printed = capsys.readouterr()
+    launch = slurmctl.read_launches(out / "tiny")[0]
+    assert printed.out.count("ended (gone from squeue)") == 4 and "failed: 4" in printed.out, printed.out
+    assert f"the gather job {launch.gather} did not write" in printed.out.replace("\n", "")
+    assert "follow with" not in printed.out and printed.err == ""
+
+
+def test_every_backend_returns_the_one_handle_in_the_one_vocabulary(tmp_path, fake_slurm, monkeypatch):
+    """debug and local run their runs before submit returns (here: already finished, so skipped);
+    slurm and sbatch queue them. Every submit returns a base.Handle whose states() are states.py's."""
+    from rich.console import Console
+
+    from cnnstress import cluster, states
+    from synth import make_sweep
+
+    made = make_sweep(tmp_path / "s w'eep", variants=("baseline",), seeds=(1,), corruptions=())
+    runs = [r.spec for r in made.runs]
+    ctx = base.LaunchContext(made.grid.name, made.sweep_dir, made.grid.slurm, Console(width=200, quiet=True),
+                             ["--grid", "g.toml"])
+    seen = {}
+    for name in cluster.BACKENDS:
+        handle = cluster.backend(name).submit(runs, ctx)
+        assert type(handle) is base.Handle and handle.backend is cluster.backend(name), name
+        assert handle.run_ids == tuple(r.run_id for r in runs), name
+        seen[name] = handle.states()
+        assert set(seen[name].values()) <= set(states.ALL), f"{name}: {seen[name]}"
+        if handle.finished:  # ran here: wait() has nothing left to follow and returns at once
+            handle.wait(Console(quiet=True))
+    assert seen["debug"] == seen["local"] == {runs[0].run_id: "done"}
+    # the finished run was not trained again: the outcome says so in its display word
+    assert [o.word for o in cluster.backend("debug").submit(runs, ctx).outcomes.values()] == ["skipped"]
+    for name in ("slurm", "sbatch"):  # done on disk wins over whatever squeue says about its job
+        assert seen[name] == {runs[0].run_id: "done"}
+    # an unfinished run whose job Slurm has queued reads as pending, and as failed once its job left the queue
+    (made.sweep_dir / "runs" / runs[0].run_id / "DONE.json").unlink()
+    handle = cluster.backend("sbatch").submit(runs, ctx)
+    fake_slurm.set(squeue=f"{handle.job_of(runs[0].run_id)}|PENDING|Priority\n")
+    assert handle.states() == {runs[0].run_id: "pending"}
+    fake_slurm.set(squeue="")
+    assert handle.states() == {runs[0].run_id: "failed"}
+
+
+def test_an_outcome_speaks_the_state_vocabulary():
+    with pytest.raises(ValueError, match="Outcome.state 'busy': allowed: done, failed, broken"):
+        base.Outcome("r", "busy")
+    assert [base.Outcome("r", s).word for s in ("done", "failed", "running")] == ["done", "failed", "busy"]
+    assert base.Outcome.of_result("r", {"status": "skipped"}).word == "skipped"
+    assert base.Outcome.of_result("r", {"status": "done"}).state == "done"
+
+
+def test_the_local_backend_loads_no_slurm_module():
+    """--cluster local and debug run without the Slurm backends' code (submitit's LocalExecutor only)."""
+    slurm_side = ("cnnstress.cluster.slurmctl", "cnnstress.cluster.status", "cnnstress.cluster.slurm",
+                  "cnnstress.cluster.sbatch")
+    assert loaded_by("cnnstress.cluster.local", slurm_side) == []
+
+
+def test_names_on_disk_are_spelt_only_in_layout():
+    """sbatch/, slurm-logs/, submitit/ and report/ are named once, in layout.py: a backend or the
+    launcher that spells one itself would drift from what --status, gather and the docs expect."""
+    from cnnstress import layout
+
+    spelt = re.compile(r"""["'](slurm-logs|submitit|sbatch|report|index\.html|figures)["']\s*(\)|$|/)"""
+                       r"""|/ ["'](sbatch|submitit|report)["']""")
+    files = [*sorted((REPO / "cnnstress" / "cluster").glob("*.py")), REPO / "cnnstress" / "launcher.py"]
+    found = [f"{f.name}:{n}: {line.strip()}" for f in files for n, line in enumerate(f.read_text().splitlines(), 1)
+             if spelt.search(line) and not line.strip().startswith(("name = ", '"sbatch": '))]  # backend names
+    assert found == [], found
+    assert (layout.SBATCH_DIR, layout.SLURM_LOGS_DIR, layout.SUBMITIT_DIR, layout.REPORT_DIR) == (
+        "sbatch", "slurm-logs", "submitit", "report")
 
 
 def test_submitit_and_sbatch_spell_one_request(tmp_path):
@@ -1033,6 +1170,6 @@ def test_a_busy_local_run_names_the_pid_and_host_holding_it(tmp_path, capsys):
         holder.kill()
         holder.wait()
     said = f"run {spec.run_id} is claimed by pid {holder.pid} on {socket.gethostname()} since "
-    assert oc.status == "busy" and oc.detail.startswith(said), oc.detail
+    assert oc.state == "running" and oc.word == "busy" and oc.detail.startswith(said), oc.detail
     assert said in capsys.readouterr().out
     assert store.run_state(rd).status == "missing"  # nothing written for a run someone else trains

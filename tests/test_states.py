@@ -4,7 +4,7 @@ from __future__ import annotations
 
 
 from cnnstress import states
-from cnnstress.cluster import slurm, slurmctl, status
+from cnnstress.cluster import base, slurm, status
 
 from conftest import loaded_by
 
@@ -45,7 +45,7 @@ def test_the_gather_job_rebuilds_the_report_from_the_launch_arguments(tmp_path):
     from synth import make_sweep
 
     s = make_sweep(tmp_path, seeds=(1,), corruptions=())
-    args = slurmctl.gather_arguments(s.sweep_dir / "grid.toml", tmp_path, tmp_path / "data", [])
+    args = base.gather_arguments(s.sweep_dir / "grid.toml", tmp_path, tmp_path / "data", [])
     assert slurm.GatherTask()(args).startswith("report written: ")
     assert (s.sweep_dir / "report" / "index.html").exists()
     assert (s.sweep_dir / "report" / "summary.json").exists()

@@ -127,7 +127,7 @@ def test_asking_for_tensorboard_without_the_package_stops_the_launch(tmp_path, m
         raise AssertionError("the launch went on")
 
     monkeypatch.setattr(launcher, "write_sweep_files", never)
-    monkeypatch.setattr(launcher, "_launch_slurm", never)
+    monkeypatch.setattr(launcher, "_launch", never)
     out = tmp_path / "out"
     rc = launcher.main(["--grid", str(_grid(tmp_path)), "--out", str(out), "--data-root", str(DATA),
                         "--cluster", cluster, *ask])

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import importlib
 
-from .base import Backend, LaunchContext, Outcome
+from .base import Backend, BackendError, Handle, LaunchContext, Outcome
 
 # --cluster name -> "module:class" (imported on first use)
 BACKENDS: dict[str, str] = {
@@ -33,4 +33,4 @@ def backend(name: str) -> Backend:
     return _LOADED[name]
 
 
-__all__ = ["BACKENDS", "Backend", "LaunchContext", "Outcome", "backend"]
+__all__ = ["BACKENDS", "Backend", "BackendError", "Handle", "LaunchContext", "Outcome", "backend"]

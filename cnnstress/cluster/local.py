@@ -11,7 +11,7 @@ import re
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -21,10 +21,9 @@ from rich.console import Console
 from .. import atomic, faults, store
 from ..claims import claim_holder, describe_holder
 from ..config import RunSpec
-from ..layout import EXIT_BUSY, SPEC_FILE
-from ..layout import RUNS_DIR
-from .base import PACKAGE_ROOT, Backend, LaunchContext, Outcome, progress_bar
-from .status import progress_epochs
+from ..layout import EXIT_BUSY, RUNS_DIR, SPEC_FILE, SUBMITIT_DIR, submitit_launch_name
+from ..store import progress_epochs
+from .base import PACKAGE_ROOT, Backend, Handle, LaunchContext, Outcome, progress_bar
 
 LOCAL_TIMEOUT_MIN = 60 * 24 * 7  # submitit's LocalExecutor kills jobs after 2 minutes by default
 
@@ -220,10 +219,9 @@ def run_debug(runs: Sequence[RunSpec], console: Console) -> list[Outcome]:
     outcomes = []
     for spec in runs:
         try:
-            res = worker.run(spec)
-            outcomes.append(Outcome(spec.run_id, res["status"], summary=res))
-        except worker.RunBusy as e:
-            outcomes.append(Outcome(spec.run_id, "busy", str(e)))
+            outcomes.append(Outcome.of_result(spec.run_id, worker.run(spec)))
+        except worker.RunBusy as e:  # someone else's live process is training it
+            outcomes.append(Outcome(spec.run_id, "running", str(e)))
         except Exception as e:  # noqa: BLE001 - recorded in FAILED.json; go on with the others
             why = faults.naming(f"{type(e).__name__}: {e}")
             outcomes.append(Outcome(spec.run_id, "failed", why))
@@ -247,7 +245,7 @@ def run_local(runs: Sequence[RunSpec], sweep_dir: Path, console: Console, max_pa
                       f"({', '.join(gpus)}); to train on the CPU instead, set CUDA_VISIBLE_DEVICES=''",
                       markup=False)
         max_parallel = len(gpus)
-    folder = sweep_dir / "submitit" / f"local-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+    folder = sweep_dir / SUBMITIT_DIR / submitit_launch_name("local", time.strftime('%Y%m%d-%H%M%S'), os.getpid())
     executor = submitit.LocalExecutor(folder=folder)
     # the job process itself needs no GPU; LocalTrainTask pins its worker to `gpu`
     executor.update_parameters(timeout_min=LOCAL_TIMEOUT_MIN, gpus_per_node=0)
@@ -275,38 +273,36 @@ def run_local(runs: Sequence[RunSpec], sweep_dir: Path, console: Console, max_pa
                 if gpu is not None:
                     free.append(gpu)
                 oc = _outcome(job, spec, folder)
-                if oc.status == "failed":
+                if oc.state == "failed":
                     # FAILED.json holds the reason (submitit's exception text ends with log paths);
                     # if even the task process died, nobody wrote one yet
                     run_dir = sweep_dir / RUNS_DIR / rid
                     state = store.run_state(run_dir, verify_hash=False)
                     reason = state.reason if state.status == "failed" else record_unreported_end(run_dir, None)
                     if reason:
-                        oc.detail = f"{reason} (logs: {folder})"
+                        oc = replace(oc, detail=f"{reason} (logs: {folder})")
                 outcomes.append(oc)
                 progress.update(bars[rid], completed=spec.train.epochs, visible=False)
                 progress.advance(overall)
-                oc = outcomes[-1]
-                colour = {"done": "green", "skipped": "green", "failed": "red"}.get(oc.status, "yellow")
-                console.print(f"[{colour}]{oc.status:>7}[/{colour}] {rid} {oc.detail}")
+                colour = {"done": "green", "failed": "red"}.get(oc.state, "yellow")
+                console.print(f"[{colour}]{oc.word:>7}[/{colour}] {rid} {oc.detail}")
             time.sleep(poll_s)
     return outcomes
 
 
 def _outcome(job: Any, spec: RunSpec, folder: Path) -> Outcome:
     try:
-        res = job.result()
-        return Outcome(spec.run_id, res["status"], summary=res)
+        return Outcome.of_result(spec.run_id, job.result())
     except Exception as e:  # noqa: BLE001 - submitit wraps the worker's exception
         text = str(e)
-        status = "busy" if "RunBusy" in text else "failed"
+        busy = "RunBusy" in text  # another live process holds the run: it is running, not failed
         last = [line for line in text.strip().splitlines() if line.strip()]
         detail = last[-1] if last else type(e).__name__
         # submitit's text ends with the job's log paths: a busy run's own line names the holder
         said = [line.split("RunBusy: ", 1)[1] for line in last if "RunBusy: " in line]
-        if status == "busy" and said:
+        if busy and said:
             detail = said[-1]
-        return Outcome(spec.run_id, status, f"{detail} (logs: {folder})")
+        return Outcome(spec.run_id, "running" if busy else "failed", f"{detail} (logs: {folder})")
 
 
 SIGNAL_CAUSES = {"SIGKILL": "out of memory, or killed by hand", "SIGTERM": "stopped by the system or by hand",
@@ -359,8 +355,8 @@ class DebugBackend(Backend):
     def plan(self, runs: Sequence[RunSpec], ctx: LaunchContext) -> list[str]:
         return []
 
-    def submit(self, runs: Sequence[RunSpec], ctx: LaunchContext) -> list[Outcome]:
-        return run_debug(runs, ctx.console)
+    def submit(self, runs: Sequence[RunSpec], ctx: LaunchContext) -> Handle:
+        return finished_handle(self, runs, ctx.sweep_dir, run_debug(runs, ctx.console))
 
 
 class LocalBackend(Backend):
@@ -371,5 +367,10 @@ class LocalBackend(Backend):
     def plan(self, runs: Sequence[RunSpec], ctx: LaunchContext) -> list[str]:
         return []
 
-    def submit(self, runs: Sequence[RunSpec], ctx: LaunchContext) -> list[Outcome]:
-        return run_local(runs, ctx.sweep_dir, ctx.console, ctx.max_parallel)
+    def submit(self, runs: Sequence[RunSpec], ctx: LaunchContext) -> Handle:
+        return finished_handle(self, runs, ctx.sweep_dir, run_local(runs, ctx.sweep_dir, ctx.console, ctx.max_parallel))
+
+
+def finished_handle(chosen: Backend, runs: Sequence[RunSpec], sweep_dir: Path, outcomes: Sequence[Outcome]) -> Handle:
+    """The handle of runs that ran to their end before submit returned."""
+    return Handle(chosen, sweep_dir, tuple(r.run_id for r in runs), {o.run_id: o for o in outcomes})

@@ -11,7 +11,9 @@ from typing import Sequence
 
 from .. import atomic
 from ..config import RunSpec, SlurmConfig
-from .base import PACKAGE_ROOT, LaunchContext
+from ..layout import (SBATCH_DIR, SBATCH_GATHER_LOG, SBATCH_TASK_LOG, SLURM_LOGS_DIR, sbatch_manifest_name,
+                      sbatch_setup_name)
+from .base import PACKAGE_ROOT, Handle, LaunchContext
 from .slurmctl import (JobRequest, Launch, SlurmError, SlurmLikeBackend, _now, _one_line, _slurm_cmd,
                        array_ranges, check_controller, job_request, max_array_size, record_launch,
                        share_parallelism, shell_join, split_indices)
@@ -50,7 +52,7 @@ def sbatch_array_argv(slurm: SlurmConfig, sweep: str, sweep_dir: Path, manifest:
     req = job_request(slurm, sweep, "array", array_parallelism)
     parallel = min(int(req.array_parallelism or 1), len(task_ids))
     argv = ["sbatch", "--parsable", f"--array={array_ranges(task_ids)}%{parallel}", *_options(req),
-            f"--chdir={PACKAGE_ROOT}", f"--output={_slurm_filename(sweep_dir / 'slurm-logs')}/%A_%a.out",
+            f"--chdir={PACKAGE_ROOT}", f"--output={_slurm_filename(sweep_dir / SLURM_LOGS_DIR)}/{SBATCH_TASK_LOG}",
             str(PACKAGE_ROOT / "slurm" / "array.sbatch"), str(manifest), python, str(offset), str(slurm.max_num_timeout)]
     if setup_file is not None or manifest_sha256:
         argv.append(str(setup_file or ""))
@@ -63,7 +65,7 @@ def sbatch_gather_argv(slurm: SlurmConfig, sweep: str, sweep_dir: Path, python: 
                        gather_args: Sequence[str], setup_file: Path | None = None) -> list[str]:
     """The sbatch command line of the fallback's gather job (runs ``launch.py --gather``)."""
     return ["sbatch", "--parsable", f"--dependency={dependency}", *_options(job_request(slurm, sweep, "gather")),
-            f"--chdir={PACKAGE_ROOT}", f"--output={_slurm_filename(sweep_dir / 'slurm-logs')}/gather-%j.out",
+            f"--chdir={PACKAGE_ROOT}", f"--output={_slurm_filename(sweep_dir / SLURM_LOGS_DIR)}/{SBATCH_GATHER_LOG}",
             str(PACKAGE_ROOT / "slurm" / "gather.sbatch"), python, str(setup_file or ""), *gather_args]
 
 
@@ -75,7 +77,7 @@ def setup_file(sweep_dir: Path, setup: Sequence[str]) -> tuple[Path, bytes] | No
         return None
     text = "# [slurm].setup of this launch's grid, sourced by slurm/array.sbatch and gather.sbatch\n"
     data = (text + "".join(line + "\n" for line in setup)).encode()
-    return sweep_dir / "sbatch" / f"setup-{hashlib.sha256(data).hexdigest()[:16]}.sh", data
+    return sweep_dir / SBATCH_DIR / sbatch_setup_name(hashlib.sha256(data).hexdigest()), data
 
 
 def write_setup_file(sweep_dir: Path, setup: Sequence[str]) -> Path | None:
@@ -103,7 +105,7 @@ def launch_manifest(runs: Sequence[RunSpec], sweep_dir: Path) -> tuple[Path, byt
     read their manifest when they start, maybe days later, and after every requeue)."""
     data = "".join(r.to_json() + "\n" for r in runs).encode()
     sha = hashlib.sha256(data).hexdigest()
-    return sweep_dir / "sbatch" / f"manifest-{sha[:16]}.jsonl", data, sha
+    return sweep_dir / SBATCH_DIR / sbatch_manifest_name(sha), data, sha
 
 
 def sbatch_plan(runs: Sequence[RunSpec], slurm: SlurmConfig, sweep: str, sweep_dir: Path, python: str,
@@ -132,14 +134,14 @@ def submit_sbatch(runs: Sequence[RunSpec], slurm: SlurmConfig, sweep: str, sweep
     """The fallback without submitit: slurm/array.sbatch over the lines of this launch's own
     manifest, then slurm/gather.sbatch."""
     check_controller()
-    (sweep_dir / "slurm-logs").mkdir(parents=True, exist_ok=True)  # Slurm does not create it
+    (sweep_dir / SLURM_LOGS_DIR).mkdir(parents=True, exist_ok=True)  # Slurm does not create it
     write_setup_file(sweep_dir, slurm.setup)
     runs = list(runs)
     manifest, data, _ = launch_manifest(runs, sweep_dir)
     _write_launch_file(manifest, data)
     arrays, gather = sbatch_plan(runs, slurm, sweep, sweep_dir, sys.executable, gather_args,
                                  max_array_size(), array_parallelism)
-    launch = Launch("sbatch", str(sweep_dir / "slurm-logs"), time=_now())
+    launch = Launch(SbatchBackend.name, str(sweep_dir / SLURM_LOGS_DIR), time=_now())
     try:
         for argv, part, offset in arrays:
             job = _sbatch(argv)
@@ -176,11 +178,12 @@ class SbatchBackend(SlurmLikeBackend):
         return [f"would submit {len(runs)} runs as {len(arrays)} array(s) (MaxArraySize {limit}), then the "
                 "gather job:", *[shell_join(argv) for argv, _, _ in arrays], shell_join(gather)]
 
-    def submit(self, runs: Sequence[RunSpec], ctx: LaunchContext) -> Launch:
-        return submit_sbatch(runs, ctx.slurm, ctx.sweep, ctx.sweep_dir, ctx.gather_args, ctx.max_parallel)
+    def submit(self, runs: Sequence[RunSpec], ctx: LaunchContext) -> Handle:
+        launch = submit_sbatch(runs, ctx.slurm, ctx.sweep, ctx.sweep_dir, ctx.gather_args, ctx.max_parallel)
+        return Handle(self, ctx.sweep_dir, tuple(r.run_id for r in runs), launch=launch)
 
-    def task_log(self, folder: str, job_id: str) -> str:
-        return f"{folder}/{job_id}.out"
+    def task_log(self, folder: str, job_id: str) -> str:  # job_id: "<array>_<task>", as %A_%a
+        return f"{folder}/{SBATCH_TASK_LOG.replace('%A_%a', job_id)}"
 
     def gather_log(self, folder: str, job_id: str) -> str:
-        return f"{folder}/gather-{job_id}.out"
+        return f"{folder}/{SBATCH_GATHER_LOG.replace('%j', job_id)}"

@@ -14,7 +14,8 @@ import submitit
 from rich.console import Console
 
 from ..config import RunSpec, SlurmConfig
-from .base import PACKAGE_ROOT, LaunchContext
+from ..layout import SUBMITIT_DIR, submitit_launch_name
+from .base import PACKAGE_ROOT, Handle, LaunchContext
 from .slurmctl import (JobRequest, Launch, SlurmError, SlurmLikeBackend, _now, _one_line, chunk_items,
                        check_controller, job_request, max_array_size, record_launch, share_parallelism)
 
@@ -119,7 +120,7 @@ def submitit_script_text(folder: Path, params: dict[str, Any], max_num_timeout: 
 def new_launch_folder(parent: Path, kind: str) -> Path:
     """A fresh folder per launch: submitit matches result files by job id, and job ids restart
     when a cluster is reinstalled, so a reused folder could hand back another job's result."""
-    stamp = f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+    stamp = submitit_launch_name(kind, time.strftime('%Y%m%d-%H%M%S'), os.getpid())
     parent.mkdir(parents=True, exist_ok=True)
     for n in range(1, 1000):
         folder = parent / (stamp if n == 1 else f"{stamp}-{n}")
@@ -142,8 +143,8 @@ def submit_slurm(runs: Sequence[RunSpec], slurm: SlurmConfig, sweep: str, sweep_
     """All runs as submitit job arrays (split at MaxArraySize), then one gather job that starts
     after every task has ended, however it ended (afterany)."""
     check_controller()
-    folder = new_launch_folder(sweep_dir / "submitit", "slurm")
-    launch = Launch("slurm", str(folder), time=_now())
+    folder = new_launch_folder(sweep_dir / SUBMITIT_DIR, SlurmBackend.name)
+    launch = Launch(SlurmBackend.name, str(folder), time=_now())
     limit = max_array_size()
     specs = list(runs)
     params = submitit_parameters(slurm, sweep, array_parallelism)
@@ -180,14 +181,15 @@ class SlurmBackend(SlurmLikeBackend):
         limit = max_array_size()
         params = submitit_parameters(ctx.slurm, ctx.sweep, ctx.max_parallel)
         chunks = chunk_items(len(runs), limit)
-        folder = ctx.sweep_dir / "submitit" / "slurm-<timestamp>-<pid>"
+        folder = ctx.sweep_dir / SUBMITIT_DIR / submitit_launch_name(self.name, "<timestamp>", "<pid>")
         text = submitit_script_text(folder, params, ctx.slurm.max_num_timeout,
                                     len(chunks[0]) if len(chunks[0]) > 1 else None)
         return [f"would submit {len(runs)} runs as {len(chunks)} submitit job array(s) (MaxArraySize {limit}), "
                 "then one gather job; the first array's sbatch script:", text]
 
-    def submit(self, runs: Sequence[RunSpec], ctx: LaunchContext) -> Launch:
-        return submit_slurm(runs, ctx.slurm, ctx.sweep, ctx.sweep_dir, ctx.gather_args, ctx.console, ctx.max_parallel)
+    def submit(self, runs: Sequence[RunSpec], ctx: LaunchContext) -> Handle:
+        launch = submit_slurm(runs, ctx.slurm, ctx.sweep, ctx.sweep_dir, ctx.gather_args, ctx.console, ctx.max_parallel)
+        return Handle(self, ctx.sweep_dir, tuple(r.run_id for r in runs), launch=launch)
 
     def task_log(self, folder: str, job_id: str) -> str:
         return f"{folder}/{job_id}_0_log.err"

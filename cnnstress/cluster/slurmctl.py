@@ -19,10 +19,10 @@ from typing import Any, Sequence
 
 from rich.console import Console
 
-from .. import atomic, store
-from ..config import RunSpec, SlurmConfig
-from ..layout import LAUNCHES_FILE, LAUNCHES_LOCK, RUNS_DIR
-from .base import Backend, progress_bar
+from .. import atomic
+from ..config import SlurmConfig
+from ..layout import DONE_NAME, LAUNCHES_FILE, LAUNCHES_LOCK, RUNS_DIR
+from .base import Backend, BackendError, Handle, progress_bar
 
 DEFAULT_MAX_ARRAY_SIZE = 1001  # Slurm's default MaxArraySize
 CMD_TIMEOUT_S = 30
@@ -58,17 +58,11 @@ RESERVED_SBATCH = {
 }
 
 
-class SlurmError(RuntimeError):
+class SlurmError(BackendError):
     """Slurm cannot be used or refused a submission; the message says what to do."""
 
 
 
-def gather_arguments(grid_copy: Path, out_root: Path, data_root: Path, overrides: Sequence[str]) -> list[str]:
-    """launch.py arguments that rebuild exactly this sweep (the gather job adds --gather)."""
-    args = ["--grid", str(grid_copy), "--out", str(out_root), "--data-root", str(data_root)]
-    for text in overrides:
-        args += ["--set", text]
-    return args
 
 
 
@@ -178,6 +172,21 @@ class SlurmLikeBackend(Backend):
     def job_states(self, job_ids: Sequence[str]) -> JobQuery:
         return query_jobs(job_ids)
 
+    def states(self, handle: Handle) -> dict[str, str]:
+        """Each submitted run's state from its files and what squeue/sacct say about its job."""
+        from .status import state_of
+
+        query = self.job_states([handle.job_of(r) for r in handle.run_ids if handle.job_of(r)])
+        out = {}
+        for run_id in handle.run_ids:
+            job_id = handle.job_of(run_id)
+            out[run_id] = state_of(handle.sweep_dir / RUNS_DIR / run_id, query.jobs.get(job_id), job_id, query.ok)[0]
+        return out
+
+    def wait(self, handle: Handle, console: Console) -> None:
+        if handle.launch is not None:
+            wait_for_launch(handle.launch, handle.run_ids, handle.sweep_dir, console)
+
 
 def chunk_items(n: int, max_array_size: int) -> list[range]:
     """Split n array tasks (indices 0..n-1 each) into arrays of at most max_array_size tasks."""
@@ -240,7 +249,8 @@ def shell_join(argv: Sequence[str]) -> str:
 
 @dataclass
 class Launch:
-    """One submission: the job ids and where each run went."""
+    """One submission, as launches.jsonl records it: the job ids and where each run went. A plain
+    record: where its logs are is for the backend named ``cluster`` to say (Handle, status.py)."""
 
     cluster: str
     folder: str  # submitit folder (slurm) or slurm-logs folder (sbatch)
@@ -251,17 +261,6 @@ class Launch:
 
     def job_ids(self) -> list[str]:
         return [*self.arrays, *([self.gather] if self.gather else [])]
-
-    def log_for(self, job_id: str) -> str:
-        """Where a task's output goes (each backend names its own log files)."""
-        from . import backend
-
-        return backend(self.cluster).task_log(self.folder, job_id)
-
-    def gather_log(self) -> str:
-        from . import backend
-
-        return backend(self.cluster).gather_log(self.folder, self.gather) if self.gather else ""
 
     def to_dict(self) -> dict[str, Any]:
         return {"time": self.time, "cluster": self.cluster, "folder": self.folder, "arrays": self.arrays,
@@ -408,13 +407,13 @@ def _now() -> str:
 # ------------------------------------------------------------------------------------------------
 
 
-def wait_for_launch(launch: Launch, runs: Sequence[RunSpec], sweep_dir: Path, console: Console,
+def wait_for_launch(launch: Launch, run_ids: Sequence[str], sweep_dir: Path, console: Console,
                     poll_s: float | None = None) -> None:
     """Block until no job of this launch is queued or running any more (squeue; no accounting
     needed). Prints each run as it finishes. Polls every 2 s at first, then less often (at most
     every 30 s), unless poll_s is given. SlurmError when squeue fails for SQUEUE_PATIENCE_S in a row."""
     ids = launch.job_ids()
-    by_run = {r.run_id: r for r in runs if r.run_id in launch.runs}
+    by_run = [r for r in run_ids if r in launch.runs]
     reported: set[str] = set()
     t0 = last_ok = time.time()
     with progress_bar(console) as progress:
@@ -426,11 +425,11 @@ def wait_for_launch(launch: Launch, runs: Sequence[RunSpec], sweep_dir: Path, co
                 last_ok = now
             elif now - last_ok > SQUEUE_PATIENCE_S:
                 raise SlurmError(f"squeue has not answered for {SQUEUE_PATIENCE_S:.0f} s: {'; '.join(query.notes)}")
-            for rid, spec in by_run.items():
+            for rid in by_run:
                 if rid in reported:
                     continue
                 job = query.jobs.get(launch.runs[rid])
-                finished = (sweep_dir / RUNS_DIR / rid / store.DONE_NAME).exists()
+                finished = (sweep_dir / RUNS_DIR / rid / DONE_NAME).exists()
                 if finished or (query.ok and (job is None or not job.active)):
                     reported.add(rid)
                     progress.advance(bar)

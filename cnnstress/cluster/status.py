@@ -3,7 +3,6 @@ launched it says about its job. Used by --status, the launcher's selection and t
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -11,15 +10,9 @@ from typing import Any, Sequence
 from .. import states, store
 from ..claims import claim_holder
 from ..config import RunSpec
-from ..layout import PROGRESS_FILE, RUNS_DIR
+from ..layout import LOG_FILE, RUNS_DIR
+from . import BACKENDS
 from .slurmctl import PENDING_STATES, RUNNING_STATES, JobInfo, JobQuery, Launch, latest_jobs, read_launches
-
-def progress_epochs(run_dir: Path) -> int:
-    try:
-        return int(json.loads((run_dir / PROGRESS_FILE).read_text())["epoch"])
-    except (OSError, ValueError, KeyError):
-        return 0
-
 
 
 # ------------------------------------------------------------------------------------------------
@@ -80,17 +73,37 @@ def run_statuses(runs: Sequence[RunSpec], sweep_dir: Path, ask_slurm: bool = Tru
     out = []
     for spec in runs:
         run_dir = sweep_dir / RUNS_DIR / spec.run_id
-        disk = store.run_state(run_dir, verify_hash=verify_hash) if run_dir.exists() else store.RunState("missing", "")
         job_id, launch = latest.get(spec.run_id, ("", None))
         job = query.jobs.get(job_id) if job_id else None
-        epoch = progress_epochs(run_dir)
-        claim = claim_holder(run_dir) if disk.status != "done" and (job is None or not job.active) else None
-        status, detail = classify(disk, job, claim, epoch, job_id, query.ok)
-        log = launch.log_for(job_id) if launch is not None and job_id else ""
+        # a job of a backend this version lacks was asked nowhere: its absence from squeue says nothing
+        asked = query.ok and launch is not None and launch.cluster in BACKENDS
+        status, detail, epoch, disk = state_of(run_dir, job, job_id, asked, verify_hash)
+        log = _task_log(launch, job_id) if launch is not None and job_id else ""
         if status in ("failed", "broken") and log:
-            detail += f" (log: {log}; {run_dir / 'log.txt'})"
+            detail += f" (log: {log}; {run_dir / LOG_FILE})"
         out.append(RunStatus(spec.run_id, status, detail, epoch, spec.train.epochs, job_id, log, disk.summary))
     return out, query.notes
+
+
+def state_of(run_dir: Path, job: JobInfo | None, job_id: str = "", squeue_ok: bool = False,
+             verify_hash: bool = False) -> tuple[str, str, int, store.RunState]:
+    """(status, detail, epoch, files' state) of one run from its folder, its recorded job's state
+    (None: none, or Slurm no longer knows it) and a live claim (asked only when no job is active)."""
+    disk = store.run_state(run_dir, verify_hash=verify_hash) if run_dir.exists() else store.RunState("missing", "")
+    epoch = store.progress_epochs(run_dir)
+    claim = claim_holder(run_dir) if disk.status != "done" and (job is None or not job.active) else None
+    status, detail = classify(disk, job, claim, epoch, job_id, squeue_ok)
+    return status, detail, epoch, disk
+
+
+def _task_log(launch: Launch, job_id: str) -> str:
+    """Where a recorded task's output went, as the backend that launched it names its logs."""
+    from . import backend
+
+    try:
+        return backend(launch.cluster).task_log(launch.folder, job_id)
+    except ValueError:  # a launch record of a backend this version does not have
+        return ""
 
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..layout import FIGURES_DIR
 from .model import ReportData
 
 
@@ -27,7 +28,7 @@ def render(report: ReportData, report_dir: Path, *, figures: bool = True) -> str
         from . import figures as drawing  # matplotlib loads here, on first use
         from .sections import SECTIONS
 
-        figs = drawing.draw_all(report, Path(report_dir) / "figures", SECTIONS)
+        figs = drawing.draw_all(report, Path(report_dir) / FIGURES_DIR, SECTIONS)
     return html.page(report, figs)
 
 

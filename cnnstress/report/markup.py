@@ -11,6 +11,7 @@ import html
 import math
 from typing import Any, Iterable
 
+from ..layout import FIGURES_DIR
 from .model import FigureRef, Group, ReportData, slug
 
 CSS = """
@@ -119,7 +120,7 @@ def figure(figs: dict[str, FigureRef], name: str) -> str:
     if ref is None:
         return ""
     return (f'<figure id="fig-{esc(ref.filename[:-4])}"><img src="{ref.data_uri}" alt="{esc(ref.caption)}">'
-            f"<figcaption>{esc(ref.caption)} <code>figures/{esc(ref.filename)}</code></figcaption></figure>")
+            f"<figcaption>{esc(ref.caption)} <code>{FIGURES_DIR}/{esc(ref.filename)}</code></figcaption></figure>")
 
 
 def group_title(group: Group, report: ReportData) -> str:

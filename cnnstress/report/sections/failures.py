@@ -12,12 +12,13 @@ import numpy as np
 
 from ...atomic import json_text
 from ...analysis import failures, metrics
+from ...layout import REPORT_FAILURES
 from ..markup import count_mean, esc, figure, figure_key, num, para, table
 from ..model import jsonable, slug
 from .base import FigureSpec, Section, cell_parts
 
 HIST_BINS = 20
-FAILURES_FILE = "failures.json"
+FAILURES_FILE = REPORT_FAILURES
 _RUNS_SLOT = "\x00runs\x00"  # stands in for the runs list in the skeleton of failures.json
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ...layout import FIGURES_DIR, REPORT_FAILURES, REPORT_RUNS_CSV, REPORT_SUMMARY
 from ..markup import esc
 from .base import Section
 
@@ -11,10 +12,10 @@ class FilesSection(Section):
     title = "Files"
 
     def html(self, report, figs):
-        items = [("summary.json", "headline numbers per run, per variant and per comparison"),
-                 ("failures.json", "every high-confidence failure of every run"),
-                 ("runs.csv", "one row per expected run"),
-                 ("figures/", f"the {len(figs)} figures of this page as PNG files")]
+        items = [(REPORT_SUMMARY, "headline numbers per run, per variant and per comparison"),
+                 (REPORT_FAILURES, "every high-confidence failure of every run"),
+                 (REPORT_RUNS_CSV, "one row per expected run"),
+                 (f"{FIGURES_DIR}/", f"the {len(figs)} figures of this page as PNG files")]
         return "<ul>" + "".join(f"<li><code>{esc(n)}</code>: {esc(d)}</li>" for n, d in items) + "</ul>"
 
 
