@@ -307,6 +307,64 @@ def evaluate(model: nn.Module, data: DeviceData, mean: Tensor, std: Tensor, prec
     return {"loss": loss, "acc": acc}
 
 
+@dataclass(frozen=True)
+class Predictor:
+    """Everything a measurement needs of a trained model, in one value: the model, the dataset's
+    normalisation, the AMP precision of its trunk and its memory format. Logits and embeddings
+    always come from a float32 head (:func:`float32_head`); Grad-CAM is float32 throughout.
+
+    The methods are the module's functions with this value's fields filled in, so a result is
+    bitwise the same whichever way it is asked for."""
+
+    model: nn.Module
+    mean: Tensor
+    std: Tensor
+    precision: Precision
+    channels_last: bool
+
+    @property
+    def device(self) -> torch.device:
+        return self.mean.device
+
+    def with_model(self, model: nn.Module) -> Predictor:
+        """The same normalisation, precision and memory format for another model (a re-initialised copy)."""
+        return Predictor(model, self.mean, self.std, self.precision, self.channels_last)
+
+    def input(self, x01: Tensor) -> Tensor:
+        """[0,1] float images -> the model's input (normalised, in its memory format)."""
+        return to_input(x01, self.mean, self.std, self.channels_last)
+
+    @torch.no_grad()
+    def logits(self, x01: Tensor) -> Tensor:
+        """Float32-head logits of one batch of [0,1] images (what :meth:`predict` stores for them)."""
+        return float32_head(self.model, self.input(x01), self.precision)[0]
+
+    def predict(self, x_uint8: Tensor, batch_size: int, *, with_embedding: bool = False,
+                transform: Callable[[Tensor, int], Tensor] | None = None,
+                index: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        return predict(self.model, x_uint8, self.mean, self.std, self.precision, batch_size, self.channels_last,
+                       with_embedding=with_embedding, transform=transform, index=index)
+
+    def evaluate(self, data: DeviceData, batch_size: int) -> dict[str, float]:
+        return evaluate(self.model, data, self.mean, self.std, self.precision, batch_size, self.channels_last)
+
+    def gradcam(self, layer: nn.Module, x_uint8: Tensor, targets: list[Tensor], batch_size: int) -> list[Tensor]:
+        return gradcam(self.model, layer, x_uint8, targets, self.mean, self.std, batch_size, self.channels_last)
+
+    def deletion_insertion(self, x_uint8: Tensor, saliency: Tensor, classes: Tensor, steps: int,
+                           batch_size: int) -> tuple[Tensor, Tensor]:
+        return deletion_insertion(self.model, x_uint8, saliency, classes, self.mean, self.std, self.precision, steps,
+                                  self.channels_last, batch_size=batch_size)
+
+
+def fixed_positions(n: int, count: int, seed: int) -> np.ndarray:
+    """``min(count, n)`` sorted int64 positions of ``range(n)``, drawn without replacement by a numpy
+    generator seeded with ``seed``: the same for every run of a sweep (the seed is a sweep-level
+    one, the split seed or [stress].seed), so that runs compare image by image. The one sampler of
+    fixed test (and training) positions."""
+    return np.sort(np.random.default_rng(seed).permutation(n)[:min(count, n)])
+
+
 # ------------------------------------------------------------------------------------------------
 # Grad-CAM
 # ------------------------------------------------------------------------------------------------

@@ -35,7 +35,7 @@ from .claims import RunBusy, claim
 from .augment import BatchAugment
 from .config import RunSpec
 from .corrupt import corrupt, corrupt_seed
-from .engine import (DeviceData, Precision, build_optimizer, build_scheduler, deletion_insertion, evaluate,
+from .engine import (DeviceData, Precision, Predictor, build_optimizer, build_scheduler, deletion_insertion, evaluate,
                      gradcam, predict, restore_rng_state, rng_state, select_device, set_determinism, train_one_epoch,
                      train_steps, use_channels_last)
 from .models import build_model, resolve_layer
@@ -618,9 +618,9 @@ def _sanity(spec: RunSpec, model, test: DeviceData, preds, mean, std, cl: bool, 
     pos = _sample(len(test), st.sanity["samples"], st.corruption_seed)
     tpos = torch.from_numpy(pos).to(test.x.device)
     g = torch.Generator().manual_seed(st.corruption_seed)
-    steps = randomize.cascading_randomization(model, spec.gradcam_layer, test.x[tpos], preds[tpos], mean, std,
-                                              generator=g, batch_size=min(spec.train.eval_batch_size, 256),
-                                              channels_last=cl)
+    pred = Predictor(model, mean, std, Precision(mean.device.type, torch.float32, False), cl)
+    steps = randomize.cascading_randomization(pred, spec.gradcam_layer, test.x[tpos], preds[tpos],
+                                              generator=g, batch_size=min(spec.train.eval_batch_size, 256))
     out = {"sanity/positions": pos.astype(np.int32)}
     for i, (name, maps) in enumerate(steps):
         out[store.sanity_key(i, name)] = maps
