@@ -29,8 +29,8 @@ import torch
 
 from . import attacks, data, faults, oodsets, randomize, store
 from . import tensorboard as tboard
-from .layout import (BEST_FILE, DONE_NAME, EXIT_BUSY, EXIT_DONE, EXIT_FAILED, EXIT_USAGE, HISTORY_KEYS, LOG_FILE,
-                     PROGRESS_FILE, RUNS_DIR, SPEC_FILE)
+from .layout import (BEST_FILE, DONE_NAME, EXIT_BUSY, EXIT_DONE, EXIT_FAILED, EXIT_USAGE, HISTORY, HISTORY_KEYS,
+                     LOG_FILE, PROGRESS_FILE, RUNS_DIR, SPEC_FILE)
 from .atomic import LinkRefused, open_in_place, refuse_links
 from .claims import RunBusy, claim
 from .augment import BatchAugment
@@ -774,8 +774,7 @@ def publish(run: RunSetup, fitted: Fitted, measured: Measured, t_start: float, l
 
 def history_arrays(history: dict[str, list[float]]) -> dict[str, np.ndarray]:
     """/history/<key> arrays of a run's per-epoch history."""
-    return {f"history/{key}": np.asarray(history[key], dtype=np.int32 if key == "epoch" else np.float64)
-            for key in HISTORY_KEYS}
+    return {f"history/{key.name}": np.asarray(history[key.name], dtype=key.dtype) for key in HISTORY}
 
 
 def _root_attrs(run: RunSetup, timings: dict[str, float]) -> dict[str, Any]:
