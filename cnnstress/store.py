@@ -39,7 +39,7 @@ SCHEMA_VERSION: int = 1
 
 # the run folder's file names are defined once, in layout.py (re-exported here for store's callers)
 from .layout import (CHECKPOINT_NAME, CHECKPOINT_NAMES, DONE_NAME, FAILED_NAME,  # noqa: E402,F401
-                     PREV_CHECKPOINT_NAME, PROGRESS_FILE, RESULTS_NAME)
+                     HISTORY, PREV_CHECKPOINT_NAME, PROGRESS_FILE, RESULTS_NAME)
 
 # Chunks of about 1 MiB: big enough that gzip works well and reading a whole dataset is a few
 # hundred chunk reads, small enough that reading a few rows does not inflate much.
@@ -105,16 +105,6 @@ class Field:
         return np.dtype(self.dtype)
 
 
-_HISTORY = (
-    ("epoch", "int32", "epoch number, 1-based"),
-    ("lr", "float64", "learning rate used in the epoch"),
-    ("train_loss", "float64", "mean training loss"),
-    ("train_acc", "float64", "training accuracy, fraction"),
-    ("val_loss", "float64", "validation loss"),
-    ("val_acc", "float64", "validation accuracy, fraction"),
-    ("epoch_seconds", "float64", "wall time of the epoch"),
-)
-
 # Optional prefixes: any float array below these groups is accepted with the declared dtype
 # (deletion/insertion curves of the Grad-CAM faithfulness test, shortcut-probe results, ...).
 OPTIONAL_PREFIXES: dict[str, str] = {
@@ -123,7 +113,7 @@ OPTIONAL_PREFIXES: dict[str, str] = {
 }
 
 SCHEMA: tuple[Field, ...] = (
-    *(Field(f"history/{name}", dt, ("E",), required=True, doc=doc) for name, dt, doc in _HISTORY),
+    *(Field(f"history/{key.name}", key.dtype, ("E",), required=True, doc=key.doc) for key in HISTORY),
     Field("test/index", "int32", ("N",), True, check="index", doc="index into the official test split"),
     Field("test/label", "int16", ("N",), True, check="label", doc="true class"),
     Field("test/logits", "float32", ("N", "C"), True, check="logits", chunked=True, doc="final logits"),
