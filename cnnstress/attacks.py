@@ -31,13 +31,14 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .engine import Precision, float32_head, to_input
+from .engine import Precision, Predictor, fixed_positions
 
 #: The norms an attack can be bounded in.
 NORMS: tuple[str, ...] = ("linf", "l2")
@@ -62,9 +63,7 @@ def attack_positions(n_test: int, count: int, seed: int) -> np.ndarray:
     for key, value in (("n_test", n_test), ("count", count), ("seed", seed)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
             raise ValueError(f"attack_positions: {key} must be a non-negative int, got {value!r}")
-    if count >= n_test:
-        return np.arange(n_test, dtype=np.int64)
-    return np.sort(np.random.default_rng(int(seed)).permutation(int(n_test))[:count]).astype(np.int64)
+    return fixed_positions(int(n_test), int(count), int(seed)).astype(np.int64)
 
 
 def attack_seed(seed: int, norm: str, eps: float) -> int:
@@ -146,8 +145,7 @@ def ascend(x: Tensor, grad: Tensor, norm: str, step_size: float) -> Tensor:
     return x + step_size * unit_l2(grad)
 
 
-def loss_gradient(model: nn.Module, x01: Tensor, labels: Tensor, mean: Tensor, std: Tensor,
-                  channels_last: bool) -> Tensor:
+def loss_gradient(pred: Predictor, x01: Tensor, labels: Tensor) -> Tensor:
     """Gradient of the summed cross-entropy with respect to the [0,1] images, float32 throughout
     (autocast off). Only the input is asked for, so autograd computes no parameter gradient and
     writes no ``.grad``; summed rather than averaged, so an image's gradient does not depend on the
@@ -155,18 +153,10 @@ def loss_gradient(model: nn.Module, x01: Tensor, labels: Tensor, mean: Tensor, s
     it)."""
     with torch.inference_mode(False), torch.enable_grad(), torch.autocast(x01.device.type, enabled=False):
         x = x01.detach().clone().requires_grad_(True)
-        logits = model(to_input(x, mean, std, channels_last))
+        logits = pred.model(pred.input(x))
         loss = F.cross_entropy(logits.float(), labels, reduction="sum")
         (grad,) = torch.autograd.grad(loss, x)
     return grad
-
-
-@torch.no_grad()
-def stored_logits(model: nn.Module, x01: Tensor, mean: Tensor, std: Tensor, precision: Precision,
-                  channels_last: bool) -> Tensor:
-    """The logits ``engine.predict`` computes for these [0,1] images (float32 head)."""
-    logits, _ = float32_head(model, to_input(x01, mean, std, channels_last), precision)
-    return logits
 
 
 def margin(logits: Tensor, labels: Tensor) -> Tensor:
@@ -205,57 +195,76 @@ class WorstCase:
 # ------------------------------------------------------------------------------------------------
 
 
-def pgd_batch(model: nn.Module, x0: Tensor, labels: Tensor, mean: Tensor, std: Tensor, start: Tensor | None, *,
-              norm: str, eps: float, steps: int, step_size: float, precision: Precision, channels_last: bool,
+@dataclass(frozen=True)
+class AttackConfig:
+    """One attack's settings: the norm, the radius and step size in [0,1] pixel units (step_size
+    None: Madry et al.'s ``2.5 * eps / steps``), the number of steps, the images per batch."""
+
+    norm: str
+    eps: float
+    steps: int
+    step_size: float | None
+    batch_size: int
+
+    @property
+    def step(self) -> float:
+        return float(self.step_size) if self.step_size is not None else 2.5 * self.eps / self.steps
+
+
+def pgd_batch(pred: Predictor, x0: Tensor, labels: Tensor, start: Tensor | None, cfg: AttackConfig, *,
               keep_images: bool) -> WorstCase:
     """PGD on one batch of [0,1] images ``x0`` from ``x0 + start`` (``start`` on x0's device; None
     or eps = 0: no attack, the clean logits). The clean image, the projected start and every step's
     iterate are offered to a :class:`WorstCase`; the model must be in eval mode, so that images of
-    a batch do not interact."""
-    worst = WorstCase(x0, stored_logits(model, x0, mean, std, precision, channels_last), labels, keep_images)
-    if eps == 0 or start is None:
+    a batch do not interact. Logits come from ``pred``'s float32 head under its precision (what
+    ``engine.predict`` stores); gradients are float32."""
+    worst = WorstCase(x0, pred.logits(x0), labels, keep_images)
+    if cfg.eps == 0 or start is None:
         return worst
-    x = project(x0 + start, x0, norm, eps)
-    worst.offer(x, stored_logits(model, x, mean, std, precision, channels_last))
-    for _ in range(steps):
-        grad = loss_gradient(model, x, labels, mean, std, channels_last)
-        x = project(ascend(x, grad, norm, step_size), x0, norm, eps)
-        worst.offer(x, stored_logits(model, x, mean, std, precision, channels_last))
+    x = project(x0 + start, x0, cfg.norm, cfg.eps)
+    worst.offer(x, pred.logits(x))
+    for _ in range(cfg.steps):
+        grad = loss_gradient(pred, x, labels)
+        x = project(ascend(x, grad, cfg.norm, cfg.step), x0, cfg.norm, cfg.eps)
+        worst.offer(x, pred.logits(x))
     return worst
 
 
-def _attack(model: nn.Module, x_uint8: Tensor, labels: Tensor, mean: Tensor, std: Tensor, start: Tensor | None, *,
-            norm: str, eps: float, steps: int, step_size: float | None, batch_size: int, channels_last: bool,
-            precision: Precision | None, keep_images: bool, on_batch: ProgressFn | None,
+def _attack(pred: Predictor, x_uint8: Tensor, labels: Tensor, start: Tensor | None, cfg: AttackConfig, *,
+            keep_images: bool, on_batch: ProgressFn | None,
             progress: tuple[int, int] | None = None) -> tuple[Tensor | None, Tensor]:
     """Run :func:`pgd_batch` over ``x_uint8`` in batches; ``start`` is the CPU random start of every
     image (None for eps = 0). ``progress`` = (images done before this call, total) for a caller
     that reports one bar over several calls."""
-    _check_args(x_uint8, labels, norm, eps, steps, step_size, batch_size)
-    model.eval()
+    _check_args(x_uint8, labels, cfg)
+    pred.model.eval()
     device = x_uint8.device
-    precision = precision if precision is not None else Precision(device.type, torch.float32, False)
-    step = float(step_size) if step_size is not None else 2.5 * eps / steps
     labels = labels.to(device=device, dtype=torch.int64)
     m = x_uint8.shape[0]
     done0, total = progress if progress is not None else (0, m)
     logits, images = [], []
-    for lo in range(0, m, batch_size):
-        hi = min(lo + batch_size, m)
+    for lo in range(0, m, cfg.batch_size):
+        hi = min(lo + cfg.batch_size, m)
         x0 = x_uint8[lo:hi].float().div_(255)
         s = start[lo:hi].to(device) if start is not None else None
-        worst = pgd_batch(model, x0, labels[lo:hi], mean, std, s, norm=norm, eps=eps, steps=steps, step_size=step,
-                          precision=precision, channels_last=channels_last, keep_images=keep_images)
+        worst = pgd_batch(pred, x0, labels[lo:hi], s, cfg, keep_images=keep_images)
         logits.append(worst.logits)
         if keep_images:
             images.append(worst.images)
         if on_batch is not None:
             on_batch(done0 + hi, total)
     if m == 0:
-        classes = model.head.out_features
+        classes = pred.model.head.out_features
         empty = torch.empty((0, classes), dtype=torch.float32, device=device)
         return (x_uint8.float() if keep_images else None), empty
     return (torch.cat(images) if keep_images else None), torch.cat(logits)
+
+
+def _predictor(model: nn.Module, mean: Tensor, std: Tensor, precision: Precision | None, channels_last: bool,
+               device: torch.device) -> Predictor:
+    """The public functions' arguments as one Predictor (precision None: float32)."""
+    return Predictor(model, mean, std, precision if precision is not None else Precision(device.type, torch.float32, False),
+                     channels_last)
 
 
 def pgd_images(model: nn.Module, x_uint8: Tensor, labels: Tensor, mean: Tensor, std: Tensor, *, norm: str, eps: float,
@@ -265,9 +274,9 @@ def pgd_images(model: nn.Module, x_uint8: Tensor, labels: Tensor, mean: Tensor, 
     """(adversarial images in [0,1], float32 (M,3,H,W); their logits (M,C)): :func:`pgd` that also
     returns the worst-case iterate it chose for each image (for tests and for drawing them)."""
     start = _start_for(x_uint8, norm, eps, generator)
-    images, logits = _attack(model, x_uint8, labels, mean, std, start, norm=norm, eps=eps, steps=steps,
-                             step_size=step_size, batch_size=batch_size, channels_last=channels_last,
-                             precision=precision, keep_images=True, on_batch=on_batch)
+    pred = _predictor(model, mean, std, precision, channels_last, x_uint8.device)
+    images, logits = _attack(pred, x_uint8, labels, start, AttackConfig(norm, eps, steps, step_size, batch_size),
+                             keep_images=True, on_batch=on_batch)
     return images, logits
 
 
@@ -289,9 +298,9 @@ def pgd(model: nn.Module, x_uint8: Tensor, labels: Tensor, mean: Tensor, std: Te
     ``engine.predict`` does; the gradients are float32 regardless. The model is put in eval mode and
     left there; parameters' ``requires_grad`` and ``.grad`` are not touched. ``on_batch(done,
     total)`` is called after each batch, in images."""
-    return _attack(model, x_uint8, labels, mean, std, _start_for(x_uint8, norm, eps, generator), norm=norm, eps=eps,
-                   steps=steps, step_size=step_size, batch_size=batch_size, channels_last=channels_last,
-                   precision=precision, keep_images=False, on_batch=on_batch)[1]
+    pred = _predictor(model, mean, std, precision, channels_last, x_uint8.device)
+    return _attack(pred, x_uint8, labels, _start_for(x_uint8, norm, eps, generator),
+                   AttackConfig(norm, eps, steps, step_size, batch_size), keep_images=False, on_batch=on_batch)[1]
 
 
 def attack_sweep(model: nn.Module, x_uint8: Tensor, labels: Tensor, mean: Tensor, std: Tensor,
@@ -312,6 +321,13 @@ def attack_sweep(model: nn.Module, x_uint8: Tensor, labels: Tensor, mean: Tensor
     are picked), so it does not depend on which other eps values or norms are listed. Result order:
     norms as given, eps ascending. ``on_batch(done, total)`` counts images over all (norm, eps),
     carried ones included."""
+    return sweep(_predictor(model, mean, std, precision, channels_last, x_uint8.device), x_uint8, labels,
+                 norms=norms, seed=seed, steps=steps, batch_size=batch_size, on_batch=on_batch)
+
+
+def sweep(pred: Predictor, x_uint8: Tensor, labels: Tensor, *, norms: Mapping[str, Sequence[float]], seed: int,
+          steps: int = 10, batch_size: int = 256, on_batch: ProgressFn | None = None) -> dict[tuple[str, float], Tensor]:
+    """:func:`attack_sweep` of a :class:`Predictor` (the worker's form)."""
     for norm, values in norms.items():
         _check_norm(norm)
         floats = [float(e) for e in values]
@@ -323,8 +339,7 @@ def attack_sweep(model: nn.Module, x_uint8: Tensor, labels: Tensor, mean: Tensor
     total = m * sum(len(v) for v in norms.values())
     done = 0
     # eps = 0, no start: the clean logits, as engine.predict computes them; the chain starts there
-    clean = _attack(model, x_uint8, labels, mean, std, None, norm="linf", eps=0.0, steps=1, step_size=None,
-                    batch_size=batch_size, channels_last=channels_last, precision=precision, keep_images=False,
+    clean = _attack(pred, x_uint8, labels, None, AttackConfig("linf", 0.0, 1, None, batch_size), keep_images=False,
                     on_batch=None)[1]
     labels = labels.to(device=x_uint8.device, dtype=torch.int64)
     out: dict[tuple[str, float], Tensor] = {}
@@ -340,9 +355,8 @@ def attack_sweep(model: nn.Module, x_uint8: Tensor, labels: Tensor, mean: Tensor
             if attacked:
                 g = torch.Generator().manual_seed(attack_seed(seed, norm, eps))
                 start = random_start(tuple(x_uint8.shape), norm, eps_px, g)[todo.cpu()]
-                _, adv = _attack(model, x_uint8[todo], labels[todo], mean, std, start, norm=norm, eps=eps_px,
-                                 steps=steps, step_size=None, batch_size=batch_size, channels_last=channels_last,
-                                 precision=precision, keep_images=False, on_batch=on_batch, progress=(done, total))
+                _, adv = _attack(pred, x_uint8[todo], labels[todo], start, AttackConfig(norm, eps_px, steps, None, batch_size),
+                                 keep_images=False, on_batch=on_batch, progress=(done, total))
                 current = current.index_copy(0, todo, adv)
             done += n_todo
             if on_batch is not None and not attacked:
@@ -371,8 +385,8 @@ def _start_for(x_uint8: Tensor, norm: str, eps: float, generator: torch.Generato
     return random_start(tuple(x_uint8.shape), norm, float(eps), generator)
 
 
-def _check_args(x_uint8: Tensor, labels: Tensor, norm: str, eps: float, steps: int, step_size: float | None,
-                batch_size: int) -> None:
+def _check_args(x_uint8: Tensor, labels: Tensor, cfg: AttackConfig) -> None:
+    norm, eps, steps, step_size, batch_size = cfg.norm, cfg.eps, cfg.steps, cfg.step_size, cfg.batch_size
     _check_norm(norm)
     if x_uint8.dtype != torch.uint8 or x_uint8.dim() != 4 or x_uint8.shape[1] != 3:
         raise ValueError(f"pgd needs uint8 images (M,3,H,W), got {x_uint8.dtype} {tuple(x_uint8.shape)}")

@@ -274,39 +274,6 @@ def float32_head(model: nn.Module, x: Tensor, precision: Precision) -> tuple[Ten
         return model.head(emb), emb
 
 
-@torch.inference_mode()
-def predict(model: nn.Module, x_uint8: Tensor, mean: Tensor, std: Tensor, precision: Precision,
-            batch_size: int, channels_last: bool = True, with_embedding: bool = False,
-            transform: Callable[[Tensor, int], Tensor] | None = None,
-            index: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
-    """Logits (float32, from a float32 head) and optionally penultimate embeddings (float32) for
-    every image, in order, or for the images at ``index`` (gathered batch by batch, so a subset of a
-    split is never copied whole on the device).
-
-    ``transform(x01, batch_index)`` may alter each [0,1] batch first (corruptions)."""
-    model.eval()
-    logits, embeds = [], []
-    n = x_uint8.shape[0] if index is None else index.shape[0]
-    for b, start in enumerate(range(0, n, batch_size)):
-        rows = x_uint8[start:start + batch_size] if index is None else x_uint8[index[start:start + batch_size]]
-        x01 = rows.float().div_(255)
-        if transform is not None:
-            x01 = transform(x01, b)
-        out, emb = float32_head(model, to_input(x01, mean, std, channels_last), precision)
-        logits.append(out)
-        if with_embedding:
-            embeds.append(emb)
-    return torch.cat(logits), (torch.cat(embeds) if with_embedding else None)
-
-
-def evaluate(model: nn.Module, data: DeviceData, mean: Tensor, std: Tensor, precision: Precision,
-             batch_size: int, channels_last: bool = True) -> dict[str, float]:
-    logits, _ = predict(model, data.x, mean, std, precision, batch_size, channels_last)
-    loss = F.cross_entropy(logits, data.y).item()
-    acc = (logits.argmax(1) == data.y).float().mean().item()
-    return {"loss": loss, "acc": acc}
-
-
 # ------------------------------------------------------------------------------------------------
 # Grad-CAM
 # ------------------------------------------------------------------------------------------------
@@ -346,81 +313,180 @@ class LayerActivations:
         self.output = None
 
 
+# ------------------------------------------------------------------------------------------------
+# a trained model as one value: prediction, Grad-CAM, deletion/insertion
+# ------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Predictor:
+    """Everything a measurement needs of a trained model, in one value: the model, the dataset's
+    normalisation, the AMP precision of its trunk and its memory format. Logits and embeddings
+    always come from a float32 head (:func:`float32_head`); Grad-CAM is float32 throughout (its
+    precision is not used)."""
+
+    model: nn.Module
+    mean: Tensor
+    std: Tensor
+    precision: Precision
+    channels_last: bool
+
+    @property
+    def device(self) -> torch.device:
+        return self.mean.device
+
+    def with_model(self, model: nn.Module) -> Predictor:
+        """The same normalisation, precision and memory format for another model (a re-initialised copy)."""
+        return Predictor(model, self.mean, self.std, self.precision, self.channels_last)
+
+    def input(self, x01: Tensor) -> Tensor:
+        """[0,1] float images -> the model's input (normalised, in its memory format)."""
+        return to_input(x01, self.mean, self.std, self.channels_last)
+
+    @torch.no_grad()
+    def logits(self, x01: Tensor) -> Tensor:
+        """Float32-head logits of one batch of [0,1] images (what :meth:`predict` stores for them)."""
+        return float32_head(self.model, self.input(x01), self.precision)[0]
+
+    @torch.inference_mode()
+    def predict(self, x_uint8: Tensor, batch_size: int, *, with_embedding: bool = False,
+                transform: Callable[[Tensor, int], Tensor] | None = None,
+                index: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        """Logits (float32, from a float32 head) and optionally penultimate embeddings (float32) for
+        every image, in order, or for the images at ``index`` (gathered batch by batch, so a subset
+        of a split is never copied whole on the device).
+
+        ``transform(x01, batch_index)`` may alter each [0,1] batch first (corruptions)."""
+        self.model.eval()
+        logits, embeds = [], []
+        n = x_uint8.shape[0] if index is None else index.shape[0]
+        for b, start in enumerate(range(0, n, batch_size)):
+            rows = x_uint8[start:start + batch_size] if index is None else x_uint8[index[start:start + batch_size]]
+            x01 = rows.float().div_(255)
+            if transform is not None:
+                x01 = transform(x01, b)
+            out, emb = float32_head(self.model, self.input(x01), self.precision)
+            logits.append(out)
+            if with_embedding:
+                embeds.append(emb)
+        return torch.cat(logits), (torch.cat(embeds) if with_embedding else None)
+
+    def evaluate(self, data: DeviceData, batch_size: int) -> dict[str, float]:
+        logits, _ = self.predict(data.x, batch_size)
+        loss = F.cross_entropy(logits, data.y).item()
+        acc = (logits.argmax(1) == data.y).float().mean().item()
+        return {"loss": loss, "acc": acc}
+
+    def gradcam(self, layer: nn.Module, x_uint8: Tensor, targets: list[Tensor], batch_size: int) -> list[Tensor]:
+        """Grad-CAM maps (N,h,w) at ``layer`` for each target-class vector in ``targets``.
+
+        Batched: per batch, one forward and one backward pass for every image and every target. The
+        layer's output is stacked once per target vector (``LayerActivations(copies=k)``), so the
+        rest of the network sees k*B rows; copy j's rows are scored on target vector j, and the
+        gradient of the summed scores is taken with respect to the stacked output only
+        (torch.autograd.grad): no parameter gradients, nothing before ``layer`` back-propagated. In
+        eval mode rows are independent, so gradient row j*B+i is image i's own gradient for target
+        j. Computed in float32 (no autocast) so maps do not depend on AMP rounding. Each map is
+        ReLU'd and scaled to max 1 (all-zero maps stay zero)."""
+        self.model.eval()
+        k = len(targets)
+        out: list[list[Tensor]] = [[] for _ in range(k)]
+        with LayerActivations(layer, copies=k) as rec:
+            for start in range(0, x_uint8.shape[0], batch_size):
+                xb = self.input(x_uint8[start:start + batch_size].float().div_(255))
+                b = xb.shape[0]
+                with torch.enable_grad():
+                    logits = self.model(xb)
+                    acts = rec.output
+                    chosen = torch.cat([t[start:start + b] for t in targets]).view(-1, 1)
+                    (grads,) = torch.autograd.grad(logits.gather(1, chosen).sum(), acts)
+                    weights = grads.mean(dim=(2, 3), keepdim=True)
+                    cam = F.relu((weights * acts.detach()).sum(dim=1))
+                    peak = cam.flatten(1).amax(1).clamp_min(1e-12).view(-1, 1, 1)
+                    cam = torch.where(peak > 1e-12, cam / peak, torch.zeros_like(cam)).float()
+                    for j in range(k):
+                        out[j].append(cam[j * b:(j + 1) * b])
+        return [torch.cat(o) for o in out]
+
+    @torch.inference_mode()
+    def deletion_insertion(self, x_uint8: Tensor, saliency: Tensor, classes: Tensor, steps: int = 16,
+                           batch_size: int = 256) -> tuple[Tensor, Tensor]:
+        """Deletion and insertion curves (M, steps+1): probability of ``classes`` as the most salient
+        pixels (by ``saliency`` upsampled to the image) are removed from the image (deletion;
+        removed pixels take the dataset mean, i.e. 0 after normalisation) or revealed on a mean
+        image (insertion). A faithful map makes deletion fall fast and insertion rise fast.
+
+        ``batch_size`` images at a time: the (up to 10 000) sampled images never sit on the device
+        as one batch of masked copies. Probabilities come from a float32 head (:func:`float32_head`)."""
+        self.model.eval()
+        dele, ins = [], []
+        for start in range(0, x_uint8.shape[0], batch_size):
+            sl = slice(start, start + batch_size)
+            d, i = self._deletion_insertion_batch(x_uint8[sl], saliency[sl], classes[sl], steps)
+            dele.append(d)
+            ins.append(i)
+        return torch.cat(dele), torch.cat(ins)
+
+    def _deletion_insertion_batch(self, x_uint8: Tensor, saliency: Tensor, classes: Tensor,
+                                  steps: int) -> tuple[Tensor, Tensor]:
+        m, _, h, w = x_uint8.shape
+        sal = F.interpolate(saliency.float().unsqueeze(1), size=(h, w), mode="bilinear", align_corners=False).view(m, -1)
+        # rank of each pixel in the saliency order (0 = most salient); ties broken by position
+        order = torch.argsort(-sal, dim=1, stable=True)
+        rank = torch.empty_like(order)
+        rank.scatter_(1, order, torch.arange(h * w, device=order.device).expand(m, -1))
+        x = to_input(x_uint8.float().div(255), self.mean, self.std, channels_last=False)
+        dele, ins = [], []
+        for s in range(steps + 1):
+            k = round(s * h * w / steps)
+            keep_top = (rank < k).view(m, 1, h, w)  # the k most salient pixels
+            for curve, img in ((dele, torch.where(keep_top, torch.zeros_like(x), x)),
+                               (ins, torch.where(keep_top, x, torch.zeros_like(x)))):
+                inp = img.contiguous(memory_format=torch.channels_last) if self.channels_last else img
+                logits, _ = float32_head(self.model, inp, self.precision)
+                curve.append(torch.softmax(logits, 1).gather(1, classes.view(-1, 1)).squeeze(1))
+        return torch.stack(dele, 1), torch.stack(ins, 1)
+
+
+# The same measurements as functions of their parts (tests and bench/ call them this way).
+
+
+def predict(model: nn.Module, x_uint8: Tensor, mean: Tensor, std: Tensor, precision: Precision,
+            batch_size: int, channels_last: bool = True, with_embedding: bool = False,
+            transform: Callable[[Tensor, int], Tensor] | None = None,
+            index: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+    """:meth:`Predictor.predict`."""
+    return Predictor(model, mean, std, precision, channels_last).predict(
+        x_uint8, batch_size, with_embedding=with_embedding, transform=transform, index=index)
+
+
+def evaluate(model: nn.Module, data: DeviceData, mean: Tensor, std: Tensor, precision: Precision,
+             batch_size: int, channels_last: bool = True) -> dict[str, float]:
+    """:meth:`Predictor.evaluate`."""
+    return Predictor(model, mean, std, precision, channels_last).evaluate(data, batch_size)
+
+
 def gradcam(model: nn.Module, layer: nn.Module, x_uint8: Tensor, targets: list[Tensor], mean: Tensor,
             std: Tensor, batch_size: int, channels_last: bool = True) -> list[Tensor]:
-    """Grad-CAM maps (N,h,w) at ``layer`` for each target-class vector in ``targets``.
-
-    Batched: per batch, one forward and one backward pass for every image and every target. The
-    layer's output is stacked once per target vector (``LayerActivations(copies=k)``), so the rest
-    of the network sees k*B rows; copy j's rows are scored on target vector j, and the gradient of
-    the summed scores is taken with respect to the stacked output only (torch.autograd.grad): no
-    parameter gradients, nothing before ``layer`` back-propagated. In eval mode rows are
-    independent, so gradient row j*B+i is image i's own gradient for target j. Computed in float32
-    (no autocast) so maps do not depend on AMP rounding. Each map is ReLU'd and scaled to max 1
-    (all-zero maps stay zero)."""
-    model.eval()
-    k = len(targets)
-    out: list[list[Tensor]] = [[] for _ in range(k)]
-    with LayerActivations(layer, copies=k) as rec:
-        for start in range(0, x_uint8.shape[0], batch_size):
-            xb = to_input(x_uint8[start:start + batch_size].float().div_(255), mean, std, channels_last)
-            b = xb.shape[0]
-            with torch.enable_grad():
-                logits = model(xb)
-                acts = rec.output
-                chosen = torch.cat([t[start:start + b] for t in targets]).view(-1, 1)
-                (grads,) = torch.autograd.grad(logits.gather(1, chosen).sum(), acts)
-                weights = grads.mean(dim=(2, 3), keepdim=True)
-                cam = F.relu((weights * acts.detach()).sum(dim=1))
-                peak = cam.flatten(1).amax(1).clamp_min(1e-12).view(-1, 1, 1)
-                cam = torch.where(peak > 1e-12, cam / peak, torch.zeros_like(cam)).float()
-                for j in range(k):
-                    out[j].append(cam[j * b:(j + 1) * b])
-    return [torch.cat(o) for o in out]
+    """:meth:`Predictor.gradcam` (float32: no precision needed)."""
+    fp32 = Precision(x_uint8.device.type, torch.float32, False)
+    return Predictor(model, mean, std, fp32, channels_last).gradcam(layer, x_uint8, targets, batch_size)
 
 
-@torch.inference_mode()
 def deletion_insertion(model: nn.Module, x_uint8: Tensor, saliency: Tensor, classes: Tensor, mean: Tensor,
                        std: Tensor, precision: Precision, steps: int = 16,
                        channels_last: bool = True, batch_size: int = 256) -> tuple[Tensor, Tensor]:
-    """Deletion and insertion curves (M, steps+1): probability of ``classes`` as the most salient
-    pixels (by ``saliency`` upsampled to the image) are removed from the image (deletion; removed
-    pixels take the dataset mean, i.e. 0 after normalisation) or revealed on a mean image
-    (insertion). A faithful map makes deletion fall fast and insertion rise fast.
-
-    ``batch_size`` images at a time: the (up to 10 000) sampled images never sit on the device as
-    one batch of masked copies. Probabilities come from a float32 head (:func:`float32_head`)."""
-    model.eval()
-    dele, ins = [], []
-    for start in range(0, x_uint8.shape[0], batch_size):
-        sl = slice(start, start + batch_size)
-        d, i = _deletion_insertion_batch(model, x_uint8[sl], saliency[sl], classes[sl], mean, std, precision,
-                                         steps, channels_last)
-        dele.append(d)
-        ins.append(i)
-    return torch.cat(dele), torch.cat(ins)
+    """:meth:`Predictor.deletion_insertion`."""
+    return Predictor(model, mean, std, precision, channels_last).deletion_insertion(
+        x_uint8, saliency, classes, steps, batch_size)
 
 
-def _deletion_insertion_batch(model: nn.Module, x_uint8: Tensor, saliency: Tensor, classes: Tensor, mean: Tensor,
-                              std: Tensor, precision: Precision, steps: int,
-                              channels_last: bool) -> tuple[Tensor, Tensor]:
-    m, _, h, w = x_uint8.shape
-    sal = F.interpolate(saliency.float().unsqueeze(1), size=(h, w), mode="bilinear", align_corners=False).view(m, -1)
-    # rank of each pixel in the saliency order (0 = most salient); ties broken by position
-    order = torch.argsort(-sal, dim=1, stable=True)
-    rank = torch.empty_like(order)
-    rank.scatter_(1, order, torch.arange(h * w, device=order.device).expand(m, -1))
-    x = to_input(x_uint8.float().div(255), mean, std, channels_last=False)
-    dele, ins = [], []
-    for s in range(steps + 1):
-        k = round(s * h * w / steps)
-        keep_top = (rank < k).view(m, 1, h, w)  # the k most salient pixels
-        for curve, img in ((dele, torch.where(keep_top, torch.zeros_like(x), x)),
-                           (ins, torch.where(keep_top, x, torch.zeros_like(x)))):
-            inp = img.contiguous(memory_format=torch.channels_last) if channels_last else img
-            logits, _ = float32_head(model, inp, precision)
-            curve.append(torch.softmax(logits, 1).gather(1, classes.view(-1, 1)).squeeze(1))
-    return torch.stack(dele, 1), torch.stack(ins, 1)
+def fixed_positions(n: int, count: int, seed: int) -> np.ndarray:
+    """``min(count, n)`` sorted int64 positions of ``range(n)``, drawn without replacement by a numpy
+    generator seeded with ``seed``: the same for every run of a sweep (the seed is a sweep-level
+    one, the split seed or [stress].seed), so that runs compare image by image. The one sampler of
+    fixed test (and training) positions."""
+    return np.sort(np.random.default_rng(seed).permutation(n)[:min(count, n)])
 
 
 # ------------------------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ per-epoch history keys of results.h5. Torch-free and h5py-free, so every side ma
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 # -- a run folder ------------------------------------------------------------------------------
 SPEC_FILE = "spec.json"
@@ -73,8 +73,27 @@ REPORT_RUNS_CSV = "runs.csv"
 FIGURES_DIR = "figures"  # figures/<name>.png
 
 # -- results.h5 --------------------------------------------------------------------------------
-#: /history/<key>, one value per epoch, in this order (the worker writes them, gather reads them).
-HISTORY_KEYS = ("epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "epoch_seconds")
+class HistoryKey(NamedTuple):
+    """One per-epoch value of a run: /history/<name> in results.h5, a checkpoint's history, a TensorBoard scalar."""
+
+    name: str
+    dtype: str  # of /history/<name>
+    doc: str
+    tag: str | None  # its TensorBoard scalar (None: the epoch, which is the step)
+
+
+#: /history/<key>, one value per epoch, in this order (the worker writes them, store's schema checks
+#: them, TensorBoard draws them, gather reads them). The one definition.
+HISTORY = (
+    HistoryKey("epoch", "int32", "epoch number, 1-based", None),
+    HistoryKey("lr", "float64", "learning rate used in the epoch", "lr"),
+    HistoryKey("train_loss", "float64", "mean training loss", "loss/train"),
+    HistoryKey("train_acc", "float64", "training accuracy, fraction", "accuracy/train"),
+    HistoryKey("val_loss", "float64", "validation loss", "loss/val"),
+    HistoryKey("val_acc", "float64", "validation accuracy, fraction", "accuracy/val"),
+    HistoryKey("epoch_seconds", "float64", "wall time of the epoch", "epoch_seconds"),
+)
+HISTORY_KEYS = tuple(key.name for key in HISTORY)
 
 
 @dataclass(frozen=True)

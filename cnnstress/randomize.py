@@ -47,7 +47,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from cnnstress.engine import gradcam
+from cnnstress.engine import Predictor
 from cnnstress.models import INPUT_SIZE, resolve_layer
 
 #: Step name of the unmodified model, the first step of every cascade.
@@ -201,22 +201,19 @@ def cascading_models(model: nn.Module, generator: torch.Generator) -> Iterator[t
 
 
 def cascading_randomization(
-    model: nn.Module,
+    pred: Predictor,
     layer_path: str,
     x_uint8: Tensor,
     classes: Tensor,
-    mean: Tensor,
-    std: Tensor,
     *,
     generator: torch.Generator,
     batch_size: int,
-    channels_last: bool = False,
 ) -> list[tuple[str, np.ndarray]]:
     """Grad-CAM maps at ``layer_path`` after each step of the cascade, output block first.
 
     ``x_uint8`` (M, 3, H, W) uint8 images and ``classes`` (M,) int64 target classes (the trained
-    model's predictions) on the model's device; ``mean``/``std`` as for
-    :func:`cnnstress.engine.gradcam`. Returns ``[("trained", maps), (block path, maps), ...]`` in
+    model's predictions) on the model's device; ``pred`` the trained model with its normalisation
+    and memory format (Grad-CAM is float32: its precision is not used). Returns ``[("trained", maps), (block path, maps), ...]`` in
     cascade order (:func:`randomization_blocks`), each ``maps`` a float32 numpy array (M, h, w),
     ReLU'd and scaled to max 1 as engine.gradcam makes them. The step order is part of the result:
     a writer must keep it (HDF5 groups list alphabetically). Bitwise reproducible from the
@@ -226,9 +223,9 @@ def cascading_randomization(
     _check_generator(generator)
     steps: list[tuple[str, np.ndarray]] = []
     layer: nn.Module | None = None
-    for name, work in cascading_models(model, generator):
+    for name, work in cascading_models(pred.model, generator):
         if layer is None:
             layer = resolve_layer(work, layer_path)  # the copy's own module at that path
-        (maps,) = gradcam(work, layer, x_uint8, [classes], mean, std, batch_size, channels_last)
+        (maps,) = pred.with_model(work).gradcam(layer, x_uint8, [classes], batch_size)
         steps.append((name, maps.detach().float().cpu().numpy()))
     return steps

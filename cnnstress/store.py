@@ -41,7 +41,7 @@ SCHEMA_VERSION: int = 1
 
 # the run folder's file names are defined once, in layout.py (re-exported here for store's callers)
 from .layout import (CHECKPOINT_NAME, CHECKPOINT_NAMES, DONE_NAME, FAILED_NAME,  # noqa: E402,F401
-                     PREV_CHECKPOINT_NAME, PROGRESS_FILE, RESULTS_NAME)
+                     HISTORY, PREV_CHECKPOINT_NAME, PROGRESS_FILE, RESULTS_NAME)
 
 # Chunks of about 1 MiB: big enough that gzip works well and reading a whole dataset is a few
 # hundred chunk reads, small enough that reading a few rows does not inflate much.
@@ -80,20 +80,10 @@ _PLACEHOLDERS: dict[str, str] = {
 }
 
 
-_HISTORY = (
-    ("epoch", "int32", "epoch number, 1-based"),
-    ("lr", "float64", "learning rate used in the epoch"),
-    ("train_loss", "float64", "mean training loss"),
-    ("train_acc", "float64", "training accuracy, fraction"),
-    ("val_loss", "float64", "validation loss"),
-    ("val_acc", "float64", "validation accuracy, fraction"),
-    ("epoch_seconds", "float64", "wall time of the epoch"),
-)
-
 # The rows every run writes; each stress test (cnnstress/probes/) adds the rows of what it measures,
 # and SCHEMA is the two together (``schema()``).
 CORE_SCHEMA: tuple[Field, ...] = (
-    *(Field(f"history/{name}", dt, ("E",), required=True, doc=doc) for name, dt, doc in _HISTORY),
+    *(Field(f"history/{key.name}", key.dtype, ("E",), required=True, doc=key.doc) for key in HISTORY),
     Field("test/index", "int32", ("N",), True, check="index", doc="index into the official test split"),
     Field("test/label", "int16", ("N",), True, check="label", doc="true class"),
     Field("test/logits", "float32", ("N", "C"), True, check="logits", chunked=True, doc="final logits"),

@@ -40,18 +40,11 @@ from typing import Callable, Mapping
 import numpy as np
 
 from .atomic import refuse_links
-from .layout import TENSORBOARD_DIR
+from .layout import HISTORY, TENSORBOARD_DIR
 
 INSTALL = "pip install -e '.[tensorboard]'"
-# /history/<key> -> tag (HISTORY_KEYS minus "epoch", which is the step)
-EPOCH_TAGS = {
-    "train_loss": "loss/train",
-    "val_loss": "loss/val",
-    "train_acc": "accuracy/train",
-    "val_acc": "accuracy/val",
-    "lr": "lr",
-    "epoch_seconds": "epoch_seconds",
-}
+# /history/<key> -> tag (every history key but "epoch", which is the step)
+EPOCH_TAGS = {key.name: key.tag for key in HISTORY if key.tag is not None}
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
 
 

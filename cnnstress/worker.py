@@ -21,23 +21,24 @@ import time
 import traceback
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
 
 from . import attacks, data, faults, oodsets, randomize, store
 from . import tensorboard as tboard
-from .layout import (BEST_FILE, DONE_NAME, EXIT_BUSY, EXIT_DONE, EXIT_FAILED, EXIT_USAGE, HISTORY_KEYS, LOG_FILE,
-                     PROGRESS_FILE, RUNS_DIR, SPEC_FILE)
+from .layout import (BEST_FILE, DONE_NAME, EXIT_BUSY, EXIT_DONE, EXIT_FAILED, EXIT_USAGE, HISTORY, HISTORY_KEYS,
+                     LOG_FILE, PROGRESS_FILE, RUNS_DIR, SPEC_FILE)
 from .atomic import LinkRefused, open_in_place, refuse_links
 from .claims import RunBusy, claim
 from .augment import BatchAugment
 from .config import RunSpec
 from .corrupt import corrupt, corrupt_seed
-from .engine import (DeviceData, Precision, build_optimizer, build_scheduler, deletion_insertion, evaluate,
-                     gradcam, predict, restore_rng_state, rng_state, select_device, set_determinism, train_one_epoch,
-                     train_steps, use_channels_last)
+from .engine import (DeviceData, Precision, Predictor, build_optimizer, build_scheduler, fixed_positions,
+                     restore_rng_state, rng_state, select_device, set_determinism, train_one_epoch, train_steps,
+                     use_channels_last)
 from .models import build_model, resolve_layer
 
 CHECKPOINT_KEYS = {"format", "spec_hash", "epoch", "model", "optimizer", "scheduler", "scaler", "rng", "history"}
@@ -347,12 +348,94 @@ def _fail_unlogged(run_dir: Path, e: LinkRefused) -> None:
         pass
 
 
+Log = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class RunData:
+    """A run's three splits: as loaded (official indices and labels) and as tensors on the device."""
+
+    splits: data.Splits
+    train: DeviceData
+    val: DeviceData
+    test: DeviceData
+
+
+@dataclass(frozen=True)
+class RunSetup:
+    """What training and measuring share: the run, its device, its data there and its model (built
+    from the seed; ``fit`` or a checkpoint gives it its weights) as a Predictor."""
+
+    spec: RunSpec
+    run_dir: Path
+    device: torch.device
+    precision_attrs: dict[str, str]  # the float32 and determinism settings in force (root attributes)
+    data: RunData
+    predictor: Predictor
+
+
+@dataclass
+class Training:
+    """What trains besides the model: optimizer, schedule, loss scaler, augmentation and the
+    generator that orders batches and draws augmentations."""
+
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    scaler: torch.amp.GradScaler
+    augment: BatchAugment
+    generator: torch.Generator
+
+
+@dataclass
+class Fitted:
+    """What training leaves besides the final weights (which are in the setup's predictor)."""
+
+    history: dict[str, list[float]]
+    board: Any  # the run's TensorBoard writer (tensorboard.open_board); publish closes it
+    seconds: float
+
+
+@dataclass(frozen=True)
+class Measured:
+    """Every measurement of the final weights: arrays by results.h5 key, and the root attributes
+    that describe them (``ood_sets``)."""
+
+    arrays: dict[str, np.ndarray]
+    attrs: dict[str, Any]
+    seconds: float
+
+
 def _train_and_publish(spec: RunSpec, run_dir: Path, log: RunLog) -> dict[str, Any]:
     t_start = time.time()
+    run = setup(spec, run_dir, log)
+    fitted = fit(run, log)
+    measured = measure(run.predictor, run.data, spec, log)
+    return publish(run, fitted, measured, t_start, log)
+
+
+# ------------------------------------------------------------------------------------------------
+# setup
+# ------------------------------------------------------------------------------------------------
+
+
+def setup(spec: RunSpec, run_dir: Path, log: Log) -> RunSetup:
+    """Seeds and determinism, the device, the data on it and the model built from the seed."""
     tr = spec.train
     precision_attrs = set_determinism(spec.seed, tr.deterministic)
     device = select_device()
     precision = Precision.for_device(device, tr.amp, tr.amp_dtype)
+    _announce(spec, device, precision, log)
+    run_data = _load_data(spec, device, log)
+    info = run_data.splits.info
+    mean = torch.tensor(info.mean, device=device, dtype=torch.float32)
+    std = torch.tensor(info.std, device=device, dtype=torch.float32)
+    model, cl = _build(spec, device, log)
+    resolve_layer(model, spec.gradcam_layer)  # an unknown Grad-CAM layer fails before training, not after
+    return RunSetup(spec, run_dir, device, precision_attrs, run_data, Predictor(model, mean, std, precision, cl))
+
+
+def _announce(spec: RunSpec, device: torch.device, precision: Precision, log: Log) -> None:
+    tr = spec.train
     if device.type == "cpu" and os.environ.get("CUDA_VISIBLE_DEVICES", "").strip():
         log(f"WARNING: CUDA_VISIBLE_DEVICES={os.environ['CUDA_VISIBLE_DEVICES']} is set but torch sees no GPU "
             f"(torch {torch.__version__}, CUDA {torch.version.cuda}): training on the CPU")
@@ -362,88 +445,52 @@ def _train_and_publish(spec: RunSpec, run_dir: Path, log: RunLog) -> dict[str, A
     log(f"run {spec.run_id}: {spec.model.name} on {spec.dataset.name}, {tr.epochs} epochs, device {_device_name(device)}, "
         f"amp {amp_note}, deterministic={tr.deterministic}")
 
+
+def _load_data(spec: RunSpec, device: torch.device, log: Log) -> RunData:
+    tr = spec.train
     splits = data.load_splits(spec.dataset.name, spec.paths.data_root, val_fraction=tr.val_fraction,
                               split_seed=tr.split_seed, options=spec.dataset.params)
     if splits.note:  # which files matched the published checksums (CIFAR)
         log(f"data: {splits.note}")
-    info = splits.info
-    mean = torch.tensor(info.mean, device=device, dtype=torch.float32)
-    std = torch.tensor(info.std, device=device, dtype=torch.float32)
-    train = DeviceData.from_numpy(splits.train.x, splits.train.y, device)
-    val = DeviceData.from_numpy(splits.val.x, splits.val.y, device)
-    test = DeviceData.from_numpy(splits.test.x, splits.test.y, device)
+    return RunData(splits, *(DeviceData.from_numpy(s.x, s.y, device) for s in (splits.train, splits.val, splits.test)))
 
+
+def _build(spec: RunSpec, device: torch.device, log: Log) -> tuple[torch.nn.Module, bool]:
+    """The model (initialised from the global RNG, seeded by set_determinism) and whether it runs channels_last."""
     model = build_model(spec.model.name, spec.num_classes, **spec.model.params).to(device)
-    cl = use_channels_last(device, tr.channels_last)
-    if tr.channels_last and not cl:
+    cl = use_channels_last(device, spec.train.channels_last)
+    if spec.train.channels_last and not cl:
         log("channels_last off on the CPU (a oneDNN defect in torch 2.14: engine.use_channels_last)")
     if cl:
         model = model.to(memory_format=torch.channels_last)
-    layer = resolve_layer(model, spec.gradcam_layer)
-    optimizer = build_optimizer(model, tr.optimizer)
-    steps_per_epoch = train_steps(len(train), tr.batch_size)
-    scheduler = build_scheduler(optimizer, tr.schedule, tr.epochs, steps_per_epoch)
-    scaler = precision.scaler()
-    augment = BatchAugment([a.name for a in tr.augment], {a.name: a.params for a in tr.augment},
-                           mean=info.mean, std=info.std, num_classes=spec.num_classes,
-                           label_smoothing=tr.label_smoothing, channels_last=cl)
-    generator = torch.Generator(device=device)
-    generator.manual_seed(spec.seed)
-    history: dict[str, list[float]] = {k: [] for k in HISTORY_KEYS}
+    return model, cl
 
-    start_epoch = 0
-    ckpt = load_checkpoint(run_dir, spec.spec_hash, log)
-    if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        scaler.load_state_dict(ckpt["scaler"])
-        try:
-            restore_rng_state(generator, ckpt["rng"])
-        except Exception as e:  # resuming on another random stream would silently break reproducibility
-            raise RuntimeError(f"checkpoint.pt: the RNG state could not be restored ({type(e).__name__}: {e}); "
-                               "refusing to resume on a different random stream. Delete checkpoint*.pt to "
-                               "restart this run from scratch.") from e
-        history = {k: list(v) for k, v in ckpt["history"].items()}
-        start_epoch = int(ckpt["epoch"])
-        log(f"resumed from checkpoint after epoch {start_epoch}" + (f" (Slurm restart {restarts()})" if restarts() else ""))
+
+# ------------------------------------------------------------------------------------------------
+# fit
+# ------------------------------------------------------------------------------------------------
+
+
+def fit(run: RunSetup, log: Log) -> Fitted:
+    """Train from the first epoch, or from the newest checkpoint, to the last; the setup's
+    predictor then holds the final weights. Every finished epoch is kept when training stops."""
+    spec, tr = run.spec, run.spec.train
+    training = _training(run)
+    history, start_epoch = _resume(run, training, log)
     if tr.compile and tr.deterministic:
         # Measured on CPU (docs/performance.md): two compiled runs of one spec differ (max |logit
         # diff| 0.03), so compile=true gives up the bitwise-reproducibility promise.
         log("WARNING: compile=true: torch.compile'd training is not bitwise reproducible")
-    step_model = torch.compile(model) if tr.compile else model
+    step_model = torch.compile(run.predictor.model) if tr.compile else run.predictor.model
 
     t_train = time.time()
-    keeper = CheckpointKeeper(run_dir, 60.0 * spec.runtime.checkpoint_every_min, log, written_epoch=start_epoch)
+    keeper = CheckpointKeeper(run.run_dir, 60.0 * spec.runtime.checkpoint_every_min, log, written_epoch=start_epoch)
     board = tboard.open_board(spec, history, log)  # rewrites the run's event files from the checkpoint's history
     with stop_signals(keeper):
         try:
             for epoch in range(start_epoch, tr.epochs):
-                t0 = time.time()
-                lr = optimizer.param_groups[0]["lr"]
-                fit = train_one_epoch(step_model, train, augment, optimizer, scheduler, scaler, precision, generator,
-                                      tr.batch_size)
-                ev = evaluate(model, val, mean, std, precision, tr.eval_batch_size, cl)
-                seconds = time.time() - t0
-                best_before = max(history["val_acc"], default=-1.0)
-                for key, value in zip(HISTORY_KEYS, (epoch + 1, lr, fit["loss"], fit["acc"], ev["loss"], ev["acc"], seconds)):
-                    history[key].append(float(value))
-                board.epoch(history)
-                best = None
-                if ev["acc"] > best_before:
-                    best = {"format": CHECKPOINT_FORMAT, "spec_hash": spec.spec_hash, "epoch": epoch + 1,
-                            "val_acc": float(ev["acc"]), "model": model.state_dict()}
-                keeper.epoch_end({
-                    "format": CHECKPOINT_FORMAT, "spec_hash": spec.spec_hash, "epoch": epoch + 1,
-                    "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-                    "rng": rng_state(generator), "history": history,
-                }, best, final=epoch + 1 == tr.epochs)
-                store.atomic_write_json(run_dir / PROGRESS_FILE, {
-                    "epoch": epoch + 1, "epochs": tr.epochs, "val_acc": ev["acc"], "updated": time.time(),
-                    "checkpoint_epoch": keeper.written_epoch})
-                log(f"epoch {epoch + 1:>3}/{tr.epochs}  lr {lr:.4g}  train loss {fit['loss']:.4f} acc {fit['acc']:.4f}  "
-                    f"val loss {ev['loss']:.4f} acc {ev['acc']:.4f}  {seconds:.1f}s")
+                row = _train_epoch(run, training, step_model, epoch)
+                _end_epoch(run, training, row, history, keeper, board, log)
         except BaseException as e:
             # Stopped (signal, Ctrl-C, submitit's exit) or crashed: keep every finished epoch. A
             # failing write must not hide why training ended.
@@ -453,138 +500,210 @@ def _train_and_publish(spec: RunSpec, run_dir: Path, log: RunLog) -> dict[str, A
             except Exception as e2:  # noqa: BLE001
                 log(f"could not write the last checkpoint: {type(e2).__name__}: {e2}")
             raise
-    train_seconds = time.time() - t_train
+    return Fitted(history, board, time.time() - t_train)
 
-    t_pred = time.time()
-    arrays = _predictions(spec, model, layer, splits, train, val, test, mean, std, precision, cl, log)
-    ood_sets = None
-    if spec.stress.ood:
-        ood_arrays, ood_sets = _ood_logits(spec, model, device, mean, std, precision, cl, log)
-        arrays.update(ood_arrays)
-    predict_seconds = time.time() - t_pred
+
+def _training(run: RunSetup) -> Training:
+    spec, tr, pred = run.spec, run.spec.train, run.predictor
+    optimizer = build_optimizer(pred.model, tr.optimizer)
+    scheduler = build_scheduler(optimizer, tr.schedule, tr.epochs, train_steps(len(run.data.train), tr.batch_size))
+    info = run.data.splits.info
+    augment = BatchAugment([a.name for a in tr.augment], {a.name: a.params for a in tr.augment},
+                           mean=info.mean, std=info.std, num_classes=spec.num_classes,
+                           label_smoothing=tr.label_smoothing, channels_last=pred.channels_last)
+    generator = torch.Generator(device=run.device)
+    generator.manual_seed(spec.seed)
+    return Training(optimizer, scheduler, pred.precision.scaler(), augment, generator)
+
+
+def _resume(run: RunSetup, training: Training, log: Log) -> tuple[dict[str, list[float]], int]:
+    """(history, epochs done): from the newest usable checkpoint, whose state is loaded, or empty."""
+    ckpt = load_checkpoint(run.run_dir, run.spec.spec_hash, log)
+    if ckpt is None:
+        return {k: [] for k in HISTORY_KEYS}, 0
+    run.predictor.model.load_state_dict(ckpt["model"])
+    training.optimizer.load_state_dict(ckpt["optimizer"])
+    training.scheduler.load_state_dict(ckpt["scheduler"])
+    training.scaler.load_state_dict(ckpt["scaler"])
+    try:
+        restore_rng_state(training.generator, ckpt["rng"])
+    except Exception as e:  # resuming on another random stream would silently break reproducibility
+        raise RuntimeError(f"checkpoint.pt: the RNG state could not be restored ({type(e).__name__}: {e}); "
+                           "refusing to resume on a different random stream. Delete checkpoint*.pt to "
+                           "restart this run from scratch.") from e
+    start_epoch = int(ckpt["epoch"])
+    log(f"resumed from checkpoint after epoch {start_epoch}" + (f" (Slurm restart {restarts()})" if restarts() else ""))
+    return {k: list(v) for k, v in ckpt["history"].items()}, start_epoch
+
+
+def _train_epoch(run: RunSetup, training: Training, step_model: torch.nn.Module, epoch: int) -> dict[str, Any]:
+    """Train one epoch and validate: the epoch's history row, by HISTORY_KEYS name."""
+    tr, t0 = run.spec.train, time.time()
+    lr = training.optimizer.param_groups[0]["lr"]
+    fit = train_one_epoch(step_model, run.data.train, training.augment, training.optimizer, training.scheduler,
+                          training.scaler, run.predictor.precision, training.generator, tr.batch_size)
+    ev = run.predictor.evaluate(run.data.val, tr.eval_batch_size)
+    return {"epoch": epoch + 1, "lr": lr, "train_loss": fit["loss"], "train_acc": fit["acc"], "val_loss": ev["loss"],
+            "val_acc": ev["acc"], "epoch_seconds": time.time() - t0}
+
+
+def _end_epoch(run: RunSetup, training: Training, row: dict[str, Any], history: dict[str, list[float]],
+               keeper: CheckpointKeeper, board: Any, log: Log) -> None:
+    """Record a finished epoch: history, TensorBoard, checkpoint and best.pt (when due), progress.json, log."""
+    spec, tr, model, epoch = run.spec, run.spec.train, run.predictor.model, row["epoch"]
+    best_before = max(history["val_acc"], default=-1.0)
     for key in HISTORY_KEYS:
-        arrays[f"history/{key}"] = np.asarray(history[key], dtype=np.int32 if key == "epoch" else np.float64)
-    test_acc = float((arrays["test/logits"].argmax(1) == splits.test.y).mean())
-    timings = {"train_s": train_seconds, "predict_s": predict_seconds, "total_s": time.time() - t_start}
-    attrs = {
-        "run_id": spec.run_id, "spec": spec.to_dict(), "variant": spec.variant, "seed": spec.seed,
-        "versions": _versions(), "device": _device_name(device), "git_sha": _git_sha(), "timings": timings,
-        "precision": {"amp": precision.enabled, "amp_dtype": str(precision.dtype).replace("torch.", "")
-                      if precision.enabled else "none", "head": "float32", **precision_attrs},
-    }
-    if ood_sets is not None:
-        attrs["ood_sets"] = ood_sets
-    injected = faults.injected()
-    if injected:
-        attrs["injected_faults"] = injected
-    sha = store.publish_results(run_dir, arrays, attrs)
-    summary = {
-        "test_accuracy": test_acc, "val_accuracy": history["val_acc"][-1] if history["val_acc"] else None,
-        "epochs": tr.epochs, "device": attrs["device"], "restarts": restarts(), **timings,
-    }
-    board.final(arrays)
-    store.write_done(run_dir, summary, sha, injected_faults=injected)
-    log(f"done: test accuracy {test_acc:.4f}; results.h5 sha256 {sha[:12]}; {timings['total_s']:.0f}s in all")
-    return summary
+        history[key].append(float(row[key]))
+    board.epoch(history)
+    best = None
+    if row["val_acc"] > best_before:
+        best = {"format": CHECKPOINT_FORMAT, "spec_hash": spec.spec_hash, "epoch": epoch,
+                "val_acc": float(row["val_acc"]), "model": model.state_dict()}
+    keeper.epoch_end({
+        "format": CHECKPOINT_FORMAT, "spec_hash": spec.spec_hash, "epoch": epoch,
+        "model": model.state_dict(), "optimizer": training.optimizer.state_dict(),
+        "scheduler": training.scheduler.state_dict(), "scaler": training.scaler.state_dict(),
+        "rng": rng_state(training.generator), "history": history,
+    }, best, final=epoch == tr.epochs)
+    store.atomic_write_json(run.run_dir / PROGRESS_FILE, {
+        "epoch": epoch, "epochs": tr.epochs, "val_acc": row["val_acc"], "updated": time.time(),
+        "checkpoint_epoch": keeper.written_epoch})
+    log(f"epoch {epoch:>3}/{tr.epochs}  lr {row['lr']:.4g}  train loss {row['train_loss']:.4f} acc "
+        f"{row['train_acc']:.4f}  val loss {row['val_loss']:.4f} acc {row['val_acc']:.4f}  {row['epoch_seconds']:.1f}s")
 
 
-def _predictions(spec: RunSpec, model, layer, splits: data.Splits, train: DeviceData, val: DeviceData,
-                 test: DeviceData, mean, std, precision: Precision, cl: bool, log: RunLog) -> dict[str, np.ndarray]:
-    tr, st = spec.train, spec.stress
-    bs = tr.eval_batch_size
-    out: dict[str, np.ndarray] = {}
+# ------------------------------------------------------------------------------------------------
+# measure
+# ------------------------------------------------------------------------------------------------
 
-    logits, emb = predict(model, test.x, mean, std, precision, bs, cl, with_embedding=True)
-    preds = logits.argmax(1)
-    out["test/index"] = splits.test.index
-    out["test/label"] = splits.test.y
-    out["test/logits"] = logits.cpu().numpy()
-    out["test/embedding"] = emb.cpu().numpy()
 
-    cam_pred, cam_true = gradcam(model, layer, test.x, [preds, test.y], mean, std, min(bs, 256), cl)
-    out["test/gradcam/pred"] = cam_pred.cpu().numpy()
-    out["test/gradcam/true"] = cam_true.cpu().numpy()
-    log(f"predicted {len(test)} test images; Grad-CAM at {spec.gradcam_layer} {tuple(cam_pred.shape[1:])}")
-
-    val_logits, _ = predict(model, val.x, mean, std, precision, bs, cl)
-    out["val/index"] = splits.val.index
-    out["val/label"] = splits.val.y
-    out["val/logits"] = val_logits.cpu().numpy()
-
+def measure(pred: Predictor, data: RunData, spec: RunSpec, log: Log) -> Measured:
+    """Every stress test of the grid on the model in ``pred``. Needs only the final weights, so a
+    finished run can be measured again without training (:func:`remeasure`)."""
+    t0, st = time.time(), spec.stress
+    layer = resolve_layer(pred.model, spec.gradcam_layer)
+    out, preds, cams = _test_predictions(pred, layer, data, spec, log)
+    out.update(_val_predictions(pred, data, spec))
     if st.train_embedding_samples:
-        # the same training images for every run of the sweep (drawn with the split seed)
-        n = min(st.train_embedding_samples, len(train))
-        pos = np.sort(np.random.default_rng(tr.split_seed).permutation(len(train))[:n])
-        _, temb = predict(model, train.x, mean, std, precision, bs, cl, index=torch.from_numpy(pos).to(train.x.device),
-                          with_embedding=True)
-        out["train_subset/index"] = splits.train.index[pos]
-        out["train_subset/label"] = splits.train.y[pos]
-        out["train_subset/embedding"] = temb.cpu().numpy()
+        out.update(_train_subset(pred, data, spec))
+    if st.corruptions:
+        out.update(_corruptions(pred, data, spec, log))
+    if st.faithfulness_samples:
+        out.update(_faithfulness(pred, data.test, cams, preds, spec))
+    if st.adversarial:
+        out.update(_adversarial(pred, data.test, spec, log))
+    if st.sanity:
+        out.update(_sanity(pred, data.test, preds, spec, log))
+    attrs: dict[str, Any] = {}
+    if st.ood:
+        ood_arrays, attrs["ood_sets"] = _ood_logits(pred, spec, log)
+        out.update(ood_arrays)
+    return Measured(out, attrs, time.time() - t0)
 
+
+def remeasure(spec: RunSpec, log: Log) -> Measured:
+    """Measure a trained run again from the final weights in its checkpoint.pt (kept after the run
+    is done), without training. Writes nothing; the caller publishes."""
+    run = setup(spec, run_dir_for(spec), log)
+    ckpt = load_checkpoint(run.run_dir, spec.spec_hash, log)
+    if ckpt is None or int(ckpt["epoch"]) != spec.train.epochs:
+        raise ValueError(f"{run.run_dir / store.CHECKPOINT_NAME}: no checkpoint of the last epoch "
+                         f"({spec.train.epochs}) of this spec to measure from; train the run first")
+    run.predictor.model.load_state_dict(ckpt["model"])
+    return measure(run.predictor, run.data, spec, log)
+
+
+def _test_predictions(pred: Predictor, layer: torch.nn.Module, data: RunData, spec: RunSpec,
+                      log: Log) -> tuple[dict[str, np.ndarray], torch.Tensor, torch.Tensor]:
+    """The test split's logits, embeddings and Grad-CAM maps; also the predictions and the
+    predicted class's maps, which later measurements start from."""
+    bs, test = spec.train.eval_batch_size, data.test
+    logits, emb = pred.predict(test.x, bs, with_embedding=True)
+    preds = logits.argmax(1)
+    cam_pred, cam_true = pred.gradcam(layer, test.x, [preds, test.y], min(bs, 256))
+    log(f"predicted {len(test)} test images; Grad-CAM at {spec.gradcam_layer} {tuple(cam_pred.shape[1:])}")
+    return {"test/index": data.splits.test.index, "test/label": data.splits.test.y,
+            "test/logits": logits.cpu().numpy(), "test/embedding": emb.cpu().numpy(),
+            "test/gradcam/pred": cam_pred.cpu().numpy(), "test/gradcam/true": cam_true.cpu().numpy()}, preds, cam_pred
+
+
+def _val_predictions(pred: Predictor, data: RunData, spec: RunSpec) -> dict[str, np.ndarray]:
+    val_logits, _ = pred.predict(data.val.x, spec.train.eval_batch_size)
+    return {"val/index": data.splits.val.index, "val/label": data.splits.val.y, "val/logits": val_logits.cpu().numpy()}
+
+
+def _train_subset(pred: Predictor, data: RunData, spec: RunSpec) -> dict[str, np.ndarray]:
+    """Embeddings of a fixed training subset: the same images for every run of the sweep (drawn with the split seed)."""
+    train, split = data.train, data.splits.train
+    pos = fixed_positions(len(train), spec.stress.train_embedding_samples, spec.train.split_seed)
+    _, temb = pred.predict(train.x, spec.train.eval_batch_size, index=torch.from_numpy(pos).to(train.x.device),
+                           with_embedding=True)
+    return {"train_subset/index": split.index[pos], "train_subset/label": split.y[pos],
+            "train_subset/embedding": temb.cpu().numpy()}
+
+
+def _corruptions(pred: Predictor, data: RunData, spec: RunSpec, log: Log) -> dict[str, np.ndarray]:
+    """Logits on every corruption and severity of the grid: generated on the device, or the
+    official CIFAR-C files' images of the stored test positions."""
+    st = spec.stress
     official = st.source == "official"
-    if official and st.corruptions:
+    if official:
         from . import cifar_c  # numpy only
 
         official_labels = cifar_c.official_test_labels(spec.dataset.name, spec.paths.data_root)
+    out: dict[str, np.ndarray] = {}
     for name in st.corruptions:
         for sev in st.severities:
             if official:
-                # the published file's images of this severity, in the order of the stored test positions
                 images = cifar_c.load_corruption(spec.dataset.name, spec.paths.data_root, name, sev,
-                                                 test_labels=official_labels)[splits.test.index]
-                clog, _ = predict(model, torch.from_numpy(images).to(test.x.device), mean, std, precision,
-                                  STRESS_BATCH, cl)
+                                                 test_labels=official_labels)[data.splits.test.index]
+                clog, _ = pred.predict(torch.from_numpy(images).to(data.test.x.device), STRESS_BATCH)
             else:
-                def transform(x01, b, name=name, sev=sev):
-                    g = torch.Generator(device=x01.device)
-                    g.manual_seed(corrupt_seed(st.corruption_seed, name, sev, b))
-                    return corrupt(x01, name, sev, g)
-
-                clog, _ = predict(model, test.x, mean, std, precision, STRESS_BATCH, cl, transform=transform)
+                clog = _generated_corruption(pred, data.test, st.corruption_seed, name, sev)
             out[f"stress/{name}/{sev}/logits"] = clog.cpu().numpy()
-    if st.corruptions:
-        where = (f"the official {cifar_c.official_set(spec.dataset.name).folder} files" if official
-                 else "generated on the device")
-        log(f"evaluated {len(st.corruptions)} corruptions x {len(st.severities)} severities ({where})")
-
-    if st.faithfulness_samples:
-        m = min(st.faithfulness_samples, len(test))
-        pos = np.sort(np.random.default_rng(st.corruption_seed).permutation(len(test))[:m])
-        tpos = torch.from_numpy(pos).to(test.x.device)
-        g = torch.Generator(device=test.x.device)
-        g.manual_seed(st.corruption_seed)
-        random_maps = torch.rand(cam_pred[tpos].shape, generator=g, device=test.x.device)
-        for label, maps in (("gradcam", cam_pred[tpos]), ("random", random_maps)):
-            dele, ins = deletion_insertion(model, test.x[tpos], maps, preds[tpos], mean, std, precision,
-                                           FAITHFULNESS_STEPS, cl, batch_size=min(bs, 256))
-            out[f"faithfulness/deletion_{label}"] = dele.cpu().numpy()
-            out[f"faithfulness/insertion_{label}"] = ins.cpu().numpy()
-        out["faithfulness/positions"] = pos.astype(np.float32)
-
-    if st.adversarial:
-        out.update(_adversarial(spec, model, test, mean, std, precision, cl, log))
-    if st.sanity:
-        out.update(_sanity(spec, model, test, preds, mean, std, cl, log))
+    where = (f"the official {cifar_c.official_set(spec.dataset.name).folder} files" if official
+             else "generated on the device")
+    log(f"evaluated {len(st.corruptions)} corruptions x {len(st.severities)} severities ({where})")
     return out
 
 
-def _sample(n: int, count: int, seed: int) -> np.ndarray:
-    """``count`` sorted positions of ``range(n)``, the same for every run of a sweep (``seed`` is
-    the sweep's [stress].seed)."""
-    return np.sort(np.random.default_rng(seed).permutation(n)[:min(count, n)])
+def _generated_corruption(pred: Predictor, test: DeviceData, seed: int, name: str, sev: int) -> torch.Tensor:
+    """Logits on the test split corrupted batch by batch, each batch from its own seed (corrupt_seed)."""
+    def transform(x01: torch.Tensor, b: int) -> torch.Tensor:
+        g = torch.Generator(device=x01.device)
+        g.manual_seed(corrupt_seed(seed, name, sev, b))
+        return corrupt(x01, name, sev, g)
+
+    return pred.predict(test.x, STRESS_BATCH, transform=transform)[0]
 
 
-def _adversarial(spec: RunSpec, model, test: DeviceData, mean, std, precision: Precision, cl: bool,
-                 log: RunLog) -> dict[str, np.ndarray]:
-    """PGD (attacks.attack_sweep) on a fixed sample of test images, every norm and radius of the grid."""
+def _faithfulness(pred: Predictor, test: DeviceData, cam_pred: torch.Tensor, preds: torch.Tensor,
+                  spec: RunSpec) -> dict[str, np.ndarray]:
+    """Deletion and insertion curves of the predicted class's Grad-CAM maps and of random maps."""
+    st, bs = spec.stress, spec.train.eval_batch_size
+    pos = fixed_positions(len(test), st.faithfulness_samples, st.corruption_seed)
+    tpos = torch.from_numpy(pos).to(test.x.device)
+    g = torch.Generator(device=test.x.device)
+    g.manual_seed(st.corruption_seed)
+    random_maps = torch.rand(cam_pred[tpos].shape, generator=g, device=test.x.device)
+    out: dict[str, np.ndarray] = {}
+    for label, maps in (("gradcam", cam_pred[tpos]), ("random", random_maps)):
+        dele, ins = pred.deletion_insertion(test.x[tpos], maps, preds[tpos], FAITHFULNESS_STEPS, min(bs, 256))
+        out[f"faithfulness/deletion_{label}"] = dele.cpu().numpy()
+        out[f"faithfulness/insertion_{label}"] = ins.cpu().numpy()
+    out["faithfulness/positions"] = pos.astype(np.float32)
+    return out
+
+
+def _adversarial(pred: Predictor, test: DeviceData, spec: RunSpec, log: Log) -> dict[str, np.ndarray]:
+    """PGD (attacks.sweep) on a fixed sample of test images, every norm and radius of the grid."""
     adv, st = spec.stress.adversarial, spec.stress
-    pos = attacks.attack_positions(len(test), adv["samples"], st.corruption_seed)
+    pos = fixed_positions(len(test), adv["samples"], st.corruption_seed)
     tpos = torch.from_numpy(pos).to(test.x.device)
     norms = {norm: adv[norm] for norm in attacks.NORMS if adv.get(norm)}
     t0 = time.time()
-    found = attacks.attack_sweep(model, test.x[tpos], test.y[tpos], mean, std, precision, norms=norms,
-                                 seed=st.corruption_seed, steps=adv["steps"],
-                                 batch_size=min(spec.train.eval_batch_size, 256), channels_last=cl)
+    found = attacks.sweep(pred, test.x[tpos], test.y[tpos], norms=norms, seed=st.corruption_seed, steps=adv["steps"],
+                          batch_size=min(spec.train.eval_batch_size, 256))
     out = {"adversarial/positions": pos.astype(np.int32)}
     labels = test.y[tpos]
     for (norm, eps), logits in found.items():
@@ -595,8 +714,7 @@ def _adversarial(spec: RunSpec, model, test: DeviceData, mean, std, precision: P
     return out
 
 
-def _ood_logits(spec: RunSpec, model, device: torch.device, mean, std, precision: Precision, cl: bool,
-                log: RunLog) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+def _ood_logits(pred: Predictor, spec: RunSpec, log: Log) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Logits on every out-of-distribution set of the grid, and what each set is (root attribute)."""
     out: dict[str, np.ndarray] = {}
     described: dict[str, Any] = {}
@@ -604,28 +722,69 @@ def _ood_logits(spec: RunSpec, model, device: torch.device, mean, std, precision
     for name in names:
         x, attrs = oodsets.load_ood_set(name, spec.dataset.name, spec.paths.data_root, spec.stress.ood["samples"],
                                         spec.stress.corruption_seed)
-        logits, _ = predict(model, torch.from_numpy(x).to(device), mean, std, precision, spec.train.eval_batch_size, cl)
+        logits, _ = pred.predict(torch.from_numpy(x).to(pred.device), spec.train.eval_batch_size)
         out[store.ood_key(name)] = logits.float().cpu().numpy()
         described[name] = {k: v for k, v in attrs.items() if isinstance(v, (str, int, float, bool))}
     log(f"scored {len(out)} out-of-distribution sets: {', '.join(names)}")
     return out, described
 
 
-def _sanity(spec: RunSpec, model, test: DeviceData, preds, mean, std, cl: bool, log: RunLog) -> dict[str, np.ndarray]:
+def _sanity(pred: Predictor, test: DeviceData, preds: torch.Tensor, spec: RunSpec, log: Log) -> dict[str, np.ndarray]:
     """Grad-CAM after cascading re-initialisation (randomize.cascading_randomization), for the trained
     model's predicted classes on a fixed sample of test images."""
     st = spec.stress
-    pos = _sample(len(test), st.sanity["samples"], st.corruption_seed)
+    pos = fixed_positions(len(test), st.sanity["samples"], st.corruption_seed)
     tpos = torch.from_numpy(pos).to(test.x.device)
     g = torch.Generator().manual_seed(st.corruption_seed)
-    steps = randomize.cascading_randomization(model, spec.gradcam_layer, test.x[tpos], preds[tpos], mean, std,
-                                              generator=g, batch_size=min(spec.train.eval_batch_size, 256),
-                                              channels_last=cl)
+    steps = randomize.cascading_randomization(pred, spec.gradcam_layer, test.x[tpos], preds[tpos], generator=g,
+                                              batch_size=min(spec.train.eval_batch_size, 256))
     out = {"sanity/positions": pos.astype(np.int32)}
     for i, (name, maps) in enumerate(steps):
         out[store.sanity_key(i, name)] = maps
     log(f"sanity check: Grad-CAM after {len(steps) - 1} cascading re-initialisations ({', '.join(n for n, _ in steps[1:])})")
     return out
+
+
+# ------------------------------------------------------------------------------------------------
+# publish
+# ------------------------------------------------------------------------------------------------
+
+
+def publish(run: RunSetup, fitted: Fitted, measured: Measured, t_start: float, log: Log) -> dict[str, Any]:
+    """results.h5 (the measurements, the history and the root attributes), TensorBoard's final
+    metrics, then DONE.json. Returns the run's summary."""
+    spec, history = run.spec, fitted.history
+    arrays = {**measured.arrays, **history_arrays(history)}
+    test_acc = float((arrays["test/logits"].argmax(1) == run.data.splits.test.y).mean())
+    timings = {"train_s": fitted.seconds, "predict_s": measured.seconds, "total_s": time.time() - t_start}
+    attrs = {**_root_attrs(run, timings), **measured.attrs}
+    injected = faults.injected()
+    if injected:
+        attrs["injected_faults"] = injected
+    sha = store.publish_results(run.run_dir, arrays, attrs)
+    summary = {
+        "test_accuracy": test_acc, "val_accuracy": history["val_acc"][-1] if history["val_acc"] else None,
+        "epochs": spec.train.epochs, "device": attrs["device"], "restarts": restarts(), **timings,
+    }
+    fitted.board.final(arrays)
+    store.write_done(run.run_dir, summary, sha, injected_faults=injected)
+    log(f"done: test accuracy {test_acc:.4f}; results.h5 sha256 {sha[:12]}; {timings['total_s']:.0f}s in all")
+    return summary
+
+
+def history_arrays(history: dict[str, list[float]]) -> dict[str, np.ndarray]:
+    """/history/<key> arrays of a run's per-epoch history."""
+    return {f"history/{key.name}": np.asarray(history[key.name], dtype=key.dtype) for key in HISTORY}
+
+
+def _root_attrs(run: RunSetup, timings: dict[str, float]) -> dict[str, Any]:
+    spec, precision = run.spec, run.predictor.precision
+    return {
+        "run_id": spec.run_id, "spec": spec.to_dict(), "variant": spec.variant, "seed": spec.seed,
+        "versions": _versions(), "device": _device_name(run.device), "git_sha": _git_sha(), "timings": timings,
+        "precision": {"amp": precision.enabled, "amp_dtype": str(precision.dtype).replace("torch.", "")
+                      if precision.enabled else "none", "head": "float32", **run.precision_attrs},
+    }
 
 
 def restarts() -> int:

@@ -14,7 +14,7 @@ from torch import nn
 import cuda_guard as cg
 from cnnstress import attacks
 from cnnstress.attacks import attack_positions, attack_seed, attack_sweep, pgd, pgd_images
-from cnnstress.engine import Precision, predict, to_input
+from cnnstress.engine import Precision, Predictor, predict, to_input
 from cnnstress.models import build_model
 
 @pytest.fixture(autouse=True, scope="module")
@@ -286,7 +286,7 @@ def test_adversarial_images_stay_in_the_ball_and_in_the_box(norm, eps):
     assert torch.equal(logits, pgd(model, x, labels, MEAN, STD, norm=norm, eps=eps, steps=4, generator=_gen(1),
                                    batch_size=8))
     # the logits are the float32-head logits of the returned images, as predict would compute them
-    again = attacks.stored_logits(model, images, MEAN, STD, FP32, channels_last=False)
+    again = Predictor(model, MEAN, STD, FP32, channels_last=False).logits(images)
     assert torch.equal(logits, again)
 
 

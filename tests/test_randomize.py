@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from cnnstress import data, models, randomize
-from cnnstress.engine import gradcam
+from cnnstress.engine import Precision, Predictor, gradcam
 
 EXPECTED_BLOCKS = {
     "simple_cnn": ["head", "block3", "block2", "block1"],
@@ -84,10 +84,14 @@ def trained():
     return model, xt[:24], preds, mean, std
 
 
+def _pred(model, mean, std) -> Predictor:
+    return Predictor(model, mean, std, Precision("cpu", torch.float32, False), channels_last=False)
+
+
 def _cascade(trained, seed: int = 7, layer: str = "block3"):
     model, x, preds, mean, std = trained
     return randomize.cascading_randomization(
-        model, layer, x, preds, mean, std, generator=torch.Generator().manual_seed(seed), batch_size=10
+        _pred(model, mean, std), layer, x, preds, generator=torch.Generator().manual_seed(seed), batch_size=10
     )
 
 
@@ -245,7 +249,7 @@ def test_a_layer_in_the_middle_of_a_residual_model():
     x = torch.from_numpy(data.generate_shapes(6, seed=0, shortcut=0.0)[0])
     mean, std = torch.full((3,), 0.5), torch.full((3,), 0.25)
     steps = randomize.cascading_randomization(
-        model, "stage2", x, torch.arange(6) % 10, mean, std, generator=torch.Generator().manual_seed(0), batch_size=4
+        _pred(model, mean, std), "stage2", x, torch.arange(6) % 10, generator=torch.Generator().manual_seed(0), batch_size=4
     )
     assert [s for s, _ in steps] == ["trained", *EXPECTED_BLOCKS["flexible_cnn"]]
     assert all(maps.shape == (6, 16, 16) for _, maps in steps)

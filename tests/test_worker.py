@@ -24,7 +24,7 @@ from cnnstress import oodsets, store
 from cnnstress.atomic import LinkRefused
 from cnnstress.grid import load_grid
 from cnnstress.claims import RunBusy, claim, claim_holder
-from cnnstress.worker import run, run_dir_for
+from cnnstress.worker import remeasure, run, run_dir_for
 
 from conftest import REPO, tiny_grid_text
 from test_atomic import PRECIOUS, _outside, _untouched
@@ -516,6 +516,33 @@ def test_new_stress_arrays_are_bitwise_reproducible(stressed, tmp_path):
     assert a_attr == b_attr
 
 
+@pytest.mark.parametrize("which", ["finished", "stressed"])
+def test_measuring_again_from_the_final_checkpoint_gives_the_published_arrays_bitwise(which, request):
+    """Measuring needs only the final weights: re-measured from checkpoint.pt, without training, a
+    finished run gives every array of its results.h5 bitwise (corruptions, faithfulness, training
+    subset; adversarial, OOD, sanity), and its run folder is left as it was."""
+    spec, rd = request.getfixturevalue(which)[:2]
+    before = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in rd.iterdir() if p.is_file()}
+    said: list[str] = []
+    again = remeasure(spec, said.append)
+    with store.open_results(rd / "results.h5") as r:
+        stored = {k: r.read(k) for k in r.keys() if not k.startswith("history/")}
+        assert again.attrs.get("ood_sets") == r.attrs.get("ood_sets")
+    assert sorted(again.arrays) == sorted(stored)
+    for key, value in stored.items():
+        mine = np.asarray(again.arrays[key]).astype(value.dtype)  # stored in the schema's dtype
+        assert np.array_equal(mine, value), key
+    assert {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in rd.iterdir() if p.is_file()} == before
+    assert not any("resumed" in line or "epoch " in line for line in said)
+
+
+def test_measuring_again_without_a_final_checkpoint_names_it(tmp_path):
+    spec = _spec(tmp_path, epochs=1)
+    run_dir_for(spec).mkdir(parents=True)
+    with pytest.raises(ValueError, match=r"checkpoint\.pt: no checkpoint of the last epoch \(1\) of this spec"):
+        remeasure(spec, lambda msg: None)
+
+
 # ---- [stress].source = "official": the published CIFAR-10-C files in a real run (issue 13) ---------
 
 
@@ -591,15 +618,15 @@ def test_a_nonfinite_array_fails_the_run_naming_the_array(tmp_path, monkeypatch)
     # a Grad-CAM map gone infinite (a numerical fault on the device): the worker must not publish it
     import cnnstress.worker as worker_module
 
-    real = worker_module._predictions
+    real = worker_module.measure
 
     def broken_maps(*args, **kwargs):
         out = real(*args, **kwargs)
-        out["test/gradcam/true"] = out["test/gradcam/true"].copy()
-        out["test/gradcam/true"][3] = np.inf
+        out.arrays["test/gradcam/true"] = out.arrays["test/gradcam/true"].copy()
+        out.arrays["test/gradcam/true"][3] = np.inf
         return out
 
-    monkeypatch.setattr(worker_module, "_predictions", broken_maps)
+    monkeypatch.setattr(worker_module, "measure", broken_maps)
     spec = _spec(tmp_path, epochs=1)
     with pytest.raises(store.ResultsError, match="test/gradcam/true"):
         run(spec, echo=False)
