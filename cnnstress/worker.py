@@ -27,7 +27,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 
-from . import attacks, data, faults, oodsets, randomize, store
+from . import data, faults, probes, store
 from . import tensorboard as tboard
 from .layout import (BEST_FILE, DONE_NAME, EXIT_BUSY, EXIT_DONE, EXIT_FAILED, EXIT_USAGE, HISTORY, HISTORY_KEYS,
                      LOG_FILE, PROGRESS_FILE, RUNS_DIR, SPEC_FILE)
@@ -35,18 +35,13 @@ from .atomic import LinkRefused, open_in_place, refuse_links
 from .claims import RunBusy, claim
 from .augment import BatchAugment
 from .config import RunSpec
-from .corrupt import corrupt, corrupt_seed
-from .engine import (DeviceData, Precision, Predictor, build_optimizer, build_scheduler, fixed_positions,
+from .engine import (DeviceData, Precision, Predictor, build_optimizer, build_scheduler,
                      restore_rng_state, rng_state, select_device, set_determinism, train_one_epoch, train_steps,
                      use_channels_last)
 from .models import build_model, resolve_layer
 
 CHECKPOINT_KEYS = {"format", "spec_hash", "epoch", "model", "optimizer", "scheduler", "scaler", "rng", "history"}
 CHECKPOINT_FORMAT = 1
-# Corruptions are generated per fixed-size batch so the corrupted test set is the same for every
-# run of a sweep, whatever its eval_batch_size.
-STRESS_BATCH = 500
-FAITHFULNESS_STEPS = 16
 
 
 def run_dir_for(spec: RunSpec) -> Path:
@@ -578,27 +573,18 @@ def _end_epoch(run: RunSetup, training: Training, row: dict[str, Any], history: 
 
 
 def measure(pred: Predictor, data: RunData, spec: RunSpec, log: Log) -> Measured:
-    """Every stress test of the grid on the model in ``pred``. Needs only the final weights, so a
-    finished run can be measured again without training (:func:`remeasure`)."""
-    t0, st = time.time(), spec.stress
+    """What every run stores (the test and validation splits' predictions), then every stress test
+    of the grid (cnnstress/probes/, in registry order) on the model in ``pred``. Needs only the final
+    weights, so a finished run can be measured again without training (:func:`remeasure`)."""
+    t0 = time.time()
     layer = resolve_layer(pred.model, spec.gradcam_layer)
     out, preds, cams = _test_predictions(pred, layer, data, spec, log)
     out.update(_val_predictions(pred, data, spec))
-    if st.train_embedding_samples:
-        out.update(_train_subset(pred, data, spec))
-    if st.corruptions:
-        out.update(_corruptions(pred, data, spec, log))
-    if st.faithfulness_samples:
-        out.update(_faithfulness(pred, data.test, cams, preds, spec))
-    if st.adversarial:
-        out.update(_adversarial(pred, data.test, spec, log))
-    if st.sanity:
-        out.update(_sanity(pred, data.test, preds, spec, log))
-    attrs: dict[str, Any] = {}
-    if st.ood:
-        ood_arrays, attrs["ood_sets"] = _ood_logits(pred, spec, log)
-        out.update(ood_arrays)
-    return Measured(out, attrs, time.time() - t0)
+    shared = probes.MeasureData(splits=data.splits, train=data.train, val=data.val, test=data.test, preds=preds,
+                                cam_pred=cams)
+    for probe in probes.enabled(spec):
+        out.update(probe.measure(pred, shared, spec, log))
+    return Measured(out, shared.attrs, time.time() - t0)
 
 
 def remeasure(spec: RunSpec, log: Log) -> Measured:
@@ -630,119 +616,6 @@ def _test_predictions(pred: Predictor, layer: torch.nn.Module, data: RunData, sp
 def _val_predictions(pred: Predictor, data: RunData, spec: RunSpec) -> dict[str, np.ndarray]:
     val_logits, _ = pred.predict(data.val.x, spec.train.eval_batch_size)
     return {"val/index": data.splits.val.index, "val/label": data.splits.val.y, "val/logits": val_logits.cpu().numpy()}
-
-
-def _train_subset(pred: Predictor, data: RunData, spec: RunSpec) -> dict[str, np.ndarray]:
-    """Embeddings of a fixed training subset: the same images for every run of the sweep (drawn with the split seed)."""
-    train, split = data.train, data.splits.train
-    pos = fixed_positions(len(train), spec.stress.train_embedding_samples, spec.train.split_seed)
-    _, temb = pred.predict(train.x, spec.train.eval_batch_size, index=torch.from_numpy(pos).to(train.x.device),
-                           with_embedding=True)
-    return {"train_subset/index": split.index[pos], "train_subset/label": split.y[pos],
-            "train_subset/embedding": temb.cpu().numpy()}
-
-
-def _corruptions(pred: Predictor, data: RunData, spec: RunSpec, log: Log) -> dict[str, np.ndarray]:
-    """Logits on every corruption and severity of the grid: generated on the device, or the
-    official CIFAR-C files' images of the stored test positions."""
-    st = spec.stress
-    official = st.source == "official"
-    if official:
-        from . import cifar_c  # numpy only
-
-        official_labels = cifar_c.official_test_labels(spec.dataset.name, spec.paths.data_root)
-    out: dict[str, np.ndarray] = {}
-    for name in st.corruptions:
-        for sev in st.severities:
-            if official:
-                images = cifar_c.load_corruption(spec.dataset.name, spec.paths.data_root, name, sev,
-                                                 test_labels=official_labels)[data.splits.test.index]
-                clog, _ = pred.predict(torch.from_numpy(images).to(data.test.x.device), STRESS_BATCH)
-            else:
-                clog = _generated_corruption(pred, data.test, st.corruption_seed, name, sev)
-            out[f"stress/{name}/{sev}/logits"] = clog.cpu().numpy()
-    where = (f"the official {cifar_c.official_set(spec.dataset.name).folder} files" if official
-             else "generated on the device")
-    log(f"evaluated {len(st.corruptions)} corruptions x {len(st.severities)} severities ({where})")
-    return out
-
-
-def _generated_corruption(pred: Predictor, test: DeviceData, seed: int, name: str, sev: int) -> torch.Tensor:
-    """Logits on the test split corrupted batch by batch, each batch from its own seed (corrupt_seed)."""
-    def transform(x01: torch.Tensor, b: int) -> torch.Tensor:
-        g = torch.Generator(device=x01.device)
-        g.manual_seed(corrupt_seed(seed, name, sev, b))
-        return corrupt(x01, name, sev, g)
-
-    return pred.predict(test.x, STRESS_BATCH, transform=transform)[0]
-
-
-def _faithfulness(pred: Predictor, test: DeviceData, cam_pred: torch.Tensor, preds: torch.Tensor,
-                  spec: RunSpec) -> dict[str, np.ndarray]:
-    """Deletion and insertion curves of the predicted class's Grad-CAM maps and of random maps."""
-    st, bs = spec.stress, spec.train.eval_batch_size
-    pos = fixed_positions(len(test), st.faithfulness_samples, st.corruption_seed)
-    tpos = torch.from_numpy(pos).to(test.x.device)
-    g = torch.Generator(device=test.x.device)
-    g.manual_seed(st.corruption_seed)
-    random_maps = torch.rand(cam_pred[tpos].shape, generator=g, device=test.x.device)
-    out: dict[str, np.ndarray] = {}
-    for label, maps in (("gradcam", cam_pred[tpos]), ("random", random_maps)):
-        dele, ins = pred.deletion_insertion(test.x[tpos], maps, preds[tpos], FAITHFULNESS_STEPS, min(bs, 256))
-        out[f"faithfulness/deletion_{label}"] = dele.cpu().numpy()
-        out[f"faithfulness/insertion_{label}"] = ins.cpu().numpy()
-    out["faithfulness/positions"] = pos.astype(np.float32)
-    return out
-
-
-def _adversarial(pred: Predictor, test: DeviceData, spec: RunSpec, log: Log) -> dict[str, np.ndarray]:
-    """PGD (attacks.sweep) on a fixed sample of test images, every norm and radius of the grid."""
-    adv, st = spec.stress.adversarial, spec.stress
-    pos = fixed_positions(len(test), adv["samples"], st.corruption_seed)
-    tpos = torch.from_numpy(pos).to(test.x.device)
-    norms = {norm: adv[norm] for norm in attacks.NORMS if adv.get(norm)}
-    t0 = time.time()
-    found = attacks.sweep(pred, test.x[tpos], test.y[tpos], norms=norms, seed=st.corruption_seed, steps=adv["steps"],
-                          batch_size=min(spec.train.eval_batch_size, 256))
-    out = {"adversarial/positions": pos.astype(np.int32)}
-    labels = test.y[tpos]
-    for (norm, eps), logits in found.items():
-        out[store.adversarial_key(norm, eps)] = logits.float().cpu().numpy()
-    accs = ", ".join(f"{norm} {store.eps_text(eps)}: {float((lg.argmax(1) == labels).float().mean()):.3f}"
-                     for (norm, eps), lg in found.items())
-    log(f"PGD ({adv['steps']} steps) on {len(pos)} test images in {time.time() - t0:.0f}s; accuracy {accs}")
-    return out
-
-
-def _ood_logits(pred: Predictor, spec: RunSpec, log: Log) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """Logits on every out-of-distribution set of the grid, and what each set is (root attribute)."""
-    out: dict[str, np.ndarray] = {}
-    described: dict[str, Any] = {}
-    names = spec.stress.ood["sets"] or oodsets.available_sets(spec.dataset.name, spec.paths.data_root)
-    for name in names:
-        x, attrs = oodsets.load_ood_set(name, spec.dataset.name, spec.paths.data_root, spec.stress.ood["samples"],
-                                        spec.stress.corruption_seed)
-        logits, _ = pred.predict(torch.from_numpy(x).to(pred.device), spec.train.eval_batch_size)
-        out[store.ood_key(name)] = logits.float().cpu().numpy()
-        described[name] = {k: v for k, v in attrs.items() if isinstance(v, (str, int, float, bool))}
-    log(f"scored {len(out)} out-of-distribution sets: {', '.join(names)}")
-    return out, described
-
-
-def _sanity(pred: Predictor, test: DeviceData, preds: torch.Tensor, spec: RunSpec, log: Log) -> dict[str, np.ndarray]:
-    """Grad-CAM after cascading re-initialisation (randomize.cascading_randomization), for the trained
-    model's predicted classes on a fixed sample of test images."""
-    st = spec.stress
-    pos = fixed_positions(len(test), st.sanity["samples"], st.corruption_seed)
-    tpos = torch.from_numpy(pos).to(test.x.device)
-    g = torch.Generator().manual_seed(st.corruption_seed)
-    steps = randomize.cascading_randomization(pred, spec.gradcam_layer, test.x[tpos], preds[tpos], generator=g,
-                                              batch_size=min(spec.train.eval_batch_size, 256))
-    out = {"sanity/positions": pos.astype(np.int32)}
-    for i, (name, maps) in enumerate(steps):
-        out[store.sanity_key(i, name)] = maps
-    log(f"sanity check: Grad-CAM after {len(steps) - 1} cascading re-initialisations ({', '.join(n for n, _ in steps[1:])})")
-    return out
 
 
 # ------------------------------------------------------------------------------------------------
