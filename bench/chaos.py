@@ -1,4 +1,4 @@
-"""A chaos soak on the live dev Slurm cluster (issue 15): many tiny runs, a seeded storm of faults,
+"""A chaos soak on the live dev Slurm cluster: many tiny runs, a seeded storm of faults,
 relaunches with --rerun-failed, and a check that nothing was lost, duplicated or changed.
 
     .venv/bin/python bench/chaos.py [--quick] [--runs N] [--faults K] [--rounds R] [--seed S] [--out DIR]

@@ -838,7 +838,7 @@ def _fake_python(tmp_path: Path, prints: str) -> str:
 
 
 def test_local_gpu_census_counts_as_torch_does_and_warns_when_runs_would_fall_back_to_the_cpu(tmp_path, monkeypatch):
-    """Issue 10.6: GPUs are counted by torch in a child process (nvidia-smi may be missing, torch may
+    """GPUs are counted by torch in a child process (nvidia-smi may be missing, torch may
     be a CPU build), and a machine that has a GPU torch cannot use says so loudly."""
     driver = tmp_path / "nvidiactl"
     monkeypatch.setenv("PATH", "/usr/bin:/bin")  # no nvidia-smi

@@ -595,7 +595,7 @@ def test_store_imports_no_torch() -> None:
     assert proc.returncode == 0
 
 
-# ---- /adversarial, /ood, /sanity and the ood_sets attribute (issue 12) ---------------------------
+# ---- /adversarial, /ood, /sanity and the ood_sets attribute ---------------------------
 
 M, S = 5, 4  # attacked images, sanity images
 OOD_COUNTS = {"uniform_noise": 7, "smooth_noise": 9}
@@ -617,7 +617,7 @@ OOD_ATTR = {name: {"name": name, "kind": "far", "description": f"{name} images",
 
 
 def make_new_arrays(seed: int = 1) -> dict[str, np.ndarray]:
-    """The issue-12 arrays for make_arrays()'s N, C, H, W, as a worker hands them over (int64/float64)."""
+    """The adversarial, OOD and sanity arrays for make_arrays()'s N, C, H, W, as a worker hands them over (int64/float64)."""
     rng = np.random.default_rng(seed)
     out: dict[str, np.ndarray] = {"adversarial/positions": np.sort(rng.permutation(N)[:M]),
                                   "sanity/positions": np.sort(rng.permutation(N)[:S])}

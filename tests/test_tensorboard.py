@@ -1,4 +1,4 @@
-"""TensorBoard event files (issue 14.3): [report].tensorboard / --tensorboard, one folder per run
+"""TensorBoard event files: [report].tensorboard / --tensorboard, one folder per run
 under <sweep>/tensorboard/<variant>/seed<seed>..., the scalars equal /history/* of results.h5
 (float32, bitwise), one value per step after a resume, a launch error without the package, and
 run ids that do not change. The tests that read event files skip without the tensorboard package
