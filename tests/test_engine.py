@@ -239,7 +239,7 @@ def test_gradcam_at_every_accepted_layer_equals_a_model_without_inplace_ops(name
 
 
 def test_cublas_workspace_is_set_for_every_run_and_a_conflicting_value_is_refused():
-    """CuBLAS reads CUBLAS_WORKSPACE_CONFIG once per process, so it is set even for a
+    """cuBLAS reads CUBLAS_WORKSPACE_CONFIG once per process, so it is set even for a
     non-deterministic run (a later deterministic run in the same --cluster debug process would
     otherwise raise at every GEMM), a value the user chose is kept where it is allowed, and a
     non-deterministic value is refused for a deterministic run, naming the variable and the values."""
