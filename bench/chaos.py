@@ -1,4 +1,4 @@
-"""A chaos soak on the live dev Slurm cluster (issue 15): many tiny runs, a seeded storm of faults,
+"""A chaos soak on the live dev Slurm cluster: many tiny runs, a seeded storm of faults,
 relaunches with --rerun-failed, and a check that nothing was lost, duplicated or changed.
 
     .venv/bin/python bench/chaos.py [--quick] [--runs N] [--faults K] [--rounds R] [--seed S] [--out DIR]
@@ -60,6 +60,9 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 from _common import REPO, console, load_text, table
+
+sys.path.insert(0, str(REPO / "tests"))  # tests/grids.py: the grid texts tests and benchmarks share
+from grids import dev_slurm_text, tiny_grid_text  # noqa: E402
 
 DEV_CLUSTER = REPO / "slurm" / "dev-cluster.sh"
 DEV_MARKER = "# written by cnnstress slurm/dev-cluster.sh"
@@ -135,45 +138,11 @@ def fault_hook(fault_dir: Path) -> str:
 
 
 def grid_text(name: str, cfg: Config, setup: Sequence[str] = ()) -> str:
-    """The soak's grid: tiny shapes runs, 2 variants x cfg.runs/2 seeds, no stress sections."""
-    setup_line = "setup = [" + ", ".join(json.dumps(s) for s in setup) + "]\n" if setup else ""
-    seeds = ", ".join(str(s) for s in cfg.seeds)
-    return f"""{GRID_MARKER}
-name = "{name}"
-description = "bench/chaos.py: tiny runs for the chaos soak"
-[base]
-dataset = "shapes"
-dataset_options = {{ n_train = 200, n_test = 100, shortcut = 0.8 }}
-model = "simple_cnn"
-model_options = {{ width = 8 }}
-epochs = {cfg.epochs}
-checkpoint_every_min = 0
-batch_size = 50
-eval_batch_size = 100
-optimizer = {{ name = "adam", lr = 0.003 }}
-augment = []
-[variants.baseline]
-[variants.flip]
-augment = ["flip"]
-[grid]
-seed = [{seeds}]
-[compare]
-baseline = "baseline"
-[stress]
-corruptions = []
-faithfulness_samples = 0
-train_embedding_samples = 0
-[slurm]
-partition = "debug"
-gpus_per_task = 0
-cpus_per_task = 1
-mem_gb = 1
-gather_cpus = 1
-gather_mem_gb = 1
-time_min = 20
-signal_delay_s = 10
-max_num_timeout = 4
-{setup_line}"""
+    """The soak's grid: tiny shapes runs, 2 variants x cfg.runs/2 seeds, no stress sections, on the
+    dev cluster (the tests' grid writer, tests/grids.py, with the soak's sizes)."""
+    return tiny_grid_text(name, cfg.epochs, dev_slurm_text(time_min=20, setup=setup), seeds=cfg.seeds,
+                          n_train=200, n_test=100, width=8, batch_size=50, lean=True,
+                          header=f"{GRID_MARKER}\ndescription = \"bench/chaos.py: tiny runs for the chaos soak\"")
 
 
 def sweep_name(backend: str) -> str:

@@ -27,6 +27,7 @@ def loaded_by(modules: str, watched: tuple[str, ...] = ("torch", "h5py")) -> lis
     assert out.returncode == 0, out.stderr
     return ast.literal_eval(out.stdout.strip())
 sys.path.insert(0, str(Path(__file__).parent))  # fake_cifar and helpers
+from grids import tiny_grid_text  # noqa: E402,F401 - tests import it from here too
 
 
 @pytest.fixture
@@ -34,34 +35,6 @@ def weird_dir(tmp_path: Path) -> Path:
     d = tmp_path / "my run's \"out\" dir"
     d.mkdir()
     return d
-
-
-def tiny_grid_text(name: str = "tiny", epochs: int = 2, extra: str = "") -> str:
-    """A shapes grid small enough to train in seconds on a CPU."""
-    return f"""
-name = "{name}"
-[base]
-dataset = "shapes"
-dataset_options = {{ n_train = 400, n_test = 200, shortcut = 0.8 }}
-model = "simple_cnn"
-model_options = {{ width = 4 }}
-epochs = {epochs}
-checkpoint_every_min = 0
-batch_size = 64
-eval_batch_size = 100
-optimizer = {{ name = "adam", lr = 0.003 }}
-[variants.baseline]
-[variants.flip]
-augment = ["flip"]
-[grid]
-seed = [1]
-[stress]
-corruptions = ["gaussian_noise"]
-severities = [1, 5]
-faithfulness_samples = 16
-train_embedding_samples = 32
-{extra}
-"""
 
 
 @pytest.fixture

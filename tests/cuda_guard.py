@@ -16,9 +16,9 @@ kernels that really run, backward ones included), on the CPU, with no GPU. It fl
   CPU constant ``.to(cuda)``) ends in a stream synchronize (ATen's ``memcpy_and_sync``), so both are
   host syncs (``torch.cuda.set_sync_debug_mode`` reports them).
 
-What the CPU cannot see, and ``make gpu-check`` (issue 10, item 9) must: host/device copies outside
+What the CPU cannot see, and ``make gpu-check`` must: host/device copies outside
 FakeTensorMode (on real CPU tensors every copy is CPU to CPU; ``.tolist()``/``.numpy()`` dispatch no
-op at all), cuDNN algorithm choices, cuBLAS workspace (``CUBLAS_WORKSPACE_CONFIG``, issue 10 item 2),
+op at all), cuDNN algorithm choices, cuBLAS workspace (``CUBLAS_WORKSPACE_CONFIG``),
 and ops that only CUDA dispatches to (``cudnn_grid_sampler`` for ``grid_sample(align_corners=True)``).
 
 Importable by the tests (``tests/`` is on ``sys.path``, see conftest.py) and by a bench script

@@ -1,5 +1,5 @@
 """Atomic files live in their own module, so that writers that never read results.h5 (the report's
-drawing, the launcher, the cluster side) do not load h5py through store (issue 11.5)."""
+drawing, the launcher, the cluster side) do not load h5py through store."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""bench/chaos.py (issue 15). Without a cluster, in seconds: the fault schedule as a function of its
+"""bench/chaos.py. Without a cluster, in seconds: the fault schedule as a function of its
 seed, the [slurm].setup hook that hands an array task its CNNSTRESS_FAULT once, the two detectors of
 a run trained twice at once (/proc and log.txt), the verification of a sweep against its reference,
 the report check, the table and the sentence. With the live dev cluster (``slurm`` marker): the

@@ -1,4 +1,4 @@
-"""The torch-free claim on a run, and a --status that never imports torch (issue 11.4)."""
+"""The torch-free claim on a run, and a --status that never imports torch."""
 
 from __future__ import annotations
 

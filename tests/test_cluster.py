@@ -27,6 +27,7 @@ from cnnstress.grid import load_grid
 from cnnstress.launcher import main
 
 from conftest import REPO, loaded_by, tiny_grid_text
+from grids import dev_slurm_text
 from test_atomic import _outside, _untouched
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -51,13 +52,7 @@ setup = ["module load cuda/12.1", "echo \\"hello $USER\\""]
 additional = { mail_type = "END", reservation = "res1" }
 """
 
-DEV_SLURM = """
-[slurm]
-partition = "debug"
-gpus_per_task = 0
-cpus_per_task = 1
-mem_gb = 1
-"""
+DEV_SLURM = dev_slurm_text()
 
 
 def _grid(folder: Path, slurm: str = DEV_SLURM, seeds: str = "[1]", name: str = "tiny") -> Path:
@@ -365,7 +360,8 @@ def test_missing_scontrol_is_the_same_clear_error(monkeypatch, tmp_path):
 def test_slurm_launch_splits_at_max_array_size_and_submits_one_gather_job(tmp_path, fake_slurm, capsys):
     fake_slurm.set(max_array=2)
     out = tmp_path / "out dir's \"q\""
-    path = _grid(tmp_path, DEV_SLURM + "max_num_timeout = 5\narray_parallelism = 2\n", seeds="[1, 2]")
+    path = _grid(tmp_path, DEV_SLURM.replace("max_num_timeout = 4", "max_num_timeout = 5") + "array_parallelism = 2\n",
+                 seeds="[1, 2]")
     t0 = time.time()
     assert main(["--grid", str(path), "--cluster", "slurm", "--out", str(out)]) == 0
     assert time.time() - t0 < 30  # returns at once
@@ -842,7 +838,7 @@ def _fake_python(tmp_path: Path, prints: str) -> str:
 
 
 def test_local_gpu_census_counts_as_torch_does_and_warns_when_runs_would_fall_back_to_the_cpu(tmp_path, monkeypatch):
-    """Issue 10.6: GPUs are counted by torch in a child process (nvidia-smi may be missing, torch may
+    """GPUs are counted by torch in a child process (nvidia-smi may be missing, torch may
     be a CPU build), and a machine that has a GPU torch cannot use says so loudly."""
     driver = tmp_path / "nvidiactl"
     monkeypatch.setenv("PATH", "/usr/bin:/bin")  # no nvidia-smi

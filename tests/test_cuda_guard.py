@@ -1,4 +1,4 @@
-"""The CUDA path, guarded on the CPU (issue 10, item 3).
+"""The CUDA path, guarded on the CPU.
 
 No GPU is lent to CI, so these tests record what each path would run on one (tests/cuda_guard.py):
 every aten op a training step, evaluation, Grad-CAM, deletion/insertion and every corruption run

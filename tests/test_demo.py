@@ -54,7 +54,7 @@ def test_demo_ends_with_a_report(demo):
     summary = json.loads((sweep / "report" / "summary.json").read_text())
     assert [r["status"] for r in summary["runs"]] == ["done"] * 6
     assert set(summary["variants"]) == {"baseline", "huejitter"}
-    # the demo turns on every stress section (issue 12): each shows up for every run
+    # the demo turns on every stress section: each shows up for every run
     for run in summary["runs"]:
         assert set(run["adversarial_accuracy"]["linf"]) == {"0", "1", "2", "4", "8"}
         assert set(run["ood"]) == {"shapes_novel", "uniform_noise", "smooth_noise"}

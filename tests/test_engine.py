@@ -164,7 +164,7 @@ def test_rng_state_round_trips_every_rng_through_a_weights_only_load(tmp_path):
 
 
 def test_deletion_insertion_in_batches_equals_one_batch():
-    """Issue 10.7: the sampled images go through in batches (a small GPU must not hold 10 000 masked
+    """The sampled images go through in batches (a small GPU must not hold 10 000 masked
     copies at once); the curves do not depend on the batch size."""
     torch.manual_seed(0)
     model = build_model("simple_cnn", 10, width=4).eval()
@@ -181,7 +181,7 @@ def test_deletion_insertion_in_batches_equals_one_batch():
 
 
 def test_stored_logits_and_embeddings_come_from_a_float32_head_under_bfloat16_autocast():
-    """Issue 10.4: under bf16 autocast every logit used to be a bf16 number (8 significant bits);
+    """Under bf16 autocast every logit used to be a bf16 number (8 significant bits);
     the head now runs in float32 on the float32 feature map, so logits and embeddings equal an
     independent float32 computation of pooling + Linear over the autocast trunk's output."""
     torch.manual_seed(0)
@@ -216,7 +216,7 @@ def _without_inplace(model: torch.nn.Module) -> torch.nn.Module:
                                            ("flexible_cnn", {"width": 4, "depth": 1, "residual": False}),
                                            ("resnet18", {})])
 def test_gradcam_at_every_accepted_layer_equals_a_model_without_inplace_ops(name, options):
-    """Issue 10.5: at a BatchNorm followed by ReLU(inplace=True) the recorded activation was
+    """At a BatchNorm followed by ReLU(inplace=True) the recorded activation was
     overwritten by the ReLU (the map was the ReLU's). Every layer the grid accepts gives the map of
     the same weights in a copy with every in-place op switched off, for both target vectors."""
     torch.manual_seed(0)
@@ -239,7 +239,7 @@ def test_gradcam_at_every_accepted_layer_equals_a_model_without_inplace_ops(name
 
 
 def test_cublas_workspace_is_set_for_every_run_and_a_conflicting_value_is_refused():
-    """Issue 10.2: cuBLAS reads CUBLAS_WORKSPACE_CONFIG once per process, so it is set even for a
+    """cuBLAS reads CUBLAS_WORKSPACE_CONFIG once per process, so it is set even for a
     non-deterministic run (a later deterministic run in the same --cluster debug process would
     otherwise raise at every GEMM), a value the user chose is kept where it is allowed, and a
     non-deterministic value is refused for a deterministic run, naming the variable and the values."""
@@ -255,7 +255,7 @@ def test_cublas_workspace_is_set_for_every_run_and_a_conflicting_value_is_refuse
 
 
 def test_set_determinism_makes_float32_ieee_and_reports_it():
-    """Issue 10.4: torch 2.14 runs float32 cuDNN convolutions as TF32 by default; float32 means IEEE
+    """Torch 2.14 runs float32 cuDNN convolutions as TF32 by default; float32 means IEEE
     float32 here, and the settings are returned for the results' root attributes."""
     torch.backends.cudnn.conv.fp32_precision = "tf32"  # torch's default
     settings = set_determinism(0, True)
@@ -265,7 +265,7 @@ def test_set_determinism_makes_float32_ieee_and_reports_it():
 
 
 def test_predict_on_an_index_equals_predict_on_the_gathered_images():
-    """Issue 10.7: a subset is gathered batch by batch, never copied whole onto the device."""
+    """A subset is gathered batch by batch, never copied whole onto the device."""
     torch.manual_seed(0)
     model = build_model("simple_cnn", 10, width=4).eval()
     x = torch.randint(0, 256, (20, 3, 32, 32), dtype=torch.uint8)

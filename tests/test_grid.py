@@ -210,7 +210,7 @@ def test_control_characters_in_keys_stay_on_one_line(where, key):
 
 
 def test_more_than_one_gpu_per_task_is_refused_with_the_reason(tiny_grid):
-    """Issue 10.6: a worker trains one run on one GPU; a task given more would leave them idle."""
+    """A worker trains one run on one GPU; a task given more would leave them idle."""
     with pytest.raises(GridError, match=r"\[slurm\]\.gpus_per_task: 2: a run trains on one GPU.*allowed: 0 \(CPU nodes\) or 1"):
         load_grid(tiny_grid, overrides=["slurm.gpus_per_task=2"])
     assert load_grid(tiny_grid, overrides=["slurm.gpus_per_task=0"]).slurm.gpus_per_task == 0
@@ -227,7 +227,7 @@ def test_checkpoint_cadence_is_sweep_wide_and_not_part_of_the_run_id(tiny_grid):
         load_grid(tiny_grid, overrides=["checkpoint_every_min=-1"])
 
 
-# ---- [stress] adversarial / ood / sanity (issue 12) ------------------------------------------------
+# ---- [stress] adversarial / ood / sanity ------------------------------------------------
 
 
 def stress_raw(dataset: str = "shapes", **stress):
@@ -387,7 +387,7 @@ def test_run_ids_of_a_launched_sweep_do_not_depend_on_files_downloaded_later(tmp
     assert [r.run_id for r in load_sweep_grid(sweep).runs] == [r.run_id for r in before]
 
 
-# ---- [stress].source: the official CIFAR-10-C / CIFAR-100-C files (issue 13) ----------------------
+# ---- [stress].source: the official CIFAR-10-C / CIFAR-100-C files ----------------------
 
 
 def official_raw(dataset: str = "cifar10", **stress):

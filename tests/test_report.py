@@ -210,7 +210,7 @@ def test_headless_chromium_render(shapes_report, tmp_path: Path) -> None:
     assert float(np.std(img[1500:, :, :3])) > 0.05
 
 
-# ---- official CIFAR-10-C files: the reference curve and the corruption error (issue 13) ------------
+# ---- official CIFAR-10-C files: the reference curve and the corruption error ------------
 
 OFFICIAL = ("fog", "jpeg_compression", "saturate")  # two benchmark corruptions and an extra one
 

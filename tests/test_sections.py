@@ -279,7 +279,7 @@ def test_a_sections_columns_and_files_need_no_change_to_gather(sweep) -> None:
         f"{r.run_id} {want[r.run_id]!r}" for r in sweep.runs]
 
 
-# ---- the issue-12 sections: adversarial, ood (+ selective prediction), sanity ---------------------
+# ---- the stress sections: adversarial, ood (+ selective prediction), sanity ---------------------
 #
 # A synthetic sweep (synth.make_sweep) whose finished runs are republished with /adversarial, /ood
 # and /sanity arrays of known content; every number in summary.json is recomputed here from those
@@ -308,7 +308,7 @@ def _planted_counts(variant_index: int, seed_index: int) -> dict[tuple[str, floa
 
 
 def _add_new_arrays(s: synth.Synth) -> dict[str, dict]:
-    """Republish every finished run of ``s`` with the issue-12 arrays; returns what was planted per run id."""
+    """Republish every finished run of ``s`` with the adversarial, OOD and sanity arrays; returns what was planted per run id."""
     rng = np.random.default_rng(7)
     n = s.labels.shape[0]
     adv_pos = np.sort(rng.permutation(n)[:ADV_M])  # the same sample in every run, as the worker draws it
@@ -525,7 +525,7 @@ def test_new_sections_are_on_the_page_with_their_figures(new_sweep) -> None:
 
 @pytest.fixture(scope="module")
 def lacking_sweep(tmp_path_factory):
-    """Runs written before issue 12: no /adversarial, /ood or /sanity (figures drawn too: nothing may fail)."""
+    """Runs written before the adversarial, OOD and sanity tests existed: no /adversarial, /ood or /sanity (figures drawn too: nothing may fail)."""
     s = synth.make_sweep(tmp_path_factory.mktemp("old runs") / "old", n_test=100, variants=("baseline",), seeds=(1, 2),
                          corruptions=(), val=False, train_subset=False, faithfulness=False)
     index, summary, page = _gather(s, figures=True)

@@ -30,32 +30,19 @@ from cnnstress.grid import load_grid
 from cnnstress.launcher import main
 
 from conftest import REPO, tiny_grid_text
+from grids import LEAN, dev_slurm_text
 
 pytestmark = pytest.mark.slurm
 
 DATA = REPO / "scratch" / "test-data"
 # Small and quick: the slurm tests test submission, not training.
-LEAN = ["--set", "stress.corruptions=[]", "--set", "stress.faithfulness_samples=0",
-        "--set", "stress.train_embedding_samples=0"]
-DEV_SLURM = """
-[slurm]
-partition = "debug"
-gpus_per_task = 0
-cpus_per_task = 1
-mem_gb = 1
-gather_cpus = 1
-gather_mem_gb = 1
-time_min = {time_min}
-signal_delay_s = 10
-max_num_timeout = 4
-"""
 INTERRUPTED_TEST = "test_requeued_and_timed_out_runs_resume_and_match_an_uninterrupted_run"
 
 
 def _grid_file(folder: Path, name: str, epochs: int = 1, time_min: int = 10, one_run: bool = False,
                small: bool = False) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
-    text = tiny_grid_text(name=name, epochs=epochs, extra=DEV_SLURM.format(time_min=time_min))
+    text = tiny_grid_text(name=name, epochs=epochs, extra=dev_slurm_text(time_min))
     if one_run:
         text = text.replace('[variants.flip]\naugment = ["flip"]\n', "")
     if small:

@@ -1,4 +1,4 @@
-"""The one vocabulary of run states (issue 11.4)."""
+"""The one vocabulary of run states."""
 
 from __future__ import annotations
 

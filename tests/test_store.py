@@ -231,19 +231,6 @@ BAD_CASES = {
 }
 
 
-@pytest.mark.parametrize("case", sorted(BAD_CASES))
-def test_validate_rejects_and_names_dataset(run_dir: Path, case: str) -> None:
-    key, mutate = BAD_CASES[case]
-    arrays = stored_arrays()
-    mutate(arrays)
-    path = run_dir / "results.h5"
-    write_raw(path, arrays, raw_attrs())
-    with pytest.raises(ResultsError) as info:
-        store.validate_results(path)
-    assert str(path) in str(info.value)
-    assert key in str(info.value)
-
-
 def test_raw_valid_file_passes(run_dir: Path) -> None:
     # the control for the cases above: unmutated raw writing is accepted
     path = run_dir / "results.h5"
@@ -608,7 +595,7 @@ def test_store_imports_no_torch() -> None:
     assert proc.returncode == 0
 
 
-# ---- /adversarial, /ood, /sanity and the ood_sets attribute (issue 12) ---------------------------
+# ---- /adversarial, /ood, /sanity and the ood_sets attribute ---------------------------
 
 M, S = 5, 4  # attacked images, sanity images
 OOD_COUNTS = {"uniform_noise": 7, "smooth_noise": 9}
@@ -630,7 +617,7 @@ OOD_ATTR = {name: {"name": name, "kind": "far", "description": f"{name} images",
 
 
 def make_new_arrays(seed: int = 1) -> dict[str, np.ndarray]:
-    """The issue-12 arrays for make_arrays()'s N, C, H, W, as a worker hands them over (int64/float64)."""
+    """The adversarial, OOD and sanity arrays for make_arrays()'s N, C, H, W, as a worker hands them over (int64/float64)."""
     rng = np.random.default_rng(seed)
     out: dict[str, np.ndarray] = {"adversarial/positions": np.sort(rng.permutation(N)[:M]),
                                   "sanity/positions": np.sort(rng.permutation(N)[:S])}
@@ -724,10 +711,16 @@ NEW_BAD_CASES = {
 }
 
 
-@pytest.mark.parametrize("case", sorted(NEW_BAD_CASES))
-def test_validate_rejects_bad_new_arrays_and_names_them(run_dir: Path, case: str) -> None:
-    key, mutate = NEW_BAD_CASES[case]
-    arrays = _stored_new()
+# every bad case, on the arrays it mutates: the core file's, or the one with the stress-test arrays
+ALL_BAD_CASES = {**{case: (stored_arrays, *v) for case, v in BAD_CASES.items()},
+                 **{case: (_stored_new, *v) for case, v in NEW_BAD_CASES.items()}}
+assert len(ALL_BAD_CASES) == len(BAD_CASES) + len(NEW_BAD_CASES)  # no case name shadows another
+
+
+@pytest.mark.parametrize("case", sorted(ALL_BAD_CASES))
+def test_validate_rejects_and_names_dataset(run_dir: Path, case: str) -> None:
+    arrays_for, key, mutate = ALL_BAD_CASES[case]
+    arrays = arrays_for()
     mutate(arrays)
     path = run_dir / "results.h5"
     write_raw(path, arrays, raw_attrs())

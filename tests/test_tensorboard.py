@@ -1,4 +1,4 @@
-"""TensorBoard event files (issue 14.3): [report].tensorboard / --tensorboard, one folder per run
+"""TensorBoard event files: [report].tensorboard / --tensorboard, one folder per run
 under <sweep>/tensorboard/<variant>/seed<seed>..., the scalars equal /history/* of results.h5
 (float32, bitwise), one value per step after a resume, a launch error without the package, and
 run ids that do not change. The tests that read event files skip without the tensorboard package
@@ -25,6 +25,7 @@ from cnnstress.grid import GridError, load_grid
 from cnnstress.layout import HISTORY_KEYS
 
 from conftest import REPO, tiny_grid_text
+from grids import LEAN, dev_slurm_text
 from test_atomic import _outside, _untouched
 
 DATA = REPO / "scratch" / "test-data"
@@ -256,18 +257,6 @@ def test_a_run_killed_after_epoch_1_resumes_with_one_value_per_step(tmp_path):
 # under Slurm (the live dev cluster; skipped without one unless CNNSTRESS_REQUIRE_SLURM=1)
 # ------------------------------------------------------------------------------------------------
 
-DEV_SLURM = """
-[slurm]
-partition = "debug"
-gpus_per_task = 0
-cpus_per_task = 1
-mem_gb = 1
-gather_cpus = 1
-gather_mem_gb = 1
-time_min = 10
-"""
-LEAN = ["--set", "stress.corruptions=[]", "--set", "stress.faithfulness_samples=0",
-        "--set", "stress.train_embedding_samples=0"]
 
 
 @pytest.mark.slurm
@@ -284,7 +273,7 @@ def test_a_slurm_run_requeued_mid_training_has_one_value_per_step(tmp_path):
             pytest.fail(f"CNNSTRESS_REQUIRE_SLURM=1 but {e}")
         pytest.skip(f"no live Slurm controller: {e}")
     pytest.importorskip("tensorboard")
-    text = tiny_grid_text(name="tbslurm", epochs=12, extra=DEV_SLURM)
+    text = tiny_grid_text(name="tbslurm", epochs=12, extra=dev_slurm_text())
     text = text.replace('[variants.flip]\naugment = ["flip"]\n', "").replace("n_train = 400, n_test = 200",
                                                                              "n_train = 200, n_test = 100")
     grid = tmp_path / "grid.toml"

@@ -168,7 +168,7 @@ def _tensors(obj, path="state"):
 
 
 def test_a_crash_between_timed_checkpoints_keeps_every_finished_epoch_and_resume_is_bitwise(three_epochs, tmp_path):
-    """Issue 10.8 and 10.1. With checkpoint_every_min = 60 nothing is written after each epoch; a
+    """With checkpoint_every_min = 60 nothing is written after each epoch; a
     crash in epoch 2 (injected MemoryError) still leaves epoch 1's checkpoint. It loads to the CPU
     whatever device the run trains on (CUDA and meta refuse RNG states that are not CPU byte
     tensors; map_location=device failed every GPU resume), restores every RNG, and the relaunch
@@ -201,7 +201,7 @@ def test_a_crash_between_timed_checkpoints_keeps_every_finished_epoch_and_resume
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR2])
 def test_a_stop_signal_writes_the_last_finished_epoch_and_resume_is_bitwise(three_epochs, tmp_path, sig):
-    """Issue 10.8: told to stop (scontrol requeue and preemption send SIGTERM; USR2 comes before
+    """Told to stop (scontrol requeue and preemption send SIGTERM; USR2 comes before
     the time limit) between timed checkpoints, the worker writes the last finished epoch, exits
     resumable (128 + signal, no FAILED.json), and the relaunch is bitwise equal."""
     spec = _respec(three_epochs, tmp_path, every_min=60.0)
@@ -373,7 +373,7 @@ def test_flexible_cnn_with_projection_shortcuts_trains_on_the_cpu(tmp_path):
     assert "channels_last off on the CPU" in (rd / "log.txt").read_text()
 
 
-# ---- [stress] adversarial / ood / sanity in a real run (issue 12) ---------------------------------
+# ---- [stress] adversarial / ood / sanity in a real run ---------------------------------
 
 NEW_STRESS = ("adversarial = true\nadversarial_linf = [0, 8]\nadversarial_l2 = [0.5]\nadversarial_steps = 2\n"
               "adversarial_samples = 20\nood = true\nood_samples = 16\nsanity = true\nsanity_samples = 8\n")
@@ -543,7 +543,7 @@ def test_measuring_again_without_a_final_checkpoint_names_it(tmp_path):
         remeasure(spec, lambda msg: None)
 
 
-# ---- [stress].source = "official": the published CIFAR-10-C files in a real run (issue 13) ---------
+# ---- [stress].source = "official": the published CIFAR-10-C files in a real run ---------
 
 
 def _official_spec(tmp_path: Path, root: Path, corruptions: str = '["jpeg_compression", "fog"]'):

@@ -1,4 +1,4 @@
-"""The worker's checkpoint cadence and stop-signal handling, in-process and fast (issue 10.8)."""
+"""The worker's checkpoint cadence and stop-signal handling, in-process and fast."""
 
 from __future__ import annotations
 
