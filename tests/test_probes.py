@@ -16,6 +16,7 @@ import pytest
 from rich.console import Console
 
 from cnnstress import gather, probes, store
+from cnnstress.config import RunSpec
 from cnnstress.grid import GridError, load_grid
 from cnnstress.report import sections
 
@@ -137,7 +138,8 @@ def test_a_toy_stress_tests_keys_are_validated_and_off_it_changes_no_run_id(toy,
 
 def test_an_off_stress_test_leaves_run_ids_as_they_were(tmp_path, monkeypatch) -> None:
     grid = _grid(tmp_path)
-    before = [r.run_id for r in _load(grid, tmp_path).runs]
+    old = _load(grid, tmp_path).runs
+    before = [r.run_id for r in old]
     pkg = tmp_path / "pkg"
     (pkg / "toyprobes").mkdir(parents=True)
     (pkg / "toyprobes" / "__init__.py").write_text("")
@@ -149,6 +151,28 @@ def test_an_off_stress_test_leaves_run_ids_as_they_were(tmp_path, monkeypatch) -
     runs = _load(grid, tmp_path).runs
     assert [r.run_id for r in runs] == before
     assert "toy" not in runs[0].identity()["stress"] and runs[0].stress.toy == {}
+    # a spec.json written before the stress test existed reads as the same run, the test off
+    again = RunSpec.from_json(old[0].to_json())
+    assert again == runs[0] and again.run_id == before[0] and again.stress.toy == {}
+
+
+def test_a_stress_test_module_that_cannot_be_imported_is_one_line_naming_it(tmp_path, monkeypatch) -> None:
+    (tmp_path / "brokenprobes").mkdir()
+    (tmp_path / "brokenprobes" / "__init__.py").write_text("")
+    (tmp_path / "brokenprobes" / "typo.py").write_text("from cnnstress.probes.base import Probe\nPROBE = Prob()\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(probes, "MODULES", (*probes.MODULES, "brokenprobes.typo"))
+    with pytest.raises(probes.ProbeRegistryError) as err:
+        _load(_grid(tmp_path), tmp_path)
+    assert str(err.value) == ("stress test module brokenprobes.typo cannot be imported "
+                              "(NameError: name 'Prob' is not defined)")
+    # two stress tests claiming one [stress] key
+    (tmp_path / "brokenprobes" / "twin.py").write_text(
+        "from cnnstress.probes.sanity import SanityProbe\nclass Twin(SanityProbe):\n    name = 'twin'\nPROBE = Twin()\n")
+    monkeypatch.setattr(probes, "MODULES", (*probes.MODULES[:-1], "brokenprobes.twin"))
+    with pytest.raises(probes.ProbeRegistryError, match="modules cnnstress.probes.sanity and brokenprobes.twin both declare the "
+                                                        r"\[stress\] key 'sanity'"):
+        probes.registered()
 
 
 @pytest.mark.slow

@@ -37,9 +37,13 @@ class ProbeRegistryError(ImportError):
     naming the module."""
 
 
+def _module(name: str) -> str:
+    return name if "." in name else f"{__name__}.{name}"
+
+
 def load(name: str) -> Probe:
     """The PROBE of ``probes/<name>.py`` (or of the module ``name`` when it is dotted)."""
-    module = name if "." in name else f"{__name__}.{name}"
+    module = _module(name)
     try:
         probe = import_module(module).PROBE
     except Exception as exc:  # noqa: BLE001 - ImportError, SyntaxError, a missing PROBE, ...: one line
@@ -67,7 +71,7 @@ def registered() -> tuple[Probe, ...]:
 
 def _check(names: tuple[str, ...], found: tuple[Probe, ...]) -> None:
     owner: dict[tuple[str, str], str] = {}
-    for module, probe in zip(names, found):
+    for module, probe in zip(map(_module, names), found):
         if not probe.name:
             raise ProbeRegistryError(f"stress test module {module}: its probe has no name")
         for kind, items in (("name", (probe.name,)), ("[stress] key", probe.keys), ("StressSpec field", probe.fields),
