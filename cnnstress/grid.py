@@ -301,7 +301,11 @@ def expand(
     if n_points > MAX_RUNS:
         raise GridError(source, "[grid]", f"expands to {n_points} runs; at most {MAX_RUNS} allowed")
 
-    stress = v.section(raw.get("stress", {}), probes.stress_keys(), "[stress]")
+    try:
+        stress_keys = probes.stress_keys()
+    except probes.ProbeRegistryError as e:  # a registered stress test's module is broken: one line naming it
+        raise GridError(source, "[stress]", str(e)) from None
+    stress = v.section(raw.get("stress", {}), stress_keys, "[stress]")
     report = v.section(raw.get("report", {}), REPORT_KEYS, "[report]")
     slurm = v.section(raw.get("slurm", {}), SLURM_KEYS, "[slurm]")
     v.slurm_strings(slurm)

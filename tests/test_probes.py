@@ -162,10 +162,10 @@ def test_a_stress_test_module_that_cannot_be_imported_is_one_line_naming_it(tmp_
     (tmp_path / "brokenprobes" / "typo.py").write_text("from cnnstress.probes.base import Probe\nPROBE = Prob()\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.setattr(probes, "MODULES", (*probes.MODULES, "brokenprobes.typo"))
-    with pytest.raises(probes.ProbeRegistryError) as err:
+    with pytest.raises(GridError) as err:  # what a launch prints, and exits 2 with
         _load(_grid(tmp_path), tmp_path)
-    assert str(err.value) == ("stress test module brokenprobes.typo cannot be imported "
-                              "(NameError: name 'Prob' is not defined)")
+    assert str(err.value).endswith("toy grid.toml: [stress]: stress test module brokenprobes.typo cannot be "
+                                   "imported (NameError: name 'Prob' is not defined)"), str(err.value)
     # two stress tests claiming one [stress] key
     (tmp_path / "brokenprobes" / "twin.py").write_text(
         "from cnnstress.probes.sanity import SanityProbe\nclass Twin(SanityProbe):\n    name = 'twin'\nPROBE = Twin()\n")
