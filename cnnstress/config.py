@@ -89,6 +89,10 @@ class StressSpec:
 
     __hash__ = None  # type: ignore[assignment]  # (like a frozen dataclass holding lists)
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # pickle and copy rebuild it through the constructor (__setattr__ refuses the default way)
+        return (_stress_spec, (dict(self._values),))
+
     def __repr__(self) -> str:
         return f"StressSpec({', '.join(f'{k}={v!r}' for k, v in self._values.items())})"
 
@@ -98,6 +102,10 @@ class StressSpec:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> StressSpec:
         return cls(**d)
+
+
+def _stress_spec(values: dict[str, Any]) -> StressSpec:
+    return StressSpec(**values)
 
 
 @dataclass(frozen=True)
