@@ -111,6 +111,22 @@ DATASETS: dict[str, tuple[int, dict[str, Param]]] = {
     ),
     "cifar10": (10, {}),
     "cifar100": (100, {}),
+    # your own images: 0 classes here = as many as the data has (grid.py counts them at launch)
+    "imagefolder": (
+        0,
+        {
+            "root": Param("", doc="folder holding <train>/<class>/<images> and <test>/<class>/<images>; "
+                                  "relative to the grid file's folder"),
+            "image_size": Param(32, 16, 128, doc="shorter side resized to this, then centre-cropped (only 32 today)"),
+            "train": Param("train", doc="sub-folder of root with the training images"),
+            "test": Param("test", doc="sub-folder of root with the test images"),
+        },
+    ),
+    "arrays": (
+        0,
+        {"path": Param("", doc=".npz with x_train, y_train, x_test, y_test (uint8 NHWC, integer labels), optional "
+                               "class_names and mask_test; relative to the grid file's folder")},
+    ),
 }
 
 MODELS: dict[str, dict[str, Param]] = {

@@ -787,7 +787,323 @@ def _load_shapes(root: Path, opts: dict) -> tuple[Split, Split, tuple[str, ...]]
     return split("train"), split("test"), SHAPE_NAMES
 
 
+# ------------------------------------------------------------------------------ your own images
+#
+# ``imagefolder``: torchvision's ImageFolder convention, ``<root>/<split>/<class>/**/<image>``.
+# Classes are the split folder's sub-folders in sorted order (names starting with "." skipped); the
+# images of a class are walked as torchvision walks them (sorted os.walk, sorted names), which makes
+# the test index. Every image is decoded once, resized (shorter side) and centre-cropped, into
+# ``<root>/.cnnstress-cache/<split>-<size>-<hash>.npz``; the hash covers each file's relative path,
+# size and mtime, so a changed, added or removed file rebuilds the cache.
+#
+# ``arrays``: one ``.npz`` holding x_train, y_train, x_test, y_test (uint8 NHWC, integer labels) and
+# optionally class_names (strings) and mask_test (bool (N, H, W) object pixels).
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+#: PIL modes an image may have; all images of one dataset must share one of them.
+IMAGE_MODES = ("RGB", "L")
+CACHE_DIR = ".cnnstress-cache"
+# Bump whenever _decode changes its output: it is part of the cache's hash.
+DECODER_VERSION = 1
+#: image sizes every part of the pipeline (models, augmentations, corruptions, OOD sets, figures) handles
+SUPPORTED_IMAGE_SIZES = (IMAGE_SIZE,)
+ARRAY_KEYS = ("x_train", "y_train", "x_test", "y_test")
+
+
+def _own_path(opts: Mapping[str, Any], key: str, root: Path) -> Path:
+    """An option naming a file or folder: as given when absolute (the grid resolves relative ones
+    against its own folder), else under the data root."""
+    value = str(opts[key])
+    if not value:
+        raise DataError(f"dataset_options.{key} is empty; allowed: a path to your data")
+    path = Path(value)
+    return path if path.is_absolute() else root / path
+
+
+def _classes(split_dir: Path) -> tuple[str, ...]:
+    try:
+        entries = sorted(e.name for e in os.scandir(split_dir) if e.is_dir() and not e.name.startswith("."))
+    except FileNotFoundError:
+        raise DataError(f"{split_dir}: no such folder; allowed: <root>/<split>/<class>/<images>") from None
+    except NotADirectoryError:
+        raise DataError(f"{split_dir}: not a folder; allowed: <root>/<split>/<class>/<images>") from None
+    except OSError as e:
+        raise DataError(f"{split_dir}: cannot be listed ({e.strerror or e})") from None
+    if len(entries) < 2:
+        raise DataError(f"{split_dir}: {len(entries)} class folder(s); allowed: at least 2 (one folder per class)")
+    return tuple(entries)
+
+
+def _class_files(class_dir: Path) -> list[Path]:
+    """The images of one class in torchvision ImageFolder's order: sorted walk, sorted names."""
+    files = []
+    for folder, _, names in sorted(os.walk(class_dir, followlinks=True)):
+        for name in sorted(names):
+            if name.lower().endswith(IMAGE_EXTENSIONS) and not name.startswith("."):
+                files.append(Path(folder) / name)
+    if not files:
+        raise DataError(f"{class_dir}: empty class folder (no {'/'.join(e[1:] for e in IMAGE_EXTENSIONS)} "
+                        "images); allowed: at least one image per class")
+    return files
+
+
+def imagefolder_listing(root: Path, split: str) -> tuple[tuple[str, ...], list[Path], np.ndarray]:
+    """Class names, image files (test index order) and labels of one split; no image is opened."""
+    split_dir = root / split
+    if not root.is_dir():
+        raise DataError(f"{root}: no such folder (dataset_options.root); allowed: <root>/<split>/<class>/<images>")
+    classes = _classes(split_dir)
+    files: list[Path] = []
+    labels: list[int] = []
+    for label, name in enumerate(classes):
+        found = _class_files(split_dir / name)
+        files += found
+        labels += [label] * len(found)
+    return classes, files, np.asarray(labels, dtype=np.int64)
+
+
+def imagefolder_classes(root: Path, opts: Mapping[str, Any]) -> tuple[str, ...]:
+    """The class names of the train split, checked to be the test split's too (folders only)."""
+    classes = _classes(root / opts["train"])
+    test = _classes(root / opts["test"])
+    if test != classes:
+        extra = sorted(set(test) ^ set(classes))
+        raise DataError(f"{root / opts['test']}: its class folders differ from {root / opts['train']}'s "
+                        f"(e.g. {extra[0] if extra else 'their order'!r}); allowed: the same class folders in both splits")
+    return classes
+
+
+def _n_workers() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))  # the CPUs of this task (Slurm's cgroup), not the node's
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def _parallel(fn: Callable[[Path], Any], files: list[Path]) -> list[Any]:
+    """``fn`` over ``files`` in order, on threads (PIL releases the GIL while it decodes)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    workers = min(_n_workers(), max(1, len(files)))
+    if workers == 1:
+        return [fn(f) for f in files]
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(fn, files, chunksize=64))
+
+
+def _header(path: Path) -> tuple[str, tuple[int, int]]:
+    """(mode, size) of an image, its file checked whole (PIL's verify), as a DataError naming it."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            mode, size = im.mode, im.size
+            im.verify()
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as e:
+        raise DataError(f"{path}: not a readable image ({type(e).__name__}: {e}); allowed: "
+                        f"{'/'.join(e[1:].upper() for e in IMAGE_EXTENSIONS)} files") from None
+    return mode, size
+
+
+def check_imagefolder(root: Path, opts: Mapping[str, Any]) -> int:
+    """Every image of both splits opened and verified (no pixel decoded): one DataError naming the
+    first bad file. Returns the number of images. Skipped per split when its cache is valid."""
+    imagefolder_classes(root, opts)
+    first: tuple[Path, str] | None = None
+    count = 0
+    for split in (opts["train"], opts["test"]):
+        _, files, _ = imagefolder_listing(root, split)
+        count += len(files)
+        if _read_image_cache(_cache_path(root, split, opts["image_size"], files), len(files),
+                             opts["image_size"], quiet=True) is not None:
+            continue  # decoded before: every file of this listing was readable
+        for path, (mode, _) in zip(files, _parallel(_header, files)):
+            if mode not in IMAGE_MODES:
+                raise DataError(f"{path}: image mode {mode}; allowed: {' or '.join(IMAGE_MODES)} (convert the images first)")
+            if first is None:
+                first = (path, mode)
+            elif mode != first[1]:
+                raise DataError(f"{path}: image mode {mode}, but {first[0]} is {first[1]}; allowed: one mode for "
+                                f"all images of a dataset ({' or '.join(IMAGE_MODES)})")
+    return count
+
+
+def _cache_path(root: Path, split: str, size: int, files: list[Path]) -> Path:
+    h = hashlib.sha256(json.dumps([DECODER_VERSION, size]).encode())
+    for path in files:
+        st = path.stat()
+        h.update(json.dumps([str(path.relative_to(root)), st.st_size, st.st_mtime_ns]).encode())
+    safe_split = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in split)
+    return root / CACHE_DIR / f"{safe_split}-{size}-{h.hexdigest()[:16]}.npz"
+
+
+def _read_image_cache(path: Path, n: int, size: int, quiet: bool = False) -> np.ndarray | None:
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            x = npz["x"]
+        if x.dtype != np.uint8 or x.shape != (n, 3, size, size):
+            raise ValueError(f"x has {x.dtype} {x.shape}, expected uint8 {(n, 3, size, size)}")
+        return x
+    except Exception as exc:  # a cache: anything wrong with it means "decode again"
+        if not quiet:
+            warnings.warn(f"image cache {path} is unreadable ({exc}); decoding the images again", stacklevel=3)
+        return None
+
+
+def _decode(path: Path, size: int) -> np.ndarray:
+    """One image as uint8 (3, size, size): RGB, shorter side resized to ``size``, centre-cropped."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            if im.mode not in IMAGE_MODES:
+                raise DataError(f"{path}: image mode {im.mode}; allowed: {' or '.join(IMAGE_MODES)}")
+            im = im.convert("RGB")
+            w, h = im.size
+            # torchvision's Resize(size) and CenterCrop(size) arithmetic, so the crop is the one it takes
+            nw, nh = (size, int(size * h / w)) if w <= h else (int(size * w / h), size)
+            if (nw, nh) != (w, h):
+                im = im.resize((nw, nh), Image.BILINEAR)
+            left, top = int(round((nw - size) / 2.0)), int(round((nh - size) / 2.0))
+            im = im.crop((left, top, left + size, top + size))
+            return np.asarray(im, dtype=np.uint8).transpose(2, 0, 1)
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as e:
+        if isinstance(e, DataError):
+            raise
+        raise DataError(f"{path}: not a readable image ({type(e).__name__}: {e})") from None
+
+
+def _imagefolder_split(root: Path, split: str, size: int) -> tuple[Split, tuple[str, ...]]:
+    classes, files, y = imagefolder_listing(root, split)
+    path = _cache_path(root, split, size, files)
+    x = _read_image_cache(path, len(files), size)
+    if x is None:
+        x = np.stack(_parallel(lambda f: _decode(f, size), files))
+        try:
+            _write_atomic_npz(path, {"x": x})
+        except OSError as exc:  # a read-only data folder still works, just without a cache
+            warnings.warn(f"could not cache decoded images at {path}: {exc}", stacklevel=3)
+    return Split(x=x, y=y, index=np.arange(y.shape[0], dtype=np.int64)), classes
+
+
+def _load_imagefolder(root: Path, opts: dict) -> tuple[Split, Split, tuple[str, ...]]:
+    folder = _own_path(opts, "root", root)
+    classes = imagefolder_classes(folder, opts)
+    train, _ = _imagefolder_split(folder, opts["train"], opts["image_size"])
+    test, _ = _imagefolder_split(folder, opts["test"], opts["image_size"])
+    return train, test, classes
+
+
+def _npz_headers(path: Path) -> dict[str, tuple[np.dtype, tuple[int, ...]]]:
+    """dtype and shape of every array in an .npz, from the headers only (no array is read)."""
+    import zipfile
+
+    out = {}
+    try:
+        with zipfile.ZipFile(path) as zf:
+            for name in zf.namelist():
+                if not name.endswith(".npy"):
+                    continue
+                with zf.open(name) as fh:
+                    version = np.lib.format.read_magic(fh)
+                    read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+                    shape, _, dtype = read(fh)
+                out[name[:-4]] = (dtype, shape)
+    except FileNotFoundError:
+        raise DataError(f"{path}: no such file (dataset_options.path); allowed: an .npz with {', '.join(ARRAY_KEYS)}") from None
+    except (OSError, ValueError, zipfile.BadZipFile) as e:
+        raise DataError(f"{path}: not a readable .npz ({type(e).__name__}: {e})") from None
+    return out
+
+
+def check_arrays(path: Path) -> tuple[str, ...]:
+    """The class names of an ``arrays`` .npz after checking keys, dtypes, shapes and labels; one
+    DataError naming the file and key. Reads the labels and class names, not the images."""
+    heads = _npz_headers(path)
+    for key in ARRAY_KEYS:
+        if key not in heads:
+            raise DataError(f"{path}: no array {key!r}; allowed: an .npz with {', '.join(ARRAY_KEYS)} "
+                            "(optional class_names, mask_test)")
+    sizes = {}
+    for part in ("train", "test"):
+        dtype, shape = heads[f"x_{part}"]
+        if dtype != np.uint8 or len(shape) != 4 or shape[3] != 3 or shape[0] < 1:
+            raise DataError(f"{path}: x_{part} is {dtype} {shape}; allowed: uint8 (N, H, W, 3), N >= 1")
+        if shape[1:3] != (IMAGE_SIZE, IMAGE_SIZE):
+            raise DataError(f"{path}: x_{part} images are {shape[1]}x{shape[2]}; allowed: "
+                            f"{IMAGE_SIZE}x{IMAGE_SIZE} (resize them first)")
+        ydtype, yshape = heads[f"y_{part}"]
+        if ydtype.kind not in "iu" or yshape != (shape[0],):
+            raise DataError(f"{path}: y_{part} is {ydtype} {yshape}; allowed: integers of shape ({shape[0]},)")
+        sizes[part] = shape[0]
+    if "mask_test" in heads:
+        dtype, shape = heads["mask_test"]
+        if dtype != np.bool_ or shape != (sizes["test"], IMAGE_SIZE, IMAGE_SIZE):
+            raise DataError(f"{path}: mask_test is {dtype} {shape}; allowed: bool {(sizes['test'], IMAGE_SIZE, IMAGE_SIZE)}")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            ys = {part: np.asarray(npz[f"y_{part}"]) for part in ("train", "test")}
+            names = tuple(str(n) for n in npz["class_names"]) if "class_names" in heads else None
+    except Exception as e:  # noqa: BLE001 - object arrays, truncated members: one line naming the file
+        raise DataError(f"{path}: cannot be read ({type(e).__name__}: {e})") from None
+    if names is not None:
+        if len(names) < 2 or len(set(names)) != len(names):
+            raise DataError(f"{path}: class_names has {len(names)} names ({len(set(names))} distinct); allowed: "
+                            "at least 2 distinct names")
+    n_classes = len(names) if names is not None else int(max(ys["train"].max(), ys["test"].max())) + 1
+    for part, y in ys.items():
+        lo, hi = int(y.min()), int(y.max())
+        if lo < 0 or hi >= n_classes or (names is None and n_classes < 2):
+            raise DataError(f"{path}: y_{part} holds labels in [{lo}, {hi}]; allowed: integers in [0, {n_classes}) "
+                            f"{'(one per class_names entry)' if names is not None else 'with at least 2 classes'}")
+    return names if names is not None else tuple(str(i) for i in range(n_classes))
+
+
+def _load_arrays(root: Path, opts: dict) -> tuple[Split, Split, tuple[str, ...]]:
+    path = _own_path(opts, "path", root)
+    names = check_arrays(path)
+    with np.load(path, allow_pickle=False) as npz:
+        arrays = {k: npz[k] for k in npz.files if k in (*ARRAY_KEYS, "mask_test")}
+
+    def split(part: str) -> Split:
+        y = arrays[f"y_{part}"].astype(np.int64)
+        x = np.ascontiguousarray(arrays[f"x_{part}"].transpose(0, 3, 1, 2))
+        mask = arrays.get("mask_test") if part == "test" else None
+        return Split(x=x, y=y, index=np.arange(y.shape[0], dtype=np.int64), mask=mask)
+
+    return split("train"), split("test"), names
+
+
+def own_data_check(dataset: str, root: str | os.PathLike, options: Mapping[str, Any] | None) -> tuple[str, ...]:
+    """The class names of an ``imagefolder`` or ``arrays`` dataset, every file checked (one
+    DataError naming the first bad one); what launch and --dry-run run before anything is submitted."""
+    opts = resolve_options(dataset, options)
+    if dataset == "imagefolder":
+        folder = _own_path(opts, "root", Path(root))
+        classes = imagefolder_classes(folder, opts)
+        check_imagefolder(folder, opts)
+        return classes
+    if dataset == "arrays":
+        return check_arrays(_own_path(opts, "path", Path(root)))
+    raise ValueError(f"not a dataset of your own: {dataset!r}; valid: imagefolder, arrays")
+
+
+def own_classes(dataset: str, root: str | os.PathLike, options: Mapping[str, Any] | None) -> tuple[str, ...]:
+    """The class names without opening any image (folders listed, or the .npz's labels read)."""
+    opts = resolve_options(dataset, options)
+    if dataset == "imagefolder":
+        folder = _own_path(opts, "root", Path(root))
+        if not folder.is_dir():
+            raise DataError(f"{folder}: no such folder (dataset_options.root); allowed: <root>/<split>/<class>/<images>")
+        return imagefolder_classes(folder, opts)
+    return check_arrays(_own_path(opts, "path", Path(root)))
+
+
 _LOADERS: dict[str, _Loader] = {
+    "imagefolder": _load_imagefolder,
+    "arrays": _load_arrays,
     "shapes": _load_shapes,
     "cifar10": lambda root, opts: _load_cifar("cifar10", root),
     "cifar100": lambda root, opts: _load_cifar("cifar100", root),

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import catalog, probes
+from . import catalog, data, probes
 from .catalog import Param
 from .config import Component, Paths, Runtime, RunSpec, SlurmConfig, StressSpec, TrainSpec
 from .layout import GRID_COPY, LAUNCH_FILE  # LAUNCH_FILE: importers take it from here too
@@ -148,6 +148,7 @@ class Grid:
     grid_keys: list[str]
     raw: dict[str, Any] = field(repr=False, default_factory=dict)
     overrides: list[str] = field(default_factory=list)  # the --set values it was expanded with
+    grid_dir: str = ""  # the folder relative dataset paths were read against
 
 
 def load_grid(
@@ -178,7 +179,22 @@ def load_grid(
     except OSError as e:  # a directory, a vanished file, no permission
         raise GridError(source, "", f"cannot read the grid file ({e.strerror or e}); pass a .toml file") from None
     raw = _parse_toml(text, source, "")
-    return expand(raw, source=source, overrides=overrides, out_root=out_root, data_root=data_root)
+    return expand(raw, source=source, overrides=overrides, out_root=out_root, data_root=data_root,
+                  grid_dir=_grid_dir(path))
+
+
+def _grid_dir(path: Path) -> str:
+    """The folder relative dataset paths are read against: the grid file's, or for a sweep's copy of
+    the grid the folder of the file it was launched from (recorded in launch.json)."""
+    launch = path.parent / LAUNCH_FILE
+    if path.name == GRID_COPY and launch.is_file():
+        try:
+            recorded = json.loads(launch.read_text(encoding="utf-8")).get("grid_dir")
+        except (OSError, ValueError, AttributeError):
+            recorded = None
+        if isinstance(recorded, str) and recorded:
+            return recorded
+    return os.path.abspath(path.parent)
 
 
 def _file_kind(mode: int) -> str:
@@ -241,9 +257,12 @@ def expand(
     overrides: list[str] | tuple[str, ...] = (),
     out_root: str | os.PathLike = "scratch",
     data_root: str | os.PathLike | None = None,
+    grid_dir: str | os.PathLike | None = None,
 ) -> Grid:
-    """Validate a parsed grid (a dict as tomllib returns it) and expand it into runs."""
+    """Validate a parsed grid (a dict as tomllib returns it) and expand it into runs. Relative
+    dataset paths are read against ``grid_dir`` (default: the working directory)."""
     v = _Validator(source)
+    v.grid_dir = os.path.abspath(grid_dir if grid_dir is not None else os.curdir)
     if not isinstance(raw, dict):
         raise GridError(source, "", "the grid must be a TOML table")
     _check_nesting(raw, source)  # expand() is also called with dicts that no file reader checked
@@ -346,7 +365,8 @@ def expand(
     if not runs:
         raise GridError(source, "", "the grid expands to no runs")
     return Grid(name=name, source=source, runs=runs, variants=variant_names, baseline=baseline,
-                report=report, slurm=SlurmConfig.from_dict(slurm), grid_keys=grid_keys, raw=raw, overrides=list(overrides))
+                report=report, slurm=SlurmConfig.from_dict(slurm), grid_keys=grid_keys, raw=raw, overrides=list(overrides),
+                grid_dir=v.grid_dir)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -396,6 +416,8 @@ def _build_spec(v: _Validator, cfg: dict[str, Any], where: _Origin, *, name: str
         sc[key] = v.value(cfg.get(key, p.default), p, where(key))
     num_classes, dopts = catalog.DATASETS[sc["dataset"]]
     dataset = Component(sc["dataset"], v.params(cfg.get("dataset_options", {}), dopts, where("dataset_options")))
+    if sc["dataset"] in OWN_DATASETS:
+        dataset, num_classes = v.own_dataset(dataset, paths.data_root, where("dataset_options"))
     model = Component(sc["model"], v.params(cfg.get("model_options", {}), catalog.MODELS[sc["model"]], where("model_options")))
     optimizer = v.named(cfg["optimizer"], catalog.OPTIMIZERS, where("optimizer"))
     schedule = v.named(cfg["schedule"], catalog.SCHEDULES, where("schedule"))
@@ -429,11 +451,45 @@ def _build_spec(v: _Validator, cfg: dict[str, Any], where: _Origin, *, name: str
                    runtime=Runtime(checkpoint_every_min=sc["checkpoint_every_min"], tensorboard=report["tensorboard"]))
 
 
+# Datasets of the user's own images: the option naming their file or folder, and the class count
+# comes from the data (the folders, or the .npz's labels), counted once per sweep.
+OWN_DATASETS = {"imagefolder": "root", "arrays": "path"}
+
+
 class _Validator:
     """Type and range checks that raise GridError with the key path."""
 
     def __init__(self, source: str):
         self.source = source
+        self.grid_dir = os.path.abspath(os.curdir)
+        self._own: dict[str, tuple[Component, int]] = {}
+
+    def own_dataset(self, dataset: Component, data_root: str, path: Any) -> tuple[Component, int]:
+        """``dataset`` with its path option resolved against the grid file's folder, and its class
+        count read from the data (folders listed / labels read; no image opened)."""
+        key = json.dumps([dataset.name, dataset.params], sort_keys=True)
+        if key not in self._own:
+            option = OWN_DATASETS[dataset.name]
+            value = dataset.params[option]
+            if not value:
+                raise self.fail(f"{path}.{option}", f"is required ({catalog.DATASETS[dataset.name][1][option].doc})")
+            params = dict(dataset.params)
+            params[option] = os.path.normpath(os.path.join(self.grid_dir, os.path.expanduser(value)))
+            size = params.get("image_size")
+            if size is not None and size not in data.SUPPORTED_IMAGE_SIZES:
+                raise self.fail(f"{path}.image_size", f"{size}: not supported yet; allowed: "
+                                f"{', '.join(map(str, data.SUPPORTED_IMAGE_SIZES))} (the models, augmentations and "
+                                "corruptions assume it)")
+            for split in ("train", "test"):
+                name = params.get(split)
+                if name is not None and (not name or os.path.isabs(name) or ".." in Path(name).parts):
+                    raise self.fail(f"{path}.{split}", f"{name!r}: allowed: a sub-folder name of root")
+            try:
+                classes = data.own_classes(dataset.name, data_root, params)
+            except data.DataError as e:
+                raise self.fail(f"{path}.{option}", str(e)) from None
+            self._own[key] = (Component(dataset.name, dict(sorted(params.items()))), len(classes))
+        return self._own[key]
 
     def fail(self, path: str, msg: str) -> GridError:
         return GridError(self.source, path, msg)

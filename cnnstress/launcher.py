@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import json
 import os
 import sys
 import time
@@ -342,7 +343,18 @@ def missing_files(grid: Grid) -> str:
     named [stress].ood_sets set, or the official CIFAR-C files of [stress].source = "official" (missing,
     or a header, shape, dtype or size that is not the published one: cifar_c.check_files).
     Checked at launch and by --dry-run, not when the grid is read: the sweep's run ids must not depend on which
-    files happen to be there, and gather and --status need none of them."""
+    files happen to be there, and gather and --status need none of them. Your own images (imagefolder,
+    arrays) are all opened here, so a corrupt file or an empty class is refused before any worker runs."""
+    own = {(r.dataset.name, r.paths.data_root, json.dumps(r.dataset.params, sort_keys=True)) for r in grid.runs
+           if r.dataset.name in ("imagefolder", "arrays")}
+    if own:
+        from .data import DataError, own_data_check
+
+        for dataset, root, params in sorted(own):
+            try:
+                own_data_check(dataset, root, json.loads(params))
+            except DataError as e:
+                return f"[base].dataset_options: {e}"
     named = {(r.dataset.name, r.paths.data_root, name) for r in grid.runs for name in (r.stress.ood or {}).get("sets", [])}
     if named:
         from . import oodsets
@@ -479,7 +491,8 @@ def _write_sweep_files(grid: Grid, sweep_dir: Path, grid_bytes: bytes) -> None:
     (sweep_dir / RUNS_DIR).mkdir(exist_ok=True)
     atomic.atomic_write_bytes(sweep_dir / GRID_COPY, grid_bytes, if_changed=True)
     atomic.atomic_write_json(sweep_dir / LAUNCH_FILE, {"overrides": grid.overrides,
-                                                      "data_root": grid.runs[0].paths.data_root}, if_changed=True)
+                                                      "data_root": grid.runs[0].paths.data_root,
+                                                      "grid_dir": grid.grid_dir}, if_changed=True)
     manifest = "".join(r.to_json() + "\n" for r in grid.runs).encode()
     atomic.atomic_write_bytes(sweep_dir / MANIFEST_FILE, manifest, if_changed=True)
 

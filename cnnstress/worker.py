@@ -445,6 +445,9 @@ def _load_data(spec: RunSpec, device: torch.device, log: Log) -> RunData:
     tr = spec.train
     splits = data.load_splits(spec.dataset.name, spec.paths.data_root, val_fraction=tr.val_fraction,
                               split_seed=tr.split_seed, options=spec.dataset.params)
+    if splits.info.num_classes != spec.num_classes:  # your own images: a class folder added or removed since launch
+        raise data.DataError(f"{spec.dataset.name} has {splits.info.num_classes} classes now but "
+                             f"{spec.num_classes} at launch; allowed: relaunch the grid to start a new sweep's runs")
     if splits.note:  # which files matched the published checksums (CIFAR)
         log(f"data: {splits.note}")
     return RunData(splits, *(DeviceData.from_numpy(s.x, s.y, device) for s in (splits.train, splits.val, splits.test)))

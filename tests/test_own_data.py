@@ -1,0 +1,265 @@
+"""Your own images: an ImageFolder tree or an .npz of arrays, trained end to end, cached, and every
+broken file refused at launch and by --dry-run as one line naming it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cnnstress import data
+from cnnstress.grid import GridError, load_grid
+
+from conftest import REPO, tiny_grid_text
+
+CLASSES = ("cat", "dog", "zebra")
+
+
+def launch(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "CNNSTRESS_FAULT"}
+    return subprocess.run([sys.executable, "launch.py", *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=timeout, env=env)
+
+
+def one_line(res: subprocess.CompletedProcess) -> str:
+    err = res.stderr.strip()
+    assert "Traceback" not in res.stderr and err.count("\n") == 0 and err, res.stderr
+    return err
+
+
+def make_folder(root: Path, per_class: int = 6, size: tuple[int, int] = (40, 36), mode: str = "RGB") -> Path:
+    """root/{train,test}/<class>/*.png: each class a distinct colour plus noise (learnable)."""
+    rng = np.random.default_rng(0)
+    for split, n in (("train", per_class), ("test", max(2, per_class // 2))):
+        for c, name in enumerate(CLASSES):
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            for i in range(n):
+                base = np.zeros((size[1], size[0], 3), np.uint8)
+                base[..., c] = 200
+                img = np.clip(base + rng.integers(0, 40, base.shape), 0, 255).astype(np.uint8)
+                Image.fromarray(img).convert(mode).save(folder / f"img {i:02d}'.png")
+    return root
+
+
+def grid_text(dataset_line: str, name: str = "own") -> str:
+    text = tiny_grid_text(name, epochs=1, lean=True, batch_size=8).replace('[variants.flip]\naugment = ["flip"]\n', "")
+    return text.replace('dataset = "shapes"\ndataset_options = { n_train = 400, n_test = 200, shortcut = 0.8 }\n',
+                        dataset_line)
+
+
+@pytest.fixture
+def folder(weird_dir: Path) -> Path:
+    return make_folder(weird_dir / "my \"images\"")
+
+
+def folder_grid(weird_dir: Path, root: str) -> Path:
+    path = weird_dir / "own grid.toml"
+    path.write_text(grid_text(f'dataset = "imagefolder"\ndataset_options = {{ root = {json.dumps(root)} }}\n'))
+    return path
+
+
+# ------------------------------------------------------------------------------------ ImageFolder
+
+
+def test_test_index_is_torchvisions_imagefolder_order(folder):
+    from torchvision.datasets import ImageFolder
+
+    (folder / "test" / "dog" / "sub").mkdir()  # nested folders are walked as torchvision walks them
+    Image.new("RGB", (33, 33)).save(folder / "test" / "dog" / "sub" / "a.png")
+    (folder / "test" / "dog" / "notes.txt").write_text("not an image")
+    split = data.load_test("imagefolder", folder.parent, {"root": str(folder)})
+    reference = ImageFolder(str(folder / "test"))
+    assert reference.classes == list(CLASSES)
+    assert split.y.tolist() == [label for _, label in reference.samples]
+    assert split.index.tolist() == list(range(len(reference.samples)))
+    first = np.asarray(Image.open(reference.samples[0][0]).convert("RGB").resize((35, 32), Image.BILINEAR))
+    assert split.x.shape == (len(reference.samples), 3, 32, 32) and split.x.dtype == np.uint8
+    assert np.array_equal(split.x[0], first[:, 2:34].transpose(2, 0, 1))  # 40x36 -> 35x32, centre crop from x = round(1.5)
+    info = data.dataset_info("imagefolder", folder.parent, {"root": str(folder)})
+    assert info.class_names == CLASSES and info.num_classes == 3
+
+
+def test_cache_is_reused_and_rebuilt_when_a_file_changes(folder):
+    opts = {"root": str(folder)}
+    first = data.load_test("imagefolder", folder, opts)
+    [cache] = (folder / data.CACHE_DIR).glob("test-32-*.npz")
+    mtime = cache.stat().st_mtime_ns
+    again = data.load_test("imagefolder", folder, opts)
+    assert cache.stat().st_mtime_ns == mtime and np.array_equal(first.x, again.x)  # read, not rewritten
+    changed = folder / "test" / "cat" / "img 00'.png"
+    Image.new("RGB", (32, 32), (1, 2, 3)).save(changed)
+    os.utime(changed, ns=(1, 1))
+    rebuilt = data.load_test("imagefolder", folder, opts)
+    assert np.array_equal(rebuilt.x[0], np.broadcast_to(np.array([1, 2, 3], np.uint8)[:, None, None], (3, 32, 32)))
+    assert len(list((folder / data.CACHE_DIR).glob("test-32-*.npz"))) == 2  # a new name; the old one is unused
+
+
+def test_a_damaged_cache_is_decoded_again_with_a_warning(folder):
+    opts = {"root": str(folder)}
+    first = data.load_test("imagefolder", folder, opts)
+    [cache] = (folder / data.CACHE_DIR).glob("test-32-*.npz")
+    cache.write_bytes(cache.read_bytes()[:100])
+    with pytest.warns(UserWarning, match="image cache .* is unreadable"):
+        again = data.load_test("imagefolder", folder, opts)
+    assert np.array_equal(first.x, again.x)
+
+
+def test_an_imagefolder_trains_and_gathers_end_to_end_with_a_relative_root(folder, weird_dir):
+    grid = folder_grid(weird_dir, "my \"images\"")  # relative to the grid file's folder, not the cwd
+    out = weird_dir / "o u t"
+    res = launch("--grid", str(grid), "--cluster", "debug", "--out", str(out))
+    assert res.returncode == 0, res.stderr[-3000:]
+    [rd] = (out / "own" / "runs").iterdir()
+    spec = json.loads((rd / "spec.json").read_text())
+    assert spec["dataset"]["params"]["root"] == str(folder) and spec["num_classes"] == 3
+    summary = json.loads((out / "own" / "report" / "summary.json").read_text())
+    assert [r["status"] for r in summary["runs"]] == ["done"]
+    # gather and --status re-read the sweep's copy of the grid: the root still resolves to the same folder
+    assert load_grid(out / "own" / "grid.toml", out_root=out).runs[0].run_id == rd.name
+    status = launch("--grid", str(out / "own" / "grid.toml"), "--out", str(out), "--status")
+    assert status.returncode == 0, status.stderr
+
+
+def test_image_size_other_than_32_is_refused_at_launch(folder, weird_dir):
+    grid = weird_dir / "g.toml"
+    grid.write_text(grid_text(f'dataset = "imagefolder"\ndataset_options = {{ root = {json.dumps(str(folder))}, '
+                              "image_size = 64 }\n"))
+    with pytest.raises(GridError, match=r"image_size: 64: not supported yet; allowed: 32"):
+        load_grid(grid, out_root=weird_dir / "o")
+
+
+def _corrupt(folder: Path) -> Path:
+    bad = folder / "train" / "dog" / "img 03'.png"
+    bad.write_bytes(bad.read_bytes()[:60])  # truncated
+    return bad
+
+
+def _garbage(folder: Path) -> Path:
+    bad = folder / "test" / "cat" / "zz.jpg"
+    bad.write_bytes(b"not a jpeg at all")
+    return bad
+
+
+def _empty_class(folder: Path) -> Path:
+    empty = folder / "train" / "dog"
+    for f in empty.iterdir():
+        f.unlink()
+    return empty
+
+
+def _mixed_modes(folder: Path) -> Path:
+    grey = folder / "test" / "zebra" / "img 01'.png"
+    Image.open(grey).convert("L").save(grey)
+    return grey
+
+
+def _bad_mode(folder: Path) -> Path:
+    rgba = folder / "test" / "zebra" / "img 01'.png"
+    Image.open(rgba).convert("RGBA").save(rgba)
+    return rgba
+
+
+@pytest.mark.parametrize("damage, says", [
+    (_corrupt, "not a readable image"),
+    (_garbage, "not a readable image"),
+    (_empty_class, "empty class folder"),
+    (_mixed_modes, "image mode L, but"),
+    (_bad_mode, "image mode RGBA; allowed: RGB or L"),
+])
+def test_a_broken_imagefolder_is_one_line_at_launch_and_dry_run(folder, weird_dir, damage, says):
+    named = damage(folder)
+    grid = folder_grid(weird_dir, str(folder))
+    out = weird_dir / "o u t"
+    for extra in (("--dry-run",), ("--cluster", "debug")):
+        res = launch("--grid", str(grid), "--out", str(out), *extra)
+        line = one_line(res)
+        assert res.returncode == 2 and str(named) in line and says in line, line
+    assert not (out / "own" / "runs").exists()  # nothing written, nothing run
+
+
+def test_a_missing_root_is_one_line_naming_it(weird_dir):
+    grid = folder_grid(weird_dir, "nowhere")
+    res = launch("--grid", str(grid), "--out", str(weird_dir / "o"), "--dry-run")
+    line = one_line(res)
+    assert res.returncode == 2 and f"{weird_dir / 'nowhere'}: no such folder" in line
+
+
+def test_only_one_class_folder_is_refused(weird_dir):
+    root = make_folder(weird_dir / "r")
+    for split in ("train", "test"):
+        for name in CLASSES[1:]:
+            for f in (root / split / name).iterdir():
+                f.unlink()
+            (root / split / name).rmdir()
+    with pytest.raises(GridError, match="1 class folder.*allowed: at least 2"):
+        load_grid(folder_grid(weird_dir, str(root)), out_root=weird_dir / "o")
+
+
+# ----------------------------------------------------------------------------------------- arrays
+
+
+def make_npz(path: Path, **change) -> Path:
+    rng = np.random.default_rng(1)
+    arrays = {
+        "x_train": rng.integers(0, 256, (24, 32, 32, 3), dtype=np.uint8),
+        "y_train": np.arange(24) % 3,
+        "x_test": rng.integers(0, 256, (9, 32, 32, 3), dtype=np.uint8),
+        "y_test": np.arange(9) % 3,
+        "class_names": np.array(list(CLASSES)),
+        "mask_test": rng.random((9, 32, 32)) < 0.3,
+    }
+    arrays.update(change)
+    np.savez(path, **{k: v for k, v in arrays.items() if v is not None})
+    return path
+
+
+def test_arrays_load_as_nchw_with_names_and_masks(weird_dir):
+    path = make_npz(weird_dir / "my data.npz")
+    test = data.load_test("arrays", weird_dir, {"path": str(path)})
+    with np.load(path) as npz:
+        assert np.array_equal(test.x, npz["x_test"].transpose(0, 3, 1, 2)) and np.array_equal(test.mask, npz["mask_test"])
+    assert data.dataset_info("arrays", weird_dir, {"path": str(path)}).class_names == CLASSES
+
+
+def test_arrays_train_end_to_end(weird_dir):
+    make_npz(weird_dir / "my data.npz", class_names=None)
+    grid = weird_dir / "arrays grid.toml"
+    grid.write_text(grid_text('dataset = "arrays"\ndataset_options = { path = "my data.npz" }\n', name="arr"))
+    out = weird_dir / "o u t"
+    res = launch("--grid", str(grid), "--cluster", "debug", "--out", str(out), "--no-gather")
+    assert res.returncode == 0, res.stderr[-3000:]
+    [rd] = (out / "arr" / "runs").iterdir()
+    assert json.loads((rd / "spec.json").read_text())["num_classes"] == 3
+
+
+@pytest.mark.parametrize("change, says", [
+    ({"x_train": np.zeros((24, 32, 32, 3), np.float32)}, "x_train is float32 (24, 32, 32, 3); allowed: uint8"),
+    ({"x_test": np.zeros((9, 3, 32, 32), np.uint8)}, "x_test is uint8 (9, 3, 32, 32); allowed: uint8 (N, H, W, 3)"),
+    ({"x_test": np.zeros((9, 64, 64, 3), np.uint8)}, "x_test images are 64x64; allowed: 32x32"),
+    ({"y_test": np.arange(9) % 3 + 1}, "y_test holds labels in [1, 3]; allowed: integers in [0, 3)"),
+    ({"y_train": -(np.arange(24) % 3)}, "y_train holds labels in [-2, 0]"),
+    ({"y_train": np.zeros(23, np.int64)}, "y_train is int64 (23,); allowed: integers of shape (24,)"),
+    ({"y_test": None}, "no array 'y_test'"),
+    ({"mask_test": np.zeros((9, 32, 32), np.uint8)}, "mask_test is uint8"),
+])
+def test_a_bad_npz_is_one_line_at_dry_run(weird_dir, change, says):
+    path = make_npz(weird_dir / "bad.npz", **change)
+    grid = weird_dir / "g.toml"
+    grid.write_text(grid_text(f'dataset = "arrays"\ndataset_options = {{ path = {json.dumps(str(path))} }}\n'))
+    res = launch("--grid", str(grid), "--out", str(weird_dir / "o"), "--dry-run")
+    line = one_line(res)
+    assert res.returncode == 2 and str(path) in line and says in line, line
+
+
+def test_a_missing_npz_is_one_line(weird_dir):
+    grid = weird_dir / "g.toml"
+    grid.write_text(grid_text('dataset = "arrays"\ndataset_options = { path = "gone.npz" }\n'))
+    with pytest.raises(GridError, match=r"gone.npz: no such file"):
+        load_grid(grid, out_root=weird_dir / "o")
