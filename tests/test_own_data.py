@@ -48,8 +48,8 @@ def make_folder(root: Path, per_class: int = 6, size: tuple[int, int] = (40, 36)
     return root
 
 
-def grid_text(dataset_line: str, name: str = "own") -> str:
-    text = tiny_grid_text(name, epochs=1, lean=True, batch_size=8).replace('[variants.flip]\naugment = ["flip"]\n', "")
+def grid_text(dataset_line: str, name: str = "own", lean: bool = True) -> str:
+    text = tiny_grid_text(name, epochs=1, lean=lean, batch_size=8).replace('[variants.flip]\naugment = ["flip"]\n', "")
     return text.replace('dataset = "shapes"\ndataset_options = { n_train = 400, n_test = 200, shortcut = 0.8 }\n',
                         dataset_line)
 
@@ -59,9 +59,9 @@ def folder(weird_dir: Path) -> Path:
     return make_folder(weird_dir / "my \"images\"")
 
 
-def folder_grid(weird_dir: Path, root: str) -> Path:
+def folder_grid(weird_dir: Path, root: str, lean: bool = True) -> Path:
     path = weird_dir / "own grid.toml"
-    path.write_text(grid_text(f'dataset = "imagefolder"\ndataset_options = {{ root = {json.dumps(root)} }}\n'))
+    path.write_text(grid_text(f'dataset = "imagefolder"\ndataset_options = {{ root = {json.dumps(root)} }}\n', lean=lean))
     return path
 
 
@@ -112,7 +112,7 @@ def test_a_damaged_cache_is_decoded_again_with_a_warning(folder):
 
 
 def test_an_imagefolder_trains_and_gathers_end_to_end_with_a_relative_root(folder, weird_dir):
-    grid = folder_grid(weird_dir, "my \"images\"")  # relative to the grid file's folder, not the cwd
+    grid = folder_grid(weird_dir, "my \"images\"", lean=False)  # relative to the grid file's folder, not the cwd
     out = weird_dir / "o u t"
     res = launch("--grid", str(grid), "--cluster", "debug", "--out", str(out))
     assert res.returncode == 0, res.stderr[-3000:]
