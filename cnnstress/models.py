@@ -479,6 +479,8 @@ def _reference_callable(ref: str, source: dict[str, Any]) -> Callable[..., nn.Mo
         if attr not in names:
             raise ValueError(f"{attr!r} is not a classification model of torchvision.models; valid: {', '.join(names)}"[:600])
         return torchvision.models.get_model_builder(attr)
+    if ref.startswith(ownmodel.TIMM):
+        return _timm_builder(attr)
     if target.endswith(".py"):
         # a stable module name per file, so pickling and a second build find the same module
         name = "cnnstress_own_" + hashlib.sha256(source["file"].encode()).hexdigest()[:12]
@@ -507,6 +509,23 @@ def _reference_callable(ref: str, source: dict[str, Any]) -> Callable[..., nn.Mo
     if not callable(fn):
         raise ValueError(f"{target}:{attr} is not callable")
     return fn
+
+
+def _timm_builder(name: str) -> Callable[..., nn.Module]:
+    try:
+        import timm
+    except ImportError:
+        raise ValueError("timm is not installed: pip install -e '.[timm]'") from None
+    if not timm.is_model(name):
+        raise ValueError(f"{name!r} is not a timm model; see timm.list_models()")
+
+    def create(num_classes: int, **options: Any) -> nn.Module:
+        if options.get("pretrained") or options.get("pretrained_cfg_overlay"):
+            # create_model would fetch weights from the Hugging Face hub inside a running job
+            raise ValueError("pretrained timm weights are refused: nothing is downloaded at run time")
+        return timm.create_model(name, num_classes=num_classes, **options)
+
+    return create
 
 
 def _torchvision_weights(ref: str, options: dict[str, Any]) -> dict[str, Any]:
@@ -628,6 +647,9 @@ def check_reference(request: dict[str, Any]) -> str:
         _torchvision_weights(ref, request.get("options", {}))
     except ValueError as e:
         return f"[base].model_options.weights: {e}"
+    if ref.startswith(ownmodel.TIMM) and request.get("options", {}).get("pretrained"):
+        return ("[base].model_options.pretrained: pretrained timm weights are refused: nothing is downloaded "
+                "at run time; leave pretrained out (false) to train from scratch")
     try:
         with torch.device("meta"):
             model = fn(num_classes=classes, **request.get("options", {}))

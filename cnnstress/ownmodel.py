@@ -9,7 +9,8 @@ Forms:
 
 * ``"package.module:callable"``: importable with the grid file's folder first on ``sys.path``;
 * ``"path/to/file.py:callable"``: a file, relative to the grid file's folder;
-* ``"torchvision:<name>"``: a classification builder of ``torchvision.models``.
+* ``"torchvision:<name>"``: a classification builder of ``torchvision.models``;
+* ``"timm:<name>"``: ``timm.create_model(name)`` (the optional ``timm`` extra).
 
 The callable is called with ``num_classes=`` and the grid's ``model_options`` as keyword arguments
 and returns an ``nn.Module``.
@@ -25,7 +26,9 @@ from pathlib import Path
 from typing import Any
 
 TORCHVISION = "torchvision:"
-FORMS = '"package.module:callable", "path/to/file.py:callable" (relative to the grid file) or "torchvision:<name>"'
+TIMM = "timm:"  # behind the optional extra: pip install -e '.[timm]'
+FORMS = ('"package.module:callable", "path/to/file.py:callable" (relative to the grid file), "torchvision:<name>" '
+         'or "timm:<name>"')
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 
 
@@ -86,12 +89,12 @@ def resolve(ref: str, root: Path) -> dict[str, Any]:
     """What a worker needs to import ``ref`` and what identifies its code: ``{"root", "file",
     "sha256"}`` (``root`` goes first on ``sys.path``; ``file`` is the source file's absolute path).
 
-    ``torchvision:<name>`` has no source file of the user's: ``{}``, its identity is its name and the
-    installed torchvision version is the environment's. Raises ReferenceProblem (one line)."""
+    ``torchvision:<name>`` and ``timm:<name>`` have no source file of the user's: ``{}``, their
+    identity is their name and the installed library is the environment's. Raises ReferenceProblem (one line)."""
     target, attr = _split(ref)
-    if ref.startswith(TORCHVISION):
+    if ref.startswith((TORCHVISION, TIMM)):
         if "." in attr:
-            raise ReferenceProblem(f"{ref!r}: torchvision:<name> takes a builder name such as resnet18")
+            raise ReferenceProblem(f"{ref!r}: {target}:<name> takes a model name such as resnet18")
         return {}
     if target.endswith(".py"):
         file = (root / target).resolve()

@@ -178,3 +178,23 @@ def test_default_gradcam_layer_is_the_last_spatial_map():
                         nn.Flatten(), nn.Linear(4, 2))
     assert models.default_gradcam_layer(net) == "2"
     assert models.resolve_layer(net, "") is net[2]
+
+
+def test_timm_model_trains_at_32_pixels(weird_dir):
+    pytest.importorskip("timm")
+    grid = _grid(weird_dir, "timm:resnet10t", options="{}")
+    grid.write_text(grid.read_text().split("[stress]")[0] + "[stress]\ncorruptions = []\nfaithfulness_samples = 0\n"
+                    "train_embedding_samples = 0\nsanity = true\nsanity_samples = 4\n")
+    out = weird_dir / "out"
+    done = _launch(grid, "--cluster", "local", "--out", str(out), "--data-root", str(DATA), "--no-gather")
+    assert done.returncode == 0, done.stderr[-2000:]
+    (spec,) = load_grid(grid, out_root=out, data_root=DATA).runs
+    with h5py.File(out / "own" / "runs" / spec.run_id / "results.h5", "r") as r:
+        assert r["test/logits"].shape == (100, 10) and "sanity" in r
+
+
+def test_timm_pretrained_weights_are_refused_at_launch(weird_dir):
+    pytest.importorskip("timm")
+    out = _launch(_grid(weird_dir, "timm:resnet10t", options="{ pretrained = true }"), "--dry-run")
+    assert out.returncode == 2 and "[base].model_options.pretrained" in out.stderr.strip().splitlines()[-1]
+    assert "nothing is downloaded" in out.stderr
