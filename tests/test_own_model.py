@@ -198,3 +198,38 @@ def test_timm_pretrained_weights_are_refused_at_launch(weird_dir):
     out = _launch(_grid(weird_dir, "timm:resnet10t", options="{ pretrained = true }"), "--dry-run")
     assert out.returncode == 2 and "[base].model_options.pretrained" in out.stderr.strip().splitlines()[-1]
     assert "nothing is downloaded" in out.stderr
+
+
+def _arrays(run_dir: Path) -> dict[str, object]:
+    out = {}
+    with h5py.File(run_dir / "results.h5", "r") as r:
+        r.visititems(lambda name, obj: out.__setitem__(name, obj[()]) if isinstance(obj, h5py.Dataset) else None)
+    return out
+
+
+def test_a_reference_model_resumes_after_a_crash_bitwise(weird_dir):
+    """A crash in epoch 2 (injected MemoryError) leaves epoch 1's checkpoint; the rerun resumes from
+    it and every stored array equals an uninterrupted run's, bit for bit (determinism and resume)."""
+    import os
+
+    from cnnstress.worker import run, run_dir_for
+
+    (weird_dir / "my net.py").write_text(NET)
+    grid = _grid(weird_dir, "./my net.py:build")
+    grid.write_text(grid.read_text().replace("epochs = 1", "epochs = 2"))
+    (whole,) = load_grid(grid, out_root=weird_dir / "whole", data_root=DATA).runs
+    assert run(whole, echo=False)["status"] == "done"
+    (spec,) = load_grid(grid, out_root=weird_dir / "crashed", data_root=DATA).runs
+    rd = run_dir_for(spec)
+    rd.mkdir(parents=True)
+    (rd / "spec.json").write_text(spec.to_json())
+    crashed = subprocess.run([sys.executable, "-m", "cnnstress.worker", "--spec", str(rd / "spec.json")], cwd=REPO,
+                             capture_output=True, text=True, timeout=300, env={**os.environ, "CNNSTRESS_FAULT": "oom:epoch:2"})
+    assert crashed.returncode == 1 and store.run_state(rd).status == "failed"
+    assert run(spec, echo=False)["status"] == "done"
+    assert "resumed from checkpoint after epoch 1" in (rd / "log.txt").read_text()
+    a, b = _arrays(run_dir_for(whole)), _arrays(rd)
+    assert a.keys() == b.keys() and "test/logits" in a
+    for key in a:
+        if not key.startswith(("history/", "timing")):
+            assert (a[key] == b[key]).all() if hasattr(a[key], "shape") else a[key] == b[key], key
