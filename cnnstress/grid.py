@@ -398,7 +398,12 @@ def _build_spec(v: _Validator, cfg: dict[str, Any], where: _Origin, *, name: str
         if key == "model" and ownmodel.is_reference(cfg.get(key)):
             sc[key] = cfg[key]  # a model by reference: checked by _reference_model, built at launch
             continue
-        sc[key] = v.value(cfg.get(key, p.default), p, where(key))
+        try:
+            sc[key] = v.value(cfg.get(key, p.default), p, where(key))
+        except GridError as e:
+            if key != "model":
+                raise
+            raise GridError(e.source, e.path, f"{e.message}; or your own by reference: {ownmodel.FORMS}"[:600]) from None
     num_classes, dopts = catalog.DATASETS[sc["dataset"]]
     dataset = Component(sc["dataset"], v.params(cfg.get("dataset_options", {}), dopts, where("dataset_options")))
     model_source: dict[str, Any] = {}

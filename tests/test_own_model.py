@@ -233,3 +233,15 @@ def test_a_reference_model_resumes_after_a_crash_bitwise(weird_dir):
     for key in a:
         if not key.startswith(("history/", "timing")):
             assert (a[key] == b[key]).all() if hasattr(a[key], "shape") else a[key] == b[key], key
+
+
+@pytest.mark.parametrize("model, says", [
+    ("resnet19", "allowed: 'simple_cnn' | 'flexible_cnn' | 'resnet18'; or your own by reference: \"package.module:callable\""),
+    ("x;y:build", "has characters a model reference may not hold"),
+    ("nomod_here:build", "module 'nomod_here' not found in"),
+    ("mynet:1bad", "is not a model reference"),
+])
+def test_a_model_name_that_is_neither_built_in_nor_a_reference_is_one_line(weird_dir, model, says):
+    out = _launch(_grid(weird_dir, model), "--status", "--out", str(weird_dir / "out"))
+    assert out.returncode == 2 and "\n" not in out.stderr.strip()
+    assert "[base].model: " in out.stderr and says in out.stderr, out.stderr
