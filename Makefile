@@ -13,8 +13,9 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	# torch/torchvision unpinned: pip takes the newest release it is offered
-	# the tensorboard extra too, so that tests/test_tensorboard.py runs (it skips without the package)
-	$(PY) -m pip install --quiet -e '.[test,tensorboard]'
+	# the tensorboard and timm extras too, so that tests/test_tensorboard.py and the timm tests of
+	# tests/test_own_model.py run (they skip without the package)
+	$(PY) -m pip install --quiet -e '.[test,tensorboard,timm]'
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .engine import Precision, Predictor, fixed_positions
+from .models import head_module
 
 #: The norms an attack can be bounded in.
 NORMS: tuple[str, ...] = ("linf", "l2")
@@ -254,7 +255,7 @@ def _attack(pred: Predictor, x_uint8: Tensor, labels: Tensor, start: Tensor | No
         if on_batch is not None:
             on_batch(done0 + hi, total)
     if m == 0:
-        classes = pred.model.head.out_features
+        classes = head_module(pred.model).out_features
         empty = torch.empty((0, classes), dtype=torch.float32, device=device)
         return (x_uint8.float() if keep_images else None), empty
     return (torch.cat(images) if keep_images else None), torch.cat(logits)

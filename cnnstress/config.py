@@ -183,6 +183,10 @@ class RunSpec:
     paths: Paths
     spec_version: int = SPEC_VERSION
     runtime: Runtime = Runtime()
+    # a model named by reference (cnnstress/ownmodel.py): where its source is ("root", "file") and
+    # what identifies it ("sha256" of the file, "head_layer"); empty, and absent from the JSON and
+    # the identity, for a built-in model, so their run ids stay what they were
+    model_source: dict[str, Any] = field(default_factory=dict)
 
     # -- identity -----------------------------------------------------------------------------
     def identity(self) -> dict[str, Any]:
@@ -197,6 +201,8 @@ class RunSpec:
         del d["paths"]
         del d["sweep"]
         del d["runtime"]
+        if "model_source" in d:  # the code's hash identifies it, not where the file happens to be
+            d["model_source"] = {k: v for k, v in d["model_source"].items() if k not in ("root", "file")}
         # a stress test's fields that hold their off value (off, or the default every run had
         # before the field existed) are left out: adding a stress test changes no run id
         for key, off in probes.optional_fields().items():
@@ -230,7 +236,10 @@ class RunSpec:
 
     # -- JSON ---------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        return _plain(self)
+        d = _plain(self)
+        if not d["model_source"]:
+            del d["model_source"]
+        return d
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True, allow_nan=False)

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from .config import Component
 from .faults import maybe_fail
+from .models import head_module
 
 # ------------------------------------------------------------------------------------------------
 # determinism and precision
@@ -266,12 +267,41 @@ def float32_head(model: nn.Module, x: Tensor, precision: Precision) -> tuple[Ten
     Under bfloat16 autocast a logit carries 8 significant bits (a step of 0.0625 near 10): stored
     that way it moves NLL and ECE, makes argmax ties, and makes a run on a CPU with bf16 units differ
     from one without. Pooling a float32 copy of the map and a float32 Linear give what is stored its
-    full precision."""
+    full precision.
+
+    A model without ``features``/``pooled`` (a model by reference) runs whole under autocast, and a
+    forward hook on its head (models.head_module: the last ``nn.Linear`` its forward pass runs)
+    recomputes the head's output in float32 from a float32 copy of its input, which is the
+    embedding."""
+    net = getattr(model, "_orig_mod", model)
+    if not (hasattr(net, "features") and hasattr(net, "pooled")):
+        return _hooked_float32_head(model, x, precision)
     with precision.autocast():
         fmap = model.features(x)
     with torch.autocast(precision.device_type, enabled=False):
         emb = model.pooled(fmap.float())
         return model.head(emb), emb
+
+
+def _hooked_float32_head(model: nn.Module, x: Tensor, precision: Precision) -> tuple[Tensor, Tensor]:
+    head = head_module(model)
+    captured: list[Tensor] = []
+
+    def float32(module: nn.Linear, inputs: tuple[Tensor, ...], _output: Tensor) -> Tensor:
+        with torch.autocast(precision.device_type, enabled=False):
+            emb = inputs[0].float()
+            captured.append(emb)
+            return F.linear(emb, module.weight.float(), None if module.bias is None else module.bias.float())
+
+    handle = head.register_forward_hook(float32)
+    try:
+        with precision.autocast():
+            logits = model(x)
+    finally:
+        handle.remove()
+    if len(captured) != 1:
+        raise RuntimeError(f"the head ran {len(captured)} times in one forward pass; it must run once")
+    return logits.float(), captured[0].flatten(1)
 
 
 # ------------------------------------------------------------------------------------------------

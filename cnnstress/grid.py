@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import catalog, data, probes
+from . import catalog, data, ownmodel, probes
 from .catalog import Param
 from .config import Component, Paths, Runtime, RunSpec, SlurmConfig, StressSpec, TrainSpec
 from .layout import GRID_COPY, LAUNCH_FILE  # LAUNCH_FILE: importers take it from here too
@@ -102,6 +102,8 @@ SWEEP_WIDE = ("dataset", "dataset_options", "val_fraction", "split_seed", "check
 REPORT_KEYS: dict[str, Param] = {
     "confidence_threshold": Param(0.7, 0.01, 0.999),
     "gradcam_layer": Param(""),
+    # the classifier of a model by reference, when it is not the last nn.Linear its forward pass runs
+    "head_layer": Param(""),
     "canonical_cases": Param(6, 1, 50),
     "top_failures": Param(32, 1, 400),
     # the smallest change worth detecting (a fraction: 0.01 = one accuracy point); the report and
@@ -413,12 +415,27 @@ def _build_spec(v: _Validator, cfg: dict[str, Any], where: _Origin, *, name: str
                 paths: Paths) -> RunSpec:
     sc = {}
     for key, p in BASE_SCALARS.items():
-        sc[key] = v.value(cfg.get(key, p.default), p, where(key))
+        if key == "model" and ownmodel.is_reference(cfg.get(key)):
+            sc[key] = cfg[key]  # a model by reference: checked by _reference_model, built at launch
+            continue
+        try:
+            sc[key] = v.value(cfg.get(key, p.default), p, where(key))
+        except GridError as e:
+            if key != "model":
+                raise
+            raise GridError(e.source, e.path, f"{e.message}; or your own by reference: {ownmodel.FORMS}"[:600]) from None
     num_classes, dopts = catalog.DATASETS[sc["dataset"]]
     dataset = Component(sc["dataset"], v.params(cfg.get("dataset_options", {}), dopts, where("dataset_options")))
     if sc["dataset"] in OWN_DATASETS:
         dataset, num_classes = v.own_dataset(dataset, paths.data_root, where("dataset_options"))
-    model = Component(sc["model"], v.params(cfg.get("model_options", {}), catalog.MODELS[sc["model"]], where("model_options")))
+    model_source: dict[str, Any] = {}
+    if ownmodel.is_reference(sc["model"]):
+        model, model_source = _reference_model(v, cfg, where, report)
+    else:
+        model = Component(sc["model"], v.params(cfg.get("model_options", {}), catalog.MODELS[sc["model"]], where("model_options")))
+        if report["head_layer"]:
+            raise GridError(v.source, "[report].head_layer", f"names the head of a model by reference only; "
+                            f"{sc['model']} has its own (model.head)")
     optimizer = v.named(cfg["optimizer"], catalog.OPTIMIZERS, where("optimizer"))
     schedule = v.named(cfg["schedule"], catalog.SCHEDULES, where("schedule"))
     if schedule.name == "multistep":
@@ -431,9 +448,11 @@ def _build_spec(v: _Validator, cfg: dict[str, Any], where: _Origin, *, name: str
                         f"must be less than epochs={sc['epochs']} (a warm-up that never ends), got "
                         f"{schedule.params['warmup_epochs']}")
     augment = v.augment_list(cfg.get("augment", []), where("augment"))
-    layer = report["gradcam_layer"] or catalog.GRADCAM_DEFAULT[model.name]
-    valid_layers = catalog.gradcam_layer_paths(model.name, model.params)
-    if layer not in valid_layers:
+    # a model by reference: "" = the last module with a 4-D output, found (and a named layer checked)
+    # on the meta device at launch (launcher.model_problem), never here: reading a grid imports no torch
+    layer = report["gradcam_layer"] or catalog.GRADCAM_DEFAULT.get(model.name, "")
+    valid_layers = () if ownmodel.is_reference(model.name) else catalog.gradcam_layer_paths(model.name, model.params)
+    if valid_layers and layer not in valid_layers:
         nested = [p for p in valid_layers if "." in p]
         raise GridError(v.source, "[report].gradcam_layer",
                         f"{layer!r} is not a feature-map layer of {model.name}{_suggest(layer, valid_layers)}; valid: "
@@ -448,7 +467,41 @@ def _build_spec(v: _Validator, cfg: dict[str, Any], where: _Origin, *, name: str
     return RunSpec(sweep=name, variant=variant, seed=sc["seed"], dataset=dataset, num_classes=num_classes,
                    model=model, train=train, stress=stress, gradcam_layer=layer,
                    grid_values=dict(sorted(grid_values.items())), paths=paths,
-                   runtime=Runtime(checkpoint_every_min=sc["checkpoint_every_min"], tensorboard=report["tensorboard"]))
+                   runtime=Runtime(checkpoint_every_min=sc["checkpoint_every_min"], tensorboard=report["tensorboard"]),
+                   model_source=model_source)
+
+
+def _reference_model(v: _Validator, cfg: dict[str, Any], where: _Origin,
+                     report: dict[str, Any]) -> tuple[Component, dict[str, Any]]:
+    """A model named by reference (cnnstress/ownmodel.py): its options as given (the callable's
+    keyword arguments) and where its source is, with the file's sha256 (part of the run's identity)."""
+    ref = cfg["model"]
+    if not _SAFE_REFERENCE.match(ref):
+        raise GridError(v.source, where("model"), f"{ref!r} has characters a model reference may not hold; "
+                        f"allowed: letters, digits, spaces and _ . - / : ; use {ownmodel.FORMS}")
+    try:
+        options = ownmodel.check_options(cfg.get("model_options", {}))
+    except ownmodel.ReferenceProblem as e:
+        raise GridError(v.source, where("model_options"), str(e)) from None
+    try:
+        source = ownmodel.resolve(ref, _grid_folder(v.source))
+    except ownmodel.ReferenceProblem as e:
+        raise GridError(v.source, where("model"), str(e)) from None
+    if report["head_layer"]:
+        source = {**source, "head_layer": report["head_layer"]}
+    return Component(ref, options), source
+
+
+_SAFE_REFERENCE = re.compile(r"[A-Za-z0-9_. /:-]+\Z")
+
+
+def _grid_folder(source: str) -> Path:
+    """The folder a reference is resolved in: the grid file's, or the working directory for a grid
+    that came from no file."""
+    path = Path(source)
+    return path.resolve().parent if path.is_file() else Path.cwd()
+
+
 
 
 # Datasets of the user's own images: the option naming their file or folder, and the class count

@@ -14,6 +14,7 @@ import argparse
 import errno
 import json
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -335,7 +336,35 @@ def print_status(grid: Grid, sweep_dir: Path, console: Console, verify_hash: boo
 
 def _launch_problem(grid: Grid) -> str:
     """Why this grid cannot be launched from here ("" when it can); --dry-run says the same."""
-    return missing_files(grid) or tensorboard.missing_package(grid.runs)
+    return missing_files(grid) or model_problem(grid) or tensorboard.missing_package(grid.runs)
+
+
+#: Side of the square images a model by reference is checked on: the built-in datasets' size.
+CHECK_IMAGE_SIZE = 32
+
+
+def model_problem(grid: Grid) -> str:
+    """Why a model by reference ([base].model = "pkg.mod:fn", "file.py:fn", "torchvision:<name>")
+    would fail in its runs ("" when none would): built on the meta device in a child process (the
+    launcher itself never imports torch), it must construct with its model_options, map a batch of
+    the dataset's images to (N, num_classes), and have its Grad-CAM layer. One line naming the key.
+    Checked at launch and by --dry-run, not when the grid is read (--status imports no torch)."""
+    seen: set[str] = set()
+    for spec in grid.runs:
+        if ":" not in spec.model.name:
+            continue
+        request = json.dumps({"model": spec.model.name, "options": spec.model.params, "model_source": spec.model_source,
+                              "num_classes": spec.num_classes, "image_size": CHECK_IMAGE_SIZE,
+                              "gradcam_layer": spec.gradcam_layer}, sort_keys=True)
+        if request in seen:
+            continue
+        seen.add(request)
+        proc = subprocess.run([sys.executable, "-m", "cnnstress.models", "--check", request],
+                              capture_output=True, text=True, timeout=600)
+        if proc.returncode != 0:
+            lines = (proc.stdout.strip() or proc.stderr.strip() or f"exit status {proc.returncode}").splitlines()
+            return lines[-1] if proc.stdout.strip() else f"[base].model: {spec.model.name!r}: the check failed: {lines[-1]}"
+    return ""
 
 
 def missing_files(grid: Grid) -> str:

@@ -22,17 +22,23 @@ initialises the weights from a private generator seeded with that draw. Conseque
 
 from __future__ import annotations
 
+import hashlib
+import importlib
+import importlib.util
 import itertools
+import json
 import math
+import sys
 import textwrap
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import torch
 import torchvision
 from torch import Tensor, nn
 
-from cnnstress import catalog
+from cnnstress import catalog, ownmodel
 
 MODELS: tuple[str, ...] = tuple(catalog.MODELS)
 
@@ -342,7 +348,7 @@ def _shallow_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
 
 
 @torch.no_grad()
-def gradcam_layers(model: nn.Module) -> list[str]:
+def gradcam_layers(model: nn.Module, size: int = INPUT_SIZE) -> list[str]:
     """Module paths (top- and second-level) whose output is a spatial 4-D feature map.
 
     Found by one probe forward pass in eval mode on a zero ``(1, 3, 32, 32)`` input (training flags
@@ -366,7 +372,7 @@ def gradcam_layers(model: nn.Module) -> list[str]:
     dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
     try:
         model.eval()
-        model(torch.zeros(1, 3, INPUT_SIZE, INPUT_SIZE, device=device, dtype=dtype))
+        model(torch.zeros(1, 3, size, size, device=device, dtype=dtype))
     finally:
         for handle in handles:
             handle.remove()
@@ -444,8 +450,11 @@ def _catalog_source(shaping: dict[str, tuple[str, ...]], table: dict[tuple[Any, 
 def resolve_layer(model: nn.Module, path: str) -> nn.Module:
     """The submodule at ``path`` (e.g. ``"layer3"``, ``"block3"``, ``"stage2.0"``) for Grad-CAM.
 
+    ``""``: :func:`default_gradcam_layer` (a model by reference whose grid names no layer).
     Raises ValueError naming ``path`` and listing the valid paths (:func:`gradcam_layers`).
     """
+    if not path:
+        path = default_gradcam_layer(model)
     valid = gradcam_layers(model)
     if path not in valid:
         top = [p for p in valid if "." not in p]
@@ -457,6 +466,232 @@ def resolve_layer(model: nn.Module, path: str) -> nn.Module:
     return _unwrap(model).get_submodule(path)
 
 
+# --------------------------------------------------------------------------------------------------
+# models by reference ("pkg.mod:fn", "file.py:fn", "torchvision:<name>"): cnnstress/ownmodel.py
+# --------------------------------------------------------------------------------------------------
+
+
+def _reference_callable(ref: str, source: dict[str, Any]) -> Callable[..., nn.Module]:
+    """The builder ``ref`` names, imported the way the worker imports it."""
+    target, _, attr = ref.rpartition(":")
+    if ref.startswith(ownmodel.TORCHVISION):
+        names = torchvision.models.list_models(module=torchvision.models)
+        if attr not in names:
+            raise ValueError(f"{attr!r} is not a classification model of torchvision.models; valid: {', '.join(names)}"[:600])
+        return torchvision.models.get_model_builder(attr)
+    if ref.startswith(ownmodel.TIMM):
+        return _timm_builder(attr)
+    if target.endswith(".py"):
+        # a stable module name per file, so pickling and a second build find the same module
+        name = "cnnstress_own_" + hashlib.sha256(source["file"].encode()).hexdigest()[:12]
+        module = sys.modules.get(name)
+        if module is None:
+            spec = importlib.util.spec_from_file_location(name, source["file"])
+            if spec is None or spec.loader is None:
+                raise ValueError(f"cannot load {source['file']} as a Python module")
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[name] = module
+            try:
+                spec.loader.exec_module(module)
+            except BaseException:
+                del sys.modules[name]
+                raise
+    else:
+        root = source.get("root")
+        if root and (not sys.path or sys.path[0] != root):
+            sys.path.insert(0, root)  # the grid file's folder first, as the launch check had it
+        module = importlib.import_module(target)
+    fn: Any = module
+    for part in attr.split("."):
+        if not hasattr(fn, part):
+            raise ValueError(f"{target} has no attribute {attr!r}")
+        fn = getattr(fn, part)
+    if not callable(fn):
+        raise ValueError(f"{target}:{attr} is not callable")
+    return fn
+
+
+def _timm_builder(name: str) -> Callable[..., nn.Module]:
+    try:
+        import timm
+    except ImportError:
+        raise ValueError("timm is not installed: pip install -e '.[timm]'") from None
+    if not timm.is_model(name):
+        raise ValueError(f"{name!r} is not a timm model; see timm.list_models()")
+
+    def create(num_classes: int, **options: Any) -> nn.Module:
+        if options.get("pretrained") or options.get("pretrained_cfg_overlay"):
+            # create_model would fetch weights from the Hugging Face hub inside a running job
+            raise ValueError("pretrained timm weights are refused: nothing is downloaded at run time")
+        return timm.create_model(name, num_classes=num_classes, **options)
+
+    return create
+
+
+def _torchvision_weights(ref: str, options: dict[str, Any]) -> dict[str, Any]:
+    """torchvision's ``weights`` option, allowed only where nothing would be downloaded: None, or
+    weights whose file is already in torch's cache."""
+    weights = options.get("weights")
+    if weights is None or not ref.startswith(ownmodel.TORCHVISION):
+        return options
+    try:
+        enum = torchvision.models.get_model_weights(ref.partition(":")[2])
+        value = enum[weights] if isinstance(weights, str) and weights in enum.__members__ else enum.verify(weights)
+    except Exception:  # noqa: BLE001 - any unknown name: one line below
+        raise ValueError(f"weights {weights!r} is not a weights name of {ref}") from None
+    cached = Path(torch.hub.get_dir(), "checkpoints", Path(value.url).name)
+    if not cached.is_file():
+        raise ValueError(f"weights {weights!r} are not in torch's cache ({cached}); nothing is downloaded at run time: "
+                         f"put the file there first, or leave weights out")
+    return options
+
+
+def build_reference(ref: str, num_classes: int, options: dict[str, Any], source: dict[str, Any]) -> nn.Module:
+    """A model by reference, called with ``num_classes=`` and ``options`` as keyword arguments.
+
+    Like :func:`build_model`: one draw from the global RNG, the builder run inside ``fork_rng``
+    seeded with it, so the same seed gives the same weights and the builder's own draws do not
+    leak. The model keeps the builder's initialisation."""
+    fn = _reference_callable(ref, source)
+    options = _torchvision_weights(ref, options)
+    seed = int(torch.randint(0, 2**62, (1,)).item())
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = fn(num_classes=num_classes, **options)
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"{ref} returned {type(model).__name__}, not an nn.Module")
+    if source.get("head_layer"):
+        model.cnnstress_head_layer = source["head_layer"]  # a plain attribute: not in the state_dict
+    return model
+
+
+def build(spec_model_name: str, num_classes: int, params: dict[str, Any], source: dict[str, Any]) -> nn.Module:
+    """A RunSpec's model: from the registry, or by reference."""
+    if ownmodel.is_reference(spec_model_name):
+        return build_reference(spec_model_name, num_classes, params, source)
+    return build_model(spec_model_name, num_classes, **params)
+
+
+def _run_order(model: nn.Module, modules: list[tuple[str, nn.Module]], size: int = INPUT_SIZE) -> list[tuple[str, Any]]:
+    """``(path, output)`` of ``modules`` in the order one probe forward pass (eval mode, zero input,
+    no gradients; training flags restored) calls them."""
+    calls: list[tuple[str, Any]] = []
+    handles = [m.register_forward_hook(lambda _m, _i, out, path=path: calls.append((path, out))) for path, m in modules]
+    flags = [(m, m.training) for m in model.modules()]
+    param = next(model.parameters(), None)
+    device = param.device if param is not None else torch.device("cpu")
+    dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(torch.zeros(1, 3, size, size, device=device, dtype=dtype))
+    finally:
+        for handle in handles:
+            handle.remove()
+        for module, flag in flags:
+            module.training = flag
+    return calls
+
+
+def head_path(model: nn.Module, size: int = INPUT_SIZE) -> str:
+    """Module path of the classifier: ``head`` for the built-in models, the module a model by
+    reference names (``[report].head_layer``), else the last ``nn.Linear`` its forward pass runs."""
+    net = _unwrap(model)
+    if isinstance(getattr(net, "head", None), nn.Linear) and hasattr(net, "features"):
+        return "head"
+    named = getattr(net, "cnnstress_head_layer", "")
+    linears = [(p, m) for p, m in net.named_modules() if isinstance(m, nn.Linear)]
+    if named:
+        if named not in dict(linears):
+            raise ValueError(f"[report].head_layer {named!r} is not an nn.Linear of {type(net).__name__}; "
+                             f"nn.Linear modules: {', '.join(p for p, _ in linears) or 'none'}")
+        return named
+    cached = getattr(net, "cnnstress_found_head", None)
+    if cached:
+        return cached
+    calls = _run_order(net, linears, size)
+    if not calls:
+        raise ValueError(f"{type(net).__name__}'s forward pass runs no nn.Linear: the head must be one "
+                         f"(name it with [report].head_layer)")
+    net.cnnstress_found_head = calls[-1][0]
+    return calls[-1][0]
+
+
+def head_module(model: nn.Module) -> nn.Linear:
+    """The classifier ``nn.Linear`` (:func:`head_path`)."""
+    path = head_path(model)
+    return _unwrap(model).head if path == "head" else _unwrap(model).get_submodule(path)
+
+
+def default_gradcam_layer(model: nn.Module, size: int = INPUT_SIZE) -> str:
+    """The last module (top- or second-level) whose output is a spatial 4-D map, in the order the
+    forward pass calls them: a model by reference's Grad-CAM layer when the grid names none."""
+    valid = set(gradcam_layers(model, size))
+    calls = [path for path, _ in _run_order(_unwrap(model), _shallow_modules(_unwrap(model)), size) if path in valid]
+    if not calls:
+        raise ValueError(f"{type(_unwrap(model)).__name__} has no module with a spatial 4-D output for Grad-CAM")
+    return calls[-1]
+
+
+def check_reference(request: dict[str, Any]) -> str:
+    """The launch check of a model by reference, on the meta device: "" when it constructs with its
+    options, maps a batch of the dataset's image size to ``(N, num_classes)``, has a head and its
+    Grad-CAM layer exists; else one line naming the grid key."""
+    ref, size, classes = request["model"], int(request.get("image_size", INPUT_SIZE)), int(request["num_classes"])
+    source = request.get("model_source", {})
+    try:
+        fn = _reference_callable(ref, source)
+    except Exception as e:  # noqa: BLE001 - the user's module: whatever it raises is one line
+        return f"[base].model: {ref!r} cannot be imported: {type(e).__name__}: {e}"
+    try:
+        _torchvision_weights(ref, request.get("options", {}))
+    except ValueError as e:
+        return f"[base].model_options.weights: {e}"
+    if ref.startswith(ownmodel.TIMM) and request.get("options", {}).get("pretrained"):
+        return ("[base].model_options.pretrained: pretrained timm weights are refused: nothing is downloaded "
+                "at run time; leave pretrained out (false) to train from scratch")
+    try:
+        with torch.device("meta"):
+            model = fn(num_classes=classes, **request.get("options", {}))
+    except Exception as e:  # noqa: BLE001
+        return (f"[base].model: {ref!r} does not build with num_classes={classes} and model_options "
+                f"{request.get('options', {})}: {type(e).__name__}: {e}")
+    if not isinstance(model, nn.Module):
+        return f"[base].model: {ref!r} returned {type(model).__name__}, not an nn.Module"
+    if source.get("head_layer"):
+        model.cnnstress_head_layer = source["head_layer"]
+    try:
+        with torch.device("meta"):
+            model.eval()
+            out = model(torch.zeros(2, 3, size, size))
+    except Exception as e:  # noqa: BLE001
+        return f"[base].model: {ref!r} fails on a batch of (2, 3, {size}, {size}) images: {type(e).__name__}: {e}"
+    if not isinstance(out, Tensor) or tuple(out.shape) != (2, classes):
+        shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+        return f"[base].model: {ref!r} maps a batch of (2, 3, {size}, {size}) images to {shape}, not (2, {classes}) logits"
+    try:
+        head = head_path(model, size)
+    except ValueError as e:
+        key = "[report].head_layer" if source.get("head_layer") else "[base].model"
+        return f"{key}: {e}"
+    layers = gradcam_layers(model, size)
+    layer = request.get("gradcam_layer", "")
+    if layer and layer not in layers:
+        return (f"[report].gradcam_layer: {layer!r} is not a feature-map layer of {ref}; valid (modules with a "
+                f"spatial 4-D output): {', '.join(layers) or 'none'}")[:600]
+    if not layer and not layers:
+        return f"[base].model: {ref!r} has no top- or second-level module with a spatial 4-D output for Grad-CAM"
+    del head
+    return ""
+
+
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["--check"]:
+        # the launch check of a model by reference (launcher.model_problem): one line, exit 2
+        problem = check_reference(json.loads(sys.argv[2]))
+        if problem:
+            print(problem)
+            sys.exit(2)
+        sys.exit(0)
     # the Grad-CAM layer table of catalog.py, regenerated from the models (paste it over the old one)
     print(_catalog_source(*gradcam_layer_table()))

@@ -48,7 +48,7 @@ import torch
 from torch import Tensor, nn
 
 from cnnstress.engine import Predictor
-from cnnstress.models import INPUT_SIZE, resolve_layer
+from cnnstress.models import INPUT_SIZE, head_module, resolve_layer
 
 #: Step name of the unmodified model, the first step of every cascade.
 TRAINED = "trained"
@@ -102,11 +102,12 @@ def randomization_blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
     called last.
     """
     net = _unwrap(model)
-    head = getattr(net, "head", None)
+    head = head_module(net)
     children = [(name, module) for name, module in net.named_children() if _owns_parameters(module)]
-    head_names = [name for name, module in children if module is head]
-    if head is None or not head_names:
-        raise ValueError(f"{type(net).__name__} has no top-level module `head` with parameters to randomise first")
+    # a model by reference may nest its head (e.g. "classifier.1"): the top-level child holding it goes first
+    head_names = [name for name, module in children if any(m is head for m in module.modules())]
+    if not head_names:
+        raise ValueError(f"{type(net).__name__} has no top-level module holding its head to randomise first")
     order = _call_order(net, children)
     if not order or order[-1] != head_names[0]:
         raise ValueError(f"{type(net).__name__}: the head {head_names[0]!r} is not the last block a forward pass calls")

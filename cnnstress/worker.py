@@ -38,7 +38,7 @@ from .config import RunSpec
 from .engine import (DeviceData, Precision, Predictor, build_optimizer, build_scheduler,
                      restore_rng_state, rng_state, select_device, set_determinism, train_one_epoch, train_steps,
                      use_channels_last)
-from .models import build_model, resolve_layer
+from .models import build, default_gradcam_layer, resolve_layer
 
 CHECKPOINT_KEYS = {"format", "spec_hash", "epoch", "model", "optimizer", "scheduler", "scaler", "rng", "history"}
 CHECKPOINT_FORMAT = 1
@@ -455,7 +455,7 @@ def _load_data(spec: RunSpec, device: torch.device, log: Log) -> RunData:
 
 def _build(spec: RunSpec, device: torch.device, log: Log) -> tuple[torch.nn.Module, bool]:
     """The model (initialised from the global RNG, seeded by set_determinism) and whether it runs channels_last."""
-    model = build_model(spec.model.name, spec.num_classes, **spec.model.params).to(device)
+    model = build(spec.model.name, spec.num_classes, spec.model.params, spec.model_source).to(device)
     cl = use_channels_last(device, spec.train.channels_last)
     if spec.train.channels_last and not cl:
         log("channels_last off on the CPU (a oneDNN defect in torch 2.14: engine.use_channels_last)")
@@ -610,7 +610,8 @@ def _test_predictions(pred: Predictor, layer: torch.nn.Module, data: RunData, sp
     logits, emb = pred.predict(test.x, bs, with_embedding=True)
     preds = logits.argmax(1)
     cam_pred, cam_true = pred.gradcam(layer, test.x, [preds, test.y], min(bs, 256))
-    log(f"predicted {len(test)} test images; Grad-CAM at {spec.gradcam_layer} {tuple(cam_pred.shape[1:])}")
+    at = spec.gradcam_layer or f"{default_gradcam_layer(pred.model)} (the default)"
+    log(f"predicted {len(test)} test images; Grad-CAM at {at} {tuple(cam_pred.shape[1:])}")
     return {"test/index": data.splits.test.index, "test/label": data.splits.test.y,
             "test/logits": logits.cpu().numpy(), "test/embedding": emb.cpu().numpy(),
             "test/gradcam/pred": cam_pred.cpu().numpy(), "test/gradcam/true": cam_true.cpu().numpy()}, preds, cam_pred
