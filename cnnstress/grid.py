@@ -484,7 +484,7 @@ def _reference_model(v: _Validator, cfg: dict[str, Any], where: _Origin,
     except ownmodel.ReferenceProblem as e:
         raise GridError(v.source, where("model_options"), str(e)) from None
     try:
-        source = ownmodel.resolve(ref, _grid_folder(v.source))
+        source = ownmodel.resolve(ref, Path(v.grid_dir))  # the grid file's folder, as recorded at launch
     except ownmodel.ReferenceProblem as e:
         raise GridError(v.source, where("model"), str(e)) from None
     if report["head_layer"]:
@@ -493,15 +493,6 @@ def _reference_model(v: _Validator, cfg: dict[str, Any], where: _Origin,
 
 
 _SAFE_REFERENCE = re.compile(r"[A-Za-z0-9_. /:-]+\Z")
-
-
-def _grid_folder(source: str) -> Path:
-    """The folder a reference is resolved in: the grid file's, or the working directory for a grid
-    that came from no file."""
-    path = Path(source)
-    return path.resolve().parent if path.is_file() else Path.cwd()
-
-
 
 
 # Datasets of the user's own images: the option naming their file or folder, and the class count
