@@ -358,26 +358,8 @@ def gradcam_layers(model: nn.Module, size: int = INPUT_SIZE) -> list[str]:
     model = _unwrap(model)
     candidates = _shallow_modules(model)
     outputs: dict[str, list[tuple[int, ...] | None]] = {path: [] for path, _ in candidates}
-
-    def make_hook(path: str) -> Callable[..., None]:
-        def hook(_module: nn.Module, _inputs: Any, output: Any) -> None:
-            outputs[path].append(tuple(output.shape) if isinstance(output, Tensor) else None)
-
-        return hook
-
-    handles = [module.register_forward_hook(make_hook(path)) for path, module in candidates]
-    flags = [(m, m.training) for m in model.modules()]
-    param = next(model.parameters(), None)
-    device = param.device if param is not None else torch.device("cpu")
-    dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
-    try:
-        model.eval()
-        model(torch.zeros(1, 3, size, size, device=device, dtype=dtype))
-    finally:
-        for handle in handles:
-            handle.remove()
-        for module, flag in flags:
-            module.training = flag
+    for path, output in probe_calls(model, candidates, size):
+        outputs[path].append(tuple(output.shape) if isinstance(output, Tensor) else None)
     valid = []
     for path, _ in candidates:
         shapes = outputs[path]
@@ -572,7 +554,7 @@ def build(spec_model_name: str, num_classes: int, params: dict[str, Any], source
     return build_model(spec_model_name, num_classes, **params)
 
 
-def _run_order(model: nn.Module, modules: list[tuple[str, nn.Module]], size: int = INPUT_SIZE) -> list[tuple[str, Any]]:
+def probe_calls(model: nn.Module, modules: list[tuple[str, nn.Module]], size: int = INPUT_SIZE) -> list[tuple[str, Any]]:
     """``(path, output)`` of ``modules`` in the order one probe forward pass (eval mode, zero input,
     no gradients; training flags restored) calls them."""
     calls: list[tuple[str, Any]] = []
@@ -609,7 +591,7 @@ def head_path(model: nn.Module, size: int = INPUT_SIZE) -> str:
     cached = getattr(net, "cnnstress_found_head", None)
     if cached:
         return cached
-    calls = _run_order(net, linears, size)
+    calls = probe_calls(net, linears, size)
     if not calls:
         raise ValueError(f"{type(net).__name__}'s forward pass runs no nn.Linear: the head must be one "
                          f"(name it with [report].head_layer)")
@@ -627,7 +609,7 @@ def default_gradcam_layer(model: nn.Module, size: int = INPUT_SIZE) -> str:
     """The last module (top- or second-level) whose output is a spatial 4-D map, in the order the
     forward pass calls them: a model by reference's Grad-CAM layer when the grid names none."""
     valid = set(gradcam_layers(model, size))
-    calls = [path for path, _ in _run_order(_unwrap(model), _shallow_modules(_unwrap(model)), size) if path in valid]
+    calls = [path for path, _ in probe_calls(_unwrap(model), _shallow_modules(_unwrap(model)), size) if path in valid]
     if not calls:
         raise ValueError(f"{type(_unwrap(model)).__name__} has no module with a spatial 4-D output for Grad-CAM")
     return calls[-1]

@@ -48,7 +48,7 @@ import torch
 from torch import Tensor, nn
 
 from cnnstress.engine import Predictor
-from cnnstress.models import INPUT_SIZE, head_module, resolve_layer
+from cnnstress.models import head_module, probe_calls, resolve_layer
 
 #: Step name of the unmodified model, the first step of every cascade.
 TRAINED = "trained"
@@ -66,29 +66,12 @@ def _owns_parameters(module: nn.Module) -> bool:
     return next(module.parameters(), None) is not None
 
 
-@torch.no_grad()
 def _call_order(model: nn.Module, children: list[tuple[str, nn.Module]]) -> list[str]:
     """Names of ``children`` in the order one eval-mode probe forward pass first calls them."""
     order: list[str] = []
-
-    def make_hook(name: str):
-        def hook(_module: nn.Module, _inputs: Any, _output: Any) -> None:
-            if name not in order:
-                order.append(name)
-
-        return hook
-
-    handles = [module.register_forward_hook(make_hook(name)) for name, module in children]
-    flags = [(m, m.training) for m in model.modules()]
-    param = next(model.parameters())
-    try:
-        model.eval()
-        model(torch.zeros(1, 3, INPUT_SIZE, INPUT_SIZE, device=param.device, dtype=param.dtype))
-    finally:
-        for handle in handles:
-            handle.remove()
-        for module, flag in flags:
-            module.training = flag
+    for name, _output in probe_calls(model, children):
+        if name not in order:
+            order.append(name)
     return order
 
 
