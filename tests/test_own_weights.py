@@ -189,3 +189,18 @@ def test_one_mean_and_std_stand_for_all_three_channels(weird_dir):
     grid = _grid(weird_dir, "one", epochs=0, base='weights = "w.pt"\nnormalization = { mean = [0.5], std = [0.25] }')
     (spec,) = load_grid(grid, out_root=weird_dir / "out").runs
     assert spec.normalization == {"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}
+
+
+def test_the_own_model_example_runs_and_is_reported(weird_dir):
+    # jobs/example_own_model.toml as shipped, shrunk: its model file resolves next to the grid file
+    out = weird_dir / "out"
+    shrink = ["epochs=1", "dataset_options.n_train=200", "dataset_options.n_test=100", "grid.seed=[1]",
+              "stress.corruptions=[]", "stress.faithfulness_samples=0", "stress.train_embedding_samples=0"]
+    done = subprocess.run([sys.executable, "launch.py", "--grid", "jobs/example_own_model.toml", "--cluster", "debug",
+                           "--out", str(out), "--data-root", str(DATA), *[a for s in shrink for a in ("--set", s)]],
+                          cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    summary = json.loads((out / "example_own_model" / "report" / "summary.json").read_text())
+    assert [r["status"] for r in summary["runs"]] == ["done", "done"]
+    assert (out / "example_own_model" / "report" / "index.html").is_file()
+    assert len((REPO / "jobs" / "example_own_model.toml").read_text().splitlines()) <= 15
