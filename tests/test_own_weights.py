@@ -204,3 +204,22 @@ def test_the_own_model_example_runs_and_is_reported(weird_dir):
     assert [r["status"] for r in summary["runs"]] == ["done", "done"]
     assert (out / "example_own_model" / "report" / "index.html").is_file()
     assert len((REPO / "jobs" / "example_own_model.toml").read_text().splitlines()) <= 15
+
+
+def test_training_starts_from_the_weights(trained):
+    folder, _, sd, _ = trained
+    # one epoch at the smallest learning rate: the weights move by ~1e-7, far less than a fresh
+    # initialisation differs from them
+    base = 'weights = "final \'w\'.pt"\nweights_key = "state_dict"'
+    grid = _grid(folder, "further", epochs=1, base=base, file="further grid.toml")
+    grid.write_text(grid.read_text().replace('{ name = "adam", lr = 0.003 }', '{ name = "sgd", lr = 1e-7 }'))
+    out = folder / "out"
+    done = _launch(grid, out, "--no-gather")
+    assert done.returncode == 0, done.stderr[-2000:]
+    run = _run_dir(grid, out)
+    after = torch.load(run / store.CHECKPOINT_NAME, map_location="cpu", weights_only=True)["model"]
+    fresh = models.build_model("simple_cnn", 10, width=4).state_dict()
+    for key in ("block1.0.weight", "head.weight"):
+        torch.testing.assert_close(after[key], sd[key], rtol=0, atol=1e-5)
+        assert (fresh[key] - sd[key]).abs().max() > 1e-2
+    assert "weights: loaded" in (run / "log.txt").read_text()
