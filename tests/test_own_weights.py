@@ -223,3 +223,13 @@ def test_training_starts_from_the_weights(trained):
         torch.testing.assert_close(after[key], sd[key], rtol=0, atol=1e-5)
         assert (fresh[key] - sd[key]).abs().max() > 1e-2
     assert "weights: loaded" in (run / "log.txt").read_text()
+
+
+def test_a_grid_over_weights_compares_checkpoints(weird_dir):
+    torch.save({"a": torch.zeros(2)}, weird_dir / "a.pt")
+    torch.save({"a": torch.ones(2)}, weird_dir / "b b.pt")
+    grid = _grid(weird_dir, "cmp", epochs=0)
+    grid.write_text(grid.read_text().replace("[grid]\n", '[grid]\nweights = ["a.pt", "b b.pt"]\n'))
+    runs = load_grid(grid, out_root=weird_dir / "out").runs
+    assert [Path(r.weights["file"]).name for r in runs] == ["a.pt", "b b.pt"]
+    assert len({r.run_id for r in runs}) == 2 and all(r.train.epochs == 0 for r in runs)
