@@ -187,6 +187,11 @@ class RunSpec:
     # what identifies it ("sha256" of the file, "head_layer"); empty, and absent from the JSON and
     # the identity, for a built-in model, so their run ids stay what they were
     model_source: dict[str, Any] = field(default_factory=dict)
+    # [base].weights: {"file", "key", "sha256"}; the file's bytes (sha256) and key are the identity,
+    # not its path. [base].normalization: {"mean", "std"}. Both empty, and absent from the JSON and
+    # the identity, when not set, so the run ids of grids without them stay what they were
+    weights: dict[str, Any] = field(default_factory=dict)
+    normalization: dict[str, Any] = field(default_factory=dict)
 
     # -- identity -----------------------------------------------------------------------------
     def identity(self) -> dict[str, Any]:
@@ -203,6 +208,8 @@ class RunSpec:
         del d["runtime"]
         if "model_source" in d:  # the code's hash identifies it, not where the file happens to be
             d["model_source"] = {k: v for k, v in d["model_source"].items() if k not in ("root", "file")}
+        if "weights" in d:
+            d["weights"] = {k: v for k, v in d["weights"].items() if k != "file"}
         # a stress test's fields that hold their off value (off, or the default every run had
         # before the field existed) are left out: adding a stress test changes no run id
         for key, off in probes.optional_fields().items():
@@ -237,8 +244,9 @@ class RunSpec:
     # -- JSON ---------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         d = _plain(self)
-        if not d["model_source"]:
-            del d["model_source"]
+        for key in ("model_source", "weights", "normalization"):
+            if not d[key]:
+                del d[key]
         return d
 
     def to_json(self) -> str:

@@ -70,7 +70,7 @@ TOP_KEYS = ("name", "description", "base", "variants", "grid", "compare", "stres
 BASE_SCALARS: dict[str, Param] = {
     "dataset": Param(None, choices=tuple(catalog.DATASETS)),
     "model": Param(None, choices=tuple(catalog.MODELS)),
-    "epochs": Param(None, 1, 10_000),
+    "epochs": Param(None, 0, 10_000, doc="0: nothing is trained, [base].weights are measured as they are"),
     "batch_size": Param(128, 2, 65_536, doc="BatchNorm needs at least 2 samples per batch"),
     "eval_batch_size": Param(1000, 1, 65_536),
     "label_smoothing": Param(0.0, 0.0, 0.5),
@@ -84,8 +84,14 @@ BASE_SCALARS: dict[str, Param] = {
     "seed": Param(0, 0, 2**31 - 1),
     # how often the worker writes checkpoint.pt; not part of a run's identity (config.Runtime)
     "checkpoint_every_min": Param(10.0, 0.0, 24 * 60.0, doc="0: after every epoch"),
+    # trained weights to start from (or, with epochs = 0, to measure): a state dict file, relative
+    # to the grid file's folder; its sha256 is part of the run's identity, its path is not
+    "weights": Param("", doc="a torch state dict file (.pt); \"\" = the model's own initialisation"),
+    "weights_key": Param("", doc="the key holding the state dict in a checkpoint dict; \"\" = the file is the state dict"),
 }
-BASE_TABLES = ("dataset_options", "model_options", "optimizer", "schedule")
+# normalization = { mean = [...], std = [...] }: the preprocessing the weights expect (absent =
+# the training split's statistics)
+BASE_TABLES = ("dataset_options", "model_options", "optimizer", "schedule", "normalization")
 BASE_KEYS = tuple(BASE_SCALARS) + BASE_TABLES + ("augment",)
 BASE_DEFAULTS: dict[str, Any] = {
     "optimizer": {"name": "sgd"},
@@ -93,6 +99,7 @@ BASE_DEFAULTS: dict[str, Any] = {
     "augment": [],
     "dataset_options": {},
     "model_options": {},
+    "normalization": {},
 }
 # One sweep has one test set: these may not differ between runs (variants or [grid]).
 SWEEP_WIDE = ("dataset", "dataset_options", "val_fraction", "split_seed", "checkpoint_every_min")
@@ -436,14 +443,21 @@ def _build_spec(v: _Validator, cfg: dict[str, Any], where: _Origin, *, name: str
         if report["head_layer"]:
             raise GridError(v.source, "[report].head_layer", f"names the head of a model by reference only; "
                             f"{sc['model']} has its own (model.head)")
+    weights = v.weights(sc["weights"], sc["weights_key"], where)
+    if sc["epochs"] == 0 and not weights:
+        raise GridError(v.source, where("epochs"), "0 needs [base].weights (nothing is trained: the run measures "
+                                                   "the given weights); allowed: 1 to 10000, or 0 with weights")
+    normalization = v.normalization(cfg.get("normalization", {}), where("normalization"))
     optimizer = v.named(cfg["optimizer"], catalog.OPTIMIZERS, where("optimizer"))
     schedule = v.named(cfg["schedule"], catalog.SCHEDULES, where("schedule"))
-    if schedule.name == "multistep":
+    if sc["epochs"] == 0:
+        pass  # nothing is trained: the schedule is never stepped
+    elif schedule.name == "multistep":
         ms = schedule.params["milestones"]
         if any(m > sc["epochs"] for m in ms) or ms != sorted(set(ms)):
             raise GridError(v.source, where("schedule.milestones"),
                             f"must be increasing epochs in [1, epochs={sc['epochs']}], got {ms}")
-    if schedule.name == "cosine" and schedule.params["warmup_epochs"] >= sc["epochs"]:
+    elif schedule.name == "cosine" and schedule.params["warmup_epochs"] >= sc["epochs"]:
         raise GridError(v.source, where("schedule.warmup_epochs"),
                         f"must be less than epochs={sc['epochs']} (a warm-up that never ends), got "
                         f"{schedule.params['warmup_epochs']}")
@@ -468,7 +482,7 @@ def _build_spec(v: _Validator, cfg: dict[str, Any], where: _Origin, *, name: str
                    model=model, train=train, stress=stress, gradcam_layer=layer,
                    grid_values=dict(sorted(grid_values.items())), paths=paths,
                    runtime=Runtime(checkpoint_every_min=sc["checkpoint_every_min"], tensorboard=report["tensorboard"]),
-                   model_source=model_source)
+                   model_source=model_source, weights=weights, normalization=normalization)
 
 
 def _reference_model(v: _Validator, cfg: dict[str, Any], where: _Origin,
@@ -507,6 +521,7 @@ class _Validator:
         self.source = source
         self.grid_dir = os.path.abspath(os.curdir)
         self._own: dict[str, tuple[Component, int]] = {}
+        self._weights: dict[str, str] = {}
 
     def own_dataset(self, dataset: Component, data_root: str, path: Any) -> tuple[Component, int]:
         """``dataset`` with its path option resolved against the grid file's folder, and its class
@@ -534,6 +549,45 @@ class _Validator:
                 raise self.fail(f"{path}.{option}", str(e)) from None
             self._own[key] = (Component(dataset.name, dict(sorted(params.items()))), len(classes))
         return self._own[key]
+
+    def weights(self, path: str, key: str, where: _Origin) -> dict[str, Any]:
+        """[base].weights resolved against the grid file's folder, with the file's sha256 (hashed
+        once per file and grid read); {} when none. The file is opened here, not unpickled: reading
+        a grid imports no torch (launcher.model_problem loads it at launch)."""
+        if not path:
+            if key:
+                raise self.fail(str(where("weights_key")), "names a key in [base].weights, which is not set")
+            return {}
+        full = os.path.normpath(os.path.join(self.grid_dir, os.path.expanduser(path)))
+        if full not in self._weights:
+            if not os.path.isfile(full):
+                raise self.fail(str(where("weights")), f"{path!r}: no such file ({full}); allowed: a torch state "
+                                "dict file, relative to the grid file's folder")
+            try:
+                self._weights[full] = ownmodel.sha256_file(Path(full))
+            except OSError as e:
+                raise self.fail(str(where("weights")), f"{full}: cannot be read ({e.strerror})") from None
+        return {"file": full, "key": key, "sha256": self._weights[full]}
+
+    def normalization(self, given: Any, path: Any) -> dict[str, Any]:
+        """{mean, std} as 3 floats each (one value stands for all three channels); {} when not given."""
+        given = self.table(given, str(path))
+        if not given:
+            return {}
+        self.check_keys(given, ("mean", "std"), str(path))
+        out = {}
+        for name in ("mean", "std"):
+            vals = given.get(name)
+            ok = (isinstance(vals, list) and len(vals) in (1, 3)
+                  and all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in vals))
+            if ok and name == "std":
+                ok = all(x > 0 for x in vals)
+            if not ok:
+                what = "positive numbers" if name == "std" else "finite numbers"
+                raise self.fail(f"{path}.{name}", f"must be a list of 1 or 3 {what} (per RGB channel of the [0, 1] "
+                                f"image), got {vals!r}"[:300])
+            out[name] = [float(x) for x in vals] * (3 if len(vals) == 1 else 1)
+        return out
 
     def fail(self, path: str, msg: str) -> GridError:
         return GridError(self.source, path, msg)

@@ -348,14 +348,16 @@ def model_problem(grid: Grid) -> str:
     would fail in its runs ("" when none would): built on the meta device in a child process (the
     launcher itself never imports torch), it must construct with its model_options, map a batch of
     the dataset's images to (N, num_classes), and have its Grad-CAM layer. One line naming the key.
+    A [base].weights file is loaded there too (weights_only) and must fit the model exactly: its
+    missing and unexpected keys are listed.
     Checked at launch and by --dry-run, not when the grid is read (--status imports no torch)."""
     seen: set[str] = set()
     for spec in grid.runs:
-        if ":" not in spec.model.name:
+        if ":" not in spec.model.name and not spec.weights:
             continue
         request = json.dumps({"model": spec.model.name, "options": spec.model.params, "model_source": spec.model_source,
                               "num_classes": spec.num_classes, "image_size": CHECK_IMAGE_SIZE,
-                              "gradcam_layer": spec.gradcam_layer}, sort_keys=True)
+                              "gradcam_layer": spec.gradcam_layer, "weights": spec.weights}, sort_keys=True)
         if request in seen:
             continue
         seen.add(request)

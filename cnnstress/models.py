@@ -667,10 +667,30 @@ def check_reference(request: dict[str, Any]) -> str:
     return ""
 
 
+def check_weights(request: dict[str, Any]) -> str:
+    """The launch check of [base].weights: "" when the file's state dict fits the model built from
+    the request (keys and shapes), else one line naming the key with the missing and unexpected keys."""
+    if not request.get("weights"):
+        return ""
+    from . import weights as own_weights
+
+    try:
+        sd = own_weights.read_state_dict(request["weights"])
+    except own_weights.WeightsProblem as e:
+        return str(e)
+    try:
+        model = build(request["model"], int(request["num_classes"]), request.get("options", {}),
+                      request.get("model_source", {}))
+    except Exception as e:  # noqa: BLE001 - check_reference has named a model that does not build
+        return f"[base].model: {request['model']!r} does not build: {type(e).__name__}: {e}"
+    return own_weights.mismatch(model, sd, request["weights"]["file"])
+
+
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--check"]:
         # the launch check of a model by reference (launcher.model_problem): one line, exit 2
-        problem = check_reference(json.loads(sys.argv[2]))
+        req = json.loads(sys.argv[2])
+        problem = (check_reference(req) if ownmodel.is_reference(req["model"]) else "") or check_weights(req)
         if problem:
             print(problem)
             sys.exit(2)

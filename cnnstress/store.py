@@ -114,6 +114,9 @@ CORE_OPTIONAL_ROOT_ATTRS: dict[str, str] = {
     "precision": "json",
     # injected_faults: the CNNSTRESS_FAULT test hook's value when it was set (absent otherwise)
     "injected_faults": "str",
+    # normalization: the mean and std the model's input was normalised with, and where they came
+    # from ([base].normalization or the training split)
+    "normalization": "json",
 }
 
 
@@ -543,7 +546,8 @@ def _validate_open(fh: h5py.File, label: str) -> dict[str, Any]:
                 raise ResultsError(
                     f"{label}: {key}: dimension {sym} is {size} but {sizes[sym][1]} says {sizes[sym][0]}"
                 )
-    for sym, what in (("E", "epoch"), ("N", "test image"), ("C", "class")):
+    # E may be 0: a run with epochs = 0 measures given weights without training (no history)
+    for sym, what in (("N", "test image"), ("C", "class")):
         if sizes[sym][0] < 1:
             raise ResultsError(f"{label}: {sizes[sym][1]}: dimension {sym} is 0, needs at least one {what}")
 

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from . import data, faults, probes, store
+from . import weights as own_weights
 from . import tensorboard as tboard
 from .layout import (BEST_FILE, DONE_NAME, EXIT_BUSY, EXIT_DONE, EXIT_FAILED, EXIT_USAGE, HISTORY, HISTORY_KEYS,
                      LOG_FILE, PROGRESS_FILE, RUNS_DIR, SPEC_FILE)
@@ -421,12 +422,20 @@ def setup(spec: RunSpec, run_dir: Path, log: Log) -> RunSetup:
     precision = Precision.for_device(device, tr.amp, tr.amp_dtype)
     _announce(spec, device, precision, log)
     run_data = _load_data(spec, device, log)
-    info = run_data.splits.info
-    mean = torch.tensor(info.mean, device=device, dtype=torch.float32)
-    std = torch.tensor(info.std, device=device, dtype=torch.float32)
+    mean_l, std_l = mean_std(spec, run_data.splits.info)
+    mean = torch.tensor(mean_l, device=device, dtype=torch.float32)
+    std = torch.tensor(std_l, device=device, dtype=torch.float32)
     model, cl = _build(spec, device, log)
     resolve_layer(model, spec.gradcam_layer)  # an unknown Grad-CAM layer fails before training, not after
     return RunSetup(spec, run_dir, device, precision_attrs, run_data, Predictor(model, mean, std, precision, cl))
+
+
+def mean_std(spec: RunSpec, info: Any) -> tuple[list[float], list[float]]:
+    """The normalisation the model's input gets: [base].normalization when the grid states it (the
+    preprocessing given weights expect), else the training split's statistics."""
+    if spec.normalization:
+        return list(spec.normalization["mean"]), list(spec.normalization["std"])
+    return list(info.mean), list(info.std)
 
 
 def _announce(spec: RunSpec, device: torch.device, precision: Precision, log: Log) -> None:
@@ -437,7 +446,8 @@ def _announce(spec: RunSpec, device: torch.device, precision: Precision, log: Lo
     amp_note = str(precision.dtype).replace("torch.", "") if precision.enabled else "off"
     if tr.amp and not precision.enabled:
         amp_note = "off (this CPU has no bf16 units: float32 is faster here)"
-    log(f"run {spec.run_id}: {spec.model.name} on {spec.dataset.name}, {tr.epochs} epochs, device {_device_name(device)}, "
+    what = f"{tr.epochs} epochs" if tr.epochs else "0 epochs (measuring the given weights)"
+    log(f"run {spec.run_id}: {spec.model.name} on {spec.dataset.name}, {what}, device {_device_name(device)}, "
         f"amp {amp_note}, deterministic={tr.deterministic}")
 
 
@@ -456,6 +466,8 @@ def _load_data(spec: RunSpec, device: torch.device, log: Log) -> RunData:
 def _build(spec: RunSpec, device: torch.device, log: Log) -> tuple[torch.nn.Module, bool]:
     """The model (initialised from the global RNG, seeded by set_determinism) and whether it runs channels_last."""
     model = build(spec.model.name, spec.num_classes, spec.model.params, spec.model_source).to(device)
+    if spec.weights:  # after the build, so its RNG draws are the ones a run without weights makes
+        own_weights.load_into(model, spec.weights, log)
     cl = use_channels_last(device, spec.train.channels_last)
     if spec.train.channels_last and not cl:
         log("channels_last off on the CPU (a oneDNN defect in torch 2.14: engine.use_channels_last)")
@@ -483,6 +495,10 @@ def fit(run: RunSetup, log: Log) -> Fitted:
 
     t_train = time.time()
     keeper = CheckpointKeeper(run.run_dir, 60.0 * spec.runtime.checkpoint_every_min, log, written_epoch=start_epoch)
+    if tr.epochs == 0 and start_epoch == 0:
+        # nothing to train: the given weights are the final ones, written as the last epoch's
+        # checkpoint so that a remeasure finds them like any finished run's
+        save_checkpoint(run.run_dir, _checkpoint_state(run, training, 0, history))
     board = tboard.open_board(spec, history, log)  # rewrites the run's event files from the checkpoint's history
     with stop_signals(keeper):
         try:
@@ -505,9 +521,9 @@ def _training(run: RunSetup) -> Training:
     spec, tr, pred = run.spec, run.spec.train, run.predictor
     optimizer = build_optimizer(pred.model, tr.optimizer)
     scheduler = build_scheduler(optimizer, tr.schedule, tr.epochs, train_steps(len(run.data.train), tr.batch_size))
-    info = run.data.splits.info
+    mean, std = mean_std(spec, run.data.splits.info)
     augment = BatchAugment([a.name for a in tr.augment], {a.name: a.params for a in tr.augment},
-                           mean=info.mean, std=info.std, num_classes=spec.num_classes,
+                           mean=mean, std=std, num_classes=spec.num_classes,
                            label_smoothing=tr.label_smoothing, channels_last=pred.channels_last)
     generator = torch.Generator(device=run.device)
     generator.manual_seed(spec.seed)
@@ -545,6 +561,15 @@ def _train_epoch(run: RunSetup, training: Training, step_model: torch.nn.Module,
             "val_acc": ev["acc"], "epoch_seconds": time.time() - t0}
 
 
+def _checkpoint_state(run: RunSetup, training: Training, epoch: int, history: dict[str, list[float]]) -> dict[str, Any]:
+    return {
+        "format": CHECKPOINT_FORMAT, "spec_hash": run.spec.spec_hash, "epoch": epoch,
+        "model": run.predictor.model.state_dict(), "optimizer": training.optimizer.state_dict(),
+        "scheduler": training.scheduler.state_dict(), "scaler": training.scaler.state_dict(),
+        "rng": rng_state(training.generator), "history": history,
+    }
+
+
 def _end_epoch(run: RunSetup, training: Training, row: dict[str, Any], history: dict[str, list[float]],
                keeper: CheckpointKeeper, board: Any, log: Log) -> None:
     """Record a finished epoch: history, TensorBoard, checkpoint and best.pt (when due), progress.json, log."""
@@ -557,12 +582,7 @@ def _end_epoch(run: RunSetup, training: Training, row: dict[str, Any], history: 
     if row["val_acc"] > best_before:
         best = {"format": CHECKPOINT_FORMAT, "spec_hash": spec.spec_hash, "epoch": epoch,
                 "val_acc": float(row["val_acc"]), "model": model.state_dict()}
-    keeper.epoch_end({
-        "format": CHECKPOINT_FORMAT, "spec_hash": spec.spec_hash, "epoch": epoch,
-        "model": model.state_dict(), "optimizer": training.optimizer.state_dict(),
-        "scheduler": training.scheduler.state_dict(), "scaler": training.scaler.state_dict(),
-        "rng": rng_state(training.generator), "history": history,
-    }, best, final=epoch == tr.epochs)
+    keeper.epoch_end(_checkpoint_state(run, training, epoch, history), best, final=epoch == tr.epochs)
     store.atomic_write_json(run.run_dir / PROGRESS_FILE, {
         "epoch": epoch, "epochs": tr.epochs, "val_acc": row["val_acc"], "updated": time.time(),
         "checkpoint_epoch": keeper.written_epoch})
@@ -656,11 +676,15 @@ def history_arrays(history: dict[str, list[float]]) -> dict[str, np.ndarray]:
 
 def _root_attrs(run: RunSetup, timings: dict[str, float]) -> dict[str, Any]:
     spec, precision = run.spec, run.predictor.precision
+    mean, std = mean_std(spec, run.data.splits.info)
     return {
         "run_id": spec.run_id, "spec": spec.to_dict(), "variant": spec.variant, "seed": spec.seed,
         "versions": _versions(), "device": _device_name(run.device), "git_sha": _git_sha(), "timings": timings,
         "precision": {"amp": precision.enabled, "amp_dtype": str(precision.dtype).replace("torch.", "")
                       if precision.enabled else "none", "head": "float32", **run.precision_attrs},
+        # what the model's input was normalised with (a reproduction needs the same)
+        "normalization": {"mean": mean, "std": std,
+                          "from": "[base].normalization" if spec.normalization else "the training split"},
     }
 
 

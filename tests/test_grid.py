@@ -62,7 +62,7 @@ def test_defaults_are_filled_from_the_catalogue():
     (lambda r: r.update(strees={}), "strees: unknown key (did you mean 'stress'?)"),
     (lambda r: r["base"].update(epochs="3"), "[base].epochs: must be a number"),
     (lambda r: r["base"].update(epochs=2.5), "[base].epochs: must be an integer"),
-    (lambda r: r["base"].update(epochs=0), "[base].epochs: 0 is out of range"),
+    (lambda r: r["base"].update(epochs=0), "[base].epochs: 0 needs [base].weights"),
     (lambda r: r["base"].update(batch_size=1), "[base].batch_size: 1 is out of range"),
     (lambda r: r["base"].update(amp="yes"), "[base].amp: must be true or false"),
     (lambda r: r["base"].update(label_smoothing=math.nan), "[base].label_smoothing: must be a finite number"),
