@@ -21,8 +21,9 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(PY) launch.py --grid jobs/demo.toml --cluster local
 
+# the live-Slurm tests run beside the others (tests/run.sh): the suite takes the longer of the two
 test: $(STAMP)
-	$(PY) -m pytest -q -ra --durations=15 $(PYTEST_ARGS)
+	bash tests/run.sh $(PY) $(PYTEST_ARGS)
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -ra -m "not slow and not slurm" $(PYTEST_ARGS)
