@@ -29,8 +29,8 @@ console = Console(highlight=False, width=None if sys.stdout.isatty() else 150)
 
 def set_threads(n: int | None) -> None:
     """torch intra-op threads (None: torch's default, one per core). On a shared, loaded machine
-    two OpenMP threads can make small tensor ops 10x slower (threads wait for each other while the
-    other agents' processes hold the cores), so the benchmarks can be rerun with --threads 1."""
+    two OpenMP threads can make small tensor ops 10x slower (threads wait for each other while
+    other processes hold the cores), so the benchmarks can be rerun with --threads 1."""
     if n is not None:
         import torch
 

@@ -1,6 +1,6 @@
 """The CUDA path, guarded on the CPU.
 
-No GPU is lent to CI, so these tests record what each path would run on one (tests/cuda_guard.py):
+CI has no GPU, so these tests record what each path would run on one (tests/cuda_guard.py):
 every aten op a training step, evaluation, Grad-CAM, deletion/insertion and every corruption run
 must have a deterministic CUDA kernel (``set_determinism`` turns on
 ``torch.use_deterministic_algorithms``, under which the others raise on a GPU); a bfloat16 training

@@ -1,7 +1,7 @@
 """slurm/dev-cluster.sh itself, on the live dev cluster. Runs after tests/test_slurm.py (file order)
 so that restarting the daemons cannot disturb the jobs those tests submit.
 
-CI starts on a machine whose files survived from an earlier session but whose processes did not:
+CI starts on a machine whose files survived from an earlier run but whose processes did not:
 the script's pid records then name daemons that are gone. An `up` that took those for daemons that
 had just died failed CI once (``slurmctld (pid 15091) died while waiting for slurmdbd``).
 """
