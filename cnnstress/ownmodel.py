@@ -18,12 +18,13 @@ and returns an ``nn.Module``.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.machinery
 import re
 import sys
 from pathlib import Path
 from typing import Any
+
+from . import atomic
 
 TORCHVISION = "torchvision:"
 TIMM = "timm:"  # behind the optional extra: pip install -e '.[timm]'
@@ -73,16 +74,8 @@ def sha256_file(path: Path) -> str:
     st = path.stat()
     key = (str(path), st.st_ino, st.st_mtime_ns, st.st_size)
     if key not in _DIGESTS:
-        _DIGESTS[key] = _sha256(path)
+        _DIGESTS[key] = atomic.sha256_file(path)
     return _DIGESTS[key]
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def resolve(ref: str, root: Path) -> dict[str, Any]:
