@@ -905,15 +905,13 @@ def _header(path: Path) -> tuple[str, tuple[int, int]]:
     return mode, size
 
 
-def check_imagefolder(root: Path, opts: Mapping[str, Any]) -> int:
+def check_imagefolder(root: Path, opts: Mapping[str, Any]) -> tuple[str, ...]:
     """Every image of both splits opened and verified (no pixel decoded): one DataError naming the
-    first bad file. Returns the number of images. Skipped per split when its cache is valid."""
-    imagefolder_classes(root, opts)
+    first bad file. Returns the class names. Skipped per split when its cache is valid."""
+    classes = imagefolder_classes(root, opts)
     first: tuple[Path, str] | None = None
-    count = 0
     for split in (opts["train"], opts["test"]):
         _, files, _ = imagefolder_listing(root, split)
-        count += len(files)
         if _read_image_cache(_cache_path(root, split, opts["image_size"], files), len(files),
                              opts["image_size"], quiet=True) is not None:
             continue  # decoded before: every file of this listing was readable
@@ -925,7 +923,7 @@ def check_imagefolder(root: Path, opts: Mapping[str, Any]) -> int:
             elif mode != first[1]:
                 raise DataError(f"{path}: image mode {mode}, but {first[0]} is {first[1]}; allowed: one mode for "
                                 f"all images of a dataset ({' or '.join(IMAGE_MODES)})")
-    return count
+    return classes
 
 
 def _cache_path(root: Path, split: str, size: int, files: list[Path]) -> Path:
@@ -1081,10 +1079,7 @@ def own_data_check(dataset: str, root: str | os.PathLike, options: Mapping[str, 
     DataError naming the first bad one); what launch and --dry-run run before anything is submitted."""
     opts = resolve_options(dataset, options)
     if dataset == "imagefolder":
-        folder = _own_path(opts, "root", Path(root))
-        classes = imagefolder_classes(folder, opts)
-        check_imagefolder(folder, opts)
-        return classes
+        return check_imagefolder(_own_path(opts, "root", Path(root)), opts)
     if dataset == "arrays":
         return check_arrays(_own_path(opts, "path", Path(root)))
     raise ValueError(f"not a dataset of your own: {dataset!r}; valid: imagefolder, arrays")
