@@ -168,6 +168,10 @@ class SlurmConfig:
         return cls(**d)
 
 
+#: RunSpec fields naming a user's file: the keys that say where it is (left out of the identity)
+_FILE_LOCATION = {"model_source": ("root", "file"), "weights": ("file",)}
+
+
 @dataclass(frozen=True)
 class RunSpec:
     sweep: str
@@ -206,10 +210,9 @@ class RunSpec:
         del d["paths"]
         del d["sweep"]
         del d["runtime"]
-        if "model_source" in d:  # the code's hash identifies it, not where the file happens to be
-            d["model_source"] = {k: v for k, v in d["model_source"].items() if k not in ("root", "file")}
-        if "weights" in d:
-            d["weights"] = {k: v for k, v in d["weights"].items() if k != "file"}
+        for key, where in _FILE_LOCATION.items():  # a file's sha256 identifies it, not where it lies
+            if key in d:
+                d[key] = {k: v for k, v in d[key].items() if k not in where}
         # a stress test's fields that hold their off value (off, or the default every run had
         # before the field existed) are left out: adding a stress test changes no run id
         for key, off in probes.optional_fields().items():
