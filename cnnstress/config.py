@@ -172,6 +172,10 @@ class SlurmConfig:
 _FILE_LOCATION = {"model_source": ("root", "file"), "weights": ("file",)}
 
 
+#: RunSpec identity fields that do not change the trained weights (RunSpec.training_hash)
+_MEASUREMENT_ONLY = ("stress", "gradcam_layer", "variant", "grid_values")
+
+
 @dataclass(frozen=True)
 class RunSpec:
     sweep: str
@@ -229,6 +233,17 @@ class RunSpec:
     def settings_hash(self) -> str:
         """Like spec_hash but ignoring the variant's name: equal for runs that would train alike."""
         ident = {k: v for k, v in self._identity.items() if k != "variant"}
+        canon = json.dumps(ident, sort_keys=True, separators=(",", ":"), allow_nan=False)
+        return hashlib.sha256(canon.encode()).hexdigest()[:10]
+
+    @functools.cached_property
+    def training_hash(self) -> str:
+        """What determines the trained weights (model, data, training settings, seed) and nothing
+        that only measures them: runs that share it train bitwise alike (deterministic mode), so a
+        finished one's final weights stand for all of them (cnnstress/reuse.py). The stress tests
+        and the Grad-CAM layer are measurements; the variant's name and the [grid] values (which
+        repeat fields already in the identity) name the run."""
+        ident = {k: v for k, v in self._identity.items() if k not in _MEASUREMENT_ONLY}
         canon = json.dumps(ident, sort_keys=True, separators=(",", ":"), allow_nan=False)
         return hashlib.sha256(canon.encode()).hexdigest()[:10]
 

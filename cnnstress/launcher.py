@@ -24,7 +24,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from . import atomic, faults, states, store, tensorboard
+from . import atomic, faults, reuse, states, store, tensorboard
 from .cluster import BACKENDS, BackendError, Handle, LaunchContext, backend
 from .cluster.base import gather_arguments
 from .grid import Grid, GridError, load_grid
@@ -203,6 +203,7 @@ def _launch(args: argparse.Namespace, grid: Grid, sweep_dir: Path, out_root: Pat
     else:
         console.print(f"sweep [bold]{grid.name}[/bold]: {len(grid.runs)} runs, {done} already finished, "
                       f"{len(todo)} to run ({args.cluster}); output in {sweep_dir}")
+    _print_remeasured(todo, sweep_dir, console)
     for st in busy:
         console.print(f"  not {'resubmitted' if chosen.batch else 'started'}: {st.run_id} is {st.status} ({st.detail})",
                       markup=False)
@@ -277,12 +278,26 @@ def _print_jobs(handle: Handle, todo: Sequence, sweep_dir: Path, seconds: float,
     console.print(f"jobs recorded in {sweep_dir / LAUNCHES_FILE}", markup=False)
 
 
+def _print_remeasured(todo: Sequence, sweep_dir: Path, console: Console, each: bool = False) -> None:
+    """Which of the runs to start would only be measured: a finished run of the sweep has their
+    training settings (only the stress tests differ), so they take its final weights (reuse.py)."""
+    if not todo:
+        return
+    adopted = reuse.plan(todo, sweep_dir / RUNS_DIR)
+    console.print(f"  {len(todo) - len(adopted)} to train, {len(adopted)} to re-measure from the final weights of "
+                  "finished runs with the same training settings (nothing trained)", markup=False)
+    if each:
+        for run_id, source in adopted.items():
+            console.print(f"  re-measure {run_id} <- weights of {source}", markup=False, highlight=False, soft_wrap=True)
+
+
 def _print_plan(args: argparse.Namespace, grid: Grid, sweep_dir: Path, out_root: Path, data_root: Path,
                 console: Console) -> None:
     """--dry-run: what the backend would do, from the files alone (no squeue, no hashing: a folder
     that does not exist yet reads as missing)."""
     todo, _, _ = _select(grid, sweep_dir, args.rerun_failed, ask_slurm=False, verify_hash=False)
     chosen = backend(args.cluster)
+    _print_remeasured(todo, sweep_dir, console, each=True)
     if not todo:
         if chosen.batch:
             console.print("nothing would be submitted")

@@ -117,6 +117,9 @@ CORE_OPTIONAL_ROOT_ATTRS: dict[str, str] = {
     # normalization: the mean and std the model's input was normalised with, and where they came
     # from ([base].normalization or the training split)
     "normalization": "json",
+    # weights_from_run: the finished run of the same training settings whose final weights this run
+    # measured instead of training (cnnstress/reuse.py; absent when the run trained)
+    "weights_from_run": "str",
 }
 
 

@@ -27,7 +27,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 
-from . import data, faults, probes, store
+from . import data, faults, probes, reuse, store
 from . import weights as own_weights
 from . import tensorboard as tboard
 from .layout import (BEST_FILE, DONE_NAME, EXIT_BUSY, EXIT_DONE, EXIT_FAILED, EXIT_USAGE, HISTORY, HISTORY_KEYS,
@@ -389,6 +389,7 @@ class Fitted:
     history: dict[str, list[float]]
     board: Any  # the run's TensorBoard writer (tensorboard.open_board); publish closes it
     seconds: float
+    weights_from: str = ""  # the finished run whose final weights were adopted (reuse.py), "" if trained
 
 
 @dataclass(frozen=True)
@@ -486,6 +487,7 @@ def fit(run: RunSetup, log: Log) -> Fitted:
     predictor then holds the final weights. Every finished epoch is kept when training stops."""
     spec, tr = run.spec, run.spec.train
     training = _training(run)
+    weights_from = _adopt_trained(run, log)
     history, start_epoch = _resume(run, training, log)
     if tr.compile and tr.deterministic:
         # Measured on CPU (docs/performance.md): two compiled runs of one spec differ (max |logit
@@ -514,7 +516,34 @@ def fit(run: RunSetup, log: Log) -> Fitted:
             except Exception as e2:  # noqa: BLE001
                 log(f"could not write the last checkpoint: {type(e2).__name__}: {e2}")
             raise
-    return Fitted(history, board, time.time() - t_train)
+    return Fitted(history, board, time.time() - t_train, weights_from)
+
+
+def _adopt_trained(run: RunSetup, log: Log) -> str:
+    """Before a run's first epoch: when a finished run of the sweep has the same training settings
+    (only what is measured differs), take its final checkpoint (and best.pt) as this run's, so that
+    nothing is trained (cnnstress/reuse.py). Returns that run's id, or "" (then the run trains)."""
+    if any((run.run_dir / name).exists() for name in store.CHECKPOINT_NAMES):
+        return ""  # a started run resumes its own training
+    found = reuse.donor(run.spec, run.run_dir.parent)
+    if found is None:
+        return ""
+    ckpt = load_checkpoint(found.run_dir, found.spec_hash, log)
+    if ckpt is None or int(ckpt["epoch"]) != run.spec.train.epochs:
+        log(f"WARNING: finished run {found.run_id} has the same training settings but no usable checkpoint of "
+            f"its last epoch; training this run instead")
+        return ""
+    best = found.run_dir / BEST_FILE
+    if best.is_file() and not best.is_symlink():
+        try:
+            state = torch.load(best, map_location="cpu", weights_only=True)
+            save_best(run.run_dir, {**state, "spec_hash": run.spec.spec_hash})
+        except Exception as e:  # noqa: BLE001 - best.pt is a convenience copy; the run needs only the checkpoint
+            log(f"WARNING: {best} is unusable ({_load_error(e)}); this run has no best.pt")
+    save_checkpoint(run.run_dir, {**ckpt, "spec_hash": run.spec.spec_hash})
+    log(f"re-measuring: finished run {found.run_id} has the same training settings (only the stress tests or the "
+        f"Grad-CAM layer differ), so its final weights (epoch {ckpt['epoch']}) are this run's; nothing is trained")
+    return found.run_id
 
 
 def _training(run: RunSetup) -> Training:
@@ -655,6 +684,8 @@ def publish(run: RunSetup, fitted: Fitted, measured: Measured, t_start: float, l
     test_acc = float((arrays["test/logits"].argmax(1) == run.data.splits.test.y).mean())
     timings = {"train_s": fitted.seconds, "predict_s": measured.seconds, "total_s": time.time() - t_start}
     attrs = {**_root_attrs(run, timings), **measured.attrs}
+    if fitted.weights_from:
+        attrs[reuse.ATTR] = fitted.weights_from
     injected = faults.injected()
     if injected:
         attrs["injected_faults"] = injected
@@ -663,6 +694,8 @@ def publish(run: RunSetup, fitted: Fitted, measured: Measured, t_start: float, l
         "test_accuracy": test_acc, "val_accuracy": history["val_acc"][-1] if history["val_acc"] else None,
         "epochs": spec.train.epochs, "device": attrs["device"], "restarts": restarts(), **timings,
     }
+    if fitted.weights_from:
+        summary[reuse.ATTR] = fitted.weights_from
     fitted.board.final(arrays)
     store.write_done(run.run_dir, summary, sha, injected_faults=injected)
     log(f"done: test accuracy {test_acc:.4f}; results.h5 sha256 {sha[:12]}; {timings['total_s']:.0f}s in all")
