@@ -4,6 +4,7 @@ from the same final weights, and they are what training the run from scratch wou
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import numpy as np
 import pytest
@@ -88,6 +89,13 @@ def test_adding_a_stress_test_re_measures_and_trains_nothing(tiny_grid, tmp_path
         for key in ("test/logits", "test/embedding", "val/logits", *[k for k in was if k.startswith("history/")]):
             np.testing.assert_array_equal(got[key], was[key], err_msg=key)
         assert any(k.startswith("stress/") for k in got) and not any(k.startswith("stress/") for k in was)
+    # the new measurements reach the report
+    from cnnstress import gather
+
+    assert gather.main([str(out / "tiny"), "--no-figures"]) == 0
+    summary = json.loads((out / "tiny" / "report" / "summary.json").read_text())
+    assert sorted(r["run_id"] for r in summary["runs"]) == sorted(s.run_id for s in new)
+    assert all(r["status"] == "done" and r["robust_accuracy_linf_8"] is not None for r in summary["runs"])
     # once done, a relaunch has nothing left to run or re-measure
     capsys.readouterr()
     assert main(["--dry-run", *_args(tiny_grid, out, MORE)]) == 0
