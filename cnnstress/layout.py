@@ -20,7 +20,7 @@ from typing import Any, NamedTuple
 # -- a run folder ------------------------------------------------------------------------------
 SPEC_FILE = "spec.json"
 LOG_FILE = "log.txt"
-PROGRESS_FILE = "progress.json"  # epoch, epochs, val_acc, updated, checkpoint_epoch (for --status)
+PROGRESS_FILE = "progress.json"  # epoch, epochs, val_acc, updated, checkpoint_epoch, stage, stage_started (for --status)
 CLAIM_FILE = "claim.lock"  # flock held by the process training the run
 CHECKPOINT_NAME = "checkpoint.pt"
 PREV_CHECKPOINT_NAME = "checkpoint.prev.pt"

@@ -842,6 +842,36 @@ def progress_epochs(run_dir: str | os.PathLike[str]) -> int:
     """The last epoch progress.json records (0 when there is none or it cannot be read): what
     --status, the local progress bars and a launcher-written FAILED.json say about a run."""
     try:
-        return int(json.loads((Path(run_dir) / PROGRESS_FILE).read_text())["epoch"])
-    except (OSError, ValueError, KeyError, TypeError):
+        return int(read_progress(run_dir)["epoch"])
+    except (KeyError, ValueError, TypeError):
         return 0
+
+
+def read_progress(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    """progress.json as a dict ({} when there is none or it cannot be read: it is only ever shown)."""
+    path = Path(run_dir) / PROGRESS_FILE
+    try:
+        if path.stat().st_size > 1 << 16:
+            return {}
+        value = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def update_progress(run_dir: str | os.PathLike[str], **fields: Any) -> None:
+    """Replace progress.json with its fields updated by ``fields`` and the time ("updated"); "epoch"
+    is 0 until an epoch is recorded (readers of the epoch need not know about stages)."""
+    atomic_write_json(Path(run_dir) / PROGRESS_FILE, {"epoch": 0, **read_progress(run_dir), **fields,
+                                                      "updated": datetime.now(timezone.utc).timestamp()})
+
+
+def progress_stage(run_dir: str | os.PathLike[str]) -> str:
+    """The stage a running run is in, with how long it has been in it ("" when unknown)."""
+    progress = read_progress(run_dir)
+    stage, since = progress.get("stage"), progress.get("stage_started")
+    if not isinstance(stage, str) or not stage:
+        return ""
+    if isinstance(since, (int, float)) and not isinstance(since, bool) and math.isfinite(since):
+        return f"{stage[:60]} ({max(0.0, datetime.now(timezone.utc).timestamp() - since):.0f}s)"
+    return stage[:60]

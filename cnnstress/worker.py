@@ -31,7 +31,7 @@ from . import data, faults, probes, reuse, store
 from . import weights as own_weights
 from . import tensorboard as tboard
 from .layout import (BEST_FILE, DONE_NAME, EXIT_BUSY, EXIT_DONE, EXIT_FAILED, EXIT_USAGE, HISTORY, HISTORY_KEYS,
-                     LOG_FILE, PROGRESS_FILE, RUNS_DIR, SPEC_FILE)
+                     LOG_FILE, RUNS_DIR, SPEC_FILE)
 from .atomic import LinkRefused, open_in_place, refuse_links
 from .claims import RunBusy, claim
 from .augment import BatchAugment
@@ -404,10 +404,25 @@ class Measured:
 
 def _train_and_publish(spec: RunSpec, run_dir: Path, log: RunLog) -> dict[str, Any]:
     t_start = time.time()
-    run = setup(spec, run_dir, log)
-    fitted = fit(run, log)
-    measured = measure(run.predictor, run.data, spec, log)
-    return publish(run, fitted, measured, t_start, log)
+    with stage("setup", log, run_dir):
+        run = setup(spec, run_dir, log)
+    with stage("training", log, run_dir):
+        fitted = fit(run, log)
+    measured = measure(run.predictor, run.data, spec, log, progress=run_dir)
+    with stage("publishing", log, run_dir):
+        return publish(run, fitted, measured, t_start, log)
+
+
+@contextmanager
+def stage(name: str, log: Log, progress: Path | None = None) -> Iterator[None]:
+    """Log a stage of a run as it starts and ends, with its duration, and record it in the run's
+    progress.json (``progress``: the run folder) so that --status can say where a running run is."""
+    if progress is not None:
+        store.update_progress(progress, stage=name, stage_started=time.time())
+    log(f"stage {name}: started")
+    t0 = time.time()
+    yield
+    log(f"stage {name}: {time.time() - t0:.1f}s")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -612,9 +627,8 @@ def _end_epoch(run: RunSetup, training: Training, row: dict[str, Any], history: 
         best = {"format": CHECKPOINT_FORMAT, "spec_hash": spec.spec_hash, "epoch": epoch,
                 "val_acc": float(row["val_acc"]), "model": model.state_dict()}
     keeper.epoch_end(_checkpoint_state(run, training, epoch, history), best, final=epoch == tr.epochs)
-    store.atomic_write_json(run.run_dir / PROGRESS_FILE, {
-        "epoch": epoch, "epochs": tr.epochs, "val_acc": row["val_acc"], "updated": time.time(),
-        "checkpoint_epoch": keeper.written_epoch})
+    store.update_progress(run.run_dir, epoch=epoch, epochs=tr.epochs, val_acc=row["val_acc"],
+                          checkpoint_epoch=keeper.written_epoch)
     log(f"epoch {epoch:>3}/{tr.epochs}  lr {row['lr']:.4g}  train loss {row['train_loss']:.4f} acc "
         f"{row['train_acc']:.4f}  val loss {row['val_loss']:.4f} acc {row['val_acc']:.4f}  {row['epoch_seconds']:.1f}s")
 
@@ -624,18 +638,20 @@ def _end_epoch(run: RunSetup, training: Training, row: dict[str, Any], history: 
 # ------------------------------------------------------------------------------------------------
 
 
-def measure(pred: Predictor, data: RunData, spec: RunSpec, log: Log) -> Measured:
+def measure(pred: Predictor, data: RunData, spec: RunSpec, log: Log, progress: Path | None = None) -> Measured:
     """What every run stores (the test and validation splits' predictions), then every stress test
     of the grid (cnnstress/probes/, in registry order) on the model in ``pred``. Needs only the final
     weights, so a finished run can be measured again without training (:func:`remeasure`)."""
     t0 = time.time()
     layer = resolve_layer(pred.model, spec.gradcam_layer)
-    out, preds, cams = _test_predictions(pred, layer, data, spec, log)
-    out.update(_val_predictions(pred, data, spec))
+    with stage("predictions", log, progress):
+        out, preds, cams = _test_predictions(pred, layer, data, spec, log)
+        out.update(_val_predictions(pred, data, spec))
     shared = probes.MeasureData(splits=data.splits, train=data.train, val=data.val, test=data.test, preds=preds,
                                 cam_pred=cams)
     for probe in probes.enabled(spec):
-        out.update(probe.measure(pred, shared, spec, log))
+        with stage(probe.name, log, progress):
+            out.update(probe.measure(pred, shared, spec, log))
     return Measured(out, shared.attrs, time.time() - t0)
 
 

@@ -1169,3 +1169,24 @@ def test_a_busy_local_run_names_the_pid_and_host_holding_it(tmp_path, capsys):
     assert oc.state == "running" and oc.word == "busy" and oc.detail.startswith(said), oc.detail
     assert said in capsys.readouterr().out
     assert store.run_state(rd).status == "missing"  # nothing written for a run someone else trains
+
+
+def test_status_says_which_stage_a_running_run_is_in(tmp_path, capsys):
+    out = tmp_path / "o"
+    path = _grid(tmp_path)
+    spec = load_grid(path, out_root=out).runs[0]
+    rd = out / "tiny" / "runs" / spec.run_id
+    rd.mkdir(parents=True)
+    store.update_progress(rd, stage="corruptions", stage_started=time.time() - 42)
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_CLAIM, str(rd)], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert main(["--grid", str(path), "--status", "--out", str(out)]) == 0
+    finally:
+        holder.kill()
+        holder.wait()
+    said = capsys.readouterr().out
+    assert re.search(r"stage corruptions \(4[2-9]s\)", said), said
+    # a progress.json that is not ours to trust is shown as nothing, never a traceback
+    (rd / "progress.json").write_text('{"stage": ["x"], "stage_started": "soon"}')
+    assert store.progress_stage(rd) == ""

@@ -6,6 +6,7 @@ import fcntl
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import socket
@@ -20,7 +21,7 @@ import numpy as np
 import pytest
 import torch
 
-from cnnstress import oodsets, store
+from cnnstress import oodsets, probes, store
 from cnnstress.atomic import LinkRefused
 from cnnstress.grid import load_grid
 from cnnstress.claims import RunBusy, claim, claim_holder
@@ -699,3 +700,18 @@ def test_a_linked_run_folder_is_refused_and_nothing_lands_where_it_points(tmp_pa
     with pytest.raises(LinkRefused, match=f"{link.name} is a symbolic link"):
         run(spec, echo=False)
     assert list(elsewhere.iterdir()) == []
+
+
+def test_every_stage_of_a_run_logs_its_start_and_duration(stressed):
+    """A run used to pass 13-24 s between two log lines (faithfulness, embeddings) saying nothing."""
+    spec, rd = stressed
+    lines = (rd / "log.txt").read_text().splitlines()
+    expected = ["setup", "training", "predictions", *[p.name for p in probes.enabled(spec)], "publishing"]
+    assert {"adversarial", "ood", "sanity"} <= set(expected)
+    started = [ln.split("stage ", 1)[1].split(":")[0] for ln in lines if ln.endswith(": started")]
+    ended = [ln.split("stage ", 1)[1].split(":")[0] for ln in lines if re.search(r"stage \S+: [0-9.]+s$", ln)]
+    assert started == expected and ended == expected
+    # progress.json names the last stage (what --status shows for a running run) and keeps the epochs
+    progress = store.read_progress(rd)
+    assert progress["stage"] == "publishing" and progress["epoch"] == spec.train.epochs
+    assert store.progress_stage(rd).startswith("publishing (")

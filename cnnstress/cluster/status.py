@@ -78,6 +78,9 @@ def run_statuses(runs: Sequence[RunSpec], sweep_dir: Path, ask_slurm: bool = Tru
         # a job of a backend this version lacks was asked nowhere: its absence from squeue says nothing
         asked = query.ok and launch is not None and launch.cluster in BACKENDS
         status, detail, epoch, disk = state_of(run_dir, job, job_id, asked, verify_hash)
+        if status == "running":
+            where = store.progress_stage(run_dir)
+            detail += f"; stage {where}" if where else ""
         log = _task_log(launch, job_id) if launch is not None and job_id else ""
         if status in ("failed", "broken") and log:
             detail += f" (log: {log}; {run_dir / LOG_FILE})"
