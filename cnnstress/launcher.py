@@ -28,7 +28,7 @@ from . import atomic, faults, reuse, states, store, tensorboard
 from .cluster import BACKENDS, BackendError, Handle, LaunchContext, backend
 from .cluster.base import gather_arguments
 from .grid import Grid, GridError, load_grid
-from .layout import (GRID_COPY, LAUNCH_FILE, LAUNCHES_FILE, LAUNCHES_LOCK, LOG_FILE, MANIFEST_FILE, REPORT_DIR,
+from .layout import (EXIT_INTERRUPTED, GRID_COPY, LAUNCH_FILE, LAUNCHES_FILE, LAUNCHES_LOCK, LOG_FILE, MANIFEST_FILE, REPORT_DIR,
                      REPORT_INDEX, RUNS_DIR)
 
 #: --status's exit status when some run is failed or broken: a script can tell them apart from
@@ -216,6 +216,9 @@ def _launch(args: argparse.Namespace, grid: Grid, sweep_dir: Path, out_root: Pat
     except BackendError as e:
         err.print(f"error: {e}", markup=False)
         return 2
+    except KeyboardInterrupt:
+        err.print(interrupted_line(todo, sweep_dir, args), markup=False, highlight=False, soft_wrap=True)
+        return EXIT_INTERRUPTED
     _print_jobs(handle, todo, sweep_dir, time.time() - t_submit, console)
     if not handle.finished and not args.wait:
         same = "".join(f" --set {_q(o)}" for o in args.overrides) + (f" --out {_q(args.out)}" if args.out != "scratch" else "")
@@ -255,6 +258,20 @@ def _ended(args: argparse.Namespace, grid: Grid, sweep_dir: Path, handle: Handle
     console.print(f"[red]no new report[/red]: the gather job {gather_job} did not write {report}; "
                   f"see {handle.gather_log()}", markup=True)
     return 1
+
+
+def interrupted_line(todo: Sequence, sweep_dir: Path, args: argparse.Namespace) -> str:
+    """One line after Ctrl-C: which runs stopped, which keep a checkpoint, and that a relaunch resumes."""
+    runs_dir = sweep_dir / RUNS_DIR
+    stopped = [r.run_id for r in todo if store.run_state(runs_dir / r.run_id, verify_hash=False).status != "done"]
+    kept = [rid for rid in stopped if any((runs_dir / rid / n).exists() for n in store.CHECKPOINT_NAMES)]
+    listed = ", ".join(f"{rid} (epoch {store.progress_epochs(runs_dir / rid)})" for rid in kept[:5])
+    more = f" and {len(kept) - 5} more" if len(kept) > 5 else ""
+    keep = f"{len(kept)} keep a checkpoint: {listed}{more}" if kept else "none had a checkpoint yet"
+    same = "".join(f" --set {_q(o)}" for o in args.overrides) + (f" --out {_q(args.out)}" if args.out != "scratch" else "")
+    same += f" --data-root {_q(args.data_root)}" if args.data_root else ""
+    return (f"interrupted: {len(stopped)} of {len(todo)} runs stopped before the end, {keep}; "
+            f"the same command resumes them: python launch.py --grid {_q(args.grid)}{same} --cluster {args.cluster}")
 
 
 def _q(text: str) -> str:

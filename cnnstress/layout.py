@@ -131,4 +131,5 @@ EXIT_DONE = 0
 EXIT_FAILED = 1  # FAILED.json says why
 EXIT_USAGE = 2  # bad arguments (e.g. a manifest index out of range)
 EXIT_BUSY = 3  # another live process holds the run's claim
+EXIT_INTERRUPTED = 130  # stopped by Ctrl-C (128 + SIGINT, as a shell reports it); resumable
 # told to stop (SIGTERM, SIGUSR2): 128 + the signal number, like a shell; the run stays resumable

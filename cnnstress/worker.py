@@ -30,8 +30,8 @@ import torch
 from . import data, faults, probes, reuse, store
 from . import weights as own_weights
 from . import tensorboard as tboard
-from .layout import (BEST_FILE, DONE_NAME, EXIT_BUSY, EXIT_DONE, EXIT_FAILED, EXIT_USAGE, HISTORY, HISTORY_KEYS,
-                     LOG_FILE, RUNS_DIR, SPEC_FILE)
+from .layout import (BEST_FILE, DONE_NAME, EXIT_BUSY, EXIT_DONE, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, HISTORY,
+                     HISTORY_KEYS, LOG_FILE, RUNS_DIR, SPEC_FILE)
 from .atomic import LinkRefused, open_in_place, refuse_links
 from .claims import RunBusy, claim
 from .augment import BatchAugment
@@ -320,6 +320,10 @@ def run(spec: RunSpec | dict | str, *, echo: bool = True) -> dict[str, Any]:
             store.atomic_write_json(run_dir / SPEC_FILE, spec.to_dict())
             summary = _train_and_publish(spec, run_dir, log)
             return {"run_id": spec.run_id, "status": "done", **summary}
+        except KeyboardInterrupt:  # Ctrl-C: not a failure; fit() has kept every finished epoch
+            log(f"stopped by Ctrl-C (in stage {store.read_progress(run_dir).get('stage', 'setup')}); "
+                + _resumes_from(run_dir))
+            raise
         except Exception as e:
             # Only real errors: SystemExit/KeyboardInterrupt (preemption, Ctrl-C) leave the run
             # resumable instead of failed.
@@ -332,6 +336,14 @@ def run(spec: RunSpec | dict | str, *, echo: bool = True) -> dict[str, Any]:
             raise
         finally:
             log.close()
+
+
+def _resumes_from(run_dir: Path) -> str:
+    """What a relaunch of a stopped run starts from, in words."""
+    if not any((run_dir / name).exists() for name in store.CHECKPOINT_NAMES):
+        return "no checkpoint yet: a relaunch starts it over"
+    epoch = store.progress_epochs(run_dir)
+    return f"checkpoint{f' after epoch {epoch}' if epoch else ''} kept: a relaunch resumes from it"
 
 
 def _fail_unlogged(run_dir: Path, e: LinkRefused) -> None:
@@ -777,6 +789,10 @@ def main(argv: list[str] | None = None) -> int:
     src.add_argument("--manifest", help="manifest.jsonl (one RunSpec per line)")
     ap.add_argument("--index", type=int, default=None, help="line of the manifest (default: $SLURM_ARRAY_TASK_ID)")
     args = ap.parse_args(argv)
+    # Ctrl-C stops a worker even when it was started with SIGINT ignored (--cluster local starts
+    # submitit's controller, and through it the workers, that way: see cluster/local.py)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     if args.spec:
         text = Path(args.spec).read_text()
     else:
@@ -795,6 +811,9 @@ def main(argv: list[str] | None = None) -> int:
     except StopRequested as e:  # the run stays resumable: every finished epoch is in checkpoint.pt
         print(f"stopped: {e}; a relaunch resumes from the last checkpoint", file=sys.stderr)
         return 128 + e.signum
+    except KeyboardInterrupt:
+        print("stopped by Ctrl-C; a relaunch resumes from the last checkpoint", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except Exception as e:  # noqa: BLE001 - reported in FAILED.json already
         print(f"error: {faults.naming(f'{type(e).__name__}: {e}')}", file=sys.stderr)
         return EXIT_FAILED

@@ -12,7 +12,7 @@ from cnnstress import launcher, store
 from cnnstress.grid import load_grid
 from cnnstress.launcher import main
 
-from conftest import REPO
+from conftest import REPO, tiny_grid_text
 
 
 def test_dry_run_prints_the_runs_and_writes_nothing(tiny_grid, tmp_path, capsys):
@@ -167,3 +167,41 @@ def test_gather_option_exits_1_when_a_section_cannot_be_imported(tiny_grid, tmp_
     lines = (out.stdout + out.stderr).strip().splitlines()
     assert len(lines) == 1 and BROKEN_SECTION in lines[0] and PLANTED in lines[0], lines
     assert "not available" not in out.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("cluster", ["local", "debug"])
+def test_ctrl_c_prints_one_line_and_a_relaunch_resumes(weird_dir, cluster):
+    """Ctrl-C used to print two KeyboardInterrupt tracebacks (the launcher's and submitit's
+    controller's) and leave nothing in the run's log."""
+    import os
+    import signal
+    import time
+
+    grid = weird_dir / "slow grid.toml"
+    grid.write_text(tiny_grid_text(name="slow", epochs=20, lean=True)
+                    .replace('[variants.flip]\naugment = ["flip"]\n', ""))
+    out = weird_dir / "out"
+    cmd = [sys.executable, "launch.py", "--grid", str(grid), "--cluster", cluster, "--out", str(out), "--no-gather",
+           "--data-root", str(REPO / "scratch" / "test-data")]
+    runs = load_grid(grid, out_root=out).runs
+    rd = out / "slow" / "runs" / runs[0].run_id
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)  # its own process group, as a terminal's job
+    deadline = time.time() + 180
+    while store.progress_epochs(rd) < 2 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.1)
+    os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in the terminal does
+    stdout, stderr = proc.communicate(timeout=180)
+    assert proc.returncode == 130, (stdout, stderr)
+    assert "Traceback" not in stdout + stderr and "KeyboardInterrupt" not in stdout + stderr, (stdout, stderr)
+    [line] = stderr.strip().splitlines()
+    assert line.startswith("interrupted: 1 of 1 runs stopped before the end, 1 keep a checkpoint: "
+                           f"{runs[0].run_id} (epoch "), line
+    assert line.endswith(f"--cluster {cluster}")
+    log = (rd / "log.txt").read_text()
+    assert "stopped by Ctrl-C (in stage training); checkpoint after epoch" in log, log
+    assert store.run_state(rd).status == "partial"  # not failed: a relaunch resumes it
+    if cluster == "local":  # (the same files either way)
+        assert main(cmd[2:]) == 0
+        assert "resumed from checkpoint after epoch" in (rd / "log.txt").read_text()

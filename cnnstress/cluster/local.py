@@ -8,12 +8,15 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import submitit
 from rich.console import Console
@@ -21,7 +24,7 @@ from rich.console import Console
 from .. import atomic, faults, store
 from ..claims import claim_holder, describe_holder
 from ..config import RunSpec
-from ..layout import EXIT_BUSY, RUNS_DIR, SPEC_FILE, SUBMITIT_DIR, submitit_launch_name
+from ..layout import EXIT_BUSY, EXIT_INTERRUPTED, RUNS_DIR, SPEC_FILE, SUBMITIT_DIR, submitit_launch_name
 from ..store import progress_epochs
 from .base import PACKAGE_ROOT, Backend, Handle, LaunchContext, Outcome, progress_bar
 
@@ -30,6 +33,10 @@ LOCAL_TIMEOUT_MIN = 60 * 24 * 7  # submitit's LocalExecutor kills jobs after 2 m
 
 class RunFailed(RuntimeError):
     """A local run ended without a result; the message is the reason (as in FAILED.json)."""
+
+
+class RunInterrupted(RuntimeError):
+    """A local run was stopped by Ctrl-C: it keeps its checkpoint and no FAILED.json."""
 
 
 class LocalTrainTask:
@@ -69,6 +76,8 @@ class LocalTrainTask:
             return json.loads(last)
         if rc == EXIT_BUSY:  # worker.main: another live process holds the run; its line names it
             raise RuntimeError(f"RunBusy: {_busy_line(last, Path(run_dir))}")
+        if rc == EXIT_INTERRUPTED:  # Ctrl-C: the run keeps its checkpoint and is not failed
+            raise RunInterrupted(f"run {Path(run_dir).name} stopped by Ctrl-C")
         try:  # a linked run folder: the worker refused it, and nothing may be written into it here
             atomic.refuse_links(Path(run_dir).parent.parent, Path(run_dir))
         except atomic.LinkRefused as e:
@@ -254,6 +263,20 @@ def run_local(runs: Sequence[RunSpec], sweep_dir: Path, console: Console, max_pa
     active: dict[str, tuple[Any, RunSpec, str | None]] = {}
     free = list(gpus)
     outcomes: list[Outcome] = []
+    try:
+        _follow(executor, task, queue, active, free, max_parallel, sweep_dir, folder, outcomes, console, poll_s)
+    except KeyboardInterrupt:
+        # Ctrl-C reached every worker too (one process group): each keeps its last finished
+        # epoch and exits; wait for that before saying which runs resume
+        _wait_for_stopped([job for job, _, _ in active.values()], console)
+        raise
+    return outcomes
+
+
+def _follow(executor: Any, task: LocalTrainTask, queue: list[RunSpec], active: dict[str, tuple[Any, RunSpec, str | None]],
+            free: list[str], max_parallel: int, sweep_dir: Path, folder: Path, outcomes: list[Outcome],
+            console: Console, poll_s: float) -> None:
+    """Start runs as slots free up and report each as it ends, until none is left."""
     with progress_bar(console) as progress:
         overall = progress.add_task("runs", total=len(queue))
         bars: dict[str, Any] = {}
@@ -261,7 +284,8 @@ def run_local(runs: Sequence[RunSpec], sweep_dir: Path, console: Console, max_pa
             while queue and len(active) < max_parallel:
                 spec = queue.pop(0)
                 gpu = free.pop(0) if free else None  # never None when there are GPUs (capped above)
-                job = executor.submit(task, spec.to_json(), str(sweep_dir / RUNS_DIR / spec.run_id), gpu or "")
+                with _sigint_ignored():
+                    job = executor.submit(task, spec.to_json(), str(sweep_dir / RUNS_DIR / spec.run_id), gpu or "")
                 active[spec.run_id] = (job, spec, gpu)
                 bars[spec.run_id] = progress.add_task(spec.run_id, total=spec.train.epochs)
             for rid, (job, spec, gpu) in list(active.items()):
@@ -287,7 +311,32 @@ def run_local(runs: Sequence[RunSpec], sweep_dir: Path, console: Console, max_pa
                 colour = {"done": "green", "failed": "red"}.get(oc.state, "yellow")
                 console.print(f"[{colour}]{oc.word:>7}[/{colour}] {rid} {oc.detail}")
             time.sleep(poll_s)
-    return outcomes
+
+
+@contextmanager
+def _sigint_ignored() -> Iterator[None]:
+    """Start a job with SIGINT ignored (inherited through exec): submitit's controller process then
+    outlives a Ctrl-C instead of printing a KeyboardInterrupt traceback and dropping its jobs'
+    ends; the worker under it installs Python's SIGINT handler again (worker.main), so Ctrl-C
+    still stops each run, which keeps its checkpoint."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, before)
+
+
+def _wait_for_stopped(jobs: Sequence[Any], console: Console, limit_s: float = 120.0) -> None:
+    """Wait (at most ``limit_s``; a second Ctrl-C stops waiting) for interrupted jobs to end."""
+    deadline = time.time() + limit_s
+    try:
+        while any(not job.done() for job in jobs) and time.time() < deadline:
+            time.sleep(0.2)
+    except KeyboardInterrupt:
+        console.print("stopped waiting for the runs to save their checkpoints", markup=False)
 
 
 def _outcome(job: Any, spec: RunSpec, folder: Path) -> Outcome:
@@ -319,8 +368,6 @@ def record_unreported_end(run_dir: Path, exit_status: int | None) -> str | None:
     if state.status in ("done", "failed") or not run_dir.is_dir() or run_dir.is_symlink() or run_dir.parent.is_symlink():
         return None  # (a linked run folder: nothing is written into it)
     if exit_status is not None and exit_status < 0:
-        import signal
-
         try:
             name = signal.Signals(-exit_status).name
         except ValueError:
