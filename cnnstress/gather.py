@@ -31,6 +31,11 @@ from __future__ import annotations
 import argparse
 import csv
 import io
+import json
+import os
+import secrets
+import shutil
+import socket
 import sys
 import time
 from dataclasses import dataclass, field
@@ -44,7 +49,8 @@ from rich.table import Table
 from rich.text import Text
 
 from . import data, states, store
-from .layout import FIGURES_DIR, REPORT_DIR, REPORT_INDEX, REPORT_RUNS_CSV, REPORT_SUMMARY, RUNS_DIR
+from .layout import (FIGURES_DIR, REPORT_DIR, REPORT_INDEX, REPORT_PREV_DIR, REPORT_RUNS_CSV, REPORT_STAGING_PREFIX,
+                     REPORT_SUMMARY, RUNS_DIR)
 from .analysis import compare, metrics
 from .config import RunSpec, spec_diff
 from .grid import Grid, GridError, load_grid, load_sweep_grid
@@ -628,28 +634,34 @@ def gather(sweep_dir: Path, grid: Grid | None = None, console: Console | None = 
 
     from .report import render  # matplotlib is loaded only now, and only by report/
 
-    report_dir = sweep_dir / REPORT_DIR
-    index = report_dir / REPORT_INDEX
+    index = sweep_dir / REPORT_DIR / REPORT_INDEX
+    for stale in remove_dead_stagings(sweep_dir):
+        console.print(f"removed {stale.name}/, left by a gather that was stopped", markup=False, highlight=False)
+    staging = sweep_dir / f"{REPORT_STAGING_PREFIX}{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}"
     try:
-        (report_dir / FIGURES_DIR).mkdir(parents=True, exist_ok=True)
-        html_text = render(report, report_dir, figures=figures)
-        # each write first re-creates report/ (deleted while the figures were drawn: made again)
-        _report_file(report_dir, REPORT_SUMMARY, lambda p: store.atomic_write_json(
-            p, build_summary(grid, entries, report), if_changed=True))
-        runs = run_records(entries)
-        for section in SECTIONS:  # written from pieces: memory does not grow with the sweep
-            for name, pieces in section.extra_files(report, runs).items():
-                _report_file(report_dir, name, lambda p, pieces=pieces: store.atomic_write_bytes(
-                    p, pieces(), if_changed=True))
-        _report_file(report_dir, REPORT_RUNS_CSV, lambda p: store.atomic_write_bytes(
-            p, build_runs_csv(entries).encode("utf-8"), if_changed=True))
-        # last: a crash leaves the old page whole
-        _report_file(report_dir, index.name, lambda p: store.atomic_write_bytes(
-            p, html_text.encode("utf-8"), if_changed=True))
-    except ReportWriteError:
-        raise
-    except OSError as exc:  # disk full, folder removed, no permission: one line naming the file
-        raise ReportWriteError(exc, report_dir) from exc
+        try:
+            (staging / FIGURES_DIR).mkdir(parents=True)
+            html_text = render(report, staging, figures=figures)
+            _report_file(staging, REPORT_SUMMARY, lambda p: store.atomic_write_json(
+                p, build_summary(grid, entries, report)))
+            runs = run_records(entries)
+            for section in SECTIONS:  # written from pieces: memory does not grow with the sweep
+                for name, pieces in section.extra_files(report, runs).items():
+                    _report_file(staging, name, lambda p, pieces=pieces: store.atomic_write_bytes(p, pieces()))
+            _report_file(staging, REPORT_RUNS_CSV, lambda p: store.atomic_write_bytes(
+                p, build_runs_csv(entries).encode("utf-8")))
+            _report_file(staging, index.name, lambda p: store.atomic_write_bytes(p, html_text.encode("utf-8")))
+        except ReportWriteError as exc:  # named as the file it was going to be (report/...)
+            exc.message = exc.message.replace(str(staging), str(sweep_dir / REPORT_DIR))
+            raise
+        except OSError as exc:  # disk full, folder removed, no permission: one line naming the file
+            raise ReportWriteError(exc, sweep_dir / REPORT_DIR) from exc
+        kept = _put_in_place(staging, sweep_dir, counts["done"])
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)  # (gone once renamed into place)
+    if kept is not None:
+        console.print(f"[yellow]warning[/yellow]: this report has {counts['done']} finished runs, the one it replaced "
+                      f"had {kept}; that one is kept whole in {sweep_dir / REPORT_PREV_DIR}", highlight=False)
 
     print_headline(report, console)
     print_section_lines(report, console)
@@ -665,6 +677,72 @@ def gather(sweep_dir: Path, grid: Grid | None = None, console: Console | None = 
     console.print(f"gathered {counts['done']} runs in {time.perf_counter() - t0:.1f}s: {index}", markup=False,
                   highlight=False)
     return index
+
+
+def finished_in_report(report_dir: Path) -> int | None:
+    """How many finished runs the report in ``report_dir`` shows (its summary.json), None if none."""
+    try:
+        summary = json.loads((report_dir / REPORT_SUMMARY).read_text(encoding="utf-8"))
+        return sum(1 for r in summary["runs"] if isinstance(r, dict) and r.get("status") == "done")
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _put_in_place(staging: Path, sweep_dir: Path, done: int) -> int | None:
+    """Rename the built report to report/. The one it replaces is deleted, or, when it showed more
+    finished runs than this one, kept whole as report.prev/ (the number it showed is returned)."""
+    report_dir, prev = sweep_dir / REPORT_DIR, sweep_dir / REPORT_PREV_DIR
+    before = finished_in_report(report_dir)
+    kept = before if before is not None and done < before else None
+    try:
+        if report_dir.is_symlink() or report_dir.is_file():
+            report_dir.unlink()
+        elif report_dir.exists():
+            if kept is not None:
+                shutil.rmtree(prev, ignore_errors=True)
+                os.rename(report_dir, prev)
+            else:  # renamed aside first: report/ is never a mix of two reports
+                aside = sweep_dir / f"{REPORT_STAGING_PREFIX}{socket.gethostname()}-{os.getpid()}-old"
+                os.rename(report_dir, aside)
+                shutil.rmtree(aside, ignore_errors=True)
+        os.rename(staging, report_dir)
+    except OSError as exc:
+        raise ReportWriteError(exc, report_dir) from exc
+    return kept
+
+
+def remove_dead_stagings(sweep_dir: Path) -> list[Path]:
+    """Remove the half-built reports of gathers that are no longer running: those of this host
+    whose process is gone (a live gather's is left alone), and any older than a day (another
+    host's). Returns what was removed."""
+    removed = []
+    try:
+        entries = list(sweep_dir.iterdir())
+    except OSError:
+        return removed
+    host = socket.gethostname()
+    for path in entries:
+        if not path.name.startswith(REPORT_STAGING_PREFIX) or path.is_symlink() or not path.is_dir():
+            continue
+        rest = path.name[len(REPORT_STAGING_PREFIX):]
+        head, _, tail = rest.rpartition("-")
+        owner, _, pid = head.rpartition("-")
+        dead = False
+        if owner == host and pid.isdigit():
+            try:
+                os.kill(int(pid), 0)
+            except ProcessLookupError:
+                dead = True
+            except PermissionError:
+                pass
+        try:
+            dead = dead or time.time() - path.stat().st_mtime > 86400
+        except OSError:
+            continue
+        if dead:
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
 
 
 def gather_as_launched(launch_args: Sequence[str], console: Console | None = None) -> Path:

@@ -38,6 +38,9 @@ LAUNCH_FILE = "launch.json"  # the last launch's --set values and data root
 LAUNCHES_FILE = "launches.jsonl"  # one line per launch (appended under LAUNCHES_LOCK)
 LAUNCHES_LOCK = "launches.jsonl.lock"
 REPORT_DIR = "report"
+REPORT_PREV_DIR = "report.prev"  # the report a gather with fewer finished runs replaced, kept whole
+# a report is built in .report.tmp-<host>-<pid>-<hex>/ beside report/, then renamed into place
+REPORT_STAGING_PREFIX = ".report.tmp-"
 SBATCH_DIR = "sbatch"  # the sbatch fallback's per-launch manifest and setup files (content-named, read-only)
 SLURM_LOGS_DIR = "slurm-logs"  # the sbatch fallback's job logs (Slurm does not create the folder)
 SUBMITIT_DIR = "submitit"  # submitit's own folders, one per launch

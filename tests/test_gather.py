@@ -8,6 +8,8 @@ import html
 import io
 import json
 import math
+import os
+import shutil
 import subprocess
 import sys
 from collections import Counter
@@ -545,13 +547,23 @@ def test_a_full_disk_is_one_line_and_exit_1(small_sweep, command, figures) -> No
     if not figures and command == "launch.py --gather":
         pytest.skip("launch.py always draws the figures")
     report = s.sweep_dir / "report"
-    # 64 KiB holds no full set of figures; 4 KiB (one page) not even summary.json
-    _mount_tiny(report, "64k" if figures else "4k")
+    # the sweep on a file system with 64 KiB to spare, which holds no full set of figures; 4 KiB
+    # (one page) not even summary.json (the report is built beside report/, then renamed into place)
+    copy = root / "sweep copy"
+    shutil.copytree(s.sweep_dir, copy)
+    shutil.rmtree(s.sweep_dir)
+    _mount_tiny(s.sweep_dir, "64m")
     try:
+        shutil.copytree(copy, s.sweep_dir, dirs_exist_ok=True)
+        st = os.statvfs(s.sweep_dir)
+        used = (st.f_blocks - st.f_bfree) * st.f_frsize
+        spare = 64 * 1024 if figures else 4096
+        subprocess.run(["mount", "-o", f"remount,size={used + spare}", str(s.sweep_dir)], check=True)
         proc = subprocess.run(COMMANDS[command](root, s, [] if figures else ["--no-figures"]), cwd=REPO,
                               capture_output=True, text=True, timeout=300)
+        assert not [p.name for p in s.sweep_dir.iterdir() if p.name.startswith(".report.tmp-")]
     finally:
-        subprocess.run(["umount", str(report)], check=True)
+        subprocess.run(["umount", str(s.sweep_dir)], check=True)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 1, out
     assert "Traceback" not in out
@@ -568,6 +580,7 @@ def test_report_folder_removed_while_drawing_is_made_again(small_sweep, monkeypa
 
     _, s = small_sweep
     report = s.sweep_dir / "report"
+    gather.gather(s.sweep_dir, console=quiet(), figures=False)  # the report a user deletes next
     real, removed = F.FigureWriter.add, []
 
     def add_then_remove(self, name, fig, caption):
@@ -583,3 +596,55 @@ def test_report_folder_removed_while_drawing_is_made_again(small_sweep, monkeypa
     for name in ("summary.json", "failures.json", "runs.csv"):
         assert (report / name).is_file()
     assert len(list((report / "figures").glob("*.png"))) >= 3
+
+
+def test_a_report_with_fewer_finished_runs_keeps_the_one_it_replaces(small_sweep) -> None:
+    _, s = small_sweep
+    report, prev = s.sweep_dir / "report", s.sweep_dir / "report.prev"
+    gather.gather(s.sweep_dir, console=quiet(), figures=False)
+    first = (report / "summary.json").read_bytes()
+    before = gather.finished_in_report(report)
+    assert before == len(s.runs)
+    (s.runs[0].run_dir / "DONE.json").unlink()  # one run is no longer finished
+    said = quiet()
+    gather.gather(s.sweep_dir, console=said, figures=False)
+    assert gather.finished_in_report(report) == before - 1
+    assert (prev / "summary.json").read_bytes() == first and (prev / "index.html").is_file()
+    text = said.file.getvalue()
+    assert f"this report has {before - 1} finished runs, the one it replaced had {before}" in text
+    assert str(prev) in text.replace("\n", "")
+    # as many or more: the previous report goes, report.prev/ is left as it was
+    gather.gather(s.sweep_dir, console=quiet(), figures=False)
+    assert (prev / "summary.json").read_bytes() == first
+    assert sorted(p.name for p in s.sweep_dir.iterdir() if p.name.startswith(".report")) == []
+
+
+def test_a_stopped_gather_leaves_report_alone_and_its_leftovers_go_at_the_next(small_sweep, monkeypatch) -> None:
+    import socket
+
+    _, s = small_sweep
+    report = s.sweep_dir / "report"
+    gather.gather(s.sweep_dir, console=quiet(), figures=False)
+    page = (report / "index.html").read_bytes()
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt  # as a gather job cancelled while it writes
+
+    monkeypatch.setattr(gather, "build_runs_csv", killed)
+    with pytest.raises(KeyboardInterrupt):
+        gather.gather(s.sweep_dir, console=quiet(), figures=False)
+    monkeypatch.undo()
+    assert (report / "index.html").read_bytes() == page  # the last good report, whole
+    # what a SIGKILLed gather leaves: its half-built folder; and one of a gather still running
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    host = socket.gethostname()
+    left = s.sweep_dir / f".report.tmp-{host}-{dead.pid}-0badf00d"
+    live = s.sweep_dir / f".report.tmp-{host}-{os.getpid()}-0badf00d"
+    for d in (left, live):
+        (d / "figures").mkdir(parents=True)
+        (d / "index.html").write_text("half")
+    said = quiet()
+    gather.gather(s.sweep_dir, console=said, figures=False)
+    assert not left.exists() and live.exists()
+    assert f"removed {left.name}/" in said.file.getvalue()
