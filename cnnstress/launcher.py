@@ -18,7 +18,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 from rich.console import Console
 from rich.table import Table
@@ -27,8 +27,8 @@ from rich.text import Text
 from . import atomic, faults, reuse, states, store, tensorboard
 from .cluster import BACKENDS, BackendError, Handle, LaunchContext, backend
 from .cluster.base import gather_arguments
-from .grid import Grid, GridError, load_grid
-from .layout import (EXIT_INTERRUPTED, GRID_COPY, LAUNCH_FILE, LAUNCHES_FILE, LAUNCHES_LOCK, LOG_FILE, MANIFEST_FILE, REPORT_DIR,
+from .grid import Grid, GridError, load_grid, load_sweep_grid
+from .layout import (DONE_NAME, EXIT_INTERRUPTED, GRID_COPY, LAUNCH_FILE, LAUNCHES_FILE, LAUNCHES_LOCK, LOG_FILE, MANIFEST_FILE, REPORT_DIR,
                      REPORT_INDEX, RUNS_DIR)
 
 #: --status's exit status when some run is failed or broken: a script can tell them apart from
@@ -64,10 +64,13 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--rerun-failed", action="store_true",
                     help="run or submit only runs that failed, are broken or never started "
                          "(never ones that are queued, running or partly trained)")
-    ap.add_argument("--gather", action="store_true", help="only (re)build the report from finished runs")
+    ap.add_argument("--gather", nargs="?", const=True, default=False, metavar="SWEEP_DIR",
+                    help="only (re)build the report from finished runs, of the sweep as it was last launched "
+                         "(its --set values and data root); or of the sweep folder given")
     ap.add_argument("--no-gather", action="store_true", help="do not build the report after local runs")
-    ap.add_argument("--status", action="store_true",
-                    help="show every run's state (done, running, pending, failed, broken, partial, missing) and exit: "
+    ap.add_argument("--status", nargs="?", const=True, default=False, metavar="SWEEP_DIR",
+                    help="show every run's state (done, running, pending, failed, broken, partial, missing) and the "
+                         "report's, of the sweep as it was last launched (or of the sweep folder given), and exit: "
                          f"0 when no run is failed or broken, {STATUS_FAILED} when some run is")
     ap.add_argument("--download", choices=("cifar10", "cifar100", "cifar10-c", "cifar100-c"),
                     help="fetch a dataset with torchvision's downloader into --data-root and exit; cifar10-c and "
@@ -110,6 +113,12 @@ def _main(argv: Sequence[str] | None) -> int:
             return 2
         console.print(f"{args.download} is in {path}", markup=False, soft_wrap=True)
         return 0
+    folder = next((v for v in (args.status, args.gather) if isinstance(v, str)), None)
+    if folder is not None and folder.endswith(".toml") and not args.grid:  # --status g.toml: the grid file
+        args.grid, folder = folder, None
+        args.status, args.gather = bool(args.status), bool(args.gather)
+    if folder is not None:
+        return _sweep_folder_command(args, Path(folder), console, err)
     if not args.grid:
         err.print("[red]error:[/red] --grid is required (e.g. --grid jobs/demo.toml); see --help")
         return 2
@@ -122,6 +131,12 @@ def _main(argv: Sequence[str] | None) -> int:
         err.print(f"error: {e}", markup=False)
         return 2
     sweep_dir = out_root / grid.name
+    if (args.status or args.gather) and not args.dry_run:
+        # the sweep as it was launched: its --set values and data root, whatever was typed now
+        launched = as_launched(args, grid, out_root, err)
+        if launched is None:
+            return 2
+        grid, sweep_dir = launched
     chosen = backend(args.cluster)
     try:  # e.g. [slurm].additional names that cnnstress sets itself: refused before anything happens
         chosen.check(grid.slurm, grid.name)
@@ -140,8 +155,7 @@ def _main(argv: Sequence[str] | None) -> int:
             return 2
         return 0
     if args.status:
-        counts = print_status(grid, sweep_dir, console)
-        return STATUS_FAILED if counts.get("failed") or counts.get("broken") else 0
+        return _status(grid, sweep_dir, console, args)
     if args.gather:
         return _gather(grid, sweep_dir, console)
     problem = _launch_problem(grid)
@@ -149,6 +163,151 @@ def _main(argv: Sequence[str] | None) -> int:
         err.print(f"error: {grid.source}: {problem}", markup=False)
         return 2
     return _launch(args, grid, sweep_dir, out_root, data_root, console, err)
+
+
+# ------------------------------------------------------------------------------------------------
+# --status and --gather: the sweep as launched
+# ------------------------------------------------------------------------------------------------
+
+def _sweep_folder_command(args: argparse.Namespace, sweep_dir: Path, console: Console, err: Console) -> int:
+    """--status SWEEP_DIR / --gather SWEEP_DIR: the sweep folder's own grid copy and launch record."""
+    if not (sweep_dir / GRID_COPY).is_file():
+        err.print(f"error: {sweep_dir}: not a sweep folder (no {GRID_COPY}); allowed: a folder that a launch "
+                  f"wrote (<out>/<name>), or --grid GRID_FILE", markup=False)
+        return 2
+    try:
+        grid = load_sweep_grid(sweep_dir)
+    except GridError as e:
+        err.print(f"error: {e}", markup=False)
+        return 2
+    if args.status:
+        return _status(grid, sweep_dir, console, args)
+    return _gather(grid, sweep_dir, console)
+
+
+def _recorded(sweep_dir: Path) -> dict[str, Any] | None:
+    """launch.json of a sweep folder (None when there is none or it cannot be read)."""
+    try:
+        value = json.loads((sweep_dir / LAUNCH_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _launches_of(grid_path: Path, out_root: Path) -> list[Path]:
+    """Sweep folders under ``out_root`` launched from this grid file (its recorded path, or a copy
+    with the same bytes), the most recently launched first."""
+    try:
+        text = grid_path.read_bytes()
+        candidates = [d for d in out_root.iterdir() if d.is_dir() and not d.is_symlink()]
+    except OSError:
+        return []
+    found = []
+    for d in candidates:
+        rec = _recorded(d)
+        if rec is None:
+            continue
+        try:
+            same = rec.get("grid_file") == os.path.abspath(grid_path) or (d / GRID_COPY).read_bytes() == text
+        except OSError:
+            continue
+        if same:
+            found.append(d)
+    return sorted(found, key=lambda d: (d / LAUNCH_FILE).stat().st_mtime, reverse=True)
+
+
+def _flags(overrides: Sequence[str], data_root: Any) -> str:
+    return " ".join([*(f"--set {_q(o)}" for o in overrides), f"--data-root {_q(data_root)}"])
+
+
+def as_launched(args: argparse.Namespace, grid: Grid, out_root: Path, err: Console) -> tuple[Grid, Path] | None:
+    """(grid, sweep folder) for --status and --gather: the sweep these flags name, expanded with the
+    --set values and data root its launch recorded (the flags typed now are compared and a
+    difference is said); when these flags name no launched sweep, the last launch of this grid
+    file under --out. None (after one line) when there is nothing to show."""
+    sweep_dir = out_root / grid.name
+    rec = _recorded(sweep_dir)
+    if rec is None:
+        launches = _launches_of(Path(args.grid), out_root)
+        if launches:
+            sweep_dir, rec = launches[0], _recorded(launches[0])
+            if len(launches) > 1:
+                err.print(f"note: {len(launches)} sweeps under {out_root} were launched from {args.grid}: showing the "
+                          f"latest, {sweep_dir.name} (others: {', '.join(d.name for d in launches[1:])}; pass "
+                          "--status SWEEP_DIR for another)", markup=False)
+    if rec is None:
+        if not (sweep_dir / RUNS_DIR).is_dir():
+            if not args.gather:  # every run is missing: that is the status
+                err.print(f"note: nothing has been launched into {sweep_dir} yet", markup=False)
+                return grid, sweep_dir
+            err.print(f"error: nothing was launched into {sweep_dir} (no {LAUNCH_FILE}), so there is no report to build; "
+                      "allowed: the --out and --set values of the launch, or --gather SWEEP_DIR", markup=False)
+            return None
+        return grid, sweep_dir  # (a sweep folder written before launches were recorded)
+    overrides = [str(o) for o in rec.get("overrides", []) if isinstance(o, str)]
+    data_root = rec.get("data_root") if isinstance(rec.get("data_root"), str) else None
+    given_root = args.data_root and os.path.abspath(args.data_root)
+    if args.overrides and list(args.overrides) != overrides or (given_root and given_root != os.path.abspath(str(data_root))):
+        err.print(f"note: {sweep_dir.name} was launched with {_flags(overrides, data_root)}; showing it as launched "
+                  f"(the flags given now, {_flags(args.overrides, args.data_root or '<out>/data')}, are not used)",
+                  markup=False)
+    elif overrides and not args.overrides:
+        err.print(f"note: showing {sweep_dir.name} as launched, with {' '.join(f'--set {_q(o)}' for o in overrides)}",
+                  markup=False)
+    try:
+        grid = load_sweep_grid(sweep_dir)
+    except GridError as e:
+        err.print(f"error: {e}", markup=False)
+        return None
+    return grid, sweep_dir
+
+
+def _status(grid: Grid, sweep_dir: Path, console: Console, args: argparse.Namespace) -> int:
+    counts = print_status(grid, sweep_dir, console)
+    line = report_line(grid, sweep_dir, _gather_command(args, sweep_dir))
+    if line:
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
+    return STATUS_FAILED if counts.get("failed") or counts.get("broken") else 0
+
+
+def _gather_command(args: argparse.Namespace, sweep_dir: Path) -> str:
+    return f"python launch.py --gather {_q(sweep_dir)}"
+
+
+def report_staleness(grid: Grid, sweep_dir: Path) -> tuple[str, str]:
+    """("missing" | "stale" | "current" | "", detail) of the sweep's report against its finished
+    runs: stale when some run finished after the report was written ("" when nothing is done)."""
+    runs_dir = sweep_dir / RUNS_DIR
+    newest, newest_id = 0.0, ""
+    for r in grid.runs:
+        try:
+            t = (runs_dir / r.run_id / DONE_NAME).stat().st_mtime
+        except OSError:
+            continue
+        if t > newest:
+            newest, newest_id = t, r.run_id
+    if not newest_id:
+        return "", ""
+    try:
+        written = (sweep_dir / REPORT_DIR / REPORT_INDEX).stat().st_mtime
+    except OSError:
+        return "missing", ""
+    if written < newest:
+        return "stale", f"older than run {newest_id}, finished {time.strftime('%Y-%m-%d %H:%M', time.localtime(newest))}"
+    return "current", ""
+
+
+def report_line(grid: Grid, sweep_dir: Path, rebuild: str) -> str:
+    """What --status says about the report."""
+    state, detail = report_staleness(grid, sweep_dir)
+    index = sweep_dir / REPORT_DIR / REPORT_INDEX
+    if state == "missing":
+        return f"report: none yet; build it from the finished runs: {rebuild}"
+    if state == "stale":
+        return f"report: {index} is stale ({detail}); rebuild it: {rebuild}"
+    if state == "current":
+        return f"report: {index}"
+    return ""
 
 
 # ------------------------------------------------------------------------------------------------
@@ -208,6 +367,10 @@ def _launch(args: argparse.Namespace, grid: Grid, sweep_dir: Path, out_root: Pat
         console.print(f"  not {'resubmitted' if chosen.batch else 'started'}: {st.run_id} is {st.status} ({st.detail})",
                       markup=False)
     if not todo and chosen.batch:
+        if not busy and report_staleness(grid, sweep_dir)[0] in ("missing", "stale"):
+            console.print("nothing to submit; the report is older than the finished runs: rebuilding it here",
+                          soft_wrap=True)
+            return _gather(grid, sweep_dir, console)
         console.print("nothing to submit" + ("; see --status" if busy else ""))
         return 0
     t_submit = time.time()
@@ -538,14 +701,14 @@ def write_sweep_files(grid: Grid, sweep_dir: Path, grid_path: Path) -> None:
     except OSError as e:  # the grid file went away since it was read: not a write error
         raise GridError(str(grid_path), "", f"cannot read the grid file ({e.strerror or e})") from None
     try:
-        _write_sweep_files(grid, sweep_dir, grid_bytes)
+        _write_sweep_files(grid, sweep_dir, grid_bytes, grid_path)
     except atomic.LinkRefused:  # bad input (exit 2), not a folder that cannot be written
         raise
     except OSError as e:
         raise CannotWrite(e, sweep_dir) from None
 
 
-def _write_sweep_files(grid: Grid, sweep_dir: Path, grid_bytes: bytes) -> None:
+def _write_sweep_files(grid: Grid, sweep_dir: Path, grid_bytes: bytes, grid_path: Path) -> None:
     sweep_dir.mkdir(parents=True, exist_ok=True)
     # runs/ and launches.jsonl.lock are written in place: a link there is refused before anything
     # is submitted (LinkRefused; the files below are replaced, which replaces a link)
@@ -555,7 +718,8 @@ def _write_sweep_files(grid: Grid, sweep_dir: Path, grid_bytes: bytes) -> None:
     atomic.atomic_write_bytes(sweep_dir / GRID_COPY, grid_bytes, if_changed=True)
     atomic.atomic_write_json(sweep_dir / LAUNCH_FILE, {"overrides": grid.overrides,
                                                       "data_root": grid.runs[0].paths.data_root,
-                                                      "grid_dir": grid.grid_dir}, if_changed=True)
+                                                      "grid_dir": grid.grid_dir,
+                                                      "grid_file": os.path.abspath(grid_path)}, if_changed=True)
     manifest = "".join(r.to_json() + "\n" for r in grid.runs).encode()
     atomic.atomic_write_bytes(sweep_dir / MANIFEST_FILE, manifest, if_changed=True)
 

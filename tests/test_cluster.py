@@ -27,7 +27,7 @@ from cnnstress.grid import load_grid
 from cnnstress.launcher import main
 
 from conftest import REPO, loaded_by, tiny_grid_text
-from grids import dev_slurm_text
+from grids import LEAN_STRESS, dev_slurm_text
 from test_atomic import _outside, _untouched
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -1190,3 +1190,21 @@ def test_status_says_which_stage_a_running_run_is_in(tmp_path, capsys):
     # a progress.json that is not ours to trust is shown as nothing, never a traceback
     (rd / "progress.json").write_text('{"stage": ["x"], "stage_started": "soon"}')
     assert store.progress_stage(rd) == ""
+
+
+def test_rerun_failed_with_nothing_to_submit_rebuilds_a_missing_or_stale_report(tmp_path, fake_slurm, capsys):
+    path = _grid(tmp_path)
+    out = tmp_path / "o"
+    data = ["--data-root", str(REPO / "scratch" / "test-data")]
+    lean = [a for k, v in LEAN_STRESS.items() for a in ("--set", f"stress.{k}={v}")]
+    assert main(["--grid", str(path), "--cluster", "debug", "--out", str(out), "--no-gather", "--set", "epochs=1",
+                 *data, *lean]) == 0
+    capsys.readouterr()
+    rerun = ["--grid", str(path), "--cluster", "sbatch", "--out", str(out), "--rerun-failed", "--set", "epochs=1",
+             *data, *lean]
+    assert main(rerun) == 0
+    said = capsys.readouterr().out
+    assert "nothing to submit; the report is older than the finished runs: rebuilding it here" in said
+    assert (out / "tiny" / "report" / "index.html").is_file() and fake_slurm.calls("sbatch") == []
+    assert main(rerun) == 0  # now current: nothing to do
+    assert "nothing to submit\n" in capsys.readouterr().out

@@ -13,6 +13,9 @@ from cnnstress.grid import load_grid
 from cnnstress.launcher import main
 
 from conftest import REPO, tiny_grid_text
+from grids import LEAN_STRESS
+
+LEAN_SETS = [f"stress.{k}={v}" for k, v in LEAN_STRESS.items()]
 
 
 def test_dry_run_prints_the_runs_and_writes_nothing(tiny_grid, tmp_path, capsys):
@@ -161,6 +164,7 @@ def test_gather_option_exits_1_when_a_section_cannot_be_imported(tiny_grid, tmp_
             "sys.meta_path.insert(0, _BrokenSection())\n"
             "from cnnstress.launcher import main\n"
             "sys.exit(main(sys.argv[1:]))\n")
+    launcher.write_sweep_files(load_grid(tiny_grid, out_root=tmp_path / "o"), tmp_path / "o" / "tiny", tiny_grid)
     out = subprocess.run([sys.executable, "-c", code, "--grid", str(tiny_grid), "--gather", "--out", str(tmp_path / "o")],
                          cwd=REPO, capture_output=True, text=True, timeout=120)
     assert out.returncode == 1, out.stdout + out.stderr
@@ -205,3 +209,48 @@ def test_ctrl_c_prints_one_line_and_a_relaunch_resumes(weird_dir, cluster):
     if cluster == "local":  # (the same files either way)
         assert main(cmd[2:]) == 0
         assert "resumed from checkpoint after epoch" in (rd / "log.txt").read_text()
+
+
+def test_status_and_gather_remember_the_launch(tiny_grid, tmp_path, capsys):
+    """--set name=tb at launch: --status without it once reported 'missing: 4' for a finished sweep,
+    and --gather with partial flags wrote a 0-run report over a good one."""
+    out = tmp_path / "o"
+    data = ["--data-root", str(REPO / "scratch" / "test-data")]
+    launched = ["--set", "name=tb", "--set", "epochs=1", *[a for s in LEAN_SETS for a in ("--set", s)]]
+    assert main(["--grid", str(tiny_grid), "--cluster", "debug", "--out", str(out), "--no-gather", *data,
+                 *launched]) == 0
+    capsys.readouterr()
+    sweep = out / "tb"
+    # no flags: the launch's; another --set: said, and the launch's used
+    for extra in ([], ["--set", "epochs=3"]):
+        assert main(["--grid", str(tiny_grid), "--out", str(out), "--status", *extra]) == 0
+        said = capsys.readouterr()
+        assert "done: 2" in said.out and "missing" not in said.out, said.out
+        assert "report: none yet; build it from the finished runs: python launch.py --gather" in said.out
+        assert ("not used" in said.err) == bool(extra) and "tb" in said.err
+    # the sweep folder itself, for --status and --gather
+    assert main(["--status", str(sweep)]) == 0
+    assert "done: 2" in capsys.readouterr().out
+    assert main(["--gather", str(sweep)]) == 0
+    assert launcher.report_staleness(load_grid(sweep / "grid.toml", overrides=launched[1::2], out_root=out,
+                                               data_root=data[1]), sweep)[0] == "current"
+    assert main(["--grid", str(tiny_grid), "--out", str(out), "--status"]) == 0
+    assert f"report: {sweep / 'report' / 'index.html'}\n" in capsys.readouterr().out
+    # a run that finished after the report: stale, with the command that rebuilds it
+    import os
+    import time
+
+    done = next((sweep / "runs").glob("*/DONE.json"))
+    os.utime(done, (time.time() + 5, time.time() + 5))
+    assert main(["--status", str(sweep)]) == 0
+    said = capsys.readouterr().out.replace("\n", "")
+    assert f"is stale (older than run {done.parent.name}" in said and f"--gather {sweep}" in said.replace("'", "")
+    # a mistyped --out: one line, exit 2, no folder made, nothing generated
+    wrong = tmp_path / "typo"
+    assert main(["--grid", str(tiny_grid), "--out", str(wrong), "--gather"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: nothing was launched into") and err.count("\n") == 1
+    assert not wrong.exists()
+    # not a sweep folder
+    assert main(["--status", str(tmp_path)]) == 2
+    assert "not a sweep folder" in capsys.readouterr().err
