@@ -35,7 +35,7 @@ from .atomic import (atomic_write_bytes, atomic_write_json, cleanup_temp_files, 
                      fsync_file, json_text, sha256_file, temp_path)
 from . import probes
 from .faults import maybe_fail
-from .layout import Field
+from .layout import IMAGE_SIZE_ATTR, Field
 
 SCHEMA_VERSION: int = 1
 
@@ -117,6 +117,8 @@ CORE_OPTIONAL_ROOT_ATTRS: dict[str, str] = {
     # normalization: the mean and std the model's input was normalised with, and where they came
     # from ([base].normalization or the training split)
     "normalization": "json",
+    # image_size: the side of the run's square images where it is not 32 (your own images at 16..128)
+    IMAGE_SIZE_ATTR: "int",
 }
 
 
