@@ -39,7 +39,7 @@ the parameters are exactly the table's, and so is the output):
 
 - gaussian_blur: sigma x S/32 (the kernel radius follows, int(4 sigma + 0.5));
 - defocus_blur: the disk radius x S/32; the 3x3 antialiasing Gaussian is per pixel and stays;
-- motion_blur: radius and sigma x S/32 (radius rounded, at least 1);
+- motion_blur: radius and sigma x S/32 (radius rounded, halves up, at least 1);
 - pixelate: the blocks grow with the image: as many blocks across the side as at 32 px,
   ``int(32 * c)``, so block sides are S / int(32 * c) (never more than S - 1 blocks: at 16 px the
   lighter severities come out alike, a 16 px image being coarser than their blocks);
@@ -48,12 +48,9 @@ the parameters are exactly the table's, and so is the output):
 - not scaled: the noises, contrast, brightness and saturate (per pixel) and jpeg (JPEG's 8x8 blocks
   are the format's, not the picture's).
 
-glass_blur, zoom_blur, elastic_transform and the other corruptions read from the official files
-exist at 32 px only (CIFAR-10-C and CIFAR-100-C).
-
 CIFAR-10-C also has glass_blur, zoom_blur, snow, frost, elastic_transform, speckle_noise and
 spatter, which are not generated here: ``[stress].source = "official"`` reads all 19 from the
-published files (``cifar_c.py``).
+published files (``cifar_c.py``), which exist for CIFAR's 32 px images only.
 
 (u) The published files are uint8: make_cifar_c.py stores ``np.uint8(corruption(img))``, which
 truncates to an integer in 0..255 (it does not round). Here the output stays float32 in [0, 1]; the
@@ -546,10 +543,8 @@ def scaled_param(name: str, severity: int, h: int, w: int | None = None) -> Any:
     if name == "defocus_blur":
         return (_scaled_length(param[0], side), param[1])
     if name == "motion_blur":
-        return (max(1, round(_scaled_length(param[0], side))), _scaled_length(param[1], side))
+        return (max(1, math.floor(_scaled_length(param[0], side) + 0.5)), _scaled_length(param[1], side))
     return param  # fog: the map's size follows the image in _fog
-
-
 
 
 @torch.no_grad()

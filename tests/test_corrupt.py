@@ -662,7 +662,8 @@ def test_spatial_parameters_scale_with_the_side(side: int) -> None:
         radius, alias = C.scaled_param("defocus_blur", sev, side)
         assert radius == pytest.approx(p["defocus_blur"][0] * s, rel=1e-12) and alias == p["defocus_blur"][1]
         mr, ms = C.scaled_param("motion_blur", sev, side)
-        assert mr == max(1, round(p["motion_blur"][0] * s)) and ms == pytest.approx(p["motion_blur"][1] * s, rel=1e-12)
+        assert mr == max(1, math.floor(p["motion_blur"][0] * s + 0.5))  # halves up: 9 px at 16 px -> 5
+        assert ms == pytest.approx(p["motion_blur"][1] * s, rel=1e-12)
         n = min(side - 1, int(32 * p["pixelate"] + 1e-9))
         assert C.scaled_param("pixelate", sev, side) == (n, n)
         for name in set(C.CORRUPTIONS) - C.SPATIAL_CORRUPTIONS:
@@ -732,7 +733,7 @@ def _trail_length(side: int, severity: int, seed: int) -> float:
 @pytest.mark.parametrize("severity", [1, 3])
 def test_motion_blur_trail_scales_with_the_side(side: int, severity: int) -> None:
     radius, sigma = C.PARAMS["motion_blur"][severity - 1]
-    radius, sigma = round(radius * side / 32), sigma * side / 32
+    radius, sigma = math.floor(radius * side / 32 + 0.5), sigma * side / 32
     taps = min(2 * radius + 1, math.ceil(5 * sigma) + 1)
     w = np.exp(-(np.arange(taps) ** 2) / (2 * sigma**2))
     expected = float((w * np.arange(taps)).sum() / w.sum())  # the one-sided Gaussian's mean tap

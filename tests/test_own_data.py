@@ -379,7 +379,8 @@ confidence_threshold = 0.01
         assert f["faithfulness/deletion_gradcam"].shape[0] == 6
         described = json.loads(f.attrs["ood_sets"])
     assert described["uniform_noise"]["image_size"] == 64
-    assert "Grad-CAM at block3 (16, 16)" in (rd / "log.txt").read_text()
+    log = (rd / "log.txt").read_text()
+    assert "Grad-CAM at block3 (16, 16)" in log and "spatial parameters scaled from 32 to 64 px" in log
 
     # figures=False: the mosaics at 64 px are drawn in tests/test_report.py (drawing all 15 here doubles the time)
     index = gather.gather(Path(spec.paths.out_root) / spec.sweep, grid=grid,
