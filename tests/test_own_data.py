@@ -393,3 +393,40 @@ confidence_threshold = 0.01
     assert summary["canonical_cases"], "the mislabelled test images are canonical failures"
     # their Grad-CAM maps were upsampled to the 64 px images (16x16 -> 64x64) without an error
     assert "Canonical failure cases" in page and "no image is a high-confidence failure" not in page
+
+
+def test_24_px_arrays_run_every_generated_corruption_and_the_sanity_check(weird_dir):
+    import h5py
+    from rich.console import Console
+
+    from cnnstress import gather
+    from cnnstress.worker import run, run_dir_for
+
+    rng = np.random.default_rng(3)
+
+    def images(n: int, labels: np.ndarray) -> np.ndarray:
+        x = rng.integers(0, 60, (n, 24, 24, 3), dtype=np.uint8)
+        x[np.arange(n), :, :, labels] += 150  # class = the brightest channel
+        return x
+
+    y_train, y_test = np.arange(24) % 3, np.arange(9) % 3
+    path = make_npz(weird_dir / "twenty four.npz", x_train=images(24, y_train), y_train=y_train,
+                    x_test=images(9, y_test), y_test=y_test, mask_test=rng.random((9, 24, 24)) < 0.3)
+    grid_path = weird_dir / "g.toml"
+    grid_path.write_text(grid_text(f'dataset = "arrays"\ndataset_options = {{ path = {json.dumps(str(path))} }}\n',
+                                   name="twenty-four")
+                         .replace("corruptions = []", 'corruptions = ["all"]\nseverities = [5]\nsanity = true\n'
+                                                      "sanity_samples = 3"))
+    grid = load_grid(grid_path, out_root=weird_dir / "o u t")
+    [spec] = grid.runs
+    assert spec.stress.corruptions == list(data.catalog.CORRUPTIONS)
+    assert run(spec, echo=False)["status"] == "done"
+    with h5py.File(run_dir_for(spec) / "results.h5", "r") as f:
+        assert int(f.attrs["image_size"]) == 24
+        assert f["test/gradcam/pred"].shape == (9, 6, 6)  # simple_cnn's block3: 24 / 4
+        for name in data.catalog.CORRUPTIONS:
+            assert np.isfinite(f[f"stress/{name}/5/logits"][()]).all()
+        assert any(k.startswith("sanity") for k in f)
+    index = gather.gather(Path(spec.paths.out_root) / spec.sweep, grid=grid,
+                          console=Console(file=io.StringIO(), width=200), figures=False)
+    assert "generated at 24 px" in html.unescape(index.read_text(encoding="utf-8"))
