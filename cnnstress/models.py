@@ -368,8 +368,9 @@ def gradcam_layers(model: nn.Module, size: int | None = None) -> list[str]:
     """Module paths (top- and second-level) whose output is a spatial 4-D feature map.
 
     Found by one probe forward pass in eval mode on a zero ``(1, 3, S, S)`` input (S:
-    :func:`input_size`; training flags restored afterwards). Excluded: outputs that are not 4-D, 1x1 outputs (global pooling), modules
-    called more than once per forward (their activation would be ambiguous), and ``nn.Identity``.
+    :func:`input_size`; training flags restored afterwards). Excluded: outputs that are not 4-D,
+    1x1 outputs (global pooling), modules called more than once per forward (their activation
+    would be ambiguous), and ``nn.Identity``.
     """
     model = _unwrap(model)
     candidates = _shallow_modules(model)

@@ -108,7 +108,7 @@ class OodSet:
     kind: str  # "near" or "far"
     datasets: tuple[str, ...]  # in-distribution datasets this set is offered for
     description: str
-    build: Callable[[str, Path, int, int], tuple[np.ndarray, dict[str, Any]]]  # (dataset, root, n, seed)
+    build: Callable[..., tuple[np.ndarray, dict[str, Any]]]  # (dataset, root, n, seed), + size when sized
     needs_file: str | None = None  # CIFAR dataset whose test file must exist under the root
     # generated at any image side: build takes the side as a fifth argument (the others are 32 px,
     # offered only for 32 px datasets)
