@@ -17,6 +17,11 @@ angle, jitter factors, boxes, cutmix/mixup partner and lambda).
 
 Parameter names and defaults come from :data:`cnnstress.catalog.AUGMENTS`. Validation images are
 only normalised (:func:`normalize`); the engine applies ``BatchAugment`` to training batches only.
+
+The two parameters given in pixels, crop ``padding`` and cutout ``size``, are stated for 32x32
+images (CIFAR's, where the usual 4 and 16 come from) and scale with the side S of the batch's
+images: :func:`scaled_pixels` gives ``round(v * S / 32)`` (halves up, at least 1 for v >= 1), so
+at 32 px they are the values given and a 64 px batch gets padding 8 and 32 px holes.
 """
 
 from __future__ import annotations
@@ -110,6 +115,17 @@ def _check_mean_std(mean: Sequence[float], std: Sequence[float]) -> tuple[tuple[
     if any(s <= 0 for s in std_t):
         raise ValueError(f"std values must be > 0, got {std_t}")
     return mean_t, std_t
+
+
+def scaled_pixels(value: int, side: int) -> int:
+    """A length of ``value`` pixels at 32 px for images of side ``side``: ``round(value * side / 32)``
+    with halves rounded up (Python's round would send 0.5 to 0 and 2.5 to 2), and never below 1 when
+    ``value`` is at least 1 (a 1-pixel cutout must not vanish at 16 px). ``value`` itself at 32 px."""
+    ref = catalog.REFERENCE_IMAGE_SIZE
+    if side == ref:
+        return int(value)
+    scaled = (2 * int(value) * int(side) + ref) // (2 * ref)  # floor(v * side / ref + 1/2), exact in integers
+    return max(scaled, 1) if value >= 1 else 0
 
 
 # --------------------------------------------------------------------------------------------------
@@ -428,7 +444,8 @@ class BatchAugment:
     # each step draws its randomness from g in a fixed order, then applies a pure function
 
     def _crop(self, batch: _Batch, g: torch.Generator) -> None:
-        b, device, padding = batch.x.shape[0], batch.x.device, int(self.params["crop"]["padding"])
+        b, device = batch.x.shape[0], batch.x.device
+        padding = scaled_pixels(int(self.params["crop"]["padding"]), min(batch.x.shape[-2:]))
         batch.padding = padding
         batch.top = torch.randint(0, 2 * padding + 1, (b,), generator=g, device=device)
         left = torch.randint(0, 2 * padding + 1, (b,), generator=g, device=device)
@@ -463,7 +480,8 @@ class BatchAugment:
 
     def _cutout_mask(self, x: Tensor, g: torch.Generator) -> Tensor:
         b, _, h, w = x.shape
-        holes, size = int(self.params["cutout"]["holes"]), int(self.params["cutout"]["size"])
+        holes = int(self.params["cutout"]["holes"])
+        size = scaled_pixels(int(self.params["cutout"]["size"]), min(h, w))
         cy = torch.randint(0, h, (b, holes), generator=g, device=x.device)
         cx = torch.randint(0, w, (b, holes), generator=g, device=x.device)
         # DeVries & Taylor: centre anywhere, the square clipped at the border

@@ -98,6 +98,13 @@ def type_name(value: Any) -> str:
             float: "a float"}.get(type(value), type(value).__name__)
 
 
+#: The side of the square images the built-in datasets have, and the one every size-dependent default
+#: (crop padding, cutout size, the CIFAR-10-C corruption parameters) is stated at: at another side
+#: those scale with it (augment.py, corrupt.py).
+REFERENCE_IMAGE_SIZE = 32
+#: Sides of the square images your own datasets may have (imagefolder's image_size, arrays' arrays).
+MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 16, 128
+
 # dataset name -> (number of classes, options)
 DATASETS: dict[str, tuple[int, dict[str, Param]]] = {
     "shapes": (
@@ -117,7 +124,8 @@ DATASETS: dict[str, tuple[int, dict[str, Param]]] = {
         {
             "root": Param("", doc="folder holding <train>/<class>/<images> and <test>/<class>/<images>; "
                                   "relative to the grid file's folder"),
-            "image_size": Param(32, 16, 128, doc="shorter side resized to this, then centre-cropped (only 32 today)"),
+            "image_size": Param(REFERENCE_IMAGE_SIZE, MIN_IMAGE_SIZE, MAX_IMAGE_SIZE,
+                                doc="shorter side resized to this, then centre-cropped"),
             "train": Param("train", doc="sub-folder of root with the training images"),
             "test": Param("test", doc="sub-folder of root with the test images"),
         },
@@ -145,7 +153,8 @@ GRADCAM_DEFAULT: dict[str, str] = {"simple_cnn": "block3", "flexible_cnn": "stag
 #: Every augmentation with its parameters, in the order they are applied (augment.CANONICAL_ORDER),
 #: whatever order a grid lists them in.
 AUGMENTS: dict[str, dict[str, Param]] = {
-    "crop": {"padding": Param(4, 0, 16, doc="zero padding before a random 32x32 crop")},
+    "crop": {"padding": Param(4, 0, 16, doc="zero padding before a random crop of the image's size, in pixels at "
+                                          "32 px (scaled with the image side)")},
     "flip": {"p": Param(0.5, 0.0, 1.0, doc="probability of a horizontal flip")},
     "rotation": {"degrees": Param(15.0, 0.0, 180.0, doc="uniform rotation in [-degrees, degrees]")},
     "color_jitter": {
@@ -154,7 +163,8 @@ AUGMENTS: dict[str, dict[str, Param]] = {
         "saturation": Param(0.2, 0.0, 1.0),
         "hue": Param(0.05, 0.0, 0.5),
     },
-    "cutout": {"holes": Param(1, 1, 8), "size": Param(16, 1, 32)},
+    "cutout": {"holes": Param(1, 1, 8),
+               "size": Param(16, 1, 32, doc="side of each square hole in pixels at 32 px (scaled with the image side)")},
     "random_erasing": {
         "p": Param(0.5, 0.0, 1.0),
         "scale_min": Param(0.02, 0.0, 1.0),

@@ -32,9 +32,25 @@ against that script; every difference that remains is in this table, the rest ar
 | fog            | (strength, wibble decay) (0.2,3) (0.5,3) (0.75,2.5)    | (u); one 32x32 diamond-square map per image,     |
 |                | (1,2) (1.5,1.75)                                       | drawn from the torch generator, not np.random    |
 
+Image sizes. The parameters above are CIFAR-10-C's, for 32x32 images. On images whose shorter side
+S is not 32 (your own images, 16..128 px) every length in pixels is scaled by S / 32, so a corruption
+does to an S-pixel image what it does to the same picture at 32 px (:func:`scaled_param`; at 32 px
+the parameters are exactly the table's, and so is the output):
+
+- gaussian_blur: sigma x S/32 (the kernel radius follows, int(4 sigma + 0.5));
+- defocus_blur: the disk radius x S/32; the 3x3 antialiasing Gaussian is per pixel and stays;
+- motion_blur: radius and sigma x S/32 (radius rounded, halves up, at least 1);
+- pixelate: the blocks grow with the image: as many blocks across the side as at 32 px,
+  ``int(32 * c)``, so block sides are S / int(32 * c) (never more than S - 1 blocks: at 16 px the
+  lighter severities come out alike, a 16 px image being coarser than their blocks);
+- fog: the diamond-square map covers the image whatever its size (generated at the next power of
+  two, resized to the image when that is larger), as the 32x32 map covers a 32 px image;
+- not scaled: the noises, contrast, brightness and saturate (per pixel) and jpeg (JPEG's 8x8 blocks
+  are the format's, not the picture's).
+
 CIFAR-10-C also has glass_blur, zoom_blur, snow, frost, elastic_transform, speckle_noise and
 spatter, which are not generated here: ``[stress].source = "official"`` reads all 19 from the
-published files (``cifar_c.py``).
+published files (``cifar_c.py``), which exist for CIFAR's 32 px images only.
 
 (u) The published files are uint8: make_cifar_c.py stores ``np.uint8(corruption(img))``, which
 truncates to an integer in 0..255 (it does not round). Here the output stays float32 in [0, 1]; the
@@ -55,7 +71,7 @@ x0.1), 3-5 oversaturate (x1.5, x2 + 0.1, x2.5 + 0.2), so its severities are not 
 the image moves (severity 2 moves it further than 3). ImageNet-C's saturate
 (make_imagenet_c.py: (2, 0), (5, 0.1), (20, 0.2) at 3-5) is a different, stronger corruption.
 
-(p) pixelate averages non-overlapping integer blocks (sizes ``int(32 * c)`` as there) and repeats
+(p) pixelate averages non-overlapping integer blocks (``int(32 * c)`` of them across, as there) and repeats
 each mean over its block; make_cifar_c.py resizes down and back up with PIL's BOX filter, whose
 blocks overlap at non-integer factors, so pixels at block borders mix two blocks.
 
@@ -110,6 +126,9 @@ PARAMS: dict[str, tuple[Any, ...]] = {
     # (fog strength, wibble decay of the diamond-square fractal) (CIFAR-10-C)
     "fog": ((0.2, 3.0), (0.5, 3.0), (0.75, 2.5), (1.0, 2.0), (1.5, 1.75)),
 }
+
+#: Corruptions with lengths in pixels: their parameters (stated at 32 px) scale with the image side.
+SPATIAL_CORRUPTIONS: frozenset[str] = frozenset({"gaussian_blur", "defocus_blur", "motion_blur", "pixelate", "fog"})
 
 # JPEG standard tables, ITU-T T.81 Annex K (K.1 luminance, K.2 chrominance).
 _JPEG_LUMA = (
@@ -450,12 +469,12 @@ def pixelate_size(side: int, fraction: float) -> int:
     return max(1, min(side - 1, int(side * fraction + 1e-9)))
 
 
-def _pixelate(x: Tensor, fraction: float, g: torch.Generator) -> Tensor:
-    # area-average into blocks, then repeat each mean over its block (nearest upsampling), as two
-    # matrix products: out = P_h @ x @ P_w^T
+def _pixelate(x: Tensor, blocks: tuple[int, int], g: torch.Generator) -> Tensor:
+    # area-average into blocks (``blocks`` = how many down and across: scaled_param), then repeat each
+    # mean over its block (nearest upsampling), as two matrix products: out = P_h @ x @ P_w^T
     h, w = x.shape[-2:]
-    ph = pixel_block_projection(h, pixelate_size(h, fraction), x.device).to(x.dtype)
-    pw = pixel_block_projection(w, pixelate_size(w, fraction), x.device).to(x.dtype)
+    ph = pixel_block_projection(h, blocks[0], x.device).to(x.dtype)
+    pw = pixel_block_projection(w, blocks[1], x.device).to(x.dtype)
     return ph @ x @ pw.T
 
 
@@ -466,8 +485,13 @@ def _jpeg(x: Tensor, quality: int, g: torch.Generator) -> Tensor:
 def _fog(x: Tensor, param: tuple[float, float], g: torch.Generator) -> Tensor:
     strength, decay = param
     bsz, _, h, w = x.shape
-    mapsize = max(2, 1 << (max(h, w) - 1).bit_length())
-    fog = plasma_fractal(bsz, mapsize, decay, g, x.device)[:, None, :h, :w].to(x.dtype)
+    side = max(h, w)
+    mapsize = max(2, 1 << (side - 1).bit_length())
+    fog = plasma_fractal(bsz, mapsize, decay, g, x.device)[:, None]
+    if mapsize != side and side > 1:
+        # the map covers the image at every size (as 32x32 covers CIFAR's): resized, not cropped
+        fog = F.interpolate(fog, size=(side, side), mode="bilinear", align_corners=False, antialias=True)
+    fog = fog[..., :h, :w].to(x.dtype)
     max_val = x.amax((1, 2, 3), keepdim=True)  # per image, as x.max() in CIFAR-10-C
     # add the fog, then scale back so the brightest clean value keeps its level
     return (x + strength * fog) * max_val / (max_val + strength)
@@ -495,6 +519,34 @@ RANDOM_CORRUPTIONS: frozenset[str] = frozenset({"gaussian_noise", "shot_noise", 
 # ------------------------------------------------------------------------------------------ API
 
 
+def _scaled_length(value: float, side: int) -> float:
+    return value * side / catalog.REFERENCE_IMAGE_SIZE
+
+
+def scaled_param(name: str, severity: int, h: int, w: int | None = None) -> Any:
+    """The parameter corruption ``name`` uses at ``severity`` on ``h`` x ``w`` images (``w``
+    defaults to ``h``): PARAMS' (CIFAR-10-C's, at 32 px) with every length in pixels scaled by
+    S / 32, S the shorter side (the module docstring lists which). At 32 px: PARAMS' own value, the
+    same object. pixelate's is the number of blocks (down, across)."""
+    _check_name_severity(name, severity)
+    w = h if w is None else w
+    param = PARAMS[name][severity - 1]
+    side, ref = min(h, w), catalog.REFERENCE_IMAGE_SIZE
+    if name == "pixelate":
+        # int(32 * c) blocks across a 32 px side; the same number across S (blocks of S / int(32 c) px)
+        across = pixelate_size(ref, param)
+        return tuple(max(1, min(n - 1, round(across * n / side))) for n in (h, w))
+    if name not in SPATIAL_CORRUPTIONS or side == ref:
+        return param
+    if name == "gaussian_blur":
+        return _scaled_length(param, side)
+    if name == "defocus_blur":
+        return (_scaled_length(param[0], side), param[1])
+    if name == "motion_blur":
+        return (max(1, math.floor(_scaled_length(param[0], side) + 0.5)), _scaled_length(param[1], side))
+    return param  # fog: the map's size follows the image in _fog
+
+
 @torch.no_grad()
 def corrupt(x: Tensor, name: str, severity: int, generator: torch.Generator) -> Tensor:
     """Corrupt a batch (B, 3, H, W) in [0, 1] with corruption ``name`` at ``severity`` (1..5).
@@ -511,7 +563,7 @@ def corrupt(x: Tensor, name: str, severity: int, generator: torch.Generator) -> 
     x = x.detach().to(torch.float32)
     if x.shape[0] == 0:
         return x.clone()
-    param = PARAMS[name][severity - 1]
+    param = scaled_param(name, severity, x.shape[-2], x.shape[-1])
     # corruptions are defined in float32 even when called inside an AMP region
     with torch.autocast(device_type=x.device.type, enabled=False):
         out = _REGISTRY[name](x, param, generator)

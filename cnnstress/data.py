@@ -39,7 +39,7 @@ DATASETS: tuple[str, ...] = tuple(catalog.DATASETS)
 # Bump whenever generate_shapes changes its output: it is part of the cache file name.
 GENERATOR_VERSION = 1
 
-IMAGE_SIZE = 32
+IMAGE_SIZE = catalog.REFERENCE_IMAGE_SIZE  # the built-in datasets' side; your own may have another
 
 
 class DataError(ValueError):
@@ -61,10 +61,10 @@ class DatasetInfo:
 class Split:
     """Images and labels of one split; ``index`` holds positions in the official split."""
 
-    x: np.ndarray  # uint8 (N, 3, 32, 32)
+    x: np.ndarray  # uint8 (N, 3, S, S): S = 32 for the built-in datasets, 16..128 for your own
     y: np.ndarray  # int64 (N,)
     index: np.ndarray  # int64 (N,)
-    mask: np.ndarray | None = None  # bool (N, 32, 32) object pixels (shapes only)
+    mask: np.ndarray | None = None  # bool (N, S, S) object pixels (shapes, and arrays' mask_test)
     bg_class: np.ndarray | None = None  # int64 (N,) class whose hue the background has (shapes only)
     note: str = ""  # how the files were verified (CIFAR): for the run's log and gather's output
 
@@ -805,8 +805,8 @@ IMAGE_MODES = ("RGB", "L")
 CACHE_DIR = ".cnnstress-cache"
 # Bump whenever _decode changes its output: it is part of the cache's hash.
 DECODER_VERSION = 1
-#: image sizes every part of the pipeline (models, augmentations, corruptions, OOD sets, figures) handles
-SUPPORTED_IMAGE_SIZES = (IMAGE_SIZE,)
+#: image sides every part of the pipeline (models, augmentations, corruptions, OOD sets, figures) handles
+SUPPORTED_IMAGE_SIZES = range(catalog.MIN_IMAGE_SIZE, catalog.MAX_IMAGE_SIZE + 1)
 ARRAY_KEYS = ("x_train", "y_train", "x_test", "y_test")
 
 
@@ -1029,17 +1029,15 @@ def check_arrays(path: Path) -> tuple[str, ...]:
         dtype, shape = heads[f"x_{part}"]
         if dtype != np.uint8 or len(shape) != 4 or shape[3] != 3 or shape[0] < 1:
             raise DataError(f"{path}: x_{part} is {dtype} {shape}; allowed: uint8 (N, H, W, 3), N >= 1")
-        if shape[1:3] != (IMAGE_SIZE, IMAGE_SIZE):
-            raise DataError(f"{path}: x_{part} images are {shape[1]}x{shape[2]}; allowed: "
-                            f"{IMAGE_SIZE}x{IMAGE_SIZE} (resize them first)")
         ydtype, yshape = heads[f"y_{part}"]
         if ydtype.kind not in "iu" or yshape != (shape[0],):
             raise DataError(f"{path}: y_{part} is {ydtype} {yshape}; allowed: integers of shape ({shape[0]},)")
         sizes[part] = shape[0]
+    side = arrays_image_size(path, heads)
     if "mask_test" in heads:
         dtype, shape = heads["mask_test"]
-        if dtype != np.bool_ or shape != (sizes["test"], IMAGE_SIZE, IMAGE_SIZE):
-            raise DataError(f"{path}: mask_test is {dtype} {shape}; allowed: bool {(sizes['test'], IMAGE_SIZE, IMAGE_SIZE)}")
+        if dtype != np.bool_ or shape != (sizes["test"], side, side):
+            raise DataError(f"{path}: mask_test is {dtype} {shape}; allowed: bool {(sizes['test'], side, side)}")
     try:
         with np.load(path, allow_pickle=False) as npz:
             ys = {part: np.asarray(npz[f"y_{part}"]) for part in ("train", "test")}
@@ -1057,6 +1055,39 @@ def check_arrays(path: Path) -> tuple[str, ...]:
             raise DataError(f"{path}: y_{part} holds labels in [{lo}, {hi}]; allowed: integers in [0, {n_classes}) "
                             f"{'(one per class_names entry)' if names is not None else 'with at least 2 classes'}")
     return names if names is not None else tuple(str(i) for i in range(n_classes))
+
+
+def arrays_image_size(path: Path, heads: dict[str, tuple[np.dtype, tuple[int, ...]]] | None = None) -> int:
+    """The side of an ``arrays`` .npz's square images, from the array headers (no image read): both
+    x arrays uint8 (N, S, S, 3) with one S in SUPPORTED_IMAGE_SIZES, else one DataError naming the file."""
+    heads = _npz_headers(path) if heads is None else heads
+    lo, hi = SUPPORTED_IMAGE_SIZES[0], SUPPORTED_IMAGE_SIZES[-1]
+    sides = {}
+    for part in ("train", "test"):
+        if f"x_{part}" not in heads:
+            raise DataError(f"{path}: no array 'x_{part}'; allowed: an .npz with {', '.join(ARRAY_KEYS)}")
+        dtype, shape = heads[f"x_{part}"]
+        if dtype != np.uint8 or len(shape) != 4 or shape[3] != 3 or shape[0] < 1:
+            raise DataError(f"{path}: x_{part} is {dtype} {shape}; allowed: uint8 (N, H, W, 3), N >= 1")
+        if shape[1] != shape[2] or shape[1] not in SUPPORTED_IMAGE_SIZES:
+            raise DataError(f"{path}: x_{part} images are {shape[1]}x{shape[2]}; allowed: square, S x S with S in "
+                            f"{lo}..{hi} (resize them first)")
+        sides[part] = shape[1]
+    if sides["train"] != sides["test"]:
+        raise DataError(f"{path}: x_train images are {sides['train']}x{sides['train']} but x_test's are "
+                        f"{sides['test']}x{sides['test']}; allowed: one size for both")
+    return sides["train"]
+
+
+def image_size(dataset: str, root: str | os.PathLike, options: Mapping[str, Any] | None = None) -> int:
+    """The side of a dataset's square images without decoding any: 32 for the built-in sets,
+    ``image_size`` for imagefolder, the arrays' for arrays (their headers read)."""
+    opts = resolve_options(dataset, options)
+    if dataset == "imagefolder":
+        return int(opts["image_size"])
+    if dataset == "arrays":
+        return arrays_image_size(_own_path(opts, "path", Path(root)))
+    return IMAGE_SIZE
 
 
 def _load_arrays(root: Path, opts: dict) -> tuple[Split, Split, tuple[str, ...]]:

@@ -49,8 +49,8 @@ from rich.table import Table
 from rich.text import Text
 
 from . import data, states, store
-from .layout import (FIGURES_DIR, REPORT_DIR, REPORT_INDEX, REPORT_PREV_DIR, REPORT_RUNS_CSV, REPORT_STAGING_PREFIX,
-                     REPORT_SUMMARY, RUNS_DIR)
+from .layout import (FIGURES_DIR, IMAGE_SIZE_ATTR, REPORT_DIR, REPORT_INDEX, REPORT_PREV_DIR, REPORT_RUNS_CSV,
+                     REPORT_STAGING_PREFIX, REPORT_SUMMARY, RUNS_DIR)
 from .analysis import compare, metrics
 from .config import RunSpec, spec_diff
 from .grid import Grid, GridError, load_grid, load_sweep_grid
@@ -83,7 +83,7 @@ ANNOTATIONS = ("mask", "bg_class")
 class TestData:
     """The sweep's official test split as the dataset gives it; fields are None when unavailable."""
 
-    images: np.ndarray | None = None  # (M, 3, 32, 32) uint8
+    images: np.ndarray | None = None  # (M, 3, S, S) uint8
     labels: np.ndarray | None = None  # (M,)
     annotations: dict[str, np.ndarray] = field(default_factory=dict)  # ANNOTATIONS the dataset has, (M, ...)
     class_names: list[str] | None = None
@@ -135,6 +135,7 @@ class RunData:
     preds: np.ndarray  # (N,) int32
     conf: np.ndarray  # (N,) float32 top softmax probability
     gradcam_size: tuple[int, int] | None = None  # (h, w) of the stored maps, at spec.gradcam_layer
+    image_size: int = data.IMAGE_SIZE  # side of the run's square images (results.h5's image_size; absent: 32)
     picked: dict[str, Any] = field(default_factory=dict)  # what the read plan's pick took (section id ->)
     logits: np.ndarray | None = None  # (N, C) float32, only while the read plan keeps it
     parts: dict[str, Any] = field(default_factory=dict)  # section id -> reduction
@@ -168,13 +169,14 @@ def read_run(path: Path, expected: RunSpec, ref: Reference, plan: Plan, threshol
         conf = probs.max(axis=1)
         correct = preds == labels
         out = RunData(spec=spec, accuracy=metrics.accuracy(labels, preds), correct=correct,
-                      preds=preds.astype(np.int32), conf=conf.astype(np.float32))
+                      preds=preds.astype(np.int32), conf=conf.astype(np.float32),
+                      image_size=int(res.attrs.get(IMAGE_SIZE_ATTR, data.IMAGE_SIZE)))
         if res.has("test/gradcam/pred"):
             h, w = res.shape("test/gradcam/pred")[1:3]
             out.gradcam_size = (int(h), int(w))
         run = RunContext(spec=spec, where=where, labels=labels, index=index, logits=logits, probs=probs,
                          preds=preds, conf=conf, correct=correct, num_classes=c, names=names, threshold=threshold,
-                         annotations=ref.annotations)
+                         annotations=ref.annotations, image_size=out.image_size)
         if plan.pick is not None:
             run.picked[plan.section] = plan.pick(run)
         out.picked = run.picked

@@ -536,9 +536,8 @@ class _Validator:
             params[option] = os.path.normpath(os.path.join(self.grid_dir, os.path.expanduser(value)))
             size = params.get("image_size")
             if size is not None and size not in data.SUPPORTED_IMAGE_SIZES:
-                raise self.fail(f"{path}.image_size", f"{size}: not supported yet; allowed: "
-                                f"{', '.join(map(str, data.SUPPORTED_IMAGE_SIZES))} (the models, augmentations and "
-                                "corruptions assume it)")
+                raise self.fail(f"{path}.image_size", f"{size}: allowed: an integer in {data.SUPPORTED_IMAGE_SIZES[0]}.."
+                                f"{data.SUPPORTED_IMAGE_SIZES[-1]} (the side of the square images)")
             for split in ("train", "test"):
                 name = params.get(split)
                 if name is not None and (not name or os.path.isabs(name) or ".." in Path(name).parts):

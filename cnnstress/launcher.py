@@ -27,6 +27,7 @@ from rich.text import Text
 from . import atomic, faults, reuse, states, store, tensorboard
 from .cluster import BACKENDS, BackendError, Handle, LaunchContext, backend
 from .cluster.base import gather_arguments
+from .config import RunSpec
 from .grid import Grid, GridError, load_grid, load_sweep_grid
 from .layout import (DONE_NAME, EXIT_INTERRUPTED, GRID_COPY, LAUNCH_FILE, LAUNCHES_FILE, LAUNCHES_LOCK, LOG_FILE, MANIFEST_FILE, REPORT_DIR,
                      REPORT_INDEX, RUNS_DIR)
@@ -534,10 +535,6 @@ def _launch_problem(grid: Grid) -> str:
     return missing_files(grid) or model_problem(grid) or tensorboard.missing_package(grid.runs)
 
 
-#: Side of the square images a model by reference is checked on: the built-in datasets' size.
-CHECK_IMAGE_SIZE = 32
-
-
 def model_problem(grid: Grid) -> str:
     """Why a model by reference ([base].model = "pkg.mod:fn", "file.py:fn", "torchvision:<name>")
     would fail in its runs ("" when none would): built on the meta device in a child process (the
@@ -547,11 +544,13 @@ def model_problem(grid: Grid) -> str:
     missing and unexpected keys are listed.
     Checked at launch and by --dry-run, not when the grid is read (--status imports no torch)."""
     seen: set[str] = set()
+    sizes: dict[str, int] = {}
     for spec in grid.runs:
         if ":" not in spec.model.name and not spec.weights:
             continue
+        size = _image_size(spec, sizes)
         request = json.dumps({"model": spec.model.name, "options": spec.model.params, "model_source": spec.model_source,
-                              "num_classes": spec.num_classes, "image_size": CHECK_IMAGE_SIZE,
+                              "num_classes": spec.num_classes, "image_size": size,
                               "gradcam_layer": spec.gradcam_layer, "weights": spec.weights}, sort_keys=True)
         if request in seen:
             continue
@@ -562,6 +561,17 @@ def model_problem(grid: Grid) -> str:
             lines = (proc.stdout.strip() or proc.stderr.strip() or f"exit status {proc.returncode}").splitlines()
             return lines[-1] if proc.stdout.strip() else f"[base].model: {spec.model.name!r}: the check failed: {lines[-1]}"
     return ""
+
+
+def _image_size(spec: RunSpec, sizes: dict[str, int]) -> int:
+    """The side of the run's images, which the model is checked on (32 for the built-in datasets;
+    your own images': image_size, or the arrays' shape), read once per dataset."""
+    from .data import image_size
+
+    key = json.dumps([spec.dataset.name, spec.paths.data_root, spec.dataset.params], sort_keys=True)
+    if key not in sizes:
+        sizes[key] = image_size(spec.dataset.name, spec.paths.data_root, spec.dataset.params)
+    return sizes[key]
 
 
 def missing_files(grid: Grid) -> str:

@@ -76,6 +76,9 @@ REPORT_RUNS_CSV = "runs.csv"
 FIGURES_DIR = "figures"  # figures/<name>.png
 
 # -- results.h5 --------------------------------------------------------------------------------
+#: Root attribute: the side of the run's square images, written only where it is not 32 (absent: 32).
+IMAGE_SIZE_ATTR = "image_size"
+
 class HistoryKey(NamedTuple):
     """One per-epoch value of a run: /history/<name> in results.h5, a checkpoint's history, a TensorBoard scalar."""
 

@@ -1,4 +1,8 @@
-"""Model registry: the CNNs a grid file can name, built for 32x32 RGB input.
+"""Model registry: the CNNs a grid file can name, for square RGB input of any side from 16 to 128.
+
+The built-in models end in global average pooling (``nn.AdaptiveAvgPool2d``), so one model maps
+``(N, 3, S, S)`` to ``(N, num_classes)`` for every S; their weights do not depend on S. The sizes of
+feature maps given in the docstrings below are for CIFAR's 32x32 (at S they scale by S / 32).
 
 Every model built here has the same small interface, which the engine and Grad-CAM rely on:
 
@@ -42,8 +46,20 @@ from cnnstress import catalog, ownmodel
 
 MODELS: tuple[str, ...] = tuple(catalog.MODELS)
 
-#: Side of the square input images the models (and the Grad-CAM layer probe) are built for.
+#: Side of the square input images a probe forward pass uses when the model carries no other
+#: (the built-in datasets' size); the worker records its dataset's side on the model (INPUT_SIZE_ATTR).
 INPUT_SIZE = 32
+#: Plain attribute (not in the state dict) holding the side of the images a model is run on.
+INPUT_SIZE_ATTR = "cnnstress_input_size"
+
+
+def input_size(model: nn.Module, size: int | None = None) -> int:
+    """The side of the zero images a probe forward pass feeds ``model``: ``size`` when given, else
+    the side the worker recorded on it (its dataset's images), else INPUT_SIZE. A model by reference
+    may accept only its own input size, so probing at 32 px would fail it."""
+    if size is not None:
+        return int(size)
+    return int(getattr(getattr(model, "_orig_mod", model), INPUT_SIZE_ATTR, INPUT_SIZE))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -348,12 +364,13 @@ def _shallow_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
 
 
 @torch.no_grad()
-def gradcam_layers(model: nn.Module, size: int = INPUT_SIZE) -> list[str]:
+def gradcam_layers(model: nn.Module, size: int | None = None) -> list[str]:
     """Module paths (top- and second-level) whose output is a spatial 4-D feature map.
 
-    Found by one probe forward pass in eval mode on a zero ``(1, 3, 32, 32)`` input (training flags
-    restored afterwards). Excluded: outputs that are not 4-D, 1x1 outputs (global pooling), modules
-    called more than once per forward (their activation would be ambiguous), and ``nn.Identity``.
+    Found by one probe forward pass in eval mode on a zero ``(1, 3, S, S)`` input (S:
+    :func:`input_size`; training flags restored afterwards). Excluded: outputs that are not 4-D,
+    1x1 outputs (global pooling), modules called more than once per forward (their activation
+    would be ambiguous), and ``nn.Identity``.
     """
     model = _unwrap(model)
     candidates = _shallow_modules(model)
@@ -554,9 +571,10 @@ def build(spec_model_name: str, num_classes: int, params: dict[str, Any], source
     return build_model(spec_model_name, num_classes, **params)
 
 
-def probe_calls(model: nn.Module, modules: list[tuple[str, nn.Module]], size: int = INPUT_SIZE) -> list[tuple[str, Any]]:
-    """``(path, output)`` of ``modules`` in the order one probe forward pass (eval mode, zero input,
-    no gradients; training flags restored) calls them."""
+def probe_calls(model: nn.Module, modules: list[tuple[str, nn.Module]], size: int | None = None) -> list[tuple[str, Any]]:
+    """``(path, output)`` of ``modules`` in the order one probe forward pass (eval mode, zero input
+    of side :func:`input_size`, no gradients; training flags restored) calls them."""
+    size = input_size(model, size)
     calls: list[tuple[str, Any]] = []
     handles = [m.register_forward_hook(lambda _m, _i, out, path=path: calls.append((path, out))) for path, m in modules]
     flags = [(m, m.training) for m in model.modules()]
@@ -575,7 +593,7 @@ def probe_calls(model: nn.Module, modules: list[tuple[str, nn.Module]], size: in
     return calls
 
 
-def head_path(model: nn.Module, size: int = INPUT_SIZE) -> str:
+def head_path(model: nn.Module, size: int | None = None) -> str:
     """Module path of the classifier: ``head`` for the built-in models, the module a model by
     reference names (``[report].head_layer``), else the last ``nn.Linear`` its forward pass runs."""
     net = _unwrap(model)
@@ -605,7 +623,7 @@ def head_module(model: nn.Module) -> nn.Linear:
     return _unwrap(model).head if path == "head" else _unwrap(model).get_submodule(path)
 
 
-def default_gradcam_layer(model: nn.Module, size: int = INPUT_SIZE) -> str:
+def default_gradcam_layer(model: nn.Module, size: int | None = None) -> str:
     """The last module (top- or second-level) whose output is a spatial 4-D map, in the order the
     forward pass calls them: a model by reference's Grad-CAM layer when the grid names none."""
     valid = set(gradcam_layers(model, size))

@@ -1,7 +1,9 @@
 """Out-of-distribution image sets: what a classifier says about images of none of its classes.
 
-Each set is uint8 ``(K, 3, 32, 32)``, the layout of :attr:`cnnstress.data.Split.x`, plus a dict of
-attributes describing it (plain str/int values, fit for HDF5 attributes: ``/ood/<set>/logits``).
+Each set is uint8 ``(K, 3, S, S)``, the layout of :attr:`cnnstress.data.Split.x`, plus a dict of
+attributes describing it (plain str/int values, fit for HDF5 attributes: ``/ood/<set>/logits``). S is
+the in-distribution dataset's side: 32 for the built-in datasets; the noise sets (the ones offered for
+your own images) are generated at any side from 16 to 128.
 
 Sets (:data:`OOD_SETS`, name -> :class:`OodSet`):
 
@@ -18,7 +20,8 @@ Sets (:data:`OOD_SETS`, name -> :class:`OodSet`):
   test file under the data root. Offered by :func:`available_sets` only when that file exists.
 * ``uniform_noise`` (far OOD, every dataset): i.i.d. uniform pixels 0..255.
 * ``smooth_noise`` (far OOD, every dataset): low-frequency noise, a uniform 4x4 grid per image
-  and channel upsampled bilinearly to 32x32 then stretched to the full 0..255 range per image.
+  and channel upsampled bilinearly to S x S then stretched to the full 0..255 range per image (the
+  same 4x4 grid at every size, so its blobs scale with the image).
 
 Generated sets are deterministic from ``seed`` (each set mixes its own name into the seed, so two
 sets with the same seed do not share random draws). Torch-free, like :mod:`cnnstress.data`.
@@ -41,7 +44,7 @@ from cnnstress.data import DataError
 
 DEFAULT_COUNT = 1000
 
-#: Grid side of ``smooth_noise`` before upsampling (8-pixel features at 32x32).
+#: Grid side of ``smooth_noise`` before upsampling (8-pixel features at 32x32, S/4 at S x S).
 SMOOTH_GRID = 4
 
 
@@ -105,8 +108,11 @@ class OodSet:
     kind: str  # "near" or "far"
     datasets: tuple[str, ...]  # in-distribution datasets this set is offered for
     description: str
-    build: Callable[[str, Path, int, int], tuple[np.ndarray, dict[str, Any]]]  # (dataset, root, n, seed)
+    build: Callable[..., tuple[np.ndarray, dict[str, Any]]]  # (dataset, root, n, seed), + size when sized
     needs_file: str | None = None  # CIFAR dataset whose test file must exist under the root
+    # generated at any image side: build takes the side as a fifth argument (the others are 32 px,
+    # offered only for 32 px datasets)
+    sized: bool = False
 
 
 def _set_rng(name: str, seed: int) -> np.random.Generator:
@@ -127,9 +133,9 @@ def _build_shapes_novel(dataset: str, root: Path, n: int, seed: int) -> tuple[np
     }
 
 
-def _build_uniform_noise(dataset: str, root: Path, n: int, seed: int) -> tuple[np.ndarray, dict[str, Any]]:
+def _build_uniform_noise(dataset: str, root: Path, n: int, seed: int, size: int) -> tuple[np.ndarray, dict[str, Any]]:
     rng = _set_rng("uniform_noise", seed)
-    return rng.integers(0, 256, size=(n, 3, data.IMAGE_SIZE, data.IMAGE_SIZE), dtype=np.uint8), {}
+    return rng.integers(0, 256, size=(n, 3, size, size), dtype=np.uint8), {}
 
 
 def _bilinear_matrix(size_in: int, size_out: int) -> np.ndarray:
@@ -144,10 +150,10 @@ def _bilinear_matrix(size_in: int, size_out: int) -> np.ndarray:
     return weights
 
 
-def _build_smooth_noise(dataset: str, root: Path, n: int, seed: int) -> tuple[np.ndarray, dict[str, Any]]:
+def _build_smooth_noise(dataset: str, root: Path, n: int, seed: int, size: int) -> tuple[np.ndarray, dict[str, Any]]:
     rng = _set_rng("smooth_noise", seed)
     grid = rng.random((n, 3, SMOOTH_GRID, SMOOTH_GRID))
-    w = _bilinear_matrix(SMOOTH_GRID, data.IMAGE_SIZE)
+    w = _bilinear_matrix(SMOOTH_GRID, size)
     up = np.einsum("oi,ncij,pj->ncop", w, grid, w)
     lo = up.min(axis=(1, 2, 3), keepdims=True)
     hi = up.max(axis=(1, 2, 3), keepdims=True)
@@ -173,12 +179,13 @@ OOD_SETS: dict[str, OodSet] = {
     ),
     "cifar100": OodSet("near", ("cifar10",), "CIFAR-100 test images", _cifar_builder("cifar100"), "cifar100"),
     "cifar10": OodSet("near", ("cifar100",), "CIFAR-10 test images", _cifar_builder("cifar10"), "cifar10"),
-    "uniform_noise": OodSet("far", tuple(data.DATASETS), "i.i.d. uniform pixels", _build_uniform_noise),
+    "uniform_noise": OodSet("far", tuple(data.DATASETS), "i.i.d. uniform pixels", _build_uniform_noise, sized=True),
     "smooth_noise": OodSet(
         "far",
         tuple(data.DATASETS),
         f"uniform {SMOOTH_GRID}x{SMOOTH_GRID} noise upsampled bilinearly",
         _build_smooth_noise,
+        sized=True,
     ),
 }
 
@@ -204,9 +211,11 @@ def available_sets(dataset: str, root: str | os.PathLike) -> list[str]:
 
 
 def load_ood_set(
-    name: str, dataset: str, root: str | os.PathLike, n: int = DEFAULT_COUNT, seed: int = 0
+    name: str, dataset: str, root: str | os.PathLike, n: int = DEFAULT_COUNT, seed: int = 0,
+    size: int = data.IMAGE_SIZE,
 ) -> tuple[np.ndarray, dict[str, Any]]:
-    """Images uint8 ``(K, 3, 32, 32)`` of OOD set ``name`` for in-distribution ``dataset``, and attrs.
+    """Images uint8 ``(K, 3, size, size)`` of OOD set ``name`` for in-distribution ``dataset``, and
+    attrs; ``size`` is the dataset's image side (the model sees nothing else).
 
     ``K = n`` for generated sets, ``min(n, test size)`` for a CIFAR set. Attributes: ``name``,
     ``kind`` (near/far), ``description``, ``dataset``, ``count``, ``seed`` and per-set details.
@@ -227,7 +236,13 @@ def load_ood_set(
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"seed = {seed!r} is invalid; allowed: an integer >= 0")
     entry = OOD_SETS[name]
-    x, details = entry.build(dataset, Path(root), int(n), int(seed))
+    if entry.sized:
+        x, details = entry.build(dataset, Path(root), int(n), int(seed), int(size))
+    else:
+        x, details = entry.build(dataset, Path(root), int(n), int(seed))
+    if x.shape[2:] != (size, size):
+        raise DataError(f"OOD set {name!r} has {x.shape[2]}x{x.shape[3]} images but {dataset}'s are {size}x{size}; "
+                        f"allowed: sets of the dataset's image size")
     attrs: dict[str, Any] = {
         "name": name,
         "kind": entry.kind,
@@ -237,4 +252,6 @@ def load_ood_set(
         "seed": int(seed),
     }
     attrs.update(details)
+    if size != data.IMAGE_SIZE:  # (absent: 32, as before other sizes existed)
+        attrs["image_size"] = int(size)
     return x, attrs

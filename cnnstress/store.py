@@ -35,7 +35,7 @@ from .atomic import (atomic_write_bytes, atomic_write_json, cleanup_temp_files, 
                      fsync_file, json_text, sha256_file, temp_path)
 from . import probes
 from .faults import maybe_fail
-from .layout import Field
+from .layout import IMAGE_SIZE_ATTR, Field
 
 SCHEMA_VERSION: int = 1
 
@@ -120,6 +120,8 @@ CORE_OPTIONAL_ROOT_ATTRS: dict[str, str] = {
     # weights_from_run: the finished run of the same training settings whose final weights this run
     # measured instead of training (cnnstress/reuse.py; absent when the run trained)
     "weights_from_run": "str",
+    # image_size: the side of the run's square images where it is not 32 (your own images at 16..128)
+    IMAGE_SIZE_ATTR: "int",
 }
 
 

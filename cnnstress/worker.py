@@ -31,7 +31,7 @@ from . import data, faults, probes, reuse, store
 from . import weights as own_weights
 from . import tensorboard as tboard
 from .layout import (BEST_FILE, DONE_NAME, EXIT_BUSY, EXIT_DONE, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, HISTORY,
-                     HISTORY_KEYS, LOG_FILE, RUNS_DIR, SPEC_FILE)
+                     HISTORY_KEYS, IMAGE_SIZE_ATTR, LOG_FILE, RUNS_DIR, SPEC_FILE)
 from .atomic import LinkRefused, open_in_place, refuse_links
 from .claims import RunBusy, claim
 from .augment import BatchAugment
@@ -39,7 +39,7 @@ from .config import RunSpec
 from .engine import (DeviceData, Precision, Predictor, build_optimizer, build_scheduler,
                      restore_rng_state, rng_state, select_device, set_determinism, train_one_epoch, train_steps,
                      use_channels_last)
-from .models import build, default_gradcam_layer, resolve_layer
+from .models import INPUT_SIZE_ATTR, build, default_gradcam_layer, resolve_layer
 
 CHECKPOINT_KEYS = {"format", "spec_hash", "epoch", "model", "optimizer", "scheduler", "scaler", "rng", "history"}
 CHECKPOINT_FORMAT = 1
@@ -453,7 +453,7 @@ def setup(spec: RunSpec, run_dir: Path, log: Log) -> RunSetup:
     mean_l, std_l = mean_std(spec, run_data.splits.info)
     mean = torch.tensor(mean_l, device=device, dtype=torch.float32)
     std = torch.tensor(std_l, device=device, dtype=torch.float32)
-    model, cl = _build(spec, device, log)
+    model, cl = _build(spec, device, log, image_size(run_data))
     resolve_layer(model, spec.gradcam_layer)  # an unknown Grad-CAM layer fails before training, not after
     return RunSetup(spec, run_dir, device, precision_attrs, run_data, Predictor(model, mean, std, precision, cl))
 
@@ -491,9 +491,17 @@ def _load_data(spec: RunSpec, device: torch.device, log: Log) -> RunData:
     return RunData(splits, *(DeviceData.from_numpy(s.x, s.y, device) for s in (splits.train, splits.val, splits.test)))
 
 
-def _build(spec: RunSpec, device: torch.device, log: Log) -> tuple[torch.nn.Module, bool]:
+def image_size(run_data: RunData) -> int:
+    """The side of the run's square images (32 for the built-in datasets, 16..128 for your own)."""
+    return int(run_data.splits.test.x.shape[-1])
+
+
+def _build(spec: RunSpec, device: torch.device, log: Log, size: int) -> tuple[torch.nn.Module, bool]:
     """The model (initialised from the global RNG, seeded by set_determinism) and whether it runs channels_last."""
     model = build(spec.model.name, spec.num_classes, spec.model.params, spec.model_source).to(device)
+    # a plain attribute, not in the state dict: every probe forward pass (Grad-CAM layers, the head,
+    # the randomisation order) feeds the model images of this side
+    setattr(model, INPUT_SIZE_ATTR, size)
     if spec.weights:  # after the build, so its RNG draws are the ones a run without weights makes
         own_weights.load_into(model, spec.weights, log)
     cl = use_channels_last(device, spec.train.channels_last)
@@ -746,6 +754,9 @@ def _root_attrs(run: RunSetup, timings: dict[str, float]) -> dict[str, Any]:
         # what the model's input was normalised with (a reproduction needs the same)
         "normalization": {"mean": mean, "std": std,
                           "from": "[base].normalization" if spec.normalization else "the training split"},
+        # the images' side, where it is not the built-in datasets' 32 (absent: 32, as in every file
+        # written before other sizes were allowed)
+        **({IMAGE_SIZE_ATTR: image_size(run.data)} if image_size(run.data) != data.IMAGE_SIZE else {}),
     }
 
 

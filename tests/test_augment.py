@@ -19,6 +19,7 @@ from cnnstress.augment import (
     normalize,
     rotate,
     sample_beta,
+    scaled_pixels,
     soft_targets,
 )
 
@@ -632,3 +633,65 @@ def test_the_catalogue_order_is_the_one_applied(monkeypatch) -> None:
         out, t = aug(x, y, gen(11))
         want_x, want_t = composed(aug.names, params, x, y, gen(11))
         assert torch.equal(out, want_x) and torch.equal(t, want_t), f"{names}: not applied in the order {aug.names}"
+
+
+# -- image sides other than 32: crop padding and cutout size scale with the side -----------------
+
+
+@pytest.mark.parametrize("value", [0, 1, 3, 4, 5, 8, 16, 32])
+@pytest.mark.parametrize("side", [16, 24, 32, 48, 64, 100, 128])
+def test_scaled_pixels_is_round_half_up_of_value_times_side_over_32(value: int, side: int) -> None:
+    from fractions import Fraction
+
+    exact = Fraction(value * side, 32)
+    expected = math.floor(exact + Fraction(1, 2))
+    if value >= 1:
+        expected = max(expected, 1)
+    assert scaled_pixels(value, side) == expected
+    if side == 32:
+        assert scaled_pixels(value, side) == value
+
+
+def coordinate_images(n: int, side: int) -> torch.Tensor:
+    """uint8 (n, 3, side, side): channel 0 holds row + 1, channel 1 column + 1 (0 = padding)."""
+    rows = torch.arange(1, side + 1, dtype=torch.uint8)
+    x = torch.zeros(n, 3, side, side, dtype=torch.uint8)
+    x[:, 0] = rows[:, None]
+    x[:, 1] = rows[None, :]
+    return x
+
+
+@pytest.mark.parametrize("side, padding", [(16, 2), (32, 4), (64, 8), (128, 16)])
+def test_crop_shift_reaches_the_scaled_padding_and_no_further(side: int, padding: int) -> None:
+    n = 256  # P(no sample at an extreme offset) = (2p / (2p + 1))^256 per side: < 1e-6 at p = 16
+    x = coordinate_images(n, side)
+    aug = BatchAugment(["crop"], mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), num_classes=C)
+    out, _ = aug(x, torch.arange(n) % C, gen(21))
+    raw = torch.round(out * 255).to(torch.int64)
+    assert raw.shape == (n, 3, side, side)
+    shifts = []
+    for i in range(n):
+        inside = raw[i, 0] > 0
+        # the window shows source pixel (row - 1 at value row) at output (r, c): shift = source - output
+        r, c = inside.nonzero()[0].tolist()
+        dy, dx = int(raw[i, 0, r, c]) - 1 - r, int(raw[i, 1, r, c]) - 1 - c
+        expect = torch.zeros(side + 2 * padding, side + 2 * padding, dtype=torch.int64)
+        expect[padding:padding + side, padding:padding + side] = torch.arange(1, side + 1)[:, None]
+        assert torch.equal(raw[i, 0], expect[padding + dy:padding + dy + side, padding + dx:padding + dx + side])
+        shifts.append((dy, dx))
+    dys, dxs = [s[0] for s in shifts], [s[1] for s in shifts]
+    assert max(map(abs, dys + dxs)) == padding  # padding 4 at 32 px, round(4 * side / 32) elsewhere
+    assert min(dys) == -padding and max(dys) == padding and min(dxs) == -padding and max(dxs) == padding
+
+
+@pytest.mark.parametrize("side, hole", [(16, 8), (64, 32), (128, 64)])
+def test_cutout_hole_is_the_scaled_size(side: int, hole: int) -> None:
+    x = torch.randint(0, 256, (48, 3, side, side), generator=gen(22), dtype=torch.uint8)
+    out, _ = make(["cutout"])(x, labels(48), gen(23))  # size 16 at 32 px
+    box = _zero_box(out, normalized_reference(x))
+    areas = []
+    for i in range(48):
+        rect, h, w = _is_rectangle(box[i])
+        assert rect and 1 <= h <= hole and 1 <= w <= hole
+        areas.append(h * w)
+    assert max(areas) == hole * hole and min(areas) < hole * hole  # whole holes, and clipped ones

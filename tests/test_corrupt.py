@@ -635,3 +635,120 @@ def test_seeded_corruption_is_reproducible_from_seed(batch: torch.Tensor) -> Non
     b = C.corrupt(batch, "motion_blur", 2, torch.Generator().manual_seed(C.corrupt_seed(42, "motion_blur", 2, 0)))
     other = C.corrupt(batch, "motion_blur", 2, torch.Generator().manual_seed(C.corrupt_seed(42, "motion_blur", 2, 1)))
     assert torch.equal(a, b) and not torch.equal(a, other)
+
+
+# ---------------------------------------------------------------------------------- image sides
+#
+# CIFAR-10-C's parameters are for 32 px; at side S every length in pixels scales by S / 32.
+
+
+def test_parameters_at_32_px_are_the_table_s() -> None:
+    for name in C.CORRUPTIONS:
+        for sev in C.SEVERITIES:
+            got = C.scaled_param(name, sev, 32)
+            if name == "pixelate":  # blocks down and across: int(32 c), as make_cifar_c.py
+                n = int(32 * C.PARAMS[name][sev - 1] + 1e-9)
+                assert got == (n, n)
+            else:
+                assert got is C.PARAMS[name][sev - 1]
+
+
+@pytest.mark.parametrize("side", [16, 24, 48, 64, 128])
+def test_spatial_parameters_scale_with_the_side(side: int) -> None:
+    s = side / 32
+    for sev in C.SEVERITIES:
+        p = {name: C.PARAMS[name][sev - 1] for name in C.CORRUPTIONS}
+        assert C.scaled_param("gaussian_blur", sev, side) == pytest.approx(p["gaussian_blur"] * s, rel=1e-12)
+        radius, alias = C.scaled_param("defocus_blur", sev, side)
+        assert radius == pytest.approx(p["defocus_blur"][0] * s, rel=1e-12) and alias == p["defocus_blur"][1]
+        mr, ms = C.scaled_param("motion_blur", sev, side)
+        assert mr == max(1, math.floor(p["motion_blur"][0] * s + 0.5))  # halves up: 9 px at 16 px -> 5
+        assert ms == pytest.approx(p["motion_blur"][1] * s, rel=1e-12)
+        n = min(side - 1, int(32 * p["pixelate"] + 1e-9))
+        assert C.scaled_param("pixelate", sev, side) == (n, n)
+        for name in set(C.CORRUPTIONS) - C.SPATIAL_CORRUPTIONS:
+            assert C.scaled_param(name, sev, side) is p[name]
+
+
+@pytest.mark.parametrize("name", catalog.CORRUPTIONS)
+@pytest.mark.parametrize("side, severity", [(64, 1), (64, 5), (128, 5), (16, 3)])
+def test_every_corruption_at_other_sides(name: str, side: int, severity: int) -> None:
+    x = torch.from_numpy(smooth_images(2, seed=side + severity, side=side)).float()
+    out = C.corrupt(x, name, severity, gen(0))
+    assert out.shape == x.shape and out.dtype == torch.float32
+    assert float(out.min()) >= 0.0 and float(out.max()) <= 1.0
+    assert not torch.equal(out, x)
+
+
+@pytest.mark.parametrize("severity", [1, 5])
+def test_gaussian_blur_at_64_px_is_the_explicit_convolution_with_twice_sigma(severity: int) -> None:
+    sigma = 2 * C.PARAMS["gaussian_blur"][severity - 1]
+    radius = int(4 * sigma + 0.5)
+    t = np.arange(-radius, radius + 1)
+    g1 = np.exp(-(t**2) / (2 * sigma**2))
+    g1 /= g1.sum()
+    img = smooth_images(1, seed=31, side=64)
+    ref = numpy_correlate_reflect(img[0], np.outer(g1, g1))
+    out = C.corrupt(torch.from_numpy(img).float(), "gaussian_blur", severity, gen(0))[0].numpy()
+    np.testing.assert_allclose(out, ref, atol=1e-5)
+
+
+@pytest.mark.parametrize("severity", [1, 4, 5])
+def test_defocus_blur_at_64_px_uses_the_disk_of_twice_the_radius(severity: int) -> None:
+    radius, alias = C.PARAMS["defocus_blur"][severity - 1]
+    ref_kernel = cifar_disk(2 * radius, alias)  # the 3x3 antialiasing stays per pixel
+    img = smooth_images(1, seed=32, side=64)
+    out = C.corrupt(torch.from_numpy(img).float(), "defocus_blur", severity, gen(0))[0].numpy()
+    np.testing.assert_allclose(out, numpy_correlate_reflect(img[0], ref_kernel / ref_kernel.sum()), atol=1e-5)
+
+
+@pytest.mark.parametrize("severity", [1, 5])
+def test_pixelate_at_64_px_is_block_means_of_the_scaled_block_size(severity: int) -> None:
+    from fractions import Fraction
+
+    blocks = int(32 * C.PARAMS["pixelate"][severity - 1] + 1e-9)  # across 32 px, and across 64 px
+    block = Fraction(64, blocks)  # the block side at 32 px (32 / blocks) times 64 / 32
+    of = np.array([int(Fraction(i) / block) for i in range(64)])
+    img = smooth_images(1, seed=33, side=64)[0]
+    ref = np.empty_like(img)
+    for i in range(64):
+        for j in range(64):
+            ref[:, i, j] = img[:, of == of[i]][:, :, of == of[j]].mean(axis=(1, 2))
+    out = C.corrupt(torch.from_numpy(img[None]).float(), "pixelate", severity, gen(0))[0].numpy()
+    np.testing.assert_allclose(out, ref, atol=1e-6)
+    assert len(np.unique(out[0, 10])) <= blocks
+
+
+def _trail_length(side: int, severity: int, seed: int) -> float:
+    """Distance from a single bright pixel to the centre of mass of its motion-blurred image."""
+    x = torch.zeros(1, 3, side, side)
+    x[:, :, side // 2, side // 2] = 1.0
+    out = C.corrupt(x, "motion_blur", severity, gen(seed))[0, 0].double().numpy()
+    grid = np.arange(side) - side // 2
+    cy, cx = (out.sum(axis=1) * grid).sum() / out.sum(), (out.sum(axis=0) * grid).sum() / out.sum()
+    return math.hypot(cy, cx)
+
+
+@pytest.mark.parametrize("side", [32, 64])
+@pytest.mark.parametrize("severity", [1, 3])
+def test_motion_blur_trail_scales_with_the_side(side: int, severity: int) -> None:
+    radius, sigma = C.PARAMS["motion_blur"][severity - 1]
+    radius, sigma = math.floor(radius * side / 32 + 0.5), sigma * side / 32
+    taps = min(2 * radius + 1, math.ceil(5 * sigma) + 1)
+    w = np.exp(-(np.arange(taps) ** 2) / (2 * sigma**2))
+    expected = float((w * np.arange(taps)).sum() / w.sum())  # the one-sided Gaussian's mean tap
+    for seed in (0, 1, 2):  # any angle: the trail's length does not depend on it
+        assert _trail_length(side, severity, seed) == pytest.approx(expected, abs=1e-3)
+
+
+def test_fog_map_covers_the_image_at_every_side() -> None:
+    strength, decay = C.PARAMS["fog"][2]
+    for side in (48, 64):
+        x = torch.full((2, 3, side, side), 0.5)
+        out = C.corrupt(x, "fog", 3, gen(5))
+        fog = (out[:, 0] * (0.5 + strength) / 0.5 - 0.5) / strength  # invert (x + s fog) m / (m + s)
+        mapsize = 64
+        maps = C.plasma_fractal(2, mapsize, decay, gen(5), torch.device("cpu"))[:, None]
+        if side != mapsize:  # resized to the image, not cropped: the whole map is in view
+            maps = F.interpolate(maps, size=(side, side), mode="bilinear", align_corners=False, antialias=True)
+        torch.testing.assert_close(fog, maps[:, 0], atol=1e-4, rtol=0)

@@ -254,3 +254,45 @@ def test_status_and_gather_remember_the_launch(tiny_grid, tmp_path, capsys):
     # not a sweep folder
     assert main(["--status", str(tmp_path)]) == 2
     assert "not a sweep folder" in capsys.readouterr().err
+
+
+# a model by reference that takes one input side only: a Linear over the flattened 8 x side x side map
+FIXED_SIDE_NET = """
+from torch import nn
+
+def build(num_classes, side=64):
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(8 * side * side, num_classes))
+"""
+
+
+@pytest.mark.parametrize("side, ok", [(64, True), (32, False)])
+def test_the_launch_model_check_runs_at_the_datasets_image_side(weird_dir, side, ok):
+    import numpy as np
+
+    (weird_dir / "fixed net.py").write_text(FIXED_SIDE_NET)
+    rng = np.random.default_rng(0)
+    np.savez(weird_dir / "sixty four.npz", x_train=rng.integers(0, 256, (12, 64, 64, 3), dtype=np.uint8),
+             y_train=np.arange(12) % 3, x_test=rng.integers(0, 256, (6, 64, 64, 3), dtype=np.uint8),
+             y_test=np.arange(6) % 3)
+    grid = weird_dir / "g.toml"
+    grid.write_text(f"""
+name = "side"
+[base]
+dataset = "arrays"
+dataset_options = {{ path = "sixty four.npz" }}
+model = "./fixed net.py:build"
+model_options = {{ side = {side} }}
+epochs = 1
+[variants.baseline]
+[grid]
+seed = [1]
+[stress]
+corruptions = []
+""")
+    out = subprocess.run([sys.executable, str(REPO / "launch.py"), "--grid", str(grid), "--dry-run", "--out",
+                          str(weird_dir / "o")], cwd=weird_dir, capture_output=True, text=True, timeout=300)
+    if ok:
+        assert out.returncode == 0, out.stderr
+    else:  # built for 32 px, it cannot take the dataset's 64 px images: one line at launch, not a failed run
+        line = out.stderr.strip()
+        assert out.returncode == 2 and "\n" not in line and "(2, 3, 64, 64)" in line and "[base].model" in line, line

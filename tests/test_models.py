@@ -342,3 +342,85 @@ def test_meta_model_is_the_real_module_tree_without_weights_or_draws() -> None:
     real = build_model("flexible_cnn", 10, width=8, depth=3)
     assert [n for n, _ in meta.named_modules()] == [n for n, _ in real.named_modules()]
     assert models.gradcam_layers(meta) == gradcam_layers(real)
+
+
+# -- image sizes other than 32 -------------------------------------------------------------------
+
+# the side of the default Grad-CAM layer's map at input side S: simple_cnn and flexible_cnn halve
+# twice (2x2 max-pools / stride-2 stages), resnet18's layer3 twice (layer2, layer3 stride 2); each
+# halving of an odd side rounds up for the stride-2 convs (kernel 3, padding 1) and down for max-pool
+def _halve(side: int, how: str) -> int:
+    return (side + 1) // 2 if how == "conv" else side // 2
+
+
+DEFAULT_MAP = {"simple_cnn": ("pool", "pool"), "flexible_cnn": ("conv", "conv"), "resnet18": ("conv", "conv")}
+
+
+@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("side", [16, 24, 64, 128])
+def test_built_in_models_map_any_side_to_logits(name: str, side: int, resnet: nn.Module) -> None:
+    torch.manual_seed(2)
+    model = small_model(name, 10, resnet)
+    x = torch.randn(2, 3, side, side)
+    with torch.no_grad():
+        logits, emb = model(x), model.embed(x)
+        assert logits.shape == (2, 10) and torch.isfinite(logits).all()
+        assert torch.equal(logits, model.head(emb))  # one head whatever the side: no weight depends on it
+    expected = side
+    for how in DEFAULT_MAP[name]:
+        expected = _halve(expected, how)
+    layer = catalog.GRADCAM_DEFAULT[name]
+    assert _output_hw_at(model, layer, side) == (expected, expected)
+    assert layer in gradcam_layers(model, side)
+
+
+def _output_hw_at(model: nn.Module, path: str, side: int) -> tuple[int, int]:
+    seen = []
+    handle = resolve_layer(model, path).register_forward_hook(lambda _m, _i, out: seen.append(out.shape[-2:]))
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, 3, side, side))
+    finally:
+        handle.remove()
+    return tuple(seen[0])
+
+
+class FixedSideNet(nn.Module):
+    """A model by reference that accepts one input side only (a Linear over the flattened map)."""
+
+    def __init__(self, side: int, classes: int = 3) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 2, 3, padding=1)
+        self.flat = nn.Flatten()
+        self.fc = nn.Linear(2 * side * side, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.flat(torch.relu(self.conv(x))))
+
+
+def test_probe_passes_use_the_side_recorded_on_the_model() -> None:
+    net = FixedSideNet(64)
+    with pytest.raises(RuntimeError):  # probed at 32 px, the Linear cannot take the map
+        models.gradcam_layers(net)
+    setattr(net, models.INPUT_SIZE_ATTR, 64)  # what the worker records: its dataset's side
+    assert models.input_size(net) == 64 and models.gradcam_layers(net) == ["conv"]
+    assert models.head_path(net) == "fc" and models.default_gradcam_layer(net) == "conv"
+    assert models.input_size(net, 24) == 24  # an explicit side wins
+    assert not any(models.INPUT_SIZE_ATTR in k for k in net.state_dict())  # not a weight
+
+
+def test_check_reference_runs_the_model_at_the_dataset_side() -> None:
+    request = {"model": "tests_fixed_side:build", "num_classes": 3, "options": {},
+               "model_source": {}, "image_size": 64}
+    import sys
+    import types
+
+    module = types.ModuleType("tests_fixed_side")
+    module.build = lambda num_classes: FixedSideNet(64, num_classes)
+    sys.modules["tests_fixed_side"] = module
+    try:
+        assert models.check_reference(request) == ""
+        problem = models.check_reference({**request, "image_size": 32})
+        assert "(2, 3, 32, 32)" in problem and "\n" not in problem
+    finally:
+        del sys.modules["tests_fixed_side"]

@@ -283,3 +283,37 @@ def test_bad_seed(tmp_path):
 def test_load_cifar_test_file_rejects_other_datasets(tmp_path):
     with pytest.raises(ValueError, match="not a CIFAR dataset"):
         data.load_cifar_test_file("shapes", tmp_path)
+
+
+# ------------------------------------------------------------------------------ other image sides
+
+
+@pytest.mark.parametrize("side", [16, 64, 128])
+def test_noise_sets_at_the_dataset_side(side, tmp_path):
+    for dataset in ("imagefolder", "arrays"):
+        assert oodsets.sets_for(dataset) == ["uniform_noise", "smooth_noise"]  # what your own images get
+    u, attrs = oodsets.load_ood_set("uniform_noise", "imagefolder", tmp_path, n=40, seed=2, size=side)
+    assert u.shape == (40, 3, side, side) and u.dtype == np.uint8 and attrs["image_size"] == side
+    s, attrs = oodsets.load_ood_set("smooth_noise", "arrays", tmp_path, n=40, seed=2, size=side)
+    assert s.shape == (40, 3, side, side) and attrs["image_size"] == side and attrs["grid"] == oodsets.SMOOTH_GRID
+    # the same 4x4 grid upsampled to the side (torch's bilinear, half-pixel centres), stretched to 0..255
+    import torch
+    import torch.nn.functional as F
+
+    grid = oodsets._set_rng("smooth_noise", 2).random((40, 3, oodsets.SMOOTH_GRID, oodsets.SMOOTH_GRID))
+    up = F.interpolate(torch.from_numpy(grid), size=(side, side), mode="bilinear", align_corners=False).numpy()
+    lo, hi = up.min(axis=(1, 2, 3), keepdims=True), up.max(axis=(1, 2, 3), keepdims=True)
+    ref = (up - lo) / (hi - lo) * 255.0
+    assert np.abs(s.astype(np.float64) - ref).max() <= 0.5 + 1e-6
+
+
+def test_sets_at_32_px_are_unchanged_by_the_size_argument(tmp_path):
+    for name in ("uniform_noise", "smooth_noise", "shapes_novel"):
+        a, attrs = oodsets.load_ood_set(name, "shapes", tmp_path, n=20, seed=3)
+        b, attrs_b = oodsets.load_ood_set(name, "shapes", tmp_path, n=20, seed=3, size=32)
+        assert np.array_equal(a, b) and attrs == attrs_b and "image_size" not in attrs
+
+
+def test_a_32_px_set_at_another_side_is_one_line(tmp_path):
+    with pytest.raises(DataError, match=r"^OOD set 'shapes_novel' has 32x32 images but shapes's are 64x64; allowed: "):
+        oodsets.load_ood_set("shapes_novel", "shapes", tmp_path, n=4, seed=0, size=64)

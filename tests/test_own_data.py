@@ -3,6 +3,8 @@ broken file refused at launch and by --dry-run as one line naming it."""
 
 from __future__ import annotations
 
+import html
+import io
 import json
 import os
 import subprocess
@@ -127,12 +129,24 @@ def test_an_imagefolder_trains_and_gathers_end_to_end_with_a_relative_root(folde
     assert status.returncode == 0, status.stderr
 
 
-def test_image_size_other_than_32_is_refused_at_launch(folder, weird_dir):
+@pytest.mark.parametrize("size", [8, 15, 129, 256])
+def test_image_size_outside_16_to_128_is_one_line_naming_the_key(folder, weird_dir, size):
     grid = weird_dir / "g.toml"
     grid.write_text(grid_text(f'dataset = "imagefolder"\ndataset_options = {{ root = {json.dumps(str(folder))}, '
-                              "image_size = 64 }\n"))
-    with pytest.raises(GridError, match=r"image_size: 64: not supported yet; allowed: 32"):
+                              f"image_size = {size} }}\n"))
+    with pytest.raises(GridError) as info:
         load_grid(grid, out_root=weird_dir / "o")
+    line = str(info.value)
+    assert "\n" not in line and "image_size" in line and "16" in line and "128" in line and str(size) in line, line
+
+
+@pytest.mark.parametrize("size", [16, 24, 64, 128])
+def test_image_sizes_16_to_128_are_accepted(folder, weird_dir, size):
+    grid = weird_dir / "g.toml"
+    grid.write_text(grid_text(f'dataset = "imagefolder"\ndataset_options = {{ root = {json.dumps(str(folder))}, '
+                              f"image_size = {size} }}\n"))
+    [run] = load_grid(grid, out_root=weird_dir / "o").runs
+    assert run.dataset.params["image_size"] == size
 
 
 def _corrupt(folder: Path) -> Path:
@@ -242,7 +256,10 @@ def test_arrays_train_end_to_end(weird_dir):
 @pytest.mark.parametrize("change, says", [
     ({"x_train": np.zeros((24, 32, 32, 3), np.float32)}, "x_train is float32 (24, 32, 32, 3); allowed: uint8"),
     ({"x_test": np.zeros((9, 3, 32, 32), np.uint8)}, "x_test is uint8 (9, 3, 32, 32); allowed: uint8 (N, H, W, 3)"),
-    ({"x_test": np.zeros((9, 64, 64, 3), np.uint8)}, "x_test images are 64x64; allowed: 32x32"),
+    ({"x_test": np.zeros((9, 64, 64, 3), np.uint8)}, "x_train images are 32x32 but x_test's are 64x64; allowed: one size"),
+    ({"x_test": np.zeros((9, 32, 48, 3), np.uint8)}, "x_test images are 32x48; allowed: square, S x S with S in 16..128"),
+    ({"x_test": np.zeros((9, 8, 8, 3), np.uint8)}, "x_test images are 8x8; allowed: square, S x S with S in 16..128"),
+    ({"x_train": np.zeros((24, 160, 160, 3), np.uint8)}, "x_train images are 160x160; allowed: square, S x S with S in 16..128"),
     ({"y_test": np.arange(9) % 3 + 1}, "y_test holds labels in [1, 3]; allowed: integers in [0, 3)"),
     ({"y_train": -(np.arange(24) % 3)}, "y_train holds labels in [-2, 0]"),
     ({"y_train": np.zeros(23, np.int64)}, "y_train is int64 (23,); allowed: integers of shape (24,)"),
@@ -263,3 +280,153 @@ def test_a_missing_npz_is_one_line(weird_dir):
     grid.write_text(grid_text('dataset = "arrays"\ndataset_options = { path = "gone.npz" }\n'))
     with pytest.raises(GridError, match=r"gone.npz: no such file"):
         load_grid(grid, out_root=weird_dir / "o")
+
+
+# ------------------------------------------------------------------------------ image sides 16..128
+
+
+def test_image_size_is_the_option_the_arrays_or_32(folder, weird_dir):
+    assert data.image_size("imagefolder", weird_dir, {"root": str(folder), "image_size": 48}) == 48
+    assert data.image_size("imagefolder", weird_dir, {"root": str(folder)}) == 32
+    assert data.image_size("shapes", weird_dir) == 32 and data.image_size("cifar10", weird_dir) == 32
+    rng = np.random.default_rng(2)
+    path = make_npz(weird_dir / "big arrays.npz", x_train=rng.integers(0, 256, (24, 64, 64, 3), dtype=np.uint8),
+                    x_test=rng.integers(0, 256, (9, 64, 64, 3), dtype=np.uint8), mask_test=rng.random((9, 64, 64)) < 0.3)
+    assert data.image_size("arrays", weird_dir, {"path": str(path)}) == 64
+    splits = data.load_splits("arrays", weird_dir, val_fraction=0.2, split_seed=0, options={"path": str(path)})
+    assert splits.train.x.shape[1:] == (3, 64, 64) and splits.test.mask.shape == (9, 64, 64)
+    with np.load(path) as npz:
+        assert np.array_equal(splits.test.x, npz["x_test"].transpose(0, 3, 1, 2))
+    bad = make_npz(weird_dir / "bad mask.npz", x_train=rng.integers(0, 256, (24, 64, 64, 3), dtype=np.uint8),
+                   x_test=rng.integers(0, 256, (9, 64, 64, 3), dtype=np.uint8))  # mask_test stays 32x32
+    with pytest.raises(data.DataError, match=r"mask_test is bool \(9, 32, 32\); allowed: bool \(9, 64, 64\)"):
+        data.check_arrays(bad)
+
+
+def test_imagefolder_decodes_at_the_image_size(folder):
+    split = data.load_test("imagefolder", folder, {"root": str(folder), "image_size": 64})
+    assert split.x.shape[1:] == (3, 64, 64)
+    path = folder / "test" / CLASSES[0] / "img 00'.png"  # 40x36 -> shorter side 64: 71x64, centre crop
+    first = np.asarray(Image.open(path).convert("RGB").resize((71, 64), Image.BILINEAR))
+    left = int(round((71 - 64) / 2.0))
+    assert np.array_equal(split.x[0], first[:, left:left + 64].transpose(2, 0, 1))
+    assert list((folder / data.CACHE_DIR).glob("test-64-*.npz"))
+
+
+def _mislabelled_folder(root: Path, side: int = 72, per_class: int = 4) -> Path:
+    """Train: each class a colour; test: each class drawn in the next class's colour (so the model
+    fails on it, and the report has failure cases to show)."""
+    rng = np.random.default_rng(5)
+    for split, n, shift in (("train", per_class, 0), ("test", 2, 1)):
+        for c, name in enumerate(CLASSES):
+            (root / split / name).mkdir(parents=True)
+            for i in range(n):
+                img = np.zeros((side, side + 8, 3), np.uint8)
+                img[..., (c + shift) % 3] = 200
+                img[side // 4: side // 2, side // 4: side // 2] = 255  # a square for Grad-CAM to find
+                img = np.clip(img + rng.integers(0, 40, img.shape), 0, 255).astype(np.uint8)
+                Image.fromarray(img).save(root / split / name / f"img {i:02d}'.png")
+    return root
+
+
+def test_a_64_px_imagefolder_trains_is_stress_tested_and_reported(weird_dir):
+    import h5py
+    from rich.console import Console
+
+    from cnnstress import gather, store
+    from cnnstress.worker import run, run_dir_for
+
+    root = _mislabelled_folder(weird_dir / "six ty four")
+    grid_path = weird_dir / "sixty four.toml"
+    grid_path.write_text(f"""
+name = "sixty-four"
+[base]
+dataset = "imagefolder"
+dataset_options = {{ root = {json.dumps(str(root))}, image_size = 64 }}
+model = "simple_cnn"
+model_options = {{ width = 4 }}
+epochs = 1
+checkpoint_every_min = 0
+batch_size = 4
+eval_batch_size = 100
+optimizer = {{ name = "adam", lr = 0.003 }}
+augment = ["crop", "flip", "cutout"]
+[variants.baseline]
+[grid]
+seed = [1]
+[stress]
+corruptions = ["gaussian_blur", "pixelate", "fog"]
+severities = [5]
+faithfulness_samples = 6
+train_embedding_samples = 0
+ood = true
+ood_samples = 8
+[report]
+confidence_threshold = 0.01
+""")
+    grid = load_grid(grid_path, out_root=weird_dir / "o u t")
+    [spec] = grid.runs
+    assert run(spec, echo=False)["status"] == "done"
+    rd = run_dir_for(spec)
+    store.validate_results(rd / "results.h5")
+    with h5py.File(rd / "results.h5", "r") as f:
+        assert int(f.attrs["image_size"]) == 64
+        # simple_cnn's block3 map is the image side / 4: 16x16 at 64 px (8x8 at 32)
+        assert f["test/gradcam/pred"].shape == (6, 16, 16) and f["test/gradcam/true"].shape == (6, 16, 16)
+        for name in ("gaussian_blur", "pixelate", "fog"):
+            assert f[f"stress/{name}/5/logits"].shape == (6, 3)
+        assert f["ood/uniform_noise/logits"].shape == (8, 3) and f["ood/smooth_noise/logits"].shape == (8, 3)
+        assert f["faithfulness/deletion_gradcam"].shape[0] == 6
+        described = json.loads(f.attrs["ood_sets"])
+    assert described["uniform_noise"]["image_size"] == 64
+    log = (rd / "log.txt").read_text()
+    assert "Grad-CAM at block3 (16, 16)" in log and "spatial parameters scaled from 32 to 64 px" in log
+
+    # figures=False: the mosaics at 64 px are drawn in tests/test_report.py (drawing all 15 here doubles the time)
+    index = gather.gather(Path(spec.paths.out_root) / spec.sweep, grid=grid,
+                          console=Console(file=io.StringIO(), width=200), figures=False)
+    page = html.unescape(index.read_text(encoding="utf-8"))
+    assert "The corrupted test sets were generated at 64 px: their parameters were CIFAR-10-C's at 32 px, the " \
+           "spatial ones scaled to 64 px" in page
+    assert "before upsampling to the images' 64×64" in page
+    summary = json.loads((index.parent / "summary.json").read_text())
+    assert summary["canonical_cases"], "the mislabelled test images are canonical failures"
+    # their Grad-CAM maps were upsampled to the 64 px images (16x16 -> 64x64) without an error
+    assert "Canonical failure cases" in page and "no image is a high-confidence failure" not in page
+
+
+def test_24_px_arrays_run_every_generated_corruption_and_the_sanity_check(weird_dir):
+    import h5py
+    from rich.console import Console
+
+    from cnnstress import gather
+    from cnnstress.worker import run, run_dir_for
+
+    rng = np.random.default_rng(3)
+
+    def images(n: int, labels: np.ndarray) -> np.ndarray:
+        x = rng.integers(0, 60, (n, 24, 24, 3), dtype=np.uint8)
+        x[np.arange(n), :, :, labels] += 150  # class = the brightest channel
+        return x
+
+    y_train, y_test = np.arange(24) % 3, np.arange(9) % 3
+    path = make_npz(weird_dir / "twenty four.npz", x_train=images(24, y_train), y_train=y_train,
+                    x_test=images(9, y_test), y_test=y_test, mask_test=rng.random((9, 24, 24)) < 0.3)
+    grid_path = weird_dir / "g.toml"
+    grid_path.write_text(grid_text(f'dataset = "arrays"\ndataset_options = {{ path = {json.dumps(str(path))} }}\n',
+                                   name="twenty-four")
+                         .replace("corruptions = []", 'corruptions = ["all"]\nseverities = [5]\nsanity = true\n'
+                                                      "sanity_samples = 3"))
+    grid = load_grid(grid_path, out_root=weird_dir / "o u t")
+    [spec] = grid.runs
+    assert spec.stress.corruptions == list(data.catalog.CORRUPTIONS)
+    assert run(spec, echo=False)["status"] == "done"
+    with h5py.File(run_dir_for(spec) / "results.h5", "r") as f:
+        assert int(f.attrs["image_size"]) == 24
+        assert f["test/gradcam/pred"].shape == (9, 6, 6)  # simple_cnn's block3: 24 / 4
+        for name in data.catalog.CORRUPTIONS:
+            assert np.isfinite(f[f"stress/{name}/5/logits"][()]).all()
+        assert any(k.startswith("sanity") for k in f)
+    index = gather.gather(Path(spec.paths.out_root) / spec.sweep, grid=grid,
+                          console=Console(file=io.StringIO(), width=200), figures=False)
+    assert "generated at 24 px" in html.unescape(index.read_text(encoding="utf-8"))

@@ -404,3 +404,36 @@ def test_one_seed_says_there_is_no_noise_floor(cifar100_report) -> None:
     assert "one baseline seed gives no noise floor" in page
     for text in (page, out.getvalue(), (index.parent / "runs.csv").read_text()):
         assert not re.search(r"\bnan\b|nan%|\binf\b", text, re.IGNORECASE)
+
+
+# ------------------------------------------------------------------------------ image sides 16..128
+
+
+@pytest.mark.parametrize("side", [16, 32, 64, 128])
+def test_mosaic_draws_whole_tiles_at_every_image_side(side):
+    from cnnstress.report import figures as F
+
+    rng = np.random.default_rng(side)
+    tiles = [[rng.integers(0, 256, (side, side, 3), dtype=np.uint8) for _ in range(3)], [None, None, None]]
+    fig = F.mosaic(tiles, [["a", "b", "c"], ["", "", ""]], "tiles")
+    canvas = fig.axes[0].images[0].get_array()
+    pad = max(4, round(4 * side / 32))
+    assert canvas.shape[1] == 3 * (side + 2 * pad)
+    for k, tile in enumerate(tiles[0]):  # every tile whole, where its cell puts it (none cropped to 32 px)
+        np.testing.assert_allclose(canvas[pad:pad + side, k * (side + 2 * pad) + pad:][:, :side], tile / 255.0)
+    # no image pixel is drawn smaller than one pixel of the PNG
+    width_px = fig.get_size_inches()[0] * fig.dpi
+    assert width_px >= canvas.shape[1] - 1e-6
+    if side == 32:  # the 32 px layout is the one it always was
+        assert pad == 4 and fig.get_size_inches()[0] == pytest.approx(3 * 1.25)
+
+
+def test_overlay_resizes_a_map_of_another_size_to_the_image():
+    from cnnstress.analysis.gradcam import upsample_bilinear
+    from cnnstress.report import figures as F
+
+    image = np.full((64, 64, 3), 100, np.uint8)
+    cam = np.random.default_rng(0).random((32, 32)).astype(np.float32)
+    out = F.overlay(image, cam)
+    assert out.shape == (64, 64, 3)
+    np.testing.assert_allclose(out, F.overlay(image, upsample_bilinear(cam[None], 64)[0]))

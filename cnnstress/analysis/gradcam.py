@@ -1,7 +1,7 @@
 """Grad-CAM map utilities: upsampling, normalisation, energy inside a mask, deletion/insertion AUC.
 
 Maps are stored (N, h, w) float16 at the feature resolution of ``report.gradcam_layer`` (e.g. 8x8);
-images are 32x32.
+images are S x S (32x32 for the built-in datasets, 16..128 for your own).
 """
 
 from __future__ import annotations

@@ -74,8 +74,9 @@ class CorruptionsProbe(Probe):
                 else:
                     clog = _generated_corruption(pred, data.test, st.corruption_seed, name, sev)
                 out[f"stress/{name}/{sev}/logits"] = clog.cpu().numpy()
+        side = int(data.test.x.shape[-1])
         where = (f"the official {cifar_c.official_set(spec.dataset.name).folder} files" if official
-                 else "generated on the device")
+                 else "generated on the device" + (f", spatial parameters scaled from 32 to {side} px" if side != 32 else ""))
         log(f"evaluated {len(st.corruptions)} corruptions x {len(st.severities)} severities ({where})")
         return out
 

@@ -61,7 +61,7 @@ class OodProbe(Probe):
         names = spec.stress.ood["sets"] or oodsets.available_sets(spec.dataset.name, spec.paths.data_root)
         for name in names:
             x, attrs = oodsets.load_ood_set(name, spec.dataset.name, spec.paths.data_root, spec.stress.ood["samples"],
-                                            spec.stress.corruption_seed)
+                                            spec.stress.corruption_seed, size=int(data.test.x.shape[-1]))
             logits, _ = pred.predict(torch.from_numpy(x).to(pred.device), spec.train.eval_batch_size)
             out[store.ood_key(name)] = logits.float().cpu().numpy()
             described[name] = {k: v for k, v in attrs.items() if isinstance(v, (str, int, float, bool))}

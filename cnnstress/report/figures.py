@@ -428,9 +428,14 @@ def reliability(items: list[tuple[Cell, dict[str, np.ndarray] | None, dict[str, 
 
 
 def overlay(image: np.ndarray | None, cam: np.ndarray | None) -> np.ndarray | None:
-    """A Grad-CAM map (32, 32) in [0, 1] as a jet heat map blended onto the image (RGB floats)."""
+    """A Grad-CAM map (S, S) in [0, 1] as a jet heat map blended onto the (S, S, 3) image (RGB
+    floats); a map of another size (a variant run at another image size) is resized to the image."""
     if cam is None:
         return None
+    if image is not None and cam.shape != image.shape[:2]:
+        from ..analysis.gradcam import upsample_bilinear
+
+        cam = upsample_bilinear(np.asarray(cam, dtype=np.float32)[None], image.shape[:2])[0]
     heat = _JET(np.clip(cam, 0.0, 1.0))[..., :3]
     if image is None:
         return heat
@@ -446,9 +451,15 @@ def _tile(img: np.ndarray | None) -> np.ndarray | None:
 
 def mosaic(tiles: list[list[np.ndarray | None]], captions: list[list[str]], title: str,
            col_titles: list[str] | None = None, tile_in: float = 1.25) -> Figure:
-    """Rows of 32x32 RGB tiles with a caption under each, drawn as one image on one axes."""
+    """Rows of S x S RGB tiles with a caption under each, drawn as one image on one axes.
+
+    S is the largest tile's side (the dataset's image side: 32 for the built-in sets, up to 128 for
+    your own); padding scales with it, and tiles get wider than ``tile_in`` only where an image
+    pixel would otherwise be drawn smaller than one pixel of the PNG, so no image is downsampled."""
     rows, cols = len(tiles), max(len(r) for r in tiles)
-    pad, size = 4, 32
+    size = max([np.asarray(t).shape[0] for row in tiles for t in row if t is not None] or [32])
+    pad = max(4, round(4 * size / 32))
+    tile_in = max(tile_in, (size + 2 * pad) / DPI)
     px_per_in = (size + 2 * pad) / tile_in
     cap_px = int(np.ceil(_CAPTION_LINES * 9.5 / 72 * px_per_in)) + 2  # 9.5 pt per caption line
     head_px = int(np.ceil(11 / 72 * px_per_in)) + 2 if col_titles else 0
@@ -461,7 +472,8 @@ def mosaic(tiles: list[list[np.ndarray | None]], captions: list[list[str]], titl
             if t is None:
                 canvas[y0:y0 + size, x0:x0 + size] = 0.88
             else:
-                canvas[y0:y0 + size, x0:x0 + size] = t[:size, :size, :3]
+                th, tw = t.shape[:2]
+                canvas[y0:y0 + th, x0:x0 + tw] = t[:size, :size, :3]
     height_in = canvas.shape[0] / px_per_in
     width_in = cols * tile_in
     lines = textwrap.wrap(title, width=max(20, int(width_in * 72 / (9.5 * 0.55))))

@@ -148,5 +148,7 @@ def gradcam_note(report: ReportData, cells: list | None = None) -> str:
     texts = {c.gradcam_text for c in cells}
     where = (next(iter(texts)) if len(texts) == 1
              else "; ".join(f"{c.label}: {c.gradcam_text}" for c in cells))
-    return para(f"Grad-CAM layer and map size (before upsampling to 32×32): {where}. Choose the layer with "
-                "[report].gradcam_layer in the grid file.", "meta")
+    sizes = sorted({getattr(r, "image_size", 32) for c in cells for r in c.runs} or {32})
+    images = " or ".join(f"{s}×{s}" for s in sizes)
+    return para(f"Grad-CAM layer and map size (before upsampling to the images' {images}): {where}. Choose the "
+                "layer with [report].gradcam_layer in the grid file.", "meta")

@@ -2,7 +2,7 @@
 (``report.sections``), drawn and written out by them.
 
 No matplotlib here, so gather can build these without importing a plotting library. Arrays are
-small reductions (per class, per threshold, per epoch, a few 32x32 images and maps); nothing is
+small reductions (per class, per threshold, per epoch, a few images and maps); nothing is
 (N, C)-sized. ``None`` means "not available" and the report says so.
 """
 
@@ -43,7 +43,7 @@ class Neighbour:
     train_index: int  # index into the dataset's official training split
     label_name: str
     similarity: float  # cosine similarity of the penultimate embeddings
-    image: np.ndarray | None  # (32, 32, 3) uint8, or None when images are unavailable
+    image: np.ndarray | None  # (S, S, 3) uint8, or None when images are unavailable
 
 
 @dataclass
@@ -53,8 +53,8 @@ class CaseView:
     seed: int | None
     pred_name: str
     confidence: float
-    cam_pred: np.ndarray | None  # (32, 32) float32 Grad-CAM for the predicted class, upsampled
-    cam_true: np.ndarray | None  # (32, 32) float32 Grad-CAM for the true class
+    cam_pred: np.ndarray | None  # (S, S) float32 Grad-CAM for the predicted class, upsampled to the image
+    cam_true: np.ndarray | None  # (S, S) float32 Grad-CAM for the true class
     right_seeds: int  # in how many of this model's seeds the image is classified right
     n_seeds: int
 
@@ -66,7 +66,7 @@ class Case:
     position: int  # position in the stored test arrays
     test_index: int  # index into the official test split
     true_name: str
-    image: np.ndarray | None  # (32, 32, 3) uint8
+    image: np.ndarray | None  # (S, S, 3) uint8
     fail_fraction: float  # share of baseline seeds where it is a high-confidence failure
     baseline: CaseView
     neighbours: list[Neighbour] = field(default_factory=list)

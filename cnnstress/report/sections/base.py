@@ -109,10 +109,11 @@ class RunContext:
     names: list[str]  # class names (generic "class i" when the dataset's are unavailable)
     threshold: float  # report.confidence_threshold
     # the dataset's per-image annotations, aligned with the stored positions, when it has them and
-    # they match the stored test set (shapes: "mask" (N, 32, 32) object pixels, "bg_class" (N,))
+    # they match the stored test set (shapes: "mask" (N, S, S) object pixels, "bg_class" (N,))
     annotations: dict[str, np.ndarray] = field(default_factory=dict)
     picked: dict[str, Any] = field(default_factory=dict)  # section id -> what its read plan picked here
     parts: dict[str, Any] = field(default_factory=dict)
+    image_size: int = 32  # the side S of the run's square images (results.h5's image_size; absent: 32)
 
 
 @dataclass
@@ -124,7 +125,7 @@ class GatherContext:
     threshold: float
     top_k: int  # report.top_failures
     baseline: str
-    image: Callable[[int], np.ndarray | None]  # official test index -> (32, 32, 3) uint8, or None
+    image: Callable[[int], np.ndarray | None]  # official test index -> (S, S, 3) uint8, or None
     has_images: bool  # whether the dataset's images are on this machine (and match the stored test set)
     ref_index: np.ndarray | None  # (N,) official test index of each stored position
     ref_labels: np.ndarray | None  # (N,)

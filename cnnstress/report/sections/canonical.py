@@ -21,8 +21,6 @@ from ..model import Case, CaseView
 from ..model import slug
 from .base import FigureSpec, ReadRequest, Section
 
-IMAGE_SIZE = 32
-
 
 def read_rows(res, key: str, positions: np.ndarray) -> np.ndarray:
     """Rows ``positions`` of a dataset, one slice each (a few rows; never the whole array)."""
@@ -34,8 +32,8 @@ def read_rows(res, key: str, positions: np.ndarray) -> np.ndarray:
 @dataclass
 class RunCams:
     positions: np.ndarray  # (k,) int64
-    pred: np.ndarray  # (k, 32, 32) float32 Grad-CAM for the predicted class, upsampled
-    true: np.ndarray  # (k, 32, 32) float32 for the true class
+    pred: np.ndarray  # (k, S, S) float32 Grad-CAM for the predicted class, upsampled to the image side S
+    true: np.ndarray  # (k, S, S) float32 for the true class
 
 
 @dataclass(frozen=True)
@@ -127,8 +125,8 @@ class CanonicalSection(Section):
             return None
         pos = picked.positions
         return RunCams(positions=pos,
-                       pred=gradcam.upsample_bilinear(read_rows(res, "test/gradcam/pred", pos), IMAGE_SIZE),
-                       true=gradcam.upsample_bilinear(read_rows(res, "test/gradcam/true", pos), IMAGE_SIZE))
+                       pred=gradcam.upsample_bilinear(read_rows(res, "test/gradcam/pred", pos), run.image_size),
+                       true=gradcam.upsample_bilinear(read_rows(res, "test/gradcam/true", pos), run.image_size))
 
     def compare(self, group, ctx):
         planned = ctx.planned.get(group.label) or {}

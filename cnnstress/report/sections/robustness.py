@@ -228,7 +228,7 @@ class RobustnessSection(Section):
                       "ECE corrupted after T", "NLL clean", "NLL corrupted", "Brier clean", "Brier corrupted"), rows,
                      numeric=range(1, 11)),
                figure(figs, "robustness"), figure(figs, "reliability_corrupted")]
-        out += self._reference_html(report, cells) + self._ce_html(cells)
+        out += self._scaled_html(report, cells) + self._reference_html(report, cells) + self._ce_html(cells)
         sev_rows = []
         for c, a in cells:
             for name, v in sorted(a.stress.items()):
@@ -251,6 +251,15 @@ class RobustnessSection(Section):
                               for _, a in cells] for name in corruptions]
             out.append(table(heads, rows))
         return "".join(out)
+
+    def _scaled_html(self, report, cells) -> list[str]:
+        """Generated corruptions on images of another side than 32: say that their parameters were scaled."""
+        if (report.parts.get(self.id) or {}).get("source") == "official":
+            return []
+        sizes = sorted({getattr(r, "image_size", 32) for c, _ in cells for r in c.runs} - {32})
+        if not sizes:
+            return []
+        return [para(scaled_corruptions_note(sizes))]
 
     def _reference_html(self, report, cells) -> list[str]:
         part = report.parts.get(self.id) or {}
@@ -310,6 +319,15 @@ class RobustnessSection(Section):
                 out.append(Metric(f"corruption_{key}", label, float(np.mean(vals)), False,
                                   points=key in ("ece", "ece_after")))
         return out
+
+
+def scaled_corruptions_note(sizes: list[int]) -> str:
+    """The sentence saying how corruptions generated at image sides ``sizes`` (none of them 32) were made."""
+    at = " and ".join(f"{s} px" for s in sizes)
+    return (f"The corrupted test sets were generated at {at}: their parameters were CIFAR-10-C's at 32 px, the "
+            f"spatial ones scaled to {at} (blur sigmas and radii, pixelate's blocks and fog's map by the image "
+            "side / 32; corrupt.py's docstring lists them); the noises, contrast, brightness and saturate (per "
+            "pixel) and jpeg (its 8x8 blocks are the format's) are not scaled.")
 
 
 def benchmark_mean(stress: dict[str, dict[str, list]]) -> dict[str, list] | None:

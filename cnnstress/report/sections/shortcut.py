@@ -12,7 +12,8 @@ from ..markup import empty, figure, gradcam_note, num, para, pct, table
 from .base import FigureSpec, Metric, Section, cell_parts
 from .calibration import mean_or_none
 
-# Grad-CAM rows per block when computing mask energy: (rows, 32, 32) float64 stays ~8 MiB.
+# Grad-CAM rows per block when computing mask energy: (rows, 32, 32) float64 stays ~8 MiB (and as
+# many bytes at other image sides: fewer rows per block for larger masks).
 ENERGY_ROWS = 1024
 
 
@@ -29,8 +30,9 @@ def mask_energy(res, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     key = "test/gradcam/pred"
     n = res.shape(key)[0]
     energy, hits = np.full(n, np.nan), np.full(n, np.nan)
-    for start in range(0, n, ENERGY_ROWS):
-        stop = min(n, start + ENERGY_ROWS)
+    rows = max(1, ENERGY_ROWS * 32 * 32 // max(1, mask.shape[-2] * mask.shape[-1]))
+    for start in range(0, n, rows):
+        stop = min(n, start + rows)
         maps = res.read(key, rows=slice(start, stop))
         energy[start:stop] = gradcam.energy_in_mask(maps, mask[start:stop])
         hits[start:stop] = gradcam.pointing_game(maps, mask[start:stop])
