@@ -17,6 +17,7 @@ class is uniform random, independent of the label. The arrays are cached under
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -28,7 +29,7 @@ import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 
@@ -834,13 +835,25 @@ def _classes(split_dir: Path) -> tuple[str, ...]:
     return tuple(entries)
 
 
-def _class_files(class_dir: Path) -> list[Path]:
-    """The images of one class in torchvision ImageFolder's order: sorted walk, sorted names."""
+def image_files(folder: Path, *, skip_hidden_folders: bool = False) -> list[Path]:
+    """The images under ``folder`` in torchvision ImageFolder's order: sorted walk, sorted names
+    (names starting with "." skipped; with ``skip_hidden_folders`` their folders too, such as the
+    cache folder inside a folder of images that is not split into classes)."""
     files = []
-    for folder, _, names in sorted(os.walk(class_dir, followlinks=True)):
+    for here, dirs, names in sorted(os.walk(folder, followlinks=True)):
+        if skip_hidden_folders:
+            dirs[:] = [d for d in dirs if not d.startswith(".")]
+            if any(part.startswith(".") for part in Path(here).relative_to(folder).parts):
+                continue
         for name in sorted(names):
             if name.lower().endswith(IMAGE_EXTENSIONS) and not name.startswith("."):
-                files.append(Path(folder) / name)
+                files.append(Path(here) / name)
+    return files
+
+
+def _class_files(class_dir: Path) -> list[Path]:
+    """The images of one class in torchvision ImageFolder's order: sorted walk, sorted names."""
+    files = image_files(class_dir)
     if not files:
         raise DataError(f"{class_dir}: empty class folder (no {'/'.join(e[1:] for e in IMAGE_EXTENSIONS)} "
                         "images); allowed: at least one image per class")
@@ -880,15 +893,58 @@ def _n_workers() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def _parallel(fn: Callable[[Path], Any], files: list[Path]) -> list[Any]:
+def _parallel(fn: Callable[[Path], Any], files: list[Path], workers: int | None = None) -> list[Any]:
     """``fn`` over ``files`` in order, on threads (PIL releases the GIL while it decodes)."""
     from concurrent.futures import ThreadPoolExecutor
 
-    workers = min(_n_workers(), max(1, len(files)))
+    workers = min(workers or _n_workers(), max(1, len(files)))
     if workers == 1:
         return [fn(f) for f in files]
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        return list(pool.map(fn, files, chunksize=64))
+        return list(pool.map(fn, files))
+
+
+#: how decode_images spreads images over the CPUs of the task (bench/decode.py measures each).
+#: "auto": processes for PARALLEL_MIN images or more, else one loop here. A process pool, not
+#: threads: opening a PNG (PIL's chunk parser, the mode conversion, the crop) is Python holding the
+#: GIL for much of a 32-pixel image's decode, so threads measured slower than the plain loop
+#: (docs/performance.md), while processes hold one GIL each.
+DECODE_POOLS = ("auto", "process", "thread", "serial")
+#: below this many images a pool's start (about half a second: a fresh interpreter per worker that
+#: imports numpy and PIL) costs more than the decode it shares out
+PARALLEL_MIN = 4000
+#: images a process of the pool decodes per task (a few ms of work: its pickling is noise)
+_PROCESS_CHUNK = 256
+
+
+def _decode_chunk(args: tuple[list[str], int]) -> np.ndarray:
+    paths, size = args
+    return np.stack([_decode(Path(p), size) for p in paths])
+
+
+def decode_images(files: list[Path], size: int, *, pool: str = "auto", workers: int | None = None) -> np.ndarray:
+    """uint8 ``(N, 3, size, size)``: every file decoded by :func:`_decode`, in order, on ``workers``
+    threads or processes (default: the CPUs of this task, ``os.sched_getaffinity``). Each image is
+    decoded alone by the same code whichever pool runs it, so the result is the serial one, byte for
+    byte. A bad file is a DataError naming it (the first one in file order)."""
+    if pool not in DECODE_POOLS:
+        raise ValueError(f"pool = {pool!r}; allowed: {', '.join(DECODE_POOLS)}")
+    if not files:
+        return np.zeros((0, 3, size, size), np.uint8)
+    n = min(workers or _n_workers(), len(files))
+    if pool == "auto":
+        pool = "process" if len(files) >= PARALLEL_MIN else "serial"
+    if pool == "serial" or n == 1:
+        return np.stack([_decode(f, size) for f in files])
+    if pool == "thread":
+        return np.stack(_parallel(lambda f: _decode(f, size), files, n))
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    chunks = [([str(f) for f in files[i:i + _PROCESS_CHUNK]], size) for i in range(0, len(files), _PROCESS_CHUNK)]
+    # forkserver, not fork: the worker that asks has torch (and maybe CUDA) threads a fork would copy mid-lock
+    with ProcessPoolExecutor(max_workers=n, mp_context=multiprocessing.get_context("forkserver")) as ex:
+        return np.concatenate(list(ex.map(_decode_chunk, chunks)))
 
 
 def _header(path: Path) -> tuple[str, tuple[int, int]]:
@@ -973,16 +1029,55 @@ def _decode(path: Path, size: int) -> np.ndarray:
         raise DataError(f"{path}: not a readable image ({type(e).__name__}: {e})") from None
 
 
+@contextlib.contextmanager
+def _cache_lock(path: Path) -> Iterator[None]:
+    """An exclusive flock on ``<cache>.lock`` while one process decodes: the runs of a sweep that
+    start together wait for the first one's cache instead of each decoding every image again. The
+    cache itself is written to a temp file and renamed, so a reader never sees half a file, lock
+    or not; where the lock cannot be taken (a read-only folder, a file system without locks) the
+    decode goes on without it."""
+    import fcntl
+
+    from . import atomic
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = atomic.open_in_place(path.with_name(path.name + ".lock"), os.O_RDWR | os.O_CREAT)
+    except OSError:  # LinkRefused too: a link named like the lock file is not followed
+        yield
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError:
+            pass
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+def decode_cached(root: Path, name: str, size: int, files: list[Path]) -> np.ndarray:
+    """The images ``files`` (all under ``root``) decoded at ``size``, read from the cache
+    ``<root>/.cnnstress-cache/<name>-<size>-<hash>.npz`` when it is valid; else decoded in parallel
+    (one process at a time per cache, see :func:`_cache_lock`) and cached."""
+    path = _cache_path(root, name, size, files)
+    x = _read_image_cache(path, len(files), size)
+    if x is not None:
+        return x
+    with _cache_lock(path):
+        x = _read_image_cache(path, len(files), size, quiet=True)  # written while this process waited
+        if x is None:
+            x = decode_images(files, size)
+            try:
+                _write_atomic_npz(path, {"x": x})
+            except OSError as exc:  # a read-only data folder still works, just without a cache
+                warnings.warn(f"could not cache decoded images at {path}: {exc}", stacklevel=3)
+    return x
+
+
 def _imagefolder_split(root: Path, split: str, size: int) -> tuple[Split, tuple[str, ...]]:
     classes, files, y = imagefolder_listing(root, split)
-    path = _cache_path(root, split, size, files)
-    x = _read_image_cache(path, len(files), size)
-    if x is None:
-        x = np.stack(_parallel(lambda f: _decode(f, size), files))
-        try:
-            _write_atomic_npz(path, {"x": x})
-        except OSError as exc:  # a read-only data folder still works, just without a cache
-            warnings.warn(f"could not cache decoded images at {path}: {exc}", stacklevel=3)
+    x = decode_cached(root, split, size, files)
     return Split(x=x, y=y, index=np.arange(y.shape[0], dtype=np.int64)), classes
 
 
@@ -1072,6 +1167,34 @@ def _load_arrays(root: Path, opts: dict) -> tuple[Split, Split, tuple[str, ...]]
         return Split(x=x, y=y, index=np.arange(y.shape[0], dtype=np.int64), mask=mask)
 
     return split("train"), split("test"), names
+
+
+#: images in the official train and test splits of the datasets whose size no option sets
+_OFFICIAL_COUNTS = {"cifar10": (50_000, 10_000), "cifar100": (50_000, 10_000)}
+
+
+def images_held(dataset: str, root: str | os.PathLike, options: Mapping[str, Any] | None) -> tuple[int, int]:
+    """(images, bytes) of the images a run holds: the official train split (train + validation) and
+    the test split as uint8 3 x H x W, counted without decoding any (folders listed, .npz headers
+    read). What the launch compares with the memory a run will have (launcher.memory_problem)."""
+    opts = resolve_options(dataset, options)
+    if dataset in _OFFICIAL_COUNTS:
+        n, side = sum(_OFFICIAL_COUNTS[dataset]), IMAGE_SIZE
+        return n, n * 3 * side * side
+    if dataset == "shapes":
+        n = opts["n_train"] + opts["n_test"]
+        return n, n * (3 + 1) * IMAGE_SIZE * IMAGE_SIZE  # and the object masks, one byte a pixel
+    if dataset == "imagefolder":
+        folder, side = _own_path(opts, "root", Path(root)), int(opts["image_size"])
+        n = sum(len(imagefolder_listing(folder, opts[split])[1]) for split in ("train", "test"))
+        return n, n * 3 * side * side
+    heads = _npz_headers(_own_path(opts, "path", Path(root)))
+    total = n = 0
+    for part in ("train", "test"):
+        _, shape = heads.get(f"x_{part}", (None, (0,)))
+        n += int(shape[0])
+        total += int(np.prod(shape, dtype=np.int64))
+    return n, total
 
 
 def own_data_check(dataset: str, root: str | os.PathLike, options: Mapping[str, Any] | None) -> tuple[str, ...]:
