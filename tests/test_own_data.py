@@ -263,3 +263,78 @@ def test_a_missing_npz_is_one_line(weird_dir):
     grid.write_text(grid_text('dataset = "arrays"\ndataset_options = { path = "gone.npz" }\n'))
     with pytest.raises(GridError, match=r"gone.npz: no such file"):
         load_grid(grid, out_root=weird_dir / "o")
+
+
+# ------------------------------------------------------------------------------- parallel decode
+
+
+def _mixed_files(root: Path) -> list[Path]:
+    """PNG and JPEG, RGB and L, landscape, portrait and square, some already at 32."""
+    rng = np.random.default_rng(5)
+    root.mkdir(parents=True)
+    files = []
+    for i, (w, h, mode, ext) in enumerate([(40, 36, "RGB", "png"), (31, 77, "L", "png"), (32, 32, "RGB", "jpg"),
+                                            (90, 45, "L", "jpg"), (33, 32, "RGB", "webp")] * 3):
+        path = root / f"im {i:02d}.{ext}"
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).convert(mode).save(path)
+        files.append(path)
+    return files
+
+
+@pytest.mark.parametrize("pool", ["thread", "process", "auto"])
+def test_parallel_decode_is_the_serial_decode_byte_for_byte(weird_dir, pool):
+    files = _mixed_files(weird_dir / "mixed")
+    serial = np.stack([data._decode(f, 32) for f in files])
+    got = data.decode_images(files, 32, pool=pool, workers=3)
+    assert got.dtype == np.uint8 and got.shape == serial.shape and np.array_equal(got, serial)
+
+
+def test_parallel_decode_names_the_first_bad_file(weird_dir):
+    files = _mixed_files(weird_dir / "mixed")
+    files[7].write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    files[11].write_bytes(b"broken too")
+    for pool in ("thread", "process"):
+        with pytest.raises(data.DataError, match=rf"{files[7].name}: not a readable image"):
+            data.decode_images(files, 32, pool=pool, workers=2)
+
+
+def test_runs_that_start_together_decode_once_and_share_the_cache(weird_dir, monkeypatch):
+    import threading
+    import time
+
+    files = _mixed_files(weird_dir / "shared")
+    calls = []
+    real = data.decode_images
+
+    def slow_decode(fs, size, **kw):
+        calls.append(len(fs))
+        time.sleep(0.3)  # long enough for the other reader to find no cache and wait for the lock
+        return real(fs, size, **kw)
+
+    monkeypatch.setattr(data, "decode_images", slow_decode)
+    out: list[np.ndarray] = []
+    threads = [threading.Thread(target=lambda: out.append(data.decode_cached(weird_dir / "shared", "x", 32, files)))
+               for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert calls == [len(files)] and len(out) == 3 and all(np.array_equal(o, out[0]) for o in out)
+    cache = weird_dir / "shared" / data.CACHE_DIR
+    assert len(list(cache.glob("x-32-*.npz"))) == 1 and not list(cache.glob("*.tmp"))
+
+
+def test_a_read_only_folder_decodes_without_lock_or_cache(weird_dir, monkeypatch):
+    files = _mixed_files(weird_dir / "ro")
+    monkeypatch.setattr(data, "_write_atomic_npz", lambda *a: (_ for _ in ()).throw(PermissionError(13, "denied")))
+    real_open = os.open
+
+    def no_lock(path, *a, **kw):
+        if str(path).endswith(".lock"):
+            raise PermissionError(13, "denied", str(path))
+        return real_open(path, *a, **kw)
+
+    monkeypatch.setattr(os, "open", no_lock)
+    with pytest.warns(UserWarning, match="could not cache decoded images"):
+        x = data.decode_cached(weird_dir / "ro", "x", 32, files)
+    assert np.array_equal(x, np.stack([data._decode(f, 32) for f in files]))

@@ -89,14 +89,15 @@ class OodProbe(Probe):
         attribute ``ood_sets``."""
         import torch
 
-        from .. import data, oodsets, store
+        from .. import oodsets, store
+        from ..data import IMAGE_SIZE
 
         out = {}
         described: dict[str, Any] = {}
         own = spec.stress.ood.get("own", [])
         # [] with only sets of your own means those alone, not every built-in set besides
         names = spec.stress.ood["sets"] or ([] if own else oodsets.available_sets(spec.dataset.name, spec.paths.data_root))
-        size = int(spec.dataset.params.get("image_size", data.IMAGE_SIZE))
+        size = int(spec.dataset.params.get("image_size", IMAGE_SIZE))
         loads = [(name, lambda name=name: oodsets.load_ood_set(name, spec.dataset.name, spec.paths.data_root,
                                                                spec.stress.ood["samples"], spec.stress.corruption_seed))
                  for name in names]
