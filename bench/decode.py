@@ -1,16 +1,20 @@
-"""Decoding your own images: PNG images/s serial, on a thread pool and on a process pool, and the
-time to reload the decoded cache.
+"""Decoding your own images: PNG images/s one by one, on a thread pool and on a process pool, and
+the time to reload the decoded cache.
 
     .venv/bin/python bench/decode.py [--quick] [--images 2000] [--sizes 32,64] [--workers N]
 
-For each size S, ``--images`` PNGs are generated (S x S + 8 on the long side, RGB noise over a
-colour ramp, so the shorter-side resize and the centre crop both run) in a temporary folder, then
+For each size S, ``--images`` PNGs are generated (S x (S + 8): RGB noise over a colour ramp, so the
+shorter-side resize and the centre crop both run) in a temporary folder, then
 cnnstress.data.decode_images runs on them serially, on threads and on processes (``--workers``,
 default: the CPUs of this task, os.sched_getaffinity), and cnnstress.data.decode_cached reads the
-cache a first decode wrote. Each arm is the median of ``--repeats`` (the page cache is warm after
-the first generation; a cold disk is slower for every arm alike). Every parallel result is checked
-to be the serial one byte for byte. Per-core rate = images/s / workers. The last line is
-``ratio <size> thread <t/serial>x process <p/serial>x reload <decode/reload>x ...``.
+cache a first decode wrote. Each arm is the median of ``--repeats``, the arms interleaved (the page
+cache is warm after the generation; a cold disk is slower for every arm alike). Every parallel
+result is checked to be the serial one byte for byte. Per-core rate = images/s / workers.
+
+The reference measured in the same run, ``ceiling``: how much faster ``workers`` processes run a
+pure-Python loop than one process runs it ``workers`` times, the most any pool can gain on this
+machine (shared or throttled virtual CPUs give far less than ``workers``). The last line is
+``ratio ceiling <c>x <size> thread <t/serial>x process <p/serial>x reload <decode/reload>x ...``.
 """
 
 from __future__ import annotations

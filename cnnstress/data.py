@@ -936,9 +936,10 @@ def decode_images(files: list[Path], size: int, *, pool: str = "auto", workers: 
         pool = "process" if len(files) >= PARALLEL_MIN else "serial"
     if pool == "serial" or n == 1:
         return np.stack([_decode(f, size) for f in files])
-    if pool == "thread":
-        return np.stack(_parallel(lambda f: _decode(f, size), files, n))
     import multiprocessing
+
+    if pool == "thread" or multiprocessing.current_process().daemon:  # a daemonic process may not start any
+        return np.stack(_parallel(lambda f: _decode(f, size), files, n))
     from concurrent.futures import ProcessPoolExecutor
 
     chunks = [([str(f) for f in files[i:i + _PROCESS_CHUNK]], size) for i in range(0, len(files), _PROCESS_CHUNK)]
