@@ -907,8 +907,8 @@ def _parallel(fn: Callable[[Path], Any], files: list[Path], workers: int | None 
 #: how decode_images spreads images over the CPUs of the task (bench/decode.py measures each).
 #: "auto": processes for PARALLEL_MIN images or more, else one loop here. A process pool, not
 #: threads: opening a PNG (PIL's chunk parser, the mode conversion, the crop) is Python holding the
-#: GIL for much of a 32-pixel image's decode, so threads measured slower than the plain loop
-#: (docs/performance.md), while processes hold one GIL each.
+#: GIL for much of a 32-pixel image's decode, so threads can gain only the rest (0.54x-1.26x of the
+#: plain loop on a shared 2-core VM, docs/performance.md), while processes hold one GIL each.
 DECODE_POOLS = ("auto", "process", "thread", "serial")
 #: below this many images a pool's start (about half a second: a fresh interpreter per worker that
 #: imports numpy and PIL) costs more than the decode it shares out

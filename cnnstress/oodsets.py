@@ -20,6 +20,10 @@ Sets (:data:`OOD_SETS`, name -> :class:`OodSet`):
 * ``smooth_noise`` (far OOD, every dataset): low-frequency noise, a uniform 4x4 grid per image
   and channel upsampled bilinearly to 32x32 then stretched to the full 0..255 range per image.
 
+Your own sets (``[stress].ood_sets = ["folder:<path>", "npz:<path>"]``, :func:`load_own_set`): a
+folder of images decoded like an ``imagefolder`` dataset, or an .npz of uint8 ``(K, H, W, 3)``
+images, at the in-distribution dataset's image size; see the section at the end of this module.
+
 Generated sets are deterministic from ``seed`` (each set mixes its own name into the seed, so two
 sets with the same seed do not share random draws). Torch-free, like :mod:`cnnstress.data`.
 """
