@@ -910,16 +910,59 @@ def _parallel(fn: Callable[[Path], Any], files: list[Path], workers: int | None 
 #: GIL for much of a 32-pixel image's decode, so threads can gain only the rest (0.54x-1.26x of the
 #: plain loop on a shared 2-core VM, docs/performance.md), while processes hold one GIL each.
 DECODE_POOLS = ("auto", "process", "thread", "serial")
-#: below this many images a pool's start (about half a second: a fresh interpreter per worker that
-#: imports numpy and PIL) costs more than the decode it shares out
+#: below this many images a pool's start (a fresh interpreter per worker that imports numpy and
+#: PIL: 0.4-1.0 s measured) costs more than the decode it shares out
 PARALLEL_MIN = 4000
-#: images a process of the pool decodes per task (a few ms of work: its pickling is noise)
-_PROCESS_CHUNK = 256
+def _decode_slice(paths: list[str], size: int) -> bytes:
+    """What one process of the pool does: the images decoded in order, as raw uint8 bytes."""
+    return b"".join(_decode(Path(p), size).tobytes() for p in paths)
 
 
-def _decode_chunk(args: tuple[list[str], int]) -> np.ndarray:
-    paths, size = args
-    return np.stack([_decode(Path(p), size) for p in paths])
+def _decode_processes(files: list[Path], size: int, n: int) -> np.ndarray:
+    """``files`` cut into ``n`` runs of neighbours, each decoded by ``python -m cnnstress.data
+    --decode`` (paths in as JSON, pixels out as raw bytes). Fresh interpreters, not a
+    multiprocessing pool: fork would copy a training process's threads mid-lock, and spawn or
+    forkserver run the calling script's top level again in every child (a script without an
+    ``if __name__ == "__main__"`` guard starts itself over). The first failing slice, in file order,
+    names its first bad file."""
+    import subprocess
+    import sys
+
+    bounds = np.linspace(0, len(files), n + 1).round().astype(int)
+    slices = [files[a:b] for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+    errs = [tempfile.TemporaryFile() for _ in slices]  # a file, not a pipe: a chatty child never blocks
+    procs = [subprocess.Popen([sys.executable, "-m", "cnnstress.data", "--decode", str(size)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err,
+                              cwd=str(Path(__file__).resolve().parents[1]))  # where the package is
+             for err in errs]
+    # every child has its paths before any is read from: they decode at once; the transfers follow
+    try:
+        for proc, part in zip(procs, slices):
+            proc.stdin.write(json.dumps([str(f) for f in part]).encode())
+            proc.stdin.close()
+        outputs = []
+        for proc, err in zip(procs, errs):
+            out = proc.stdout.read()
+            proc.wait()
+            err.seek(0)
+            outputs.append((out, err.read()))
+    finally:
+        for proc, err in zip(procs, errs):
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            proc.stdout.close()
+            err.close()
+    per_image = 3 * size * size
+    arrays = []
+    for proc, part, (out, err) in zip(procs, slices, outputs):
+        if proc.returncode != 0 or len(out) != per_image * len(part):
+            last = err.decode(errors="replace").strip().splitlines()
+            raise DataError(last[-1] if proc.returncode == 2 and last else
+                            f"{part[0].parent}: decoding images failed (exit status {proc.returncode}: "
+                            f"{last[-1] if last else 'no message'})")
+        arrays.append(np.frombuffer(out, np.uint8).reshape(len(part), 3, size, size))
+    return np.concatenate(arrays)
 
 
 def decode_images(files: list[Path], size: int, *, pool: str = "auto", workers: int | None = None) -> np.ndarray:
@@ -936,16 +979,9 @@ def decode_images(files: list[Path], size: int, *, pool: str = "auto", workers: 
         pool = "process" if len(files) >= PARALLEL_MIN else "serial"
     if pool == "serial" or n == 1:
         return np.stack([_decode(f, size) for f in files])
-    import multiprocessing
-
-    if pool == "thread" or multiprocessing.current_process().daemon:  # a daemonic process may not start any
+    if pool == "thread":
         return np.stack(_parallel(lambda f: _decode(f, size), files, n))
-    from concurrent.futures import ProcessPoolExecutor
-
-    chunks = [([str(f) for f in files[i:i + _PROCESS_CHUNK]], size) for i in range(0, len(files), _PROCESS_CHUNK)]
-    # forkserver, not fork: the worker that asks has torch (and maybe CUDA) threads a fork would copy mid-lock
-    with ProcessPoolExecutor(max_workers=n, mp_context=multiprocessing.get_context("forkserver")) as ex:
-        return np.concatenate(list(ex.map(_decode_chunk, chunks)))
+    return _decode_processes(files, size, n)
 
 
 def _header(path: Path) -> tuple[str, tuple[int, int]]:
@@ -1227,3 +1263,16 @@ _LOADERS: dict[str, _Loader] = {
     "cifar10": lambda root, opts: _load_cifar("cifar10", root),
     "cifar100": lambda root, opts: _load_cifar("cifar100", root),
 }
+
+
+if __name__ == "__main__":
+    import sys
+
+    if sys.argv[1:2] == ["--decode"]:  # one process of decode_images' pool: paths (JSON) in, pixels out
+        try:
+            sys.stdout.buffer.write(_decode_slice(json.load(sys.stdin), int(sys.argv[2])))
+        except DataError as exc:
+            print(exc, file=sys.stderr)
+            sys.exit(2)
+        sys.exit(0)
+    sys.exit("usage: python -m cnnstress.data --decode SIZE < paths.json")

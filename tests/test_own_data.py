@@ -338,3 +338,17 @@ def test_a_read_only_folder_decodes_without_lock_or_cache(weird_dir, monkeypatch
     with pytest.warns(UserWarning, match="could not cache decoded images"):
         x = data.decode_cached(weird_dir / "ro", "x", 32, files)
     assert np.array_equal(x, np.stack([data._decode(f, 32) for f in files]))
+
+
+def test_the_process_pool_works_from_a_script_without_a_main_guard(weird_dir):
+    """multiprocessing's spawn and forkserver run the calling script's top level again in each child
+    (here: the decode again, forever); the pool's fresh interpreters do not."""
+    files = _mixed_files(weird_dir / "unguarded")
+    script = weird_dir / "my script.py"
+    script.write_text(f"import sys, json\nsys.path.insert(0, {str(REPO)!r})\nimport torch\nfrom pathlib import Path\n"
+                      "from cnnstress import data\n"
+                      f"files = [Path(p) for p in {json.dumps([str(f) for f in files])}]\n"
+                      "x = data.decode_images(files, 32, pool='process', workers=2)\n"
+                      "print('same' if (x == __import__('numpy').stack([data._decode(f, 32) for f in files])).all() else 'differs')\n")
+    res = subprocess.run([sys.executable, str(script)], cwd=weird_dir, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0 and res.stdout.strip() == "same", res.stderr[-2000:]
