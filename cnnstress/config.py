@@ -170,6 +170,9 @@ class SlurmConfig:
 
 #: RunSpec fields naming a user's file: the keys that say where it is (left out of the identity)
 _FILE_LOCATION = {"model_source": ("root", "file"), "weights": ("file",)}
+#: StressSpec fields holding a list of a user's files or folders: (the list's key, the keys of each
+#: entry that say where it lies and what it is called; its sha256 stays in the identity)
+_STRESS_FILE_LOCATION = {"ood": ("own", ("path", "set"))}
 
 
 #: RunSpec identity fields that do not change the trained weights (RunSpec.training_hash)
@@ -217,6 +220,11 @@ class RunSpec:
         for key, where in _FILE_LOCATION.items():  # a file's sha256 identifies it, not where it lies
             if key in d:
                 d[key] = {k: v for k, v in d[key].items() if k not in where}
+        for key, (entries, where) in _STRESS_FILE_LOCATION.items():
+            value = d["stress"].get(key)
+            if isinstance(value, dict) and value.get(entries):
+                d["stress"][key] = {**value, entries: [{k: v for k, v in e.items() if k not in where}
+                                                       for e in value[entries]]}
         # a stress test's fields that hold their off value (off, or the default every run had
         # before the field existed) are left out: adding a stress test changes no run id
         for key, off in probes.optional_fields().items():

@@ -17,6 +17,7 @@ class is uniform random, independent of the label. The arrays are cached under
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -28,7 +29,7 @@ import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 
@@ -834,13 +835,25 @@ def _classes(split_dir: Path) -> tuple[str, ...]:
     return tuple(entries)
 
 
-def _class_files(class_dir: Path) -> list[Path]:
-    """The images of one class in torchvision ImageFolder's order: sorted walk, sorted names."""
+def image_files(folder: Path, *, skip_hidden_folders: bool = False) -> list[Path]:
+    """The images under ``folder`` in torchvision ImageFolder's order: sorted walk, sorted names
+    (names starting with "." skipped; with ``skip_hidden_folders`` their folders too, such as the
+    cache folder inside a folder of images that is not split into classes)."""
     files = []
-    for folder, _, names in sorted(os.walk(class_dir, followlinks=True)):
+    for here, dirs, names in sorted(os.walk(folder, followlinks=True)):
+        if skip_hidden_folders:
+            dirs[:] = [d for d in dirs if not d.startswith(".")]
+            if any(part.startswith(".") for part in Path(here).relative_to(folder).parts):
+                continue
         for name in sorted(names):
             if name.lower().endswith(IMAGE_EXTENSIONS) and not name.startswith("."):
-                files.append(Path(folder) / name)
+                files.append(Path(here) / name)
+    return files
+
+
+def _class_files(class_dir: Path) -> list[Path]:
+    """The images of one class in torchvision ImageFolder's order: sorted walk, sorted names."""
+    files = image_files(class_dir)
     if not files:
         raise DataError(f"{class_dir}: empty class folder (no {'/'.join(e[1:] for e in IMAGE_EXTENSIONS)} "
                         "images); allowed: at least one image per class")
@@ -880,15 +893,95 @@ def _n_workers() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def _parallel(fn: Callable[[Path], Any], files: list[Path]) -> list[Any]:
+def _parallel(fn: Callable[[Path], Any], files: list[Path], workers: int | None = None) -> list[Any]:
     """``fn`` over ``files`` in order, on threads (PIL releases the GIL while it decodes)."""
     from concurrent.futures import ThreadPoolExecutor
 
-    workers = min(_n_workers(), max(1, len(files)))
+    workers = min(workers or _n_workers(), max(1, len(files)))
     if workers == 1:
         return [fn(f) for f in files]
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        return list(pool.map(fn, files, chunksize=64))
+        return list(pool.map(fn, files))
+
+
+#: how decode_images spreads images over the CPUs of the task (bench/decode.py measures each).
+#: "auto": processes for PARALLEL_MIN images or more, else one loop here. A process pool, not
+#: threads: opening a PNG (PIL's chunk parser, the mode conversion, the crop) is Python holding the
+#: GIL for much of a 32-pixel image's decode, so threads can gain only the rest (0.54x-1.26x of the
+#: plain loop on a shared 2-core VM, docs/performance.md), while processes hold one GIL each.
+DECODE_POOLS = ("auto", "process", "thread", "serial")
+#: below this many images a pool's start (a fresh interpreter per worker that imports numpy and
+#: PIL: 0.4-1.0 s measured) costs more than the decode it shares out
+PARALLEL_MIN = 4000
+def _decode_slice(paths: list[str], size: int) -> bytes:
+    """What one process of the pool does: the images decoded in order, as raw uint8 bytes."""
+    return b"".join(_decode(Path(p), size).tobytes() for p in paths)
+
+
+def _decode_processes(files: list[Path], size: int, n: int) -> np.ndarray:
+    """``files`` cut into ``n`` runs of neighbours, each decoded by ``python -m cnnstress.data
+    --decode`` (paths in as JSON, pixels out as raw bytes). Fresh interpreters, not a
+    multiprocessing pool: fork would copy a training process's threads mid-lock, and spawn or
+    forkserver run the calling script's top level again in every child (a script without an
+    ``if __name__ == "__main__"`` guard starts itself over). The first failing slice, in file order,
+    names its first bad file."""
+    import subprocess
+    import sys
+
+    bounds = np.linspace(0, len(files), n + 1).round().astype(int)
+    slices = [files[a:b] for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+    errs = [tempfile.TemporaryFile() for _ in slices]  # a file, not a pipe: a chatty child never blocks
+    procs = [subprocess.Popen([sys.executable, "-m", "cnnstress.data", "--decode", str(size)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err,
+                              cwd=str(Path(__file__).resolve().parents[1]))  # where the package is
+             for err in errs]
+    # every child has its paths before any is read from: they decode at once; the transfers follow
+    try:
+        for proc, part in zip(procs, slices):
+            proc.stdin.write(json.dumps([str(f) for f in part]).encode())
+            proc.stdin.close()
+        outputs = []
+        for proc, err in zip(procs, errs):
+            out = proc.stdout.read()
+            proc.wait()
+            err.seek(0)
+            outputs.append((out, err.read()))
+    finally:
+        for proc, err in zip(procs, errs):
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            proc.stdout.close()
+            err.close()
+    per_image = 3 * size * size
+    arrays = []
+    for proc, part, (out, err) in zip(procs, slices, outputs):
+        if proc.returncode != 0 or len(out) != per_image * len(part):
+            last = err.decode(errors="replace").strip().splitlines()
+            raise DataError(last[-1] if proc.returncode == 2 and last else
+                            f"{part[0].parent}: decoding images failed (exit status {proc.returncode}: "
+                            f"{last[-1] if last else 'no message'})")
+        arrays.append(np.frombuffer(out, np.uint8).reshape(len(part), 3, size, size))
+    return np.concatenate(arrays)
+
+
+def decode_images(files: list[Path], size: int, *, pool: str = "auto", workers: int | None = None) -> np.ndarray:
+    """uint8 ``(N, 3, size, size)``: every file decoded by :func:`_decode`, in order, on ``workers``
+    threads or processes (default: the CPUs of this task, ``os.sched_getaffinity``). Each image is
+    decoded alone by the same code whichever pool runs it, so the result is the serial one, byte for
+    byte. A bad file is a DataError naming it (the first one in file order)."""
+    if pool not in DECODE_POOLS:
+        raise ValueError(f"pool = {pool!r}; allowed: {', '.join(DECODE_POOLS)}")
+    if not files:
+        return np.zeros((0, 3, size, size), np.uint8)
+    n = min(workers or _n_workers(), len(files))
+    if pool == "auto":
+        pool = "process" if len(files) >= PARALLEL_MIN else "serial"
+    if pool == "serial" or n == 1:
+        return np.stack([_decode(f, size) for f in files])
+    if pool == "thread":
+        return np.stack(_parallel(lambda f: _decode(f, size), files, n))
+    return _decode_processes(files, size, n)
 
 
 def _header(path: Path) -> tuple[str, tuple[int, int]]:
@@ -973,16 +1066,55 @@ def _decode(path: Path, size: int) -> np.ndarray:
         raise DataError(f"{path}: not a readable image ({type(e).__name__}: {e})") from None
 
 
+@contextlib.contextmanager
+def _cache_lock(path: Path) -> Iterator[None]:
+    """An exclusive flock on ``<cache>.lock`` while one process decodes: the runs of a sweep that
+    start together wait for the first one's cache instead of each decoding every image again. The
+    cache itself is written to a temp file and renamed, so a reader never sees half a file, lock
+    or not; where the lock cannot be taken (a read-only folder, a file system without locks) the
+    decode goes on without it."""
+    import fcntl
+
+    from . import atomic
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = atomic.open_in_place(path.with_name(path.name + ".lock"), os.O_RDWR | os.O_CREAT)
+    except OSError:  # LinkRefused too: a link named like the lock file is not followed
+        yield
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError:
+            pass
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+def decode_cached(root: Path, name: str, size: int, files: list[Path]) -> np.ndarray:
+    """The images ``files`` (all under ``root``) decoded at ``size``, read from the cache
+    ``<root>/.cnnstress-cache/<name>-<size>-<hash>.npz`` when it is valid; else decoded in parallel
+    (one process at a time per cache, see :func:`_cache_lock`) and cached."""
+    path = _cache_path(root, name, size, files)
+    x = _read_image_cache(path, len(files), size)
+    if x is not None:
+        return x
+    with _cache_lock(path):
+        x = _read_image_cache(path, len(files), size, quiet=True)  # written while this process waited
+        if x is None:
+            x = decode_images(files, size)
+            try:
+                _write_atomic_npz(path, {"x": x})
+            except OSError as exc:  # a read-only data folder still works, just without a cache
+                warnings.warn(f"could not cache decoded images at {path}: {exc}", stacklevel=3)
+    return x
+
+
 def _imagefolder_split(root: Path, split: str, size: int) -> tuple[Split, tuple[str, ...]]:
     classes, files, y = imagefolder_listing(root, split)
-    path = _cache_path(root, split, size, files)
-    x = _read_image_cache(path, len(files), size)
-    if x is None:
-        x = np.stack(_parallel(lambda f: _decode(f, size), files))
-        try:
-            _write_atomic_npz(path, {"x": x})
-        except OSError as exc:  # a read-only data folder still works, just without a cache
-            warnings.warn(f"could not cache decoded images at {path}: {exc}", stacklevel=3)
+    x = decode_cached(root, split, size, files)
     return Split(x=x, y=y, index=np.arange(y.shape[0], dtype=np.int64)), classes
 
 
@@ -1105,6 +1237,34 @@ def _load_arrays(root: Path, opts: dict) -> tuple[Split, Split, tuple[str, ...]]
     return split("train"), split("test"), names
 
 
+#: images in the official train and test splits of the datasets whose size no option sets
+_OFFICIAL_COUNTS = {"cifar10": (50_000, 10_000), "cifar100": (50_000, 10_000)}
+
+
+def images_held(dataset: str, root: str | os.PathLike, options: Mapping[str, Any] | None) -> tuple[int, int]:
+    """(images, bytes) of the images a run holds: the official train split (train + validation) and
+    the test split as uint8 3 x H x W, counted without decoding any (folders listed, .npz headers
+    read). What the launch compares with the memory a run will have (launcher.memory_problem)."""
+    opts = resolve_options(dataset, options)
+    if dataset in _OFFICIAL_COUNTS:
+        n, side = sum(_OFFICIAL_COUNTS[dataset]), IMAGE_SIZE
+        return n, n * 3 * side * side
+    if dataset == "shapes":
+        n = opts["n_train"] + opts["n_test"]
+        return n, n * (3 + 1) * IMAGE_SIZE * IMAGE_SIZE  # and the object masks, one byte a pixel
+    if dataset == "imagefolder":
+        folder, side = _own_path(opts, "root", Path(root)), int(opts["image_size"])
+        n = sum(len(imagefolder_listing(folder, opts[split])[1]) for split in ("train", "test"))
+        return n, n * 3 * side * side
+    heads = _npz_headers(_own_path(opts, "path", Path(root)))
+    total = n = 0
+    for part in ("train", "test"):
+        _, shape = heads.get(f"x_{part}", (None, (0,)))
+        n += int(shape[0])
+        total += int(np.prod(shape, dtype=np.int64))
+    return n, total
+
+
 def own_data_check(dataset: str, root: str | os.PathLike, options: Mapping[str, Any] | None) -> tuple[str, ...]:
     """The class names of an ``imagefolder`` or ``arrays`` dataset, every file checked (one
     DataError naming the first bad one); what launch and --dry-run run before anything is submitted."""
@@ -1134,3 +1294,16 @@ _LOADERS: dict[str, _Loader] = {
     "cifar10": lambda root, opts: _load_cifar("cifar10", root),
     "cifar100": lambda root, opts: _load_cifar("cifar100", root),
 }
+
+
+if __name__ == "__main__":
+    import sys
+
+    if sys.argv[1:2] == ["--decode"]:  # one process of decode_images' pool: paths (JSON) in, pixels out
+        try:
+            sys.stdout.buffer.write(_decode_slice(json.load(sys.stdin), int(sys.argv[2])))
+        except DataError as exc:
+            print(exc, file=sys.stderr)
+            sys.exit(2)
+        sys.exit(0)
+    sys.exit("usage: python -m cnnstress.data --decode SIZE < paths.json")

@@ -150,7 +150,7 @@ def _main(argv: Sequence[str] | None) -> int:
         for line in power_notes(grid, sweep_dir):
             console.print(line, markup=False)
         _print_plan(args, grid, sweep_dir, out_root, data_root, console)
-        problem = _launch_problem(grid)
+        problem = _launch_problem(grid, args.cluster, args.max_parallel)
         if problem:  # what the launch itself would refuse
             err.print(f"error: {grid.source}: {problem}", markup=False)
             return 2
@@ -159,7 +159,7 @@ def _main(argv: Sequence[str] | None) -> int:
         return _status(grid, sweep_dir, console, args)
     if args.gather:
         return _gather(grid, sweep_dir, console)
-    problem = _launch_problem(grid)
+    problem = _launch_problem(grid, args.cluster, args.max_parallel)
     if problem:  # before anything is written or submitted (gather and --status never need the files)
         err.print(f"error: {grid.source}: {problem}", markup=False)
         return 2
@@ -530,9 +530,71 @@ def print_status(grid: Grid, sweep_dir: Path, console: Console, verify_hash: boo
     return counts
 
 
-def _launch_problem(grid: Grid) -> str:
+def _launch_problem(grid: Grid, cluster: str = "local", max_parallel: int | None = None) -> str:
     """Why this grid cannot be launched from here ("" when it can); --dry-run says the same."""
-    return missing_files(grid) or model_problem(grid) or tensorboard.missing_package(grid.runs)
+    return (missing_files(grid) or memory_problem(grid, cluster, max_parallel) or model_problem(grid)
+            or tensorboard.missing_package(grid.runs))
+
+
+#: What a run holds besides its images (torch's and CUDA's own memory, the model, its optimizer
+#: state and activations): a floor, not a measurement, so that only what cannot fit is refused
+MEMORY_MARGIN = 512 * 2**20
+#: Copies of the images in host memory while a run starts: the decoded (or read) arrays, and the
+#: train and validation parts cut from them; on a GPU they are held once
+HOST_COPIES = 2
+GIB = 2**30
+
+
+def _gib(n: int) -> str:
+    return f"{n / GIB:.3g} GiB"
+
+
+def memory_problem(grid: Grid, cluster: str, max_parallel: int | None = None, *,
+                   ram: int | None = None, gpu: int | None = None) -> str:
+    """Why the dataset cannot fit the memory its runs will have ("" when it can): its images
+    (data.images_held: the official train and test splits, uint8) held HOST_COPIES times in host
+    memory and once on the GPU, plus MEMORY_MARGIN, against [slurm].mem_gb on Slurm (GPU memory is
+    not known before a job lands on a node, so it is not checked there) or, here, against the free
+    RAM shared by the runs at once and the smallest visible GPU's memory. ``ram``/``gpu`` replace
+    the machine's (bytes). One line naming the dataset key."""
+    from .data import DataError, images_held
+
+    spec = grid.runs[0]  # one dataset per sweep (SWEEP_WIDE)
+    try:
+        n, size = images_held(spec.dataset.name, spec.paths.data_root, spec.dataset.params)
+    except (DataError, OSError, KeyError):  # missing files are missing_files' to report
+        return ""
+    if n == 0:
+        return ""
+    limits: list[tuple[int, int, int, str, str]] = []  # (copies, bytes needed, bytes there, what gives them, what to do)
+    host_need = HOST_COPIES * size + MEMORY_MARGIN
+    if backend(cluster).batch:
+        limits.append((HOST_COPIES, host_need, int(grid.slurm.mem_gb * GIB), f"[slurm].mem_gb = {grid.slurm.mem_gb:g}",
+                       "raise [slurm].mem_gb"))
+    else:
+        from .cluster.local import available_ram_bytes, gpu_memory_bytes, visible_gpus
+
+        gpus = visible_gpus() if cluster == "local" and gpu is None else []
+        at_once = 1 if cluster == "debug" else min(len(grid.runs), max_parallel or max(1, len(gpus)))
+        if gpus:
+            at_once = min(at_once, len(gpus))
+        free = ram if ram is not None else available_ram_bytes()
+        if free is not None:
+            limits.append((HOST_COPIES, host_need, free // at_once, f"this machine's free RAM ({_gib(free)}"
+                           + (f" shared by {at_once} runs at once)" if at_once > 1 else ")"),
+                           "free memory" + (" or lower --max-parallel" if at_once > 1 else "")))
+        gpu_bytes = gpu if gpu is not None else gpu_memory_bytes(gpus)
+        if gpu_bytes is not None:
+            limits.append((1, size + MEMORY_MARGIN, gpu_bytes, "the smallest visible GPU's memory", "use a larger GPU"))
+    where = spec.dataset.params.get("root") or spec.dataset.params.get("path")
+    name = f"{spec.dataset.name}" + (f" ({where})" if where else "")
+    for copies, need, have, what, fix in limits:
+        if need > have:
+            held = f"{_gib(size)} as uint8" + (f", held {copies} times while the splits are made" if copies > 1 else "")
+            return (f"[base].dataset: {name} needs about {_gib(need)} ({n} images, {held}, plus "
+                    f"{_gib(MEMORY_MARGIN)} for torch and the model) but {what} gives {_gib(have)}; allowed: fewer "
+                    f"or smaller images, or {fix}")
+    return ""
 
 
 def model_problem(grid: Grid) -> str:
@@ -576,7 +638,8 @@ def _image_size(spec: RunSpec, sizes: dict[str, int]) -> int:
 
 def missing_files(grid: Grid) -> str:
     """Why a run of this grid could not read the files it needs on this machine ("" when it can): a
-    named [stress].ood_sets set, or the official CIFAR-C files of [stress].source = "official" (missing,
+    named [stress].ood_sets set (your own: missing, empty, a corrupt image, an .npz of another
+    shape), or the official CIFAR-C files of [stress].source = "official" (missing,
     or a header, shape, dtype or size that is not the published one: cifar_c.check_files).
     Checked at launch and by --dry-run, not when the grid is read: the sweep's run ids must not depend on which
     files happen to be there, and gather and --status need none of them. Your own images (imagefolder,
@@ -591,6 +654,18 @@ def missing_files(grid: Grid) -> str:
                 own_data_check(dataset, root, json.loads(params))
             except DataError as e:
                 return f"[base].dataset_options: {e}"
+    sizes: dict[str, int] = {}
+    own_sets = {(json.dumps(e, sort_keys=True), _image_size(r, sizes)) for r in grid.runs
+                for e in (r.stress.ood or {}).get("own", [])}
+    if own_sets:
+        from .data import DataError
+        from .oodsets import check_own_set
+
+        for entry, size in sorted(own_sets):
+            try:
+                check_own_set(json.loads(entry), size)
+            except DataError as e:
+                return f"[stress].ood_sets: {e}"
     named = {(r.dataset.name, r.paths.data_root, name) for r in grid.runs for name in (r.stress.ood or {}).get("sets", [])}
     if named:
         from . import oodsets

@@ -540,8 +540,11 @@ def _torchvision_weights(ref: str, options: dict[str, Any]) -> dict[str, Any]:
         raise ValueError(f"weights {weights!r} is not a weights name of {ref}") from None
     cached = Path(torch.hub.get_dir(), "checkpoints", Path(value.url).name)
     if not cached.is_file():
-        raise ValueError(f"weights {weights!r} are not in torch's cache ({cached}); nothing is downloaded at run time: "
-                         f"put the file there first, or leave weights out")
+        # torchvision's builder would fetch it from the internet inside a running job (compute nodes
+        # often have no internet, and a download mid-sweep is a file no run id accounts for)
+        raise ValueError(f"weights {weights!r} are not in torch's hub cache: nothing is downloaded at run time; put "
+                         f"{value.url} at {cached} (torch.hub.get_dir()/checkpoints; TORCH_HOME moves it) on every "
+                         f"machine that runs the sweep, or save a state dict file and name it in [base].weights")
     return options
 
 

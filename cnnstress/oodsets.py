@@ -23,14 +23,21 @@ Sets (:data:`OOD_SETS`, name -> :class:`OodSet`):
   and channel upsampled bilinearly to S x S then stretched to the full 0..255 range per image (the
   same 4x4 grid at every size, so its blobs scale with the image).
 
+Your own sets (``[stress].ood_sets = ["folder:<path>", "npz:<path>"]``, :func:`load_own_set`): a
+folder of images decoded like an ``imagefolder`` dataset, or an .npz of uint8 ``(K, H, W, 3)``
+images, at the in-distribution dataset's image size; see the section at the end of this module.
+
 Generated sets are deterministic from ``seed`` (each set mixes its own name into the seed, so two
 sets with the same seed do not share random draws). Torch-free, like :mod:`cnnstress.data`.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import os
+import re
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -255,3 +262,124 @@ def load_ood_set(
     if size != data.IMAGE_SIZE:  # (absent: 32, as before other sizes existed)
         attrs["image_size"] = int(size)
     return x, attrs
+
+
+# ------------------------------------------------------------------------------------ your own sets
+#
+# [stress].ood_sets = ["folder:path", "npz:path"] beside the names above: a folder of images (flat,
+# or with sub-folders: every image under it, in sorted order) decoded like an ``imagefolder``
+# dataset (shorter side resized to the dataset's image size, centre-cropped) and cached in
+# <folder>/.cnnstress-cache/, or an .npz whose ``x`` is uint8 (K, H, W, 3) at the dataset's size.
+# The grid reads the path against its own folder and records the content's sha256 (of the .npz;
+# for a folder, of every image's relative path and bytes): the content is part of the run's
+# identity, where it lies is not (config._STRESS_FILE_LOCATION).
+
+OWN_KINDS = ("folder", "npz")
+_SLUG = re.compile(r"[^a-z0-9]+")
+
+
+def own_kind(entry: str) -> str | None:
+    """``"folder"`` or ``"npz"`` for an entry of [stress].ood_sets naming your own set, else None."""
+    kind, sep, _ = entry.partition(":")
+    return kind if sep and kind in OWN_KINDS else None
+
+
+def own_set_name(kind: str, path: str, taken: set[str]) -> str:
+    """The set's name in results.h5 and the report: ``folder_<folder name>`` or ``npz_<file stem>``
+    in lower-case letters, digits and '_' (a second set of that name gets _2, ...)."""
+    stem = Path(path).name if kind == "folder" else Path(path).stem
+    base = f"{kind}_{_SLUG.sub('_', stem.lower()).strip('_')[:40] or 'set'}"
+    name, i = base, 2
+    while name in taken:
+        name, i = f"{base}_{i}", i + 1
+    return name
+
+
+def _own_files(folder: Path) -> list[Path]:
+    if not folder.is_dir():
+        raise DataError(f"{folder}: no such folder; allowed: a folder of "
+                        f"{'/'.join(e[1:] for e in data.IMAGE_EXTENSIONS)} images")
+    files = data.image_files(folder, skip_hidden_folders=True)
+    if not files:
+        raise DataError(f"{folder}: no images in it (nor in its sub-folders); allowed: "
+                        f"{'/'.join(e[1:] for e in data.IMAGE_EXTENSIONS)} files")
+    return files
+
+
+def own_set_digest(kind: str, path: str | os.PathLike) -> str:
+    """The sha256 that identifies a set's content: of the .npz file, or of a folder's images
+    (relative path and the sha256 of each file's bytes, in sorted order). DataError when the file or
+    folder is missing or holds no image."""
+    from .ownmodel import sha256_file  # hashes a file once while it is unchanged (grids of many runs)
+
+    path = Path(path)
+    try:
+        if kind == "npz":
+            if not path.is_file():
+                raise DataError(f"{path}: no such file; allowed: an .npz with x = uint8 (K, H, W, 3) images")
+            return sha256_file(path)
+        h = hashlib.sha256()
+        for f in _own_files(path):
+            h.update(json.dumps([f.relative_to(path).as_posix(), sha256_file(f)]).encode())
+        return h.hexdigest()
+    except OSError as e:
+        raise DataError(f"{getattr(e, 'filename', None) or path}: cannot be read ({e.strerror or e})") from None
+
+
+def _npz_x(path: Path, size: int) -> tuple[np.dtype, tuple[int, ...]]:
+    heads = data._npz_headers(path)
+    if "x" not in heads:
+        raise DataError(f"{path}: no array 'x'; allowed: an .npz with x = uint8 (K, H, W, 3) images")
+    dtype, shape = heads["x"]
+    if dtype != np.uint8 or len(shape) != 4 or shape[3] != 3 or shape[0] < 1:
+        raise DataError(f"{path}: x is {dtype} {shape}; allowed: uint8 (K, H, W, 3), K >= 1")
+    if shape[1:3] != (size, size):
+        raise DataError(f"{path}: x images are {shape[1]}x{shape[2]}; allowed: {size}x{size}, the dataset's "
+                        "image size (resize them first)")
+    return dtype, shape
+
+
+def check_own_set(entry: dict[str, Any], size: int) -> None:
+    """The launch check of your own set (``entry`` as the grid resolved it: kind, path): every image
+    of a folder opened and verified (skipped when its cache is valid), an .npz's ``x`` header checked
+    against the dataset's ``size``. One DataError naming the first bad file."""
+    path = Path(entry["path"])
+    if entry["kind"] == "npz":
+        _npz_x(path, size)
+        return
+    files = _own_files(path)
+    cache = data._cache_path(path, OWN_CACHE_NAME, size, files)
+    if data._read_image_cache(cache, len(files), size, quiet=True) is not None:
+        return
+    for f, (mode, _) in zip(files, data._parallel(data._header, files)):
+        if mode not in data.IMAGE_MODES:
+            raise DataError(f"{f}: image mode {mode}; allowed: {' or '.join(data.IMAGE_MODES)} (convert the images first)")
+
+
+#: the cache name of a folder used as an out-of-distribution set: <folder>/.cnnstress-cache/ood-<size>-<hash>.npz
+OWN_CACHE_NAME = "ood"
+
+
+def load_own_set(entry: dict[str, Any], dataset: str, size: int, n: int) -> tuple[np.ndarray, dict[str, Any]]:
+    """uint8 ``(K, 3, size, size)`` of your own set (the first ``n`` images, sorted order) and its
+    attributes. DataError when its content is no longer the one the grid recorded (its sha256)."""
+    kind, path = entry["kind"], Path(entry["path"])
+    if own_set_digest(kind, path) != entry["sha256"]:
+        raise DataError(f"{path}: changed since the grid was read (its sha256 differs); launch the grid again, "
+                        "which makes the changed set a new run")
+    if kind == "npz":
+        _npz_x(path, size)
+        try:
+            with np.load(path, allow_pickle=False) as npz:
+                x = np.ascontiguousarray(npz["x"][:n].transpose(0, 3, 1, 2))
+                total = int(npz["x"].shape[0])
+        except Exception as e:  # noqa: BLE001 - truncated members and the like: one line naming the file
+            raise DataError(f"{path}: cannot be read ({type(e).__name__}: {e})") from None
+        what = f"your .npz {path.name!r}"
+    else:
+        files = _own_files(path)
+        total = len(files)
+        x = data.decode_cached(path, OWN_CACHE_NAME, size, files)[:n]
+        what = f"your folder {path.name!r} (resized and centre-cropped to {size} px)"
+    return x, {"name": entry["set"], "kind": "own", "description": f"{what}, images 0..{x.shape[0] - 1} of {total}",
+               "dataset": dataset, "count": int(x.shape[0]), "source_count": total, "sha256": entry["sha256"]}

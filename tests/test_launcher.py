@@ -296,3 +296,65 @@ corruptions = []
     else:  # built for 32 px, it cannot take the dataset's 64 px images: one line at launch, not a failed run
         line = out.stderr.strip()
         assert out.returncode == 2 and "\n" not in line and "(2, 3, 64, 64)" in line and "[base].model" in line, line
+
+
+# ------------------------------------------------------------------------------------------------
+# a dataset too big for the memory its runs will have
+# ------------------------------------------------------------------------------------------------
+
+
+def _arrays_grid(folder, n_train: int = 40, n_test: int = 20, slurm: str = ""):
+    import numpy as np
+
+    from grids import tiny_grid_text
+
+    rng = np.random.default_rng(0)
+    np.savez(folder / "my data.npz", x_train=rng.integers(0, 256, (n_train, 32, 32, 3), dtype=np.uint8),
+             y_train=np.arange(n_train) % 2, x_test=rng.integers(0, 256, (n_test, 32, 32, 3), dtype=np.uint8),
+             y_test=np.arange(n_test) % 2)
+    text = tiny_grid_text("big", epochs=1, lean=True).replace(
+        'dataset = "shapes"\ndataset_options = { n_train = 400, n_test = 200, shortcut = 0.8 }\n',
+        'dataset = "arrays"\ndataset_options = { path = "my data.npz" }\n')
+    path = folder / "big grid.toml"
+    path.write_text(text + slurm)
+    return path
+
+
+def test_images_held_counts_every_split_without_decoding(weird_dir):
+    from cnnstress import data
+
+    grid = load_grid(_arrays_grid(weird_dir, 40, 20))
+    spec = grid.runs[0]
+    assert data.images_held("arrays", spec.paths.data_root, spec.dataset.params) == (60, 60 * 32 * 32 * 3)
+    assert data.images_held("cifar10", weird_dir, {}) == (60_000, 60_000 * 3072)
+    n, size = data.images_held("shapes", weird_dir, {"n_train": 400, "n_test": 200})
+    assert n == 600 and size == 600 * 32 * 32 * 4  # the object masks too
+
+
+def test_a_dataset_too_big_for_the_free_ram_or_the_gpu_is_one_line(weird_dir):
+    grid = load_grid(_arrays_grid(weird_dir, 40, 20))
+    size = 60 * 32 * 32 * 3
+    host = launcher.HOST_COPIES * size + launcher.MEMORY_MARGIN
+    assert launcher.memory_problem(grid, "local", ram=host, gpu=size + launcher.MEMORY_MARGIN) == ""
+    line = launcher.memory_problem(grid, "local", ram=host - 1)
+    assert "\n" not in line and line.startswith("[base].dataset: arrays (") and "my data.npz" in line
+    assert f"needs about {host / 2**30:.3g} GiB (60 images" in line and "this machine's free RAM" in line
+    line = launcher.memory_problem(grid, "local", ram=10 * host, gpu=size + launcher.MEMORY_MARGIN - 1)
+    assert f"needs about {(size + launcher.MEMORY_MARGIN) / 2**30:.3g} GiB" in line and "GPU's memory" in line
+    # runs at once share the RAM
+    two = load_grid(_arrays_grid(weird_dir, 40, 20), overrides=["grid.seed=[1, 2]"])
+    assert launcher.memory_problem(two, "local", max_parallel=2, ram=2 * host - 2) != ""
+    assert launcher.memory_problem(two, "local", max_parallel=1, ram=2 * host - 2) == ""
+
+
+def test_a_dataset_too_big_for_slurm_mem_gb_is_refused_by_dry_run_and_launch(weird_dir):
+    grid = _arrays_grid(weird_dir, 40, 20, slurm="[slurm]\nmem_gb = 0.1\ngpus_per_task = 0\n")
+    for args in (("--dry-run", "--cluster", "sbatch"), ("--dry-run", "--cluster", "slurm"), ("--cluster", "sbatch")):
+        res = subprocess.run([sys.executable, str(REPO / "launch.py"), "--grid", str(grid), "--out",
+                              str(weird_dir / "out"), *args], cwd=REPO, capture_output=True, text=True, timeout=120)
+        err = res.stderr.strip()
+        assert res.returncode == 2 and "\n" not in err and "Traceback" not in res.stderr, res.stderr
+        assert "[base].dataset: arrays" in err and "[slurm].mem_gb = 0.1 gives 0.1 GiB" in err, err
+    assert not (weird_dir / "out" / "big" / "runs").exists()
+    # the same grid with the default 16 GB is not refused for its size
+    assert launcher.memory_problem(load_grid(grid, overrides=["slurm.mem_gb=16"]), "slurm") == ""

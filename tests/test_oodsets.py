@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import colorsys
 import hashlib
+import json
 import math
 import subprocess
 import sys
@@ -12,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from fake_cifar import write_fake_cifar
+from PIL import Image
 
 from cnnstress import data, oodsets
 from cnnstress.data import DataError
@@ -317,3 +319,179 @@ def test_sets_at_32_px_are_unchanged_by_the_size_argument(tmp_path):
 def test_a_32_px_set_at_another_side_is_one_line(tmp_path):
     with pytest.raises(DataError, match=r"^OOD set 'shapes_novel' has 32x32 images but shapes's are 64x64; allowed: "):
         oodsets.load_ood_set("shapes_novel", "shapes", tmp_path, n=4, seed=0, size=64)
+
+
+# ---------------------------------------------------------------------------------- your own sets
+
+
+def _own_folder(folder: Path, n: int = 5) -> Path:
+    """Images of several sizes and modes, flat and in a sub-folder (PNG and JPEG)."""
+    rng = np.random.default_rng(1)
+    (folder / "more shapes").mkdir(parents=True)
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 256, (40 + i, 50, 3), dtype=np.uint8)).save(folder / f"img {i}.png")
+        Image.fromarray(rng.integers(0, 256, (33, 31), dtype=np.uint8), "L").save(folder / "more shapes" / f"b{i}.jpg")
+    return folder
+
+
+def _own_grid(folder: Path, sets: list[str], dataset: str = 'dataset = "shapes"\ndataset_options = { n_train = 200, n_test = 100, shortcut = 0.8 }\n',
+              samples: int = 6) -> Path:
+    from grids import tiny_grid_text
+
+    text = tiny_grid_text("ownood", epochs=1, n_train=200, n_test=100, lean=True).replace(
+        '[variants.flip]\naugment = ["flip"]\n', "")
+    text = text.replace('dataset = "shapes"\ndataset_options = { n_train = 200, n_test = 100, shortcut = 0.8 }\n', dataset)
+    text += f"ood = true\nood_sets = {json.dumps(sets)}\nood_samples = {samples}\n"
+    path = folder / "ood grid.toml"
+    path.write_text(text)
+    return path
+
+
+def test_own_folder_set_is_decoded_like_an_imagefolder_and_cached(weird_dir):
+    folder = _own_folder(weird_dir / "my 'textures'")
+    files = sorted([*folder.glob("*.png"), *(folder / "more shapes").glob("*.jpg")])
+    entry = {"set": "folder_x", "kind": "folder", "path": str(folder), "sha256": oodsets.own_set_digest("folder", folder)}
+    x, attrs = oodsets.load_own_set(entry, "shapes", 32, 100)
+    expected = np.stack([data._decode(f, 32) for f in files])  # the imagefolder decode, file by file
+    assert x.dtype == np.uint8 and x.shape == (10, 3, 32, 32) and np.array_equal(x, expected)
+    assert attrs["count"] == 10 and attrs["kind"] == "own" and "my 'textures'" in attrs["description"]
+    caches = list((folder / data.CACHE_DIR).glob("ood-32-*.npz"))
+    assert len(caches) == 1
+    again, _ = oodsets.load_own_set(entry, "shapes", 32, 4)  # read from the cache (not walked as images)
+    assert np.array_equal(again, expected[:4])
+    assert oodsets.own_set_digest("folder", folder) == entry["sha256"]  # the cache is not part of the content
+
+
+def test_own_npz_set_is_nhwc_to_nchw_and_refuses_another_size(weird_dir):
+    rng = np.random.default_rng(2)
+    x = rng.integers(0, 256, (7, 32, 32, 3), dtype=np.uint8)
+    path = weird_dir / "far away.npz"
+    np.savez(path, x=x)
+    entry = {"set": "npz_far_away", "kind": "npz", "path": str(path), "sha256": oodsets.own_set_digest("npz", path)}
+    got, attrs = oodsets.load_own_set(entry, "cifar10", 32, 5)
+    assert np.array_equal(got, x[:5].transpose(0, 3, 1, 2)) and attrs["source_count"] == 7
+    np.savez(path, x=rng.integers(0, 256, (7, 28, 28, 3), dtype=np.uint8))
+    with pytest.raises(DataError, match=r"far away\.npz: x images are 28x28; allowed: 32x32"):
+        oodsets.check_own_set(entry, 32)
+    with pytest.raises(DataError, match="changed since the grid was read"):  # content differs from the recorded one
+        oodsets.load_own_set(entry, "cifar10", 32, 5)
+
+
+def test_own_set_names_are_readable_and_unique():
+    taken: set[str] = set()
+    names = []
+    for kind, path in (("folder", "/a/My Textures"), ("folder", "/b/my-textures"), ("npz", "/c/Far.Away.npz")):
+        names.append(oodsets.own_set_name(kind, path, taken))
+        taken.add(names[-1])
+    assert names == ["folder_my_textures", "folder_my_textures_2", "npz_far_away"]
+
+
+def test_grid_records_resolved_paths_and_content_not_location(weird_dir, tmp_path):
+    import shutil
+
+    from cnnstress.grid import load_grid
+
+    _own_folder(weird_dir / "textures")
+    np.savez(weird_dir / "set.npz", x=np.zeros((3, 32, 32, 3), np.uint8))
+    grid = _own_grid(weird_dir, ["folder:textures", "npz:set.npz", "uniform_noise"])
+    spec = load_grid(grid).runs[0]
+    own = spec.stress.ood["own"]
+    assert [e["set"] for e in own] == ["folder_textures", "npz_set"] and spec.stress.ood["sets"] == ["uniform_noise"]
+    assert own[0]["path"] == str(weird_dir / "textures") and own[1]["path"] == str(weird_dir / "set.npz")
+    assert all("path" not in e and "set" not in e for e in spec.identity()["stress"]["ood"]["own"])
+    # the same files elsewhere: the same runs
+    moved = tmp_path / "elsewhere"
+    shutil.copytree(weird_dir, moved)
+    assert load_grid(moved / "ood grid.toml").runs[0].run_id == spec.run_id
+    # one image changed: a new run
+    img = moved / "textures" / "img 0.png"
+    Image.fromarray(np.full((40, 50, 3), 7, np.uint8)).save(img)
+    assert load_grid(moved / "ood grid.toml").runs[0].run_id != spec.run_id
+    # a grid without sets of your own keeps its run ids (no "own" key at all)
+    plain = load_grid(_own_grid(weird_dir, ["uniform_noise"])).runs[0]
+    assert "own" not in plain.stress.ood
+
+
+def test_own_sets_work_beside_any_dataset(weird_dir):
+    from cnnstress.grid import load_grid
+
+    np.savez(weird_dir / "set.npz", x=np.zeros((3, 32, 32, 3), np.uint8))
+    grid = _own_grid(weird_dir, ["npz:set.npz"], dataset='dataset = "cifar10"\n')
+    spec = load_grid(grid).runs[0]
+    assert spec.stress.ood == {"sets": [], "samples": 6, "own": [
+        {"set": "npz_set", "kind": "npz", "path": str(weird_dir / "set.npz"),
+         "sha256": hashlib.sha256((weird_dir / "set.npz").read_bytes()).hexdigest()}]}
+
+
+def _launch(grid: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(REPO / "launch.py"), "--grid", str(grid), *args], cwd=grid.parent,
+                          capture_output=True, text=True, timeout=300)
+
+
+def _corrupt(folder: Path) -> str:
+    (folder / "more shapes" / "b2.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    return "b2.jpg: not a readable image"
+
+
+def _rgba(folder: Path) -> str:
+    Image.fromarray(np.zeros((8, 8, 4), np.uint8), "RGBA").save(folder / "img 1.png")
+    return "img 1.png: image mode RGBA; allowed: RGB or L"
+
+
+@pytest.mark.parametrize("damage", [_corrupt, _rgba])
+def test_a_broken_own_folder_is_one_line_at_dry_run_and_launch(weird_dir, damage):
+    folder = _own_folder(weird_dir / "textures")
+    says = damage(folder)
+    grid = _own_grid(weird_dir, ["folder:textures"])
+    for args in (("--dry-run",), ("--cluster", "local", "--out", str(weird_dir / "out"))):
+        res = _launch(grid, *args)
+        err = res.stderr.strip()
+        assert res.returncode == 2 and "\n" not in err and "Traceback" not in res.stderr, res.stderr
+        assert "[stress].ood_sets" in err and says in err, err
+    assert not (weird_dir / "out").exists()
+
+
+@pytest.mark.parametrize("entry, make, says", [
+    ("folder:nowhere", None, "nowhere: no such folder"),
+    ("folder:empty", "empty", "empty: no images in it"),
+    ("npz:nothing.npz", None, "nothing.npz: no such file"),
+    ("npz:wrong.npz", "wrong", "wrong.npz: x is uint8 (4, 32, 32); allowed: uint8 (K, H, W, 3)"),
+    ("npz:wrong.npz", "nox", "wrong.npz: no array 'x'"),
+    ("npz:wrong.npz", "small", "wrong.npz: x images are 16x16; allowed: 32x32"),
+    ("npz:wrong.npz", "garbage", "wrong.npz: not a readable .npz"),
+])
+def test_a_bad_own_set_is_one_line_naming_it(weird_dir, entry, make, says):
+    if make == "empty":
+        (weird_dir / "empty" / "sub").mkdir(parents=True)
+        (weird_dir / "empty" / "notes.txt").write_text("no images here")
+    elif make == "wrong":
+        np.savez(weird_dir / "wrong.npz", x=np.zeros((4, 32, 32), np.uint8))
+    elif make == "nox":
+        np.savez(weird_dir / "wrong.npz", images=np.zeros((4, 32, 32, 3), np.uint8))
+    elif make == "small":
+        np.savez(weird_dir / "wrong.npz", x=np.zeros((4, 16, 16, 3), np.uint8))
+    elif make == "garbage":
+        (weird_dir / "wrong.npz").write_bytes(b"PK\x03\x04 truncated")
+    res = _launch(_own_grid(weird_dir, [entry]), "--dry-run")
+    err = res.stderr.strip()
+    assert res.returncode == 2 and "\n" not in err and "Traceback" not in res.stderr, res.stderr
+    assert "[stress].ood_sets" in err and says in err, err
+
+
+def test_own_sets_are_scored_and_named_in_the_report(weird_dir):
+    import h5py
+
+    from cnnstress.grid import load_grid
+
+    _own_folder(weird_dir / "my textures")
+    np.savez(weird_dir / "far.npz", x=np.random.default_rng(3).integers(0, 256, (9, 32, 32, 3), dtype=np.uint8))
+    grid = _own_grid(weird_dir, ["folder:my textures", "npz:far.npz"])
+    out = weird_dir / "out"
+    res = _launch(grid, "--cluster", "local", "--out", str(out), "--data-root", str(REPO / "scratch" / "test-data"))
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    spec = load_grid(grid, out_root=out).runs[0]
+    with h5py.File(out / "ownood" / "runs" / spec.run_id / "results.h5", "r") as r:
+        assert set(r["ood"]) == {"folder_my_textures", "npz_far"}  # only your own: no built-in set besides
+        assert r["ood/folder_my_textures/logits"].shape == (6, 10) and r["ood/npz_far/logits"].shape == (6, 10)
+    html = (out / "ownood" / "report" / "index.html").read_text()
+    assert "folder_my_textures (your own set, 6 images): your folder" in html and "my textures" in html

@@ -430,3 +430,92 @@ def test_24_px_arrays_run_every_generated_corruption_and_the_sanity_check(weird_
     index = gather.gather(Path(spec.paths.out_root) / spec.sweep, grid=grid,
                           console=Console(file=io.StringIO(), width=200), figures=False)
     assert "generated at 24 px" in html.unescape(index.read_text(encoding="utf-8"))
+
+
+# ------------------------------------------------------------------------------- parallel decode
+
+
+def _mixed_files(root: Path) -> list[Path]:
+    """PNG and JPEG, RGB and L, landscape, portrait and square, some already at 32."""
+    rng = np.random.default_rng(5)
+    root.mkdir(parents=True)
+    files = []
+    for i, (w, h, mode, ext) in enumerate([(40, 36, "RGB", "png"), (31, 77, "L", "png"), (32, 32, "RGB", "jpg"),
+                                            (90, 45, "L", "jpg"), (33, 32, "RGB", "webp")] * 3):
+        path = root / f"im {i:02d}.{ext}"
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).convert(mode).save(path)
+        files.append(path)
+    return files
+
+
+@pytest.mark.parametrize("pool", ["thread", "process", "auto"])
+def test_parallel_decode_is_the_serial_decode_byte_for_byte(weird_dir, pool):
+    files = _mixed_files(weird_dir / "mixed")
+    serial = np.stack([data._decode(f, 32) for f in files])
+    got = data.decode_images(files, 32, pool=pool, workers=3)
+    assert got.dtype == np.uint8 and got.shape == serial.shape and np.array_equal(got, serial)
+
+
+def test_parallel_decode_names_the_first_bad_file(weird_dir):
+    files = _mixed_files(weird_dir / "mixed")
+    files[7].write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    files[11].write_bytes(b"broken too")
+    for pool in ("thread", "process"):
+        with pytest.raises(data.DataError, match=rf"{files[7].name}: not a readable image"):
+            data.decode_images(files, 32, pool=pool, workers=2)
+
+
+def test_runs_that_start_together_decode_once_and_share_the_cache(weird_dir, monkeypatch):
+    import threading
+    import time
+
+    files = _mixed_files(weird_dir / "shared")
+    calls = []
+    real = data.decode_images
+
+    def slow_decode(fs, size, **kw):
+        calls.append(len(fs))
+        time.sleep(0.3)  # long enough for the other reader to find no cache and wait for the lock
+        return real(fs, size, **kw)
+
+    monkeypatch.setattr(data, "decode_images", slow_decode)
+    out: list[np.ndarray] = []
+    threads = [threading.Thread(target=lambda: out.append(data.decode_cached(weird_dir / "shared", "x", 32, files)))
+               for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert calls == [len(files)] and len(out) == 3 and all(np.array_equal(o, out[0]) for o in out)
+    cache = weird_dir / "shared" / data.CACHE_DIR
+    assert len(list(cache.glob("x-32-*.npz"))) == 1 and not list(cache.glob("*.tmp"))
+
+
+def test_a_read_only_folder_decodes_without_lock_or_cache(weird_dir, monkeypatch):
+    files = _mixed_files(weird_dir / "ro")
+    monkeypatch.setattr(data, "_write_atomic_npz", lambda *a: (_ for _ in ()).throw(PermissionError(13, "denied")))
+    real_open = os.open
+
+    def no_lock(path, *a, **kw):
+        if str(path).endswith(".lock"):
+            raise PermissionError(13, "denied", str(path))
+        return real_open(path, *a, **kw)
+
+    monkeypatch.setattr(os, "open", no_lock)
+    with pytest.warns(UserWarning, match="could not cache decoded images"):
+        x = data.decode_cached(weird_dir / "ro", "x", 32, files)
+    assert np.array_equal(x, np.stack([data._decode(f, 32) for f in files]))
+
+
+def test_the_process_pool_works_from_a_script_without_a_main_guard(weird_dir):
+    """multiprocessing's spawn and forkserver run the calling script's top level again in each child
+    (here: the decode again, forever); the pool's fresh interpreters do not."""
+    files = _mixed_files(weird_dir / "unguarded")
+    script = weird_dir / "my script.py"
+    script.write_text(f"import sys, json\nsys.path.insert(0, {str(REPO)!r})\nimport torch\nfrom pathlib import Path\n"
+                      "from cnnstress import data\n"
+                      f"files = [Path(p) for p in {json.dumps([str(f) for f in files])}]\n"
+                      "x = data.decode_images(files, 32, pool='process', workers=2)\n"
+                      "print('same' if (x == __import__('numpy').stack([data._decode(f, 32) for f in files])).all() else 'differs')\n")
+    res = subprocess.run([sys.executable, str(script)], cwd=weird_dir, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0 and res.stdout.strip() == "same", res.stderr[-2000:]

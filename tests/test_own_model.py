@@ -245,3 +245,60 @@ def test_a_model_name_that_is_neither_built_in_nor_a_reference_is_one_line(weird
     out = _launch(_grid(weird_dir, model), "--status", "--out", str(weird_dir / "out"))
     assert out.returncode == 2 and "\n" not in out.stderr.strip()
     assert "[base].model: " in out.stderr and says in out.stderr, out.stderr
+
+
+@pytest.fixture
+def no_download(monkeypatch, weird_dir):
+    """An empty torch hub cache (TORCH_HOME) and every way torch and torchvision fetch a file
+    replaced by a failure: a test that passes downloaded nothing."""
+    import urllib.request
+
+    home = weird_dir / "torch home"
+    home.mkdir()
+    monkeypatch.setenv("TORCH_HOME", str(home))
+
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"a download was attempted: {args[:1]}")
+
+    monkeypatch.setattr(urllib.request, "urlopen", refuse)
+    monkeypatch.setattr(torch.hub, "download_url_to_file", refuse)
+    return home
+
+
+def test_torchvision_weights_not_in_the_hub_cache_fail_without_a_download(no_download):
+    cached = no_download / "hub" / "checkpoints" / "resnet18-f37072fd.pth"
+    line = models.check_reference({"model": "torchvision:resnet18", "options": {"weights": "IMAGENET1K_V1"},
+                                   "num_classes": 1000, "image_size": 32, "gradcam_layer": "layer3"})
+    assert "\n" not in line and line.startswith("[base].model_options.weights: weights 'IMAGENET1K_V1'")
+    assert str(cached) in line and "[base].weights" in line and "https://download.pytorch.org/" in line
+    for weights in ("IMAGENET1K_V1", "DEFAULT", "ResNet18_Weights.IMAGENET1K_V1"):
+        with pytest.raises(ValueError, match="nothing is downloaded at run time"):
+            models.build_reference("torchvision:resnet18", 1000, {"weights": weights}, {})
+
+
+def test_torchvision_weights_already_in_the_hub_cache_are_used(no_download):
+    import torchvision
+
+    enum = torchvision.models.get_model_weights("squeezenet1_1")
+    cached = no_download / "hub" / "checkpoints" / Path(enum.IMAGENET1K_V1.url).name
+    cached.parent.mkdir(parents=True)
+    torch.manual_seed(7)
+    saved = torchvision.models.squeezenet1_1().state_dict()
+    torch.save(saved, cached)
+    model = models.build_reference("torchvision:squeezenet1_1", 1000, {"weights": "IMAGENET1K_V1"}, {})
+    got = model.state_dict()
+    assert all(torch.equal(got[k], v) for k, v in saved.items())
+
+
+def test_torchvision_weights_at_launch_say_where_to_put_the_file(weird_dir):
+    home = weird_dir / "empty torch home"
+    home.mkdir()
+    grid = _grid(weird_dir, "torchvision:resnet18", options='{ weights = "IMAGENET1K_V1" }')
+    env = {**__import__("os").environ, "TORCH_HOME": str(home)}
+    out = subprocess.run([sys.executable, str(REPO / "launch.py"), "--grid", str(grid), "--dry-run", "--set",
+                          "report.gradcam_layer=layer3"], cwd=grid.parent, capture_output=True, text=True,
+                         timeout=600, env=env)
+    err = out.stderr.strip()
+    assert out.returncode == 2 and "\n" not in err, out.stderr
+    assert str(home / "hub" / "checkpoints" / "resnet18-f37072fd.pth") in err and "[base].weights" in err
+    assert not list(home.rglob("*.pth"))  # nothing was fetched

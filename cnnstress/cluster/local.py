@@ -117,6 +117,46 @@ def visible_gpus() -> list[str]:
     return parse_nvidia_smi_list(res.stdout) if res.returncode == 0 else []
 
 
+def gpu_memory_bytes(gpus: Sequence[str]) -> int | None:
+    """The memory of the smallest of ``gpus`` (CUDA_VISIBLE_DEVICES entries: indices or GPU UUIDs),
+    from nvidia-smi without importing torch; None when it cannot be told (no nvidia-smi, a MIG
+    instance, an entry nvidia-smi does not list)."""
+    if not gpus or any(g.startswith("MIG-") for g in gpus):
+        return None
+    try:
+        res = subprocess.run(["nvidia-smi", "--query-gpu=index,uuid,memory.total", "--format=csv,noheader,nounits"],
+                             capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if res.returncode != 0:
+        return None
+    sizes = []
+    for gpu in gpus:
+        for line in res.stdout.splitlines():
+            parts = [x.strip() for x in line.split(",")]
+            if len(parts) == 3 and (gpu == parts[0] or (gpu.startswith("GPU-") and parts[1].startswith(gpu))):
+                try:
+                    sizes.append(int(float(parts[2])) * 2**20)  # MiB
+                except ValueError:
+                    return None
+                break
+        else:
+            return None
+    return min(sizes) if sizes else None
+
+
+def available_ram_bytes() -> int | None:
+    """MemAvailable of /proc/meminfo (what can be allocated without swapping), None off Linux."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 #: Asked in a child process: the launcher itself never initialises CUDA (a CUDA context is not
 #: inherited by forked children, and would hold memory on a GPU the runs need).
 TORCH_DEVICE_COUNT = "import torch; print(torch.cuda.device_count())"

@@ -15,7 +15,8 @@ class OodProbe(Probe):
     name = "ood"
     keys = {
         "ood": Param(False, doc="score out-of-distribution sets (and selective prediction on the test set)"),
-        "ood_sets": Param([], doc="names; [] = every set offered for the dataset whose files are present"),
+        "ood_sets": Param([], doc="names, or your own sets \"folder:<path>\" / \"npz:<path>\" (relative to the grid "
+                                  "file's folder); [] = every set offered for the dataset whose files are present"),
         "ood_samples": Param(1000, 1, 100_000, doc="images per generated set (at most this many of a CIFAR set)"),
     }
     fields = {"ood": {}}  # sets, samples; {} = off
@@ -39,15 +40,49 @@ class OodProbe(Probe):
 
         offered = oodsets.sets_for(dataset)
         for name in sets:
-            if name not in offered:
+            kind = oodsets.own_kind(name)
+            if kind is not None and not name.partition(":")[2].strip():
+                raise v.fail("[stress].ood_sets", f"{name!r} names no path; allowed: \"{kind}:<path>\", relative to "
+                                                  "the grid file's folder")
+            if kind is None and name not in offered:
                 raise v.fail("[stress].ood_sets", f"{name!r} is not an out-of-distribution set for {dataset}"
-                                                  f"{suggest(name, offered)}; allowed: {', '.join(offered)}"[:400])
+                                                  f"{suggest(name, offered)}; allowed: {', '.join(offered)}, "
+                                                  "\"folder:<path>\" or \"npz:<path>\""[:400])
         if not stress["ood"]:
             return {"ood": {}}
         # [] stays [] (every set whose files are there when the run starts, which the run records in its
         # ood_sets attribute): resolving it here would change run ids when a file is downloaded later.
         # A named set whose files are missing fails the run with the --download command (oodsets).
-        return {"ood": {"sets": [n for n in offered if n in sets], "samples": stress["ood_samples"]}}
+        resolved = {"sets": [n for n in offered if n in sets], "samples": stress["ood_samples"]}
+        own = self._own_sets(v, [s for s in sets if oodsets.own_kind(s)])
+        if own:  # absent otherwise, so the run ids of grids without them stay what they were
+            resolved["own"] = own
+        return {"ood": resolved}
+
+    @staticmethod
+    def _own_sets(v: Any, entries: list[str]) -> list[dict[str, Any]]:
+        """Your own sets, in grid order: each path read against the grid file's folder, named for
+        results.h5 and the report, and identified by its content's sha256 (hashed here, once per grid
+        read; the images themselves are checked at launch, launcher.missing_files)."""
+        import os
+
+        from .. import oodsets
+        from ..data import DataError
+
+        own, taken = [], set()
+        for entry in entries:
+            kind, _, given = entry.partition(":")
+            full = os.path.normpath(os.path.join(v.grid_dir, os.path.expanduser(given.strip())))
+            if any(e["path"] == full and e["kind"] == kind for e in own):
+                raise v.fail("[stress].ood_sets", f"{entry!r} names {full} a second time")
+            try:
+                digest = oodsets.own_set_digest(kind, full)
+            except DataError as e:
+                raise v.fail("[stress].ood_sets", f"{entry!r}: {e}") from None
+            name = oodsets.own_set_name(kind, full, taken)
+            taken.add(name)
+            own.append({"set": name, "kind": kind, "path": full, "sha256": digest})
+        return own
 
     def measure(self, pred, data, spec, log):
         """Logits on every out-of-distribution set of the grid; what each set is goes in the root
@@ -58,14 +93,22 @@ class OodProbe(Probe):
 
         out = {}
         described: dict[str, Any] = {}
-        names = spec.stress.ood["sets"] or oodsets.available_sets(spec.dataset.name, spec.paths.data_root)
-        for name in names:
-            x, attrs = oodsets.load_ood_set(name, spec.dataset.name, spec.paths.data_root, spec.stress.ood["samples"],
-                                            spec.stress.corruption_seed, size=int(data.test.x.shape[-1]))
+        own = spec.stress.ood.get("own", [])
+        # [] with only sets of your own means those alone, not every built-in set besides
+        names = spec.stress.ood["sets"] or ([] if own else oodsets.available_sets(spec.dataset.name, spec.paths.data_root))
+        size = int(data.test.x.shape[-1])
+        loads = [(name, lambda name=name: oodsets.load_ood_set(name, spec.dataset.name, spec.paths.data_root,
+                                                               spec.stress.ood["samples"], spec.stress.corruption_seed,
+                                                               size=size))
+                 for name in names]
+        loads += [(entry["set"], lambda entry=entry: oodsets.load_own_set(entry, spec.dataset.name, size,
+                                                                         spec.stress.ood["samples"])) for entry in own]
+        for name, load in loads:
+            x, attrs = load()
             logits, _ = pred.predict(torch.from_numpy(x).to(pred.device), spec.train.eval_batch_size)
             out[store.ood_key(name)] = logits.float().cpu().numpy()
             described[name] = {k: v for k, v in attrs.items() if isinstance(v, (str, int, float, bool))}
-        log(f"scored {len(out)} out-of-distribution sets: {', '.join(names)}")
+        log(f"scored {len(out)} out-of-distribution sets: {', '.join(name for name, _ in loads)}")
         data.attrs["ood_sets"] = described
         return out
 

@@ -114,7 +114,7 @@ class OodSection(Section):
                     rows.append([c.label, name, s["kind"], score, num(m["auroc"]["mean"]), _ci(m["auroc"]),
                                  num(m["aupr_in"]["mean"]), num(m["aupr_out"]["mean"]), pct(m["fpr95"]["mean"])])
         described = {name: s for _, agg in items for name, s in agg["sets"].items()}
-        sets_text = "; ".join(f"{name} ({s['kind']}-OOD, {s['count']} images): {s['description']}"
+        sets_text = "; ".join(f"{name} ({_kind(s['kind'])}, {s['count']} images): {s['description']}"
                               for name, s in described.items())
         sel_rows = [[c.label, num(a["selective"]["aurc"]["mean"]), _ci(a["selective"]["aurc"]),
                      num(a["selective"]["e_aurc"]["mean"]), pct(a["selective"]["accuracy"]["mean"]),
@@ -140,6 +140,11 @@ class OodSection(Section):
                for name, s in part["sets"].items() for score in ood.SCORES]
         return out + [Metric("aurc", "AURC (selective risk)", part["selective"]["aurc"], False, points=False,
                              headline=True)]
+
+
+def _kind(kind: str) -> str:
+    """near-OOD / far-OOD for the built-in sets; your own ([stress].ood_sets "folder:" / "npz:") are neither."""
+    return f"{kind}-OOD" if kind in ("near", "far") else "your own set" if kind == "own" else kind or "set"
 
 
 def _ci(stats: dict) -> str:
