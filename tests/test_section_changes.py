@@ -23,8 +23,9 @@ SEEDS = (1, 2, 3)
 
 
 def _accuracy(v: int, s: int) -> float:
-    # baseline 0.60..0.62 over seeds; the variant 10 points better: far beyond reseeding
-    return 0.60 + 0.10 * v + 0.01 * s
+    # baseline 0.60..0.62 over seeds; the variant 10-12 points better: far beyond reseeding (and the
+    # paired difference varies, so that there is a spread to compute power from)
+    return 0.60 + 0.10 * v + 0.01 * s * (1 + v)
 
 
 @pytest.fixture(scope="module")
@@ -116,8 +117,8 @@ def test_findings_open_the_page_ranked_by_effect(sweep) -> None:
     base, var = _correct(s, "baseline").mean(axis=1), _correct(s, "cropflip").mean(axis=1)
     acc = next(m for m in changed if m["name"] == "test_accuracy")
     lo, hi = acc["ci95"]
-    assert found[0] == (f"cropflip raised test accuracy by {100 * (var.mean() - base.mean()):.1f} points (95% CI "
-                        f"{100 * lo:+.1f} to {100 * hi:+.1f}), far beyond reseeding noise "
+    assert found[0] == (f"cropflip raised test accuracy by {100 * (var.mean() - base.mean()):.1f} points "
+                        f"(95% CI over test images {100 * lo:+.1f} to {100 * hi:+.1f}), far beyond reseeding noise "
                         f"(±{100 * acc['noise_floor']:.1f}).")
     # ... then the other headline metrics that changed, the largest of each section, by effect
     section_of = {m["name"]: m for m in metrics}
@@ -126,7 +127,8 @@ def test_findings_open_the_page_ranked_by_effect(sweep) -> None:
     for m in sorted(rest, key=lambda m: -(m["effect"] if m["effect"] is not None else float("inf"))):
         best.setdefault(m["section"], m)
     best.pop("accuracy", None)
-    assert len(found) == min(7, 1 + len(best)) and section_of  # one per section
+    # one per section; fewer than 3 changed ones are topped up with the largest of the rest
+    assert len(found) == max(3, min(7, 1 + len(best))) and section_of
     for sentence, m in zip(found[1:], list(best.values())):
         assert sentence.startswith(f"cropflip {'raised' if m['delta'] > 0 else 'lowered'} {m['label']} by ")
     # the page opens with them, each linking to its section

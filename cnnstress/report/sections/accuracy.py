@@ -13,6 +13,8 @@ from .base import Section
 def delta_text(comp) -> str:
     if comp is None:
         return "n/a"
+    if comp.stats["ci95"] is None:
+        return f"{points(comp.stats['accuracy_delta_mean'])} (no interval)"
     lo, hi = comp.stats["ci95"]
     return f"{points(comp.stats['accuracy_delta_mean'])} [{points(lo)}, {points(hi)}]"
 
