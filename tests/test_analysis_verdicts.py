@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import sys
+from pathlib import Path
 import re
 from itertools import combinations
 
@@ -376,3 +378,70 @@ def test_power_sentence():
     assert "does not vary between seeds" in s0 and "cannot estimate the spread" in s0 and "nan" not in s0
     s1 = V.power_sentence("accuracy", 1, None, 0.0034)
     assert s1.startswith("with 1 seed ") and "cannot estimate" in s1
+
+
+# ---------------------------------------------------------------------------------------------
+# Simulations: interval coverage and false discoveries (tests/stats_sim.py; docs/statistics.md)
+# ---------------------------------------------------------------------------------------------
+
+sys.path.insert(0, str(Path(__file__).parent))
+import stats_sim  # noqa: E402
+
+
+@pytest.mark.parametrize("n", stats_sim.SEEDS)
+@pytest.mark.parametrize("floors", [0.0, 1.0])
+@pytest.mark.parametrize("kind", ["normal", "skewed"])
+def test_per_run_interval_covers(kind, floors, n):
+    # 10 000 sweeps: standard error of a coverage near 0.95 about 0.002
+    cov = stats_sim.per_run_coverage(n, kind, floors, seed=10 * int(floors) + n)
+    assert 0.93 <= cov <= 0.97, cov
+
+
+@pytest.mark.parametrize("n", stats_sim.SEEDS)
+def test_per_run_interval_with_exponential_noise_is_at_worst_conservative(n):
+    cov = stats_sim.per_run_coverage(n, "exponential", 0.0, seed=n)
+    assert 0.93 <= cov <= 0.98, cov
+
+
+@pytest.mark.parametrize("n", stats_sim.SEEDS)
+@pytest.mark.parametrize("floors", [0.0, 1.0])
+def test_per_image_accuracy_interval_covers(floors, n):
+    # 2000 sweeps of 400 images: standard error about 0.005
+    cov = stats_sim.per_image_coverage(n, floors, seed=10 * int(floors) + n)
+    assert 0.93 <= cov <= 0.97, cov
+
+
+def test_percentile_bootstrap_of_two_seeds_has_three_distinct_resamples():
+    # why the per-run interval is a t-interval: two seed pairs give only 3 distinct bootstrap means
+    d = np.array([0.01, 0.03])
+    means = {float(d[list(idx)].mean()) for idx in [(0, 0), (0, 1), (1, 0), (1, 1)]}
+    assert len(means) == 3
+
+
+@pytest.mark.parametrize("n", [3, 5, 10])
+def test_identical_variants_rarely_show_any_changed_row(n):
+    rate = stats_sim.any_changed_rate(m=30, n=n, seed=n)
+    assert rate <= 0.05 + 3 * math.sqrt(0.05 * 0.95 / 2000), rate  # at most 5%, with 3 standard errors
+
+
+@pytest.mark.parametrize("n", [3, 5, 10])
+def test_changed_rows_are_at_most_5_percent_false(n):
+    fdr, found = stats_sim.false_discovery_rate(m=30, n=n, n_real=10, real_floors=3.0, seed=n)
+    assert fdr <= 0.05, fdr
+    if n >= 5:
+        assert found > 0.9  # and the real changes are found
+
+
+def test_the_simulated_rule_is_control_fdr():
+    # stats_sim judges vectorised; control_fdr on the same numbers gives the same rows
+    changed, _ = stats_sim.table_rows(m=8, n=5, n_real=3, real_floors=2.0, reps=20, seed=1)
+    rng = np.random.default_rng(1)
+    delta = np.zeros(8)
+    delta[:3] = 2.0 * stats_sim.per_run_floor("normal", rng)
+    s = rng.normal(0.0, stats_sim.SEED_SD, (20, 8, 5))
+    base = 0.5 + s + rng.normal(0.0, stats_sim.NOISE_SD, (20, 8, 5))
+    var = 0.5 + delta[None, :, None] + s + rng.normal(0.0, stats_sim.NOISE_SD, (20, 8, 5))
+    for k in range(20):
+        rows = V.control_fdr([V.compare_metric(f"m{j}", list(base[k, j]), list(var[k, j]), higher_is_better=True)
+                              for j in range(8)])
+        assert [r["verdict"] == V.VERDICT_CHANGED for r in rows] == list(changed[k])
