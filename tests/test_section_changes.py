@@ -204,3 +204,83 @@ def test_a_nonfinite_metric_is_left_out_with_the_reason() -> None:
     assert keys == ["nll"]
     assert left == [{"name": "ece", "label": "ECE", "section": "calibration",
                      "reason": "not a finite number in v seed 1, v seed 2"}]
+
+
+# --- pairing by seed value, one computation per number, too few seeds --------------------------
+
+@pytest.fixture(scope="module")
+def gapped(tmp_path_factory):
+    """Seeds 1, 2, 3 of the baseline, 2 and 3 of cutout (seed 1 missing)."""
+    seeds = (1, 2, 3)
+    s = synth.make_sweep(tmp_path_factory.mktemp("gapped") / "gap 'x'", n_test=300, seeds=seeds,
+                         variants=("baseline", "cutout"),
+                         accuracies={(v, x): 0.6 + 0.03 * vi + 0.02 * x * (1 + vi)
+                                     for vi, v in enumerate(("baseline", "cutout")) for x in seeds},
+                         corruptions=("contrast",), severities=(1,), missing={("cutout", 1)})
+    out = io.StringIO()
+    index = gather.gather(s.sweep_dir, console=Console(file=out, width=250), figures=False)
+    return s, json.loads((index.parent / "summary.json").read_text()), index.read_text(encoding="utf-8"), out.getvalue()
+
+
+def test_runs_pair_by_seed_value_with_a_missing_run(gapped) -> None:
+    s, summary, page, _ = gapped
+    comp = summary["comparisons"][0]
+    assert [(p["base_seed"], p["var_seed"]) for p in comp["pairs"]] == [(2, 2), (3, 3)]
+    assert comp["unmatched_base_seeds"] == [1] and comp["unmatched_var_seeds"] == []
+    assert "Seed 1 has no cutout run." in page and "Paired by seed: 2/2, 3/3" in page
+    # the paired accuracy change, recomputed from the arrays by seed
+    b = {x: _correct_one(s, "baseline", x) for x in (1, 2, 3)}
+    v = {x: _correct_one(s, "cutout", x) for x in (2, 3)}
+    d = np.mean([v[x].astype(float) - b[x] for x in (2, 3)], axis=0)
+    assert comp["accuracy_delta_mean"] == pytest.approx(d.mean(), abs=1e-12)
+    half = verdicts.t_quantile(0.975, d.size - 1) * d.std(ddof=1) / np.sqrt(d.size)
+    assert comp["ci95"] == pytest.approx([d.mean() - half, d.mean() + half], abs=1e-12)
+
+
+def _correct_one(s, variant: str, seed: int) -> np.ndarray:
+    return np.argmax(s.run(variant, seed).arrays["test/logits"], axis=1) == s.labels
+
+
+def test_one_number_one_computation_everywhere(gapped) -> None:
+    _, summary, page, terminal = gapped
+    comp = summary["comparisons"][0]
+    row = next(m for m in comp["metrics"] if m["name"] == "test_accuracy")
+    # the comparison table's number is the changes table's row, from the same call
+    assert (comp["accuracy_delta_mean"], comp["ci95"]) == (row["delta"], row["ci95"])
+    lo, hi = row["ci95"]
+    table_text = f"{100 * row['delta']:+.2f} [{100 * lo:+.2f}, {100 * hi:+.2f}]"
+    assert table_text in page  # "Baseline vs variant" and the changes table
+    assert table_text in terminal  # the terminal's headline table
+    finding = summary["findings"][0]
+    assert finding.startswith(f"cutout raised test accuracy by {100 * row['delta']:.1f} points (95% CI over test "
+                              f"images {100 * lo:+.1f} to {100 * hi:+.1f})")
+    assert finding in terminal
+
+
+@pytest.fixture(scope="module")
+def two_seeds(tmp_path_factory):
+    seeds = (1, 2)
+    s = synth.make_sweep(tmp_path_factory.mktemp("two") / "two seeds", n_test=300, seeds=seeds,
+                         accuracies={(v, x): 0.6 + 0.1 * vi + 0.01 * x for vi, v in enumerate(("baseline", "cropflip"))
+                                     for x in seeds},
+                         corruptions=("contrast",), severities=(1,))
+    index = gather.gather(s.sweep_dir, console=Console(file=io.StringIO(), width=200), figures=False)
+    return s, json.loads((index.parent / "summary.json").read_text()), index.read_text(encoding="utf-8")
+
+
+def test_two_seeds_judge_no_per_run_metric(two_seeds) -> None:
+    _, summary, page = two_seeds
+    metrics = {m["name"]: m for m in summary["comparisons"][0]["metrics"]}
+    for name in ("ece", "nll", "brier"):
+        assert metrics[name]["verdict"] == verdicts.VERDICT_TOO_FEW
+        assert metrics[name]["verdict_text"] == "too few seeds to judge (n = 2; this needs ≥ 3)"
+        assert metrics[name]["noise_floor"] is None
+    assert "too few seeds to judge (n = 2; this needs ≥ 3)" in page
+    found = summary["findings"]
+    too_few = [m["label"] for m in metrics.values() if m["verdict"] == verdicts.VERDICT_TOO_FEW]
+    assert too_few and not any(f" {label} by " in f for f in found for label in too_few)  # never a Finding
+    # accuracy is still judged over test images, and says what the interval covers
+    acc = metrics["test_accuracy"]
+    assert acc["verdict"] in (verdicts.VERDICT_CHANGED_IMAGES, verdicts.VERDICT_SAME_IMAGES)
+    assert found[0].startswith("cropflip raised test accuracy by") and "reseeding noise is not estimated" in found[0]
+    assert "would detect a change of any size" not in page and "far beyond reseeding noise" not in page
