@@ -284,3 +284,19 @@ def test_two_seeds_judge_no_per_run_metric(two_seeds) -> None:
     assert acc["verdict"] in (verdicts.VERDICT_CHANGED_IMAGES, verdicts.VERDICT_SAME_IMAGES)
     assert found[0].startswith("cropflip raised test accuracy by") and "reseeding noise is not estimated" in found[0]
     assert "would detect a change of any size" not in page and "far beyond reseeding noise" not in page
+
+
+def test_calibration_says_the_temperature_does_not_transfer(gapped) -> None:
+    s, summary, page, _ = gapped
+    shortcut = s.grid.runs[0].dataset.params["shortcut"]
+    body = page.split('<section id="calibration">')[1].split("</section>")[0]
+    if shortcut > 0:
+        assert "The temperature fitted on validation does not transfer to the test set" in body
+        assert f"{100 * shortcut:.0f}% of the images carry the planted background shortcut" in body
+        assert summary["calibration_transfer"].startswith("The temperature fitted on validation does not transfer")
+    rows = {r["run_id"]: r for r in summary["runs"]}
+    worse = [c for c in summary["variants"].values() if c.get("ece_after_mean") is not None
+             and c["ece_after_mean"] > c["ece_mean"]]
+    for c in worse:  # a higher ECE after scaling is named with its numbers
+        assert f"{c['ece_mean']:.3f} → {c['ece_after_mean']:.3f}" in body
+    assert rows
