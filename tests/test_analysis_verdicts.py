@@ -220,8 +220,11 @@ def test_t_two_sided_p_against_the_incomplete_beta():
         got = V.t_two_sided_p(ts, df)
         want = [2 * V._t_upper_tail(t, df) for t in ts]
         assert got == pytest.approx(want, abs=1e-12), df
-    big = V.t_two_sided_p(ts, 5000)
-    assert big == pytest.approx([2 * V._t_upper_tail(t, 5000) for t in ts], abs=2e-4)
+    for df in (401, 5000, 9999):
+        got = V.t_two_sided_p(ts, df)
+        assert got == pytest.approx([min(1.0, 2 * V._t_upper_tail(t, df)) for t in ts], abs=1e-12), df
+        # the test and the interval agree: p at the interval's edge is 0.05
+        assert float(V.t_two_sided_p(V.t_quantile(0.975, df), df)) == pytest.approx(0.05, abs=1e-9)
 
 
 def test_bh_reject_against_the_step_up_rule():

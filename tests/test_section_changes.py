@@ -109,7 +109,8 @@ def test_dry_run_says_how_many_seeds_before_more_are_launched(sweep) -> None:
 
 def test_findings_open_the_page_ranked_by_effect(sweep) -> None:
     s, summary, page = sweep
-    found = summary["findings"]
+    # the confounding qualifiers (test_robustness_is_also_read_relative_to_clean_accuracy) aside
+    found = [f for f in summary["findings"] if " also changed clean test accuracy " not in f]
     assert 3 <= len(found) <= 7
     metrics = summary["comparisons"][0]["metrics"]
     changed = [m for m in metrics if m["verdict"] == verdicts.VERDICT_CHANGED]
@@ -300,3 +301,57 @@ def test_calibration_says_the_temperature_does_not_transfer(gapped) -> None:
     for c in worse:  # a higher ECE after scaling is named with its numbers
         assert f"{c['ece_mean']:.3f} → {c['ece_after_mean']:.3f}" in body
     assert rows
+
+
+def test_robustness_is_also_read_relative_to_clean_accuracy(sweep) -> None:
+    s, summary, page = sweep
+    comp = summary["comparisons"][0]
+    rows = {m["name"]: m for m in comp["metrics"]}
+    assert rows["test_accuracy"]["verdict"] == verdicts.VERDICT_CHANGED  # +10 points planted: confounds
+    runs = {r["run_id"]: r for r in summary["runs"]}
+    ratio = {v: np.array([runs[s.run(v, x).run_id]["mean_corruption_accuracy"]
+                          / runs[s.run(v, x).run_id]["test_accuracy"] for x in SEEDS]) for v in ("baseline", "cropflip")}
+    rel = rows["mean_corruption_accuracy_over_clean"]
+    d = ratio["cropflip"] - ratio["baseline"]
+    assert rel["delta"] == pytest.approx(d.mean(), abs=1e-12)
+    half = verdicts.t_quantile(0.975, 2) * d.std(ddof=1) / np.sqrt(3)
+    assert rel["ci95"] == pytest.approx([d.mean() - half, d.mean() + half], abs=1e-9)
+    for name in ("acc_conflicting", "corruption_contrast_1"):
+        assert f"{name}_over_clean" in rows
+    assert "ood_auroc" not in " ".join(n for n in rows if n.endswith("_over_clean"))
+    # relative mCE: (clean - corrupted) of the variant over the same of the baseline, one corruption here
+    clean, c1 = rows["test_accuracy"], rows["corruption_contrast_1"]
+    want = (clean["var_mean"] - c1["var_mean"]) / (clean["base_mean"] - c1["base_mean"])
+    from cnnstress.report.sections import changes
+    assert changes.relative_mce([{**m, "section": m["section"]} for m in comp["metrics"]]) == pytest.approx(want)
+    # a Finding right after the robustness finding it qualifies says whether the effect survives
+    found = summary["findings"]
+    extra = [i for i, f in enumerate(found) if " also changed clean test accuracy " in f]
+    assert extra and all(i > 0 for i in extra)
+    for i in extra:
+        f = found[i]
+        assert f.startswith(f"cropflip also changed clean test accuracy ({100 * rows['test_accuracy']['delta']:+.1f} "
+                            "points), so its ")
+        label = f.split("so its ", 1)[1].split(" is confounded")[0]
+        rel = next(m for m in rows.values() if m["label"] == f"{label} / clean accuracy")
+        assert found[i - 1].startswith(f"cropflip ") and f" {label} by " in found[i - 1]
+        words = {True: "the effect survives that normalisation",
+                 False: "the effect does not survive that normalisation"}
+        if rel["verdict"] in (verdicts.VERDICT_CHANGED, verdicts.VERDICT_NOT_DISTINGUISHABLE):
+            assert words[rel["verdict"] == verdicts.VERDICT_CHANGED] in f
+
+
+def test_a_baseline_within_two_points_of_chance_is_said_to_be_at_chance() -> None:
+    from cnnstress.report.sections import changes, findings
+
+    def row(name, label, base_mean):
+        return {"name": name, "label": label, "base_mean": base_mean, "var_mean": base_mean + 0.1,
+                "delta": 0.1, "ci95": (0.05, 0.15), "method": verdicts.METHOD_IMAGE_T, "noise_floor": 0.01,
+                "verdict": verdicts.VERDICT_CHANGED, "verdict_text": "changed", "effect": 10.0, "points": True}
+    rows = [row("adversarial_linf_8", "accuracy under L∞ PGD", 0.119), row("adversarial_linf_4", "accuracy", 0.121),
+            row("ood_auroc_svhn_msp", "OOD AUROC", 0.10)]
+    changes._mark_chance(rows, 0.1)
+    assert [r["at_chance"] for r in rows] == [True, False, False]  # 11.9% is within 2 points of 10%; AUROC is no accuracy
+    assert rows[0]["verdict_text"] == "changed; the baseline is at chance"
+    text = findings.sentence({"variant": "cutout", "chance": 0.1}, rows[0])
+    assert text.endswith("The baseline is at chance here (11.9%; chance 10.0%).")

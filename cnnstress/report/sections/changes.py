@@ -64,6 +64,11 @@ class ChangesSection(Section):
                 res.update(label=first.label, points=first.points, section=section, headline=first.headline)
                 rows.append(res)
             verdicts.control_fdr(rows)
+            chance = 1.0 / ctx.spec0.num_classes if ctx is not None and ctx.spec0.num_classes else None
+            confound = _relative_to_clean(rows, bm, vm, base.seeds, cell.seeds)
+            if confound is not None:  # the new rows join the table's family: judged again together
+                verdicts.control_fdr(rows)
+            _mark_chance(rows, chance)
             power = []
             for key in HEADLINE:
                 if key not in keys:
@@ -87,7 +92,8 @@ class ChangesSection(Section):
             out.append({"variant": cell.variant, "label": cell.label, "baseline": base.variant,
                         "metrics": verdicts.rank_changes(rows), "power": power, "left_out": left_out,
                         "pairs": [(base.seeds[i], cell.seeds[j]) for i, j in match["pairs"]],
-                        "unmatched_base": match["unmatched_base"], "unmatched_var": match["unmatched_var"]})
+                        "unmatched_base": match["unmatched_base"], "unmatched_var": match["unmatched_var"],
+                        "confounded": confound, "chance": chance})
         return out
 
     def summary_lines(self, report):
@@ -136,6 +142,81 @@ class ChangesSection(Section):
                     f"<li>left out: {esc(m['label'])} (<code>{esc(m['name'])}</code>): {esc(m['reason'])}</li>"
                     for m in comp["left_out"]) + "</ul>")
         return "".join(out)
+
+
+#: The sections whose metrics measure robustness: a change of clean accuracy confounds them.
+ROBUSTNESS_SECTIONS = ("robustness", "adversarial", "ood", "shortcut")
+RELATIVE_SUFFIX = "_over_clean"
+CHANCE_MARGIN = 0.02  # a baseline accuracy within 2 points of chance is at chance
+
+
+def is_accuracy(r: dict) -> bool:
+    """An accuracy row (clean, corrupted, adversarial, on conflicting images): a fraction of images
+    classified right, which can be divided by clean accuracy and compared with chance."""
+    key = r["name"]
+    if key.endswith(RELATIVE_SUFFIX):  # a share of clean accuracy is a ratio, not an accuracy
+        return False
+    return (key in ("test_accuracy", "mean_corruption_accuracy", "acc_conflicting") or key.startswith("adversarial_")
+            or (key.startswith("corruption_") and r["label"].startswith("accuracy")))
+
+
+def _relative_to_clean(rows: list[dict], bm: list[dict], vm: list[dict], base_seeds, var_seeds) -> dict | None:
+    """When clean accuracy changed: every robustness accuracy of ``rows`` also as a share of clean
+    accuracy (per run: metric / clean accuracy), compared like the rest and appended to ``rows``, and
+    the relative mCE of Hendrycks & Dietterich (2019) against the baseline. Returns what the
+    Findings say about it, or None when clean accuracy did not change beyond noise."""
+    acc = next((r for r in rows if r["name"] == "test_accuracy"), None)
+    if acc is None or acc["verdict"] not in verdicts.CHANGED_VERDICTS:
+        return None
+    clean_b = [float(np.mean(m["test_accuracy"][0].value)) for m in bm]
+    clean_v = [float(np.mean(m["test_accuracy"][0].value)) for m in vm]
+    added = []
+    for r in [r for r in rows if r["section"] in ROBUSTNESS_SECTIONS and is_accuracy(r)]:
+        key = r["name"]
+        if min(clean_b + clean_v) <= 0.0:
+            break  # a run with no image right: no ratio
+        b = [float(np.mean(m[key][0].value)) / c for m, c in zip(bm, clean_b)]
+        v = [float(np.mean(m[key][0].value)) / c for m, c in zip(vm, clean_v)]
+        res = verdicts.compare_metric(key + RELATIVE_SUFFIX, b, v, higher_is_better=True, base_seeds=base_seeds,
+                                      var_seeds=var_seeds)
+        res.update(label=f"{r['label']} / clean accuracy", points=False, section=r["section"], headline=False,
+                   relative_to=key)
+        added.append(res)
+    mce = relative_mce(rows)
+    rows += added
+    return {"clean_delta": acc["delta"], "relative_mce": mce,
+            "relative": {r["relative_to"]: r["name"] for r in added}}
+
+
+def relative_mce(rows: list[dict]) -> float | None:
+    """Relative mCE of the variant with the baseline as reference (Hendrycks & Dietterich 2019):
+    per corruption c, sum over severities of (clean accuracy - accuracy under c) of the variant over
+    the same sum of the baseline; then the mean over corruptions. From the rows' means over the
+    paired runs; None without per-severity rows or with a baseline that loses nothing."""
+    clean = next((r for r in rows if r["name"] == "test_accuracy"), None)
+    if clean is None:
+        return None
+    by_c: dict[str, list[dict]] = {}
+    for r in rows:
+        if r["section"] == "robustness" and r["name"].startswith("corruption_") and is_accuracy(r) \
+                and r["label"].startswith("accuracy, ") and " severity " in r["label"]:
+            by_c.setdefault(r["label"][len("accuracy, "):].rsplit(" severity ", 1)[0], []).append(r)
+    ratios = []
+    for group in by_c.values():
+        num = sum(clean["var_mean"] - r["var_mean"] for r in group)
+        den = sum(clean["base_mean"] - r["base_mean"] for r in group)
+        if den <= 0.0:
+            return None
+        ratios.append(num / den)
+    return float(np.mean(ratios)) if ratios else None
+
+
+def _mark_chance(rows: list[dict], chance: float | None) -> None:
+    """Mark accuracy rows whose baseline is within CHANCE_MARGIN of chance (1 / classes)."""
+    for r in rows:
+        r["at_chance"] = bool(chance is not None and is_accuracy(r) and r["base_mean"] <= chance + CHANCE_MARGIN)
+        if r["at_chance"]:
+            r["verdict_text"] = f"{r['verdict_text']}; the baseline is at chance"
 
 
 def _runs_text(runs, section: str = "") -> str:

@@ -86,10 +86,12 @@ class ComparisonSection(Section):
             if found is not None:
                 entry["metrics"] = [{k: r.get(k) for k in ("name", "label", "delta", "ci95", "noise_floor", "verdict",
                                                            "effect", "direction", "section", "headline", "verdict_text",
-                                                           "p_value", "fdr_rejected", "method", "n_pairs",
+                                                           "p_value", "fdr_rejected", "method", "n_pairs", "at_chance",
                                                            "base_mean", "var_mean", "base_mean_all", "var_mean_all")}
                                     for r in found["metrics"]]
                 entry["metric_pairs"] = found.get("pairs", [])
+                # clean accuracy changed: robustness also as a share of clean accuracy, and the relative mCE
+                entry["relative_to_clean"] = found.get("confounded")
                 entry["seeds_needed"] = [{k: p[k] for k in ("metric", "n_seeds", "detectable", "target",
                                                             "seeds_needed")} for p in found["power"]]
                 # metrics some run lacks or has as NaN/infinity: listed, never silently dropped

@@ -23,6 +23,41 @@ def _number(r: dict, x: float, signed: bool = False) -> str:
 
 
 def sentence(comp: dict, r: dict, group: str = "") -> str:
+    """The row's sentence (:func:`_sentence`), with a word when its baseline is at chance."""
+    text = _sentence(comp, r, group)
+    if r.get("at_chance") and comp.get("chance"):
+        text += (f" The baseline is at chance here ({100 * r['base_mean']:.1f}%; chance "
+                 f"{100 * comp['chance']:.1f}%).")
+    return text
+
+
+def confounding_sentence(comp: dict, r: dict, group: str = "") -> str | None:
+    """For a robustness row when clean accuracy changed: does the change survive normalising by
+    clean accuracy (corrupted / clean accuracy per run; relative mCE)? None when nothing to say."""
+    conf = comp.get("confounded")
+    if not conf or r["name"] not in conf["relative"]:
+        return None
+    rel = next((m for m in comp["metrics"] if m["name"] == conf["relative"][r["name"]]), None)
+    if rel is None:
+        return None
+    who = f"{comp['variant']}{f' [{group}]' if group else ''}"
+    text = (f"{who} also changed clean test accuracy ({100 * conf['clean_delta']:+.1f} points), so its "
+            f"{r['label']} is confounded with it: as a share of clean accuracy it moved by {rel['delta']:+.3g}")
+    if rel["ci95"] is not None:
+        text += f" (95% CI {rel['ci95'][0]:+.3g} to {rel['ci95'][1]:+.3g})"
+    v = rel["verdict"]
+    if v in verdicts.CHANGED_VERDICTS:
+        text += ", and the effect survives that normalisation"
+    elif v == verdicts.VERDICT_NOT_DISTINGUISHABLE:
+        text += ", and the effect does not survive that normalisation"
+    else:
+        text += f"; whether the effect survives that normalisation cannot be said: {rel['verdict_text']}"
+    if r["name"] == "mean_corruption_accuracy" and conf.get("relative_mce") is not None:
+        text += f" (relative mCE against the baseline {conf['relative_mce']:.2f}; below 1: a smaller drop from clean)"
+    return text + "."
+
+
+def _sentence(comp: dict, r: dict, group: str = "") -> str:
     """'huejitter raised test accuracy by 31.0 points (95% CI over test images +27.0 to +35.0), far
     beyond reseeding noise (±4.0).' The number, its interval and its verdict are the row's own
     (``verdicts.compare_metric``), said with what the interval covers."""
@@ -95,8 +130,17 @@ class FindingsSection(Section):
         rest = [t for t in others if t[0]["verdict"] not in verdicts.CHANGED_VERDICTS]
         chosen = (first + changed)[:MAX_FINDINGS]
         chosen += rest[:max(0, MIN_FINDINGS - len(chosen))]
-        return [{"sentence": sentence(comp, r, group), "section": r.get("section", "changes"), "metric": r["name"],
-                 "verdict": r["verdict"]} for r, comp, group in chosen]
+        out = []
+        for r, comp, group in chosen:
+            out.append({"sentence": sentence(comp, r, group), "section": r.get("section", "changes"),
+                        "metric": r["name"], "verdict": r["verdict"]})
+            extra = confounding_sentence(comp, r, group)
+            if extra:  # right after the robustness finding it qualifies
+                out.append({"sentence": extra, "section": r.get("section", "changes"),
+                            "metric": comp["confounded"]["relative"][r["name"]], "verdict": None})
+        if len(out) > MAX_FINDINGS and out[MAX_FINDINGS]["verdict"] is None:
+            return out[:MAX_FINDINGS - 1]  # a finding goes with its qualifier, or not at all
+        return out[:MAX_FINDINGS]
 
     def terminal_lines(self, report):
         return [f"  {i}. {f['sentence']}" for i, f in enumerate(report.parts.get(self.id) or [], 1)]
