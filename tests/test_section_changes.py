@@ -285,6 +285,10 @@ def test_two_seeds_judge_no_per_run_metric(two_seeds) -> None:
     assert acc["verdict"] in (verdicts.VERDICT_CHANGED_IMAGES, verdicts.VERDICT_SAME_IMAGES)
     assert found[0].startswith("cropflip raised test accuracy by") and "reseeding noise is not estimated" in found[0]
     assert "would detect a change of any size" not in page and "far beyond reseeding noise" not in page
+    # corrupted accuracy is a mean over test images too: judged over them, never "too few seeds"
+    for name in ("mean_corruption_accuracy", "corruption_contrast_1"):
+        assert metrics[name]["method"] == verdicts.METHOD_IMAGE_T
+        assert metrics[name]["verdict"] in (verdicts.VERDICT_CHANGED_IMAGES, verdicts.VERDICT_SAME_IMAGES)
 
 
 def test_calibration_says_the_temperature_does_not_transfer(gapped) -> None:
@@ -355,3 +359,13 @@ def test_a_baseline_within_two_points_of_chance_is_said_to_be_at_chance() -> Non
     assert rows[0]["verdict_text"] == "changed; the baseline is at chance"
     text = findings.sentence({"variant": "cutout", "chance": 0.1}, rows[0])
     assert text.endswith("The baseline is at chance here (11.9%; chance 10.0%).")
+
+
+def test_per_image_corruption_accuracy_has_the_runs_accuracy_as_mean(sweep) -> None:
+    s, summary, _ = sweep
+    runs = {r["run_id"]: r for r in summary["runs"]}
+    rows = {m["name"]: m for m in summary["comparisons"][0]["metrics"]}
+    for v, side in (("baseline", "base_mean_all"), ("cropflip", "var_mean_all")):
+        mca = np.mean([runs[s.run(v, x).run_id]["mean_corruption_accuracy"] for x in SEEDS])
+        assert rows["mean_corruption_accuracy"][side] == pytest.approx(mca, abs=1e-12)
+    assert rows["mean_corruption_accuracy"]["method"] == verdicts.METHOD_IMAGE_T
