@@ -218,7 +218,7 @@ def test_compare_variant_planted_improvement_exceeds_noise():
     var = base | (rng.random((3, 3000)) < 0.3)
     r = compare.compare_variant(base, var)
     assert r["n_pairs"] == 3 and r["exceeds_noise"] is True
-    assert r["accuracy"]["verdict"] == verdicts.VERDICT_CHANGED and ": changed." in r["verdict"]
+    assert r["accuracy"]["verdict"] == verdicts.VERDICT_CHANGED and ": beyond seed and test-set noise." in r["verdict"]
     assert (r["accuracy_delta_mean"], r["ci95"]) == (r["accuracy"]["delta"], r["accuracy"]["ci95"])
     assert r["verdict"].startswith("Test accuracy rose by ")
     loops = [_loop_disagreement(base[i], var[i]) for i in range(3)]

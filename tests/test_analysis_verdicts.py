@@ -448,3 +448,13 @@ def test_the_simulated_rule_is_control_fdr():
         rows = V.control_fdr([V.compare_metric(f"m{j}", list(base[k, j]), list(var[k, j]), higher_is_better=True)
                               for j in range(8)])
         assert [r["verdict"] == V.VERDICT_CHANGED for r in rows] == list(changed[k])
+
+
+def test_control_fdr_says_why_a_rejected_alone_row_is_not_a_change():
+    base = np.array([0.40, 0.45, 0.50, 0.55, 0.60])
+    z = np.array([-1.26, -0.63, 0.0, 0.63, 1.26])
+    marginal = V.compare_metric("marginal", base, base + 0.12 + 0.077 * z, higher_is_better=True)
+    others = [V.compare_metric(f"n{i}", base, base + 0.05 * np.roll(z, i), higher_is_better=True) for i in range(9)]
+    V.control_fdr([marginal] + others)
+    assert marginal["verdict_text"] == ("not distinguishable from reseeding once the table's 10 tests are controlled "
+                                        "for false discoveries (5%)")

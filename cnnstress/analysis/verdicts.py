@@ -386,6 +386,10 @@ def control_fdr(results: list[dict], alpha: float = ALPHA) -> list[dict]:
         for r, rej in zip(family, rejected):
             r["fdr_rejected"] = bool(rej)
             _judge(r, significant=bool(rej))
+            alone = r["p_value"] < alpha and (r["noise_floor"] is None or abs(r["delta"]) > r["noise_floor"])
+            if not rej and alone:  # say why a row whose own test rejects is not called a change
+                r["verdict_text"] = (f"{r['verdict']} once the table's {len(family)} tests are controlled for "
+                                     f"false discoveries (5%)")
     return results
 
 

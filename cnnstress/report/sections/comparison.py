@@ -143,7 +143,7 @@ class ComparisonSection(Section):
                  f'{s["variant_persistent_failures"]["persistent"]} / '
                  f'{s["variant_persistent_failures"]["seed_dependent"]}'],
             ], numeric=(1,)))
-            out.append(f'<p class="verdict">Verdict: {esc(s["verdict"])}.</p>')
+            out.append(f'<p class="verdict">Verdict: {esc(s["verdict"].rstrip("."))}.</p>')
         return "".join(out)
 
 
