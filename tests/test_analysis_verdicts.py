@@ -423,13 +423,13 @@ def test_percentile_bootstrap_of_two_seeds_has_three_distinct_resamples():
 
 @pytest.mark.parametrize("n", [3, 5, 10])
 def test_identical_variants_rarely_show_any_changed_row(n):
-    rate = stats_sim.any_changed_rate(m=30, n=n, seed=n)
+    rate = stats_sim.any_changed_rate(n=n, seed=n)  # 25 per-run metrics and 5 per-image accuracies
     assert rate <= 0.05 + 3 * math.sqrt(0.05 * 0.95 / 2000), rate  # at most 5%, with 3 standard errors
 
 
 @pytest.mark.parametrize("n", [3, 5, 10])
 def test_changed_rows_are_at_most_5_percent_false(n):
-    fdr, found = stats_sim.false_discovery_rate(m=30, n=n, n_real=10, real_floors=3.0, seed=n)
+    fdr, found = stats_sim.false_discovery_rate(n=n, seed=n)  # 10 real changes of 3 noise floors among 30
     assert fdr <= 0.05, fdr
     if n >= 5:
         assert found > 0.9  # and the real changes are found
@@ -458,3 +458,25 @@ def test_control_fdr_says_why_a_rejected_alone_row_is_not_a_change():
     V.control_fdr([marginal] + others)
     assert marginal["verdict_text"] == ("not distinguishable from reseeding once the table's 10 tests are controlled "
                                         "for false discoveries (5%)")
+
+
+def test_the_simulated_per_image_rule_is_compare_metric():
+    # a per-image accuracy with a floor and >= 2 pairs: p = max(test over images, paired t over seeds)
+    rng = np.random.default_rng(5)
+    base, var, _ = stats_sim._accuracy_runs(rng, 6, 4, 0.03, n_images=300)
+    for k in range(6):
+        b, v = base[k, 0].astype(float), var[k, 0].astype(float)
+        r = V.compare_metric("acc", list(b), list(v), higher_is_better=True)
+        images = V.t_interval((v - b).mean(axis=0))
+        seeds = V.t_interval(v.mean(axis=1) - b.mean(axis=1))
+        assert r["p_value"] == pytest.approx(max(float(images["p"]), float(seeds["p"])), abs=1e-15)
+        assert r["ci95"] == pytest.approx((float(images["lo"]), float(images["hi"])), abs=1e-15)
+
+
+def test_a_per_image_change_within_reseeding_is_not_a_change():
+    # every image moves the same way in each pair (tight interval over images), but the pairs disagree
+    b = [np.arange(1000) < 500 + k for k in (0, 30, 60, 90)]
+    v = [np.arange(1000) < 500 + k for k in (40, 10, 130, 60)]  # pair differences +4, -2, +7, -3 points
+    r = V.compare_metric("acc", b, v, higher_is_better=True)
+    assert r["p_interval"] < 0.05 <= r["p_seeds"] and r["verdict"] == V.VERDICT_NOT_DISTINGUISHABLE
+    assert "the paired t-test over the 4 seed pairs does not" in r["verdict_text"]

@@ -25,9 +25,10 @@ Intervals (95%):
 Verdicts (``verdict``; ``verdict_text`` says the same in a sentence's words):
 
 ``VERDICT_CHANGED`` = ``"changed"``
-    the interval excludes 0 (after false-discovery control over a table, :func:`control_fdr`) AND
-    |delta| exceeds the noise floor: the baseline's mean |difference| between two of its seeds,
-    which needs at least ``MIN_FLOOR_SEEDS`` = 3 baseline seeds.
+    the test rejects (after false-discovery control over a table, :func:`control_fdr`) AND |delta|
+    exceeds the noise floor: the baseline's mean |difference| between two of its seeds, which needs
+    at least ``MIN_FLOOR_SEEDS`` = 3 baseline seeds. For a per-image metric the test is both the
+    image-level one and the paired t-test over the seed pairs of the per-run means (>= 2 pairs).
 ``VERDICT_NOT_DISTINGUISHABLE`` = ``"not distinguishable from reseeding"``
     the interval includes 0, or |delta| is within the noise floor.
 ``VERDICT_TOO_FEW`` = ``"too few seeds to judge"``
@@ -36,8 +37,10 @@ Verdicts (``verdict``; ``verdict_text`` says the same in a sentence's words):
     a per-run metric whose baseline seeds (or paired differences) do not vary at all.
 ``VERDICT_CHANGED_IMAGES`` = ``"changed over test images"`` and
 ``VERDICT_SAME_IMAGES`` = ``"not distinguishable over test images"``
-    a per-image metric without a usable noise floor (fewer than 3 baseline seeds, or a floor of 0):
-    judged from its image-level interval alone, which the words say.
+    a per-image metric without a usable noise floor (fewer than 3 baseline seeds, a floor of 0, or
+    fewer than 2 seed pairs): judged from its image-level interval alone, which the words say. It
+    says these trained networks differ on images like the test images, not that the configuration
+    does beyond reseeding.
 
 :func:`rank_changes` orders a list of such results for the table "What the modification changed".
 
@@ -285,8 +288,12 @@ def compare_metric(name: str, base: Sequence[float | np.ndarray], var: Sequence[
         pairs, see the module docstring); base_mean, var_mean: each side's mean over the runs that
         delta uses (delta == var_mean - base_mean); base_mean_all, var_mean_all: over all runs;
       ci95: (lo, hi) 95% interval of delta, or None (one run per side of a per-run metric);
-      p_value: two-sided, of the same test (None without an interval); method: how the interval
-        was computed (METHOD_*), or None;
+      p_value: two-sided p-value the verdict uses (None without an interval): the interval's own
+        test, except for a per-image metric with a noise floor and >= 2 seed pairs, where it is the
+        larger of that and p_seeds (beyond test-image noise AND beyond reseeding);
+      p_interval: the p-value of the interval's own test; p_seeds: a per-image metric's paired
+        t-test over the seed pairs of the per-run means (None with fewer than 2 pairs);
+      method: how the interval was computed (METHOD_*), or None;
       noise_floor: mean |difference| of the metric between two baseline seeds over all pairs of
         its runs (all baseline runs, paired or not); None with fewer than 3 baseline seeds;
       verdict, verdict_text: see the module docstring (before false-discovery control over a
@@ -318,10 +325,19 @@ def compare_metric(name: str, base: Sequence[float | np.ndarray], var: Sequence[
     base_mean, var_mean = float(b_metric[iv["b"]].mean()), float(v_metric[iv["v"]].mean())
     delta = iv["delta"]
     floor = _noise_floor(b_metric)
+    # A per-image interval covers another draw of test images for these networks, not reseeding: a
+    # "changed" beyond reseeding also needs the paired t-test over the seed pairs of the per-run
+    # means (an intersection-union test: the row's p-value is the larger of the two).
+    p_seeds = None
+    if per_image and len(pairs) >= 2:
+        bi, vi = [i for i, _ in pairs], [j for _, j in pairs]
+        p_seeds = float(t_interval(v_metric[vi] - b_metric[bi])["p"])
+    over_seeds = per_image and p_seeds is not None and floor is not None and floor > 0.0 and iv["p_value"] is not None
     out = {
         "name": name, "delta": delta, "base_mean": base_mean, "var_mean": var_mean,
         "base_mean_all": float(b_metric.mean()), "var_mean_all": float(v_metric.mean()),
-        "ci95": iv["ci95"], "p_value": iv["p_value"], "method": iv["method"], "noise_floor": floor,
+        "ci95": iv["ci95"], "p_value": max(iv["p_value"], p_seeds) if over_seeds else iv["p_value"],
+        "p_interval": iv["p_value"], "p_seeds": p_seeds, "method": iv["method"], "noise_floor": floor,
         "direction": _direction(delta, higher_is_better),
         "effect": None if floor is None or floor == 0.0 else abs(delta) / floor,
         "n_base": int(b.shape[0]), "n_var": int(v.shape[0]), "n_pairs": len(pairs),
@@ -356,15 +372,22 @@ def _judge(r: dict, significant: bool) -> None:
         else:
             r["verdict"], r["verdict_text"] = VERDICT_NOT_DISTINGUISHABLE, VERDICT_NOT_DISTINGUISHABLE
         return
-    if floor is None or floor == 0.0:
-        why = (f"reseeding noise not estimated: n = {n} baseline seeds, the noise floor needs ≥ {MIN_FLOOR_SEEDS}"
-               if floor is None else "the baseline's seeds do not vary: cannot estimate the spread")
+    if floor is None or floor == 0.0 or r["p_seeds"] is None:
+        if floor is None:
+            why = f"reseeding noise not estimated: n = {n} baseline seeds, the noise floor needs ≥ {MIN_FLOOR_SEEDS}"
+        elif floor == 0.0:
+            why = "the baseline's seeds do not vary: cannot estimate the spread"
+        else:
+            why = f"reseeding noise not estimated: {r['n_pairs']} seed pair{'s' if r['n_pairs'] != 1 else ''}, this needs ≥ 2"
         r["verdict"] = VERDICT_CHANGED_IMAGES if significant else VERDICT_SAME_IMAGES
         r["verdict_text"] = f"{r['verdict']} ({why})"
     elif significant and abs(r["delta"]) > floor:
         r["verdict"], r["verdict_text"] = VERDICT_CHANGED, VERDICT_CHANGED
     else:
         r["verdict"], r["verdict_text"] = VERDICT_NOT_DISTINGUISHABLE, VERDICT_NOT_DISTINGUISHABLE
+        if r["p_interval"] < ALPHA <= r["p_seeds"]:  # beyond test-image noise, not beyond reseeding
+            r["verdict_text"] += (f" (the interval over test images excludes 0, the paired t-test over the "
+                                  f"{r['n_pairs']} seed pairs does not: p = {r['p_seeds']:.2g})")
 
 
 def control_fdr(results: list[dict], alpha: float = ALPHA) -> list[dict]:
