@@ -121,8 +121,11 @@ class ChangesSection(Section):
                     "between two baseline seeds, from 3 or more seeds) as the noise floor. The table tests every "
                     "metric at once, so a change counts only when its test survives Benjamini-Hochberg control of "
                     "the false discovery rate at 5% over this table (at most 5% of the rows marked changed are "
-                    "expected to be false) and it exceeds the noise floor; a row whose interval excludes 0 may "
-                    "therefore still read \"not distinguishable\". Sorted by effect (change / noise floor). "
+                    "expected to be false) and it exceeds the noise floor; for a mean over images the test is "
+                    "both the one over images and the paired t-test over the seed pairs, since the one over "
+                    "images alone does not cover reseeding. A row whose interval excludes 0 may therefore still "
+                    "read \"not distinguishable\"; \"changed over test images\" (fewer than 3 baseline seeds) "
+                    "says these networks differ, not that reseeding could not explain it. Sorted by effect (change / noise floor). "
                     "Fractions are in percentage points; docs/statistics.md in the repository gives the methods.")]
         for g, comp in comps:
             where = f" [{g.label}]" if g.label else ""
