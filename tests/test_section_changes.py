@@ -369,3 +369,17 @@ def test_per_image_corruption_accuracy_has_the_runs_accuracy_as_mean(sweep) -> N
         mca = np.mean([runs[s.run(v, x).run_id]["mean_corruption_accuracy"] for x in SEEDS])
         assert rows["mean_corruption_accuracy"][side] == pytest.approx(mca, abs=1e-12)
     assert rows["mean_corruption_accuracy"]["method"] == verdicts.METHOD_IMAGE_T
+
+
+def test_findings_say_why_a_per_image_row_is_judged_over_test_images_only() -> None:
+    from cnnstress.report.sections import findings
+
+    base = [np.arange(400) < 200 + k for k in (0, 20, 40)]  # 3 baseline seeds: a floor
+    var = [np.arange(400) < 300]  # one variant run: one pair, no seed-level test
+    r = verdicts.compare_metric("test_accuracy", base, var, higher_is_better=True, base_seeds=[1, 2, 3],
+                                var_seeds=[2])
+    r.update(label="test accuracy", points=True)
+    assert r["verdict"] == verdicts.VERDICT_CHANGED_IMAGES and r["p_seeds"] is None
+    text = findings.sentence({"variant": "cutout"}, r)
+    assert text.endswith("beyond test-image sampling noise; with 1 seed pair reseeding noise is not estimated "
+                         "(that needs ≥ 2).")

@@ -79,9 +79,13 @@ def _sentence(comp: dict, r: dict, group: str = "") -> str:
         return head + f", {'far ' if far else ''}beyond reseeding noise (±{_number(r, floor)})."
     if v in (verdicts.VERDICT_CHANGED_IMAGES, verdicts.VERDICT_SAME_IMAGES):
         what = "beyond" if v == verdicts.VERDICT_CHANGED_IMAGES else "within"
-        why = (f"with {r['n_base']} baseline seed{'s' if r['n_base'] != 1 else ''} reseeding noise is not estimated "
-               f"(that needs ≥ {verdicts.MIN_FLOOR_SEEDS})" if floor is None
-               else "the baseline's seeds do not vary, so reseeding noise cannot be estimated")
+        if floor is None:
+            why = (f"with {r['n_base']} baseline seed{'s' if r['n_base'] != 1 else ''} reseeding noise is not estimated "
+                   f"(that needs ≥ {verdicts.MIN_FLOOR_SEEDS})")
+        elif floor == 0.0:
+            why = "the baseline's seeds do not vary, so reseeding noise cannot be estimated"
+        else:
+            why = f"with {r['n_pairs']} seed pair{'s' if r['n_pairs'] != 1 else ''} reseeding noise is not estimated (that needs ≥ 2)"
         return head + f", {what} test-image sampling noise; {why}."
     if v == verdicts.VERDICT_NOT_DISTINGUISHABLE:
         excludes = lo > 0 or hi < 0
