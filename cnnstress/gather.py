@@ -492,8 +492,10 @@ def print_headline(report: ReportData, console: Console) -> None:
         elif comp is None:
             delta = "n/a"
         else:
-            lo, hi = comp.stats["ci95"]
-            delta = f"{100 * comp.stats['accuracy_delta_mean']:+.2f} [{100 * lo:+.2f}, {100 * hi:+.2f}]"
+            delta = f"{100 * comp.stats['accuracy_delta_mean']:+.2f}"
+            if comp.stats["ci95"] is not None:
+                lo, hi = comp.stats["ci95"]
+                delta += f" [{100 * lo:+.2f}, {100 * hi:+.2f}]"
         row = [cell.label, str(cell.n_runs), acc, delta]
         for s in extra:
             texts = tuple(s.headline(cell, cell.parts.get(s.id)))

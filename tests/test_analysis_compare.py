@@ -9,7 +9,7 @@ from itertools import combinations
 import numpy as np
 import pytest
 
-from cnnstress.analysis import compare
+from cnnstress.analysis import compare, verdicts
 
 
 def _loop_disagreement(base, var):
@@ -216,9 +216,10 @@ def test_compare_variant_planted_improvement_exceeds_noise():
     rng = np.random.default_rng(12)
     base = rng.random((3, 3000)) < 0.8
     var = base | (rng.random((3, 3000)) < 0.3)
-    r = compare.compare_variant(base, var, n_boot=500, seed=0)
+    r = compare.compare_variant(base, var)
     assert r["n_pairs"] == 3 and r["exceeds_noise"] is True
-    assert "beyond seed and test-set noise" in r["verdict"] and "With one seed" not in r["verdict"]
+    assert r["accuracy"]["verdict"] == verdicts.VERDICT_CHANGED and ": beyond seed and test-set noise." in r["verdict"]
+    assert (r["accuracy_delta_mean"], r["ci95"]) == (r["accuracy"]["delta"], r["accuracy"]["ci95"])
     assert r["verdict"].startswith("Test accuracy rose by ")
     loops = [_loop_disagreement(base[i], var[i]) for i in range(3)]
     for key in ("corrected", "worsened", "both_wrong", "both_right"):
@@ -246,15 +247,35 @@ def test_compare_variant_disagreement_against_the_floor_both_ways():
     base = np.stack([rng.random(4000) < 0.7 for _ in range(3)])  # independent seeds: floor ~0.42
     same_images = base.copy()
     same_images[:, :200] = False  # worse on 200 fixed images only: small disagreement, real drop
-    r = compare.compare_variant(base, same_images, n_boot=300, seed=0)
+    r = compare.compare_variant(base, same_images)
     assert r["variant_disagreement"] < r["baseline_noise_floor"] and r["disagreement_exceeds_floor"] is False
     assert "within reseeding noise" in r["verdict"]
     shuffled = np.stack([rng.random(4000) < 0.7 for _ in range(3)])
     shuffled[:, ::2] = ~base[:, ::2]  # disagrees with its paired baseline seed on half the images and more
-    r = compare.compare_variant(base, shuffled, n_boot=300, seed=0)
+    r = compare.compare_variant(base, shuffled)
     assert r["variant_disagreement"] > r["baseline_noise_floor"] and r["disagreement_exceeds_floor"] is True
-    one = compare.compare_variant(base[:1], shuffled[:1], n_boot=100, seed=0)
+    one = compare.compare_variant(base[:1], shuffled[:1])
     assert one["disagreement_exceeds_floor"] is None and "no noise floor" in one["verdict"]
+    assert "reseeding noise not estimated" in one["verdict"]
+
+
+def test_compare_variant_pairs_by_seed_and_lists_the_unmatched():
+    rng = np.random.default_rng(31)
+    base = rng.random((3, 500)) < 0.7  # seeds 1, 2, 3
+    var = rng.random((2, 500)) < 0.72  # seeds 3 and 2: seed 1 has no variant run
+    r = compare.compare_variant(base, var, base_seeds=[1, 2, 3], var_seeds=[3, 2])
+    assert [(p["base_seed"], p["var_seed"]) for p in r["pairs"]] == [(2, 2), (3, 3)]
+    assert r["unmatched_base_seeds"] == [1] and r["unmatched_var_seeds"] == []
+    assert "seed 1 has no variant run" in r["verdict"]
+    d2, d3 = _loop_disagreement(base[1], var[1]), _loop_disagreement(base[2], var[0])
+    assert [p["corrected"] for p in r["pairs"]] == [d2["corrected"], d3["corrected"]]
+    want = ((var[1].mean() - base[1].mean()) + (var[0].mean() - base[2].mean())) / 2
+    assert r["accuracy_delta_mean"] == pytest.approx(want, abs=1e-12)
+    # the row handed in is the one reported
+    acc = verdicts.compare_metric("test_accuracy", list(base.astype(float)), list(var.astype(float)),
+                                  higher_is_better=True, base_seeds=[1, 2, 3], var_seeds=[3, 2])
+    assert compare.compare_variant(base, var, base_seeds=[1, 2, 3], var_seeds=[3, 2], accuracy=acc)["accuracy"] is acc
+    assert r["ci95"] == pytest.approx(acc["ci95"], abs=1e-15)
 
 
 def test_accuracy_interval_stays_in_0_1_when_bounded():
@@ -267,4 +288,4 @@ def test_accuracy_interval_stays_in_0_1_when_bounded():
     assert r["ci95"] == (pytest.approx(0.98 - half * 0.02 / 0.07), 1.0)
     base = np.zeros((2, 100), dtype=bool)
     base[0, :35], base[1, :42] = True, True
-    assert compare.compare_variant(base, base, n_boot=50)["base_accuracy"]["ci95"][0] == 0.0
+    assert compare.compare_variant(base, base)["base_accuracy"]["ci95"][0] == 0.0

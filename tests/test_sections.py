@@ -440,6 +440,12 @@ def test_adversarial_numbers_against_argmax_counts(new_sweep) -> None:
         assert got["ci95"] == pytest.approx([max(0.0, mean - half), min(1.0, mean + half)], rel=1e-6)
         acc_mean = summary["variants"][variant]["adversarial_accuracy_mean"]
         assert set(acc_mean) == {"linf", "l2"} and set(acc_mean["linf"]) == {"0", "2", "8"}
+    # the comparison reads adversarial accuracy image by image (every run attacks the same sample)
+    from cnnstress.analysis import verdicts
+    rows = {m["name"]: m for m in summary["comparisons"][0]["metrics"]}
+    adv = rows["adversarial_linf_8"]
+    assert adv["method"] == verdicts.METHOD_IMAGE_T
+    assert adv["base_mean_all"] == pytest.approx(np.mean(per_variant["baseline"]), abs=1e-12)
     body = _body(page, "adversarial")
     assert "<h2>Adversarial robustness (PGD)</h2>" in body and "Not available" not in body
     assert f"same {ADV_M} test images" in body and "8/255" in body and 'id="fig-adversarial"' in body

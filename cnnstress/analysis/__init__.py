@@ -11,6 +11,8 @@ Modules:
 - ``calibration`` ECE and reliability bins, NLL, Brier score, temperature scaling.
 - ``compare``     baseline vs variant over seeds: disagreement, McNemar, t-intervals, paired
                   bootstrap, seed noise floor, persistent failures, a plain-words verdict.
+- ``verdicts``    one comparison per metric: runs paired by seed, t-intervals, the noise floor,
+                  Benjamini-Hochberg over a table, power (docs/statistics.md).
 - ``failures``    canonical failure cases across seeds, ``failures.json`` records.
 - ``gradcam``     bilinear upsampling, map normalisation, energy inside a mask, curve AUC.
 - ``robustness``  corruption tables, classes that break first under corruption.

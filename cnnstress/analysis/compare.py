@@ -1,7 +1,8 @@
 """Baseline vs variant over several seeds, with honest statistics.
 
 Inputs are per-image correctness arrays: (S, N) bool for S seeds and N test images (a (N,) array is
-read as one seed). Seeds are paired by position: row i of the baseline with row i of the variant.
+read as one seed). compare_variant pairs rows by seed value; the lower-level functions here take
+rows already paired (row i of the baseline with row i of the variant).
 """
 
 from __future__ import annotations
@@ -197,63 +198,80 @@ def _points(x: float) -> str:
     return f"{100.0 * x:+.1f}"
 
 
-def compare_variant(base_correct: np.ndarray, var_correct: np.ndarray,
-                    n_boot: int = 2000, seed: int = 0) -> dict:
+def compare_variant(base_correct: np.ndarray, var_correct: np.ndarray, *, base_seeds=None, var_seeds=None,
+                    accuracy: dict | None = None) -> dict:
     """Everything the report says about one variant against the baseline.
 
-    ``base_correct`` (S, N) and ``var_correct`` (S', N) bool; the first min(S, S') rows are paired.
+    ``base_correct`` (S, N) and ``var_correct`` (S', N) bool; ``base_seeds`` / ``var_seeds`` name
+    each row's seed (default 0, 1, ...). Rows pair by seed value (``verdicts.pair_by_seed``).
+    ``accuracy`` is the ``verdicts.compare_metric`` result of test accuracy for these runs (the
+    report passes the row of "What the modification changed", so that both say the same number
+    from the same computation); None computes it here.
     Returns a dict with:
-      n_pairs, n_base_seeds, n_var_seeds;
+      n_pairs, n_base_seeds, n_var_seeds; unmatched_base_seeds, unmatched_var_seeds;
       base_accuracy, var_accuracy: mean_std_ci over all seeds of each side;
-      accuracy_delta_mean, ci95: paired bootstrap over the paired seeds;
-      pairs: per pair {pair, corrected, worsened, both_wrong, both_right, mcnemar};
+      accuracy_delta_mean, ci95, accuracy_method: delta, interval and method of ``accuracy``;
+      accuracy: that result itself;
+      pairs: per seed pair {pair, base_seed, var_seed, corrected, worsened, both_wrong, both_right,
+        mcnemar};
       corrected, worsened, both_wrong, both_right: summed over pairs;
       baseline_noise_floor: seed_noise_floor of the baseline (NaN with one seed);
       variant_disagreement: mean over pairs of the fraction of images where variant and baseline
-        differ in correctness (compare with the noise floor);
-      disagreement_exceeds_floor: variant_disagreement > baseline_noise_floor (None with one
-        baseline seed: no floor);
+        differ in correctness (compare with the noise floor; NaN without pairs);
+      disagreement_exceeds_floor: variant_disagreement > baseline_noise_floor (None without both);
       persistent_failures: counts of persistent / seed-dependent baseline failures and how many
         of the persistent ones the variant gets right in every paired seed;
       variant_persistent_failures: the same split of the variant's own seeds;
-      exceeds_noise: bool, about the accuracy difference (bootstrap CI over seeds and images
-        excludes 0 and McNemar p < 0.05 in every pair); verdict: plain words on both.
+      exceeds_noise: bool, the accuracy verdict calls the change real and McNemar's test has
+        p < 0.05 in every seed pair; verdict: plain words on both.
     """
+    from cnnstress.analysis import verdicts  # verdicts imports this module
+
     base = as_bool_matrix(base_correct, "base_correct")
     var = as_bool_matrix(var_correct, "var_correct")
     if base.shape[1] != var.shape[1]:
         raise ValueError(f"base_correct and var_correct must cover the same N images, got {base.shape[1]} and {var.shape[1]}")
     if base.shape[0] == 0 or var.shape[0] == 0:
         raise ValueError("compare_variant needs at least one seed on each side")
-    n_pairs = min(base.shape[0], var.shape[0])
-    pb, pv = base[:n_pairs], var[:n_pairs]
-    boot = paired_bootstrap_delta(pb, pv, n_boot=n_boot, seed=seed)
+    base_seeds = list(range(base.shape[0])) if base_seeds is None else list(base_seeds)
+    var_seeds = list(range(var.shape[0])) if var_seeds is None else list(var_seeds)
+    match = verdicts.pair_by_seed(base_seeds, var_seeds)
+    if accuracy is None:
+        accuracy = verdicts.compare_metric("test_accuracy", list(base.astype(np.float64)),
+                                           list(var.astype(np.float64)), higher_is_better=True,
+                                           base_seeds=base_seeds, var_seeds=var_seeds)
+    bi = [i for i, _ in match["pairs"]]
+    vi = [j for _, j in match["pairs"]]
+    pb, pv = base[bi], var[vi]
+    n_pairs = len(bi)
 
     pairs = []
-    for i in range(n_pairs):
-        d = disagreement(pb[i], pv[i])
-        pairs.append({"pair": i, **d, "mcnemar": mcnemar(d["worsened"], d["corrected"])})
+    for k in range(n_pairs):
+        d = disagreement(pb[k], pv[k])
+        pairs.append({"pair": k, "base_seed": base_seeds[bi[k]], "var_seed": var_seeds[vi[k]], **d,
+                      "mcnemar": mcnemar(d["worsened"], d["corrected"])})
     summed = {key: int(sum(p[key] for p in pairs)) for key in ("corrected", "worsened", "both_wrong", "both_right")}
     n_images = base.shape[1]
-    var_dis = float(np.mean([(p["corrected"] + p["worsened"]) / n_images for p in pairs])) if n_images else float("nan")
+    var_dis = (float(np.mean([(p["corrected"] + p["worsened"]) / n_images for p in pairs]))
+               if n_images and pairs else float("nan"))
 
     persist = persistent_failures(base)
-    fixed = int(np.count_nonzero(pv[:, persist["persistent"]].all(axis=0))) if persist["persistent"].size else 0
+    fixed = (int(np.count_nonzero(pv[:, persist["persistent"]].all(axis=0)))
+             if persist["persistent"].size and n_pairs else 0)
     var_persist = persistent_failures(var)
     floor = seed_noise_floor(base)["mean_disagreement"]
     above_floor = None if math.isnan(floor) or math.isnan(var_dis) else bool(var_dis > floor)
 
-    lo, hi = boot["ci95"]
-    ci_excludes_zero = lo > 0.0 or hi < 0.0
     n_significant = sum(p["mcnemar"]["p_value"] < 0.05 for p in pairs)
-    exceeds = bool(ci_excludes_zero and n_significant == n_pairs)
-    verdict = _verdict(boot["delta_mean"], lo, hi, ci_excludes_zero, n_significant, n_pairs,
-                       base.shape[0], var.shape[0], var_dis, floor)
+    exceeds = bool(accuracy["verdict"] in verdicts.CHANGED_VERDICTS and n_pairs and n_significant == n_pairs)
+    verdict = _verdict(accuracy, n_significant, n_pairs, match, var_dis, floor)
     return {
         "n_pairs": n_pairs, "n_base_seeds": int(base.shape[0]), "n_var_seeds": int(var.shape[0]),
+        "unmatched_base_seeds": match["unmatched_base"], "unmatched_var_seeds": match["unmatched_var"],
         "base_accuracy": mean_std_ci(base.mean(axis=1), ACCURACY),
         "var_accuracy": mean_std_ci(var.mean(axis=1), ACCURACY),
-        "accuracy_delta_mean": boot["delta_mean"], "ci95": (lo, hi), "n_boot": boot["n_boot"],
+        "accuracy_delta_mean": accuracy["delta"], "ci95": accuracy["ci95"],
+        "accuracy_method": accuracy["method"], "accuracy": accuracy,
         "pairs": pairs, **summed,
         "baseline_noise_floor": floor,
         "variant_disagreement": var_dis,
@@ -267,26 +285,34 @@ def compare_variant(base_correct: np.ndarray, var_correct: np.ndarray,
     }
 
 
-def _verdict(delta: float, lo: float, hi: float, ci_excludes_zero: bool, n_significant: int,
-             n_pairs: int, n_base: int, n_var: int, var_dis: float, floor: float) -> str:
-    # Two questions, answered apart, in plain sentences: is the accuracy difference beyond what
-    # reseeding and another draw of test images produce (bootstrap over both + McNemar per pair),
-    # and does the variant change *which* images are right more than reseeding the baseline does?
-    interval = f"95% CI {_points(lo)} to {_points(hi)}"
-    moved = "rose" if delta > 0 else "fell"
-    if not ci_excludes_zero:
-        text = f"The accuracy change ({_points(delta)} points, {interval}) is within seed and test-set noise."
-    elif n_significant < n_pairs:
-        text = (f"Test accuracy {moved} by {abs(100.0 * delta):.1f} points ({_points(delta)} points, {interval}), "
-                f"but McNemar's test confirms it in only {n_significant} of {n_pairs} seed pairs: not clearly "
-                "beyond seed and test-set noise.")
+def unmatched_text(unmatched_base, unmatched_var, variant: str = "variant", baseline: str = "baseline") -> str:
+    """"seed 1 has no cutout run; seed 4 has no baseline run." ('' when every run has a partner)."""
+    parts = [f"seed {s} has no {variant} run" for s in unmatched_base]
+    parts += [f"seed {s} has no {baseline} run" for s in unmatched_var]
+    return "; ".join(parts) + ("." if parts else "")
+
+
+def _verdict(acc: dict, n_significant: int, n_pairs: int, match: dict, var_dis: float, floor: float) -> str:
+    # Two questions, answered apart, in plain sentences: is the accuracy difference beyond noise
+    # (the accuracy row's own verdict, McNemar per seed pair beside it), and does the variant
+    # change *which* images are right more than reseeding the baseline does?
+    delta, ci = acc["delta"], acc["ci95"]
+    moved = "rose" if delta > 0 else "fell" if delta < 0 else "did not move"
+    size = f" by {abs(100.0 * delta):.1f} points" if delta else ""
+    if ci is None:
+        text = f"Test accuracy {moved}{size} ({_points(delta)} points; no interval)."
     else:
-        text = (f"Test accuracy {moved} by {abs(100.0 * delta):.1f} points ({_points(delta)} points, {interval}), "
-                "beyond seed and test-set noise.")
-    if n_pairs == 1:
-        text += " With one seed the interval covers test-image sampling only, not reseeding."
-    if n_base != n_var:
-        text += f" Only the first {n_pairs} seeds of each side are paired ({n_base} baseline, {n_var} variant)."
+        what = "95% CI over test images" if acc["method"] == "t over test images" else "95% CI"
+        text = f"Test accuracy {moved}{size} ({_points(delta)} points, {what} {_points(ci[0])} to {_points(ci[1])})"
+        words = {"changed": "beyond seed and test-set noise"}.get(acc["verdict"], acc["verdict_text"])
+        text += f": {words}."
+    if n_pairs:
+        text += f" McNemar's test has p < 0.05 in {n_significant} of {n_pairs} seed pairs."
+    unmatched = unmatched_text(match["unmatched_base"], match["unmatched_var"])
+    if unmatched:
+        text += f" Paired by seed: {n_pairs} pair{'s' if n_pairs != 1 else ''}; {unmatched}"
+    if not n_pairs:
+        return text
     share = f"{100 * var_dis:.1f}% of test images"
     if math.isnan(floor):
         text += (f" It changes the outcome on {share}; with one baseline seed there is no noise floor to "

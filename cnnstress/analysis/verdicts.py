@@ -1,19 +1,46 @@
-"""One honest verdict per metric, and how many seeds a claim needs (pure numpy).
+"""One verdict per metric, and how many seeds a claim needs (pure numpy).
 
 Every number the report shows for a variant against its baseline -- clean accuracy, corruption
 accuracy, ECE/NLL/Brier, adversarial accuracy, OOD AUROC, AURC, deletion/insertion AUCs, mask
-energy, pointing game, background-following rate -- goes through :func:`compare_metric`, which
-returns the mean difference, a bootstrap 95% interval, the baseline's own seed-to-seed spread of
-that metric (its noise floor) and one of three verdict strings:
+energy, pointing game, background-following rate -- goes through :func:`compare_metric`: the
+report's tables, its Findings, summary.json and the terminal all read the number and its interval
+from that one call. docs/statistics.md gives the methods, their references and the coverage
+measured by simulation.
+
+Runs are paired by seed value (:func:`pair_by_seed`): a variant run and a baseline run of the same
+group (every other grid value shared) with the same seed. Unmatched runs still count in the
+unpaired estimates (each side's mean over all its runs, the baseline's noise floor) and are listed.
+
+Intervals (95%):
+
+* a metric measured once per run (ECE, NLL, AUROC, AURC, ...): a paired Student t-interval over the
+  seed pairs (Welch's unpaired t-interval when fewer than 2 seeds pair up and each side has 2);
+  none from a single run per side;
+* a metric that is a mean over test images (accuracy, deletion AUC, mask energy, ...): the
+  image-level t-interval of the mean over images of the per-image difference, averaged over the
+  seed pairs -- the analytic form of resampling test images within the seed pairs (the same images
+  in every pair). It covers the difference of these trained networks on the image population, not
+  reseeding; reseeding is what the noise floor is for.
+
+Verdicts (``verdict``; ``verdict_text`` says the same in a sentence's words):
 
 ``VERDICT_CHANGED`` = ``"changed"``
-    the 95% interval excludes 0 AND |delta| is larger than the noise floor.
+    the test rejects (after false-discovery control over a table, :func:`control_fdr`) AND |delta|
+    exceeds the noise floor: the baseline's mean |difference| between two of its seeds, which needs
+    at least ``MIN_FLOOR_SEEDS`` = 3 baseline seeds. For a per-image metric the test is both the
+    image-level one and the paired t-test over the seed pairs of the per-run means (>= 2 pairs).
 ``VERDICT_NOT_DISTINGUISHABLE`` = ``"not distinguishable from reseeding"``
-    the interval includes 0, or |delta| is no larger than what reseeding the baseline alone
-    changes the metric by.
-``VERDICT_NO_FLOOR`` = ``"no noise floor (one baseline seed)"``
-    one baseline seed: there is no seed-to-seed spread to read the difference against, whatever
-    the interval says (with one seed per side the interval reflects test-image sampling only).
+    the interval includes 0, or |delta| is within the noise floor.
+``VERDICT_TOO_FEW`` = ``"too few seeds to judge"``
+    a per-run metric with fewer than 3 baseline seeds: no floor, no verdict.
+``VERDICT_NO_SPREAD`` = ``"cannot estimate the spread"``
+    a per-run metric whose baseline seeds (or paired differences) do not vary at all.
+``VERDICT_CHANGED_IMAGES`` = ``"changed over test images"`` and
+``VERDICT_SAME_IMAGES`` = ``"not distinguishable over test images"``
+    a per-image metric without a usable noise floor (fewer than 3 baseline seeds, a floor of 0, or
+    fewer than 2 seed pairs): judged from its image-level interval alone, which the words say. It
+    says these trained networks differ on images like the test images, not that the configuration
+    does beyond reseeding.
 
 :func:`rank_changes` orders a list of such results for the table "What the modification changed".
 
@@ -31,21 +58,144 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from cnnstress.analysis.compare import _row_bincount
-
 VERDICT_CHANGED = "changed"
 VERDICT_NOT_DISTINGUISHABLE = "not distinguishable from reseeding"
-VERDICT_NO_FLOOR = "no noise floor (one baseline seed)"
-VERDICTS = (VERDICT_CHANGED, VERDICT_NOT_DISTINGUISHABLE, VERDICT_NO_FLOOR)
+VERDICT_TOO_FEW = "too few seeds to judge"
+VERDICT_NO_SPREAD = "cannot estimate the spread"
+VERDICT_CHANGED_IMAGES = "changed over test images"
+VERDICT_SAME_IMAGES = "not distinguishable over test images"
+VERDICTS = (VERDICT_CHANGED, VERDICT_NOT_DISTINGUISHABLE, VERDICT_TOO_FEW, VERDICT_NO_SPREAD,
+            VERDICT_CHANGED_IMAGES, VERDICT_SAME_IMAGES)
+#: The verdicts that call a difference real (a table's "changed" rows).
+CHANGED_VERDICTS = (VERDICT_CHANGED, VERDICT_CHANGED_IMAGES)
 
 DIRECTION_BETTER = "better"
 DIRECTION_WORSE = "worse"
 
-ALPHA = 0.05  # two-sided significance level of the power calculation
+ALPHA = 0.05  # two-sided significance level (intervals, tests, power, false discovery rate)
 POWER = 0.8   # probability of detecting a true difference of the detectable size
+MIN_FLOOR_SEEDS = 3  # a noise floor from 2 seeds is one |difference|: no estimate of a spread
 
-# Bootstrap memory bound: image indices drawn per chunk of replicates (chunk * N <= this).
-_CHUNK_INDICES = 4_000_000
+METHOD_PAIRED_T = "paired t over seeds"
+METHOD_WELCH_T = "Welch t over runs (unpaired)"
+METHOD_IMAGE_T = "t over test images"
+
+
+# ----------------------------------------------------------------------------------------------
+# Pairing
+# ----------------------------------------------------------------------------------------------
+
+def pair_by_seed(base_seeds: Sequence, var_seeds: Sequence) -> dict:
+    """Pairs of (baseline index, variant index) with the same seed value, in baseline order.
+
+    Returns dict(pairs: [(i, j)], seeds: the paired seed values, unmatched_base / unmatched_var:
+    seed values of runs with no partner). A seed listed twice on one side is an error (two runs
+    of one configuration and seed cannot both be in a sweep).
+    """
+    for name, seeds in (("base_seeds", base_seeds), ("var_seeds", var_seeds)):
+        if len(set(seeds)) != len(seeds):
+            raise ValueError(f"{name} lists a seed more than once: {list(seeds)}")
+    where = {s: j for j, s in enumerate(var_seeds)}
+    pairs = [(i, where[s]) for i, s in enumerate(base_seeds) if s in where]
+    return {"pairs": pairs, "seeds": [base_seeds[i] for i, _ in pairs],
+            "unmatched_base": [s for s in base_seeds if s not in where],
+            "unmatched_var": [s for s in var_seeds if s not in set(base_seeds)]}
+
+
+# ----------------------------------------------------------------------------------------------
+# Intervals and tests (vectorised: the simulations in the tests call these on whole batches)
+# ----------------------------------------------------------------------------------------------
+
+def t_two_sided_p(t, df: int) -> np.ndarray:
+    """Two-sided p-value P(|T| >= |t|) of Student's t with integer ``df`` >= 1, elementwise.
+
+    Closed form for integer degrees of freedom (Abramowitz & Stegun 26.7.3-4): with
+    theta = atan(|t| / sqrt(df)), P(|T| < |t|) is a finite series in cos(theta). Up to df 400 the
+    series is summed (agrees with the incomplete-beta tail of :func:`t_quantile` to 1e-12, see the
+    tests); beyond, the incomplete-beta tail itself is evaluated element by element, so that
+    p < 0.05 exactly when the 95% t-interval excludes 0 for any df.
+    """
+    if int(df) != df or df < 1:
+        raise ValueError(f"df must be a positive integer, got {df!r}")
+    df = int(df)
+    a = np.abs(np.asarray(t, dtype=np.float64))
+    if df > 400:
+        return np.vectorize(lambda x: min(1.0, 2.0 * _t_upper_tail(float(x), df)), otypes=[np.float64])(a)
+    theta = np.arctan(a / math.sqrt(df))
+    c2 = np.cos(theta) ** 2
+    if df % 2 == 1:
+        if df == 1:
+            inside = 2.0 * theta / math.pi
+        else:
+            term = np.ones_like(a)
+            total = np.ones_like(a)
+            for k in range(1, (df - 3) // 2 + 1):
+                term = term * c2 * (2 * k) / (2 * k + 1)
+                total = total + term
+            inside = 2.0 / math.pi * (theta + np.sin(theta) * np.cos(theta) * total)
+    else:
+        term = np.ones_like(a)
+        total = np.ones_like(a)
+        for k in range(1, (df - 2) // 2 + 1):
+            term = term * c2 * (2 * k - 1) / (2 * k)
+            total = total + term
+        inside = np.sin(theta) * total
+    return np.clip(1.0 - inside, 0.0, 1.0)
+
+
+def t_interval(x: np.ndarray, alpha: float = ALPHA) -> dict:
+    """Mean, (1 - alpha) Student t-interval and two-sided p-value (mean 0) over the last axis.
+
+    ``x`` (..., n) with n >= 2. Returns dict(mean, lo, hi, p, se) of arrays of shape (...). A
+    zero standard deviation gives lo == hi == mean and p 0 (mean != 0) or 1 (mean == 0): there
+    is no spread to judge by, which callers say in words.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    n = x.shape[-1]
+    if n < 2:
+        raise ValueError(f"a t-interval needs at least 2 values, got {n}")
+    mean = x.mean(axis=-1)
+    se = x.std(axis=-1, ddof=1) / math.sqrt(n)
+    half = t_quantile(1.0 - alpha / 2.0, n - 1) * se
+    with np.errstate(divide="ignore", invalid="ignore"):
+        stat = np.where(se > 0, mean / np.where(se > 0, se, 1.0), np.where(mean == 0, 0.0, np.inf))
+    return {"mean": mean, "lo": mean - half, "hi": mean + half, "p": t_two_sided_p(stat, n - 1), "se": se}
+
+
+def welch_interval(a: np.ndarray, b: np.ndarray, alpha: float = ALPHA) -> dict:
+    """mean(b) - mean(a) with Welch's t-interval and p-value, for 1-D samples of >= 2 values each.
+
+    Degrees of freedom by Welch-Satterthwaite, rounded down to an integer (conservative)."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    va, vb = a.var(ddof=1) / a.size, b.var(ddof=1) / b.size
+    se = math.sqrt(va + vb)
+    mean = float(b.mean() - a.mean())
+    if se == 0.0:
+        return {"mean": mean, "lo": mean, "hi": mean, "p": 0.0 if mean else 1.0, "se": 0.0}
+    df = max(1, int((va + vb) ** 2 / (va ** 2 / (a.size - 1) + vb ** 2 / (b.size - 1))))
+    half = t_quantile(1.0 - alpha / 2.0, df) * se
+    return {"mean": mean, "lo": mean - half, "hi": mean + half, "p": float(t_two_sided_p(mean / se, df)),
+            "se": se}
+
+
+def bh_reject(p_values: Sequence[float], alpha: float = ALPHA) -> np.ndarray:
+    """Benjamini-Hochberg (1995) step-up at false discovery rate ``alpha``: which p-values to reject.
+
+    ``p_values`` (..., m); returns bool (..., m). Rejects the k smallest, k the largest rank with
+    p_(k) <= k alpha / m.
+    """
+    p = np.asarray(p_values, dtype=np.float64)
+    m = p.shape[-1]
+    if m == 0:
+        return np.zeros(p.shape, dtype=bool)
+    order = np.argsort(p, axis=-1)
+    ranked = np.take_along_axis(p, order, axis=-1)
+    below = ranked <= alpha * np.arange(1, m + 1) / m
+    k = np.where(below.any(axis=-1), m - np.argmax(below[..., ::-1], axis=-1), 0)  # largest passing rank
+    reject_sorted = np.arange(1, m + 1) <= k[..., None]
+    out = np.zeros(p.shape, dtype=bool)
+    np.put_along_axis(out, order, reject_sorted, axis=-1)
+    return out
 
 
 # ----------------------------------------------------------------------------------------------
@@ -79,55 +229,13 @@ def _as_runs(values: Sequence, name: str) -> tuple[np.ndarray, bool]:
 
 
 def _noise_floor(metric: np.ndarray) -> float | None:
-    """Mean |m_i - m_j| over all pairs i < j of per-seed metric values; None with one seed."""
+    """Mean |m_i - m_j| over all pairs i < j of per-seed metric values; None with fewer than
+    MIN_FLOOR_SEEDS seeds (two seeds give a single |difference|, not a spread)."""
     s = metric.shape[0]
-    if s < 2:
+    if s < MIN_FLOOR_SEEDS:
         return None
     iu = np.triu_indices(s, k=1)
     return float(np.abs(metric[:, None] - metric[None, :])[iu].mean())
-
-
-def _weighted_seed_means(sums: np.ndarray, counts: np.ndarray, n: int) -> np.ndarray:
-    """(R,) mean over drawn seeds of the per-seed mean on the drawn images."""
-    return np.einsum("bs,bs->b", sums, counts) / (counts.shape[1] * n)
-
-
-def _bootstrap_deltas(base: np.ndarray, var: np.ndarray, per_image: bool, paired: bool,
-                      n_boot: int, seed: int) -> np.ndarray:
-    """(n_boot,) replicates of mean(var) - mean(base) for (S, N) / (S', N) runs.
-
-    Seeds: paired -> one draw of S seed pairs with replacement per replicate, applied to both
-    sides; unpaired -> each side's seeds drawn independently. Images (per_image only): one draw of
-    N image indices with replacement per replicate, the same for every seed of both sides (the
-    images are the same in every run). For 0/1 paired input this draws exactly the numbers
-    ``compare.paired_bootstrap_delta`` draws and returns the same replicates.
-    """
-    rng = np.random.default_rng(seed)
-    sb, sv = base.shape[0], var.shape[0]
-    if paired:
-        counts_b = counts_v = _row_bincount(rng.integers(0, sb, size=(n_boot, sb)), sb).astype(np.float64)
-    else:
-        counts_b = _row_bincount(rng.integers(0, sb, size=(n_boot, sb)), sb).astype(np.float64)
-        counts_v = _row_bincount(rng.integers(0, sv, size=(n_boot, sv)), sv).astype(np.float64)
-    if not per_image:
-        if paired:
-            return _weighted_seed_means(np.broadcast_to((var - base)[:, 0], counts_b.shape), counts_b, 1)
-        return (_weighted_seed_means(np.broadcast_to(var[:, 0], counts_v.shape), counts_v, 1)
-                - _weighted_seed_means(np.broadcast_to(base[:, 0], counts_b.shape), counts_b, 1))
-    n = base.shape[1]
-    if paired:
-        sides = [(np.ascontiguousarray(var - base), counts_b, 1.0)]
-    else:
-        sides = [(np.ascontiguousarray(var), counts_v, 1.0), (np.ascontiguousarray(base), counts_b, -1.0)]
-    deltas = np.zeros(n_boot)
-    chunk = max(1, min(n_boot, _CHUNK_INDICES // n))
-    for start in range(0, n_boot, chunk):
-        stop = min(n_boot, start + chunk)
-        img_idx = rng.integers(0, n, size=(stop - start, n))
-        for rows, counts, sign in sides:
-            sums = np.stack([np.take(row, img_idx).sum(axis=1) for row in rows], axis=1)  # (chunk, S)
-            deltas[start:stop] += sign * _weighted_seed_means(sums, counts[start:stop], n)
-    return deltas
 
 
 def _direction(delta: float, higher_is_better: bool | None) -> str | None:
@@ -136,41 +244,66 @@ def _direction(delta: float, higher_is_better: bool | None) -> str | None:
     return DIRECTION_BETTER if (delta > 0.0) == bool(higher_is_better) else DIRECTION_WORSE
 
 
+def _interval(b: np.ndarray, v: np.ndarray, per_image: bool, pairs: list[tuple[int, int]]) -> dict:
+    """The one interval of a comparison: its method, delta, (lo, hi), p, and the runs it used."""
+    if per_image:
+        if pairs:
+            bi, vi = [i for i, _ in pairs], [j for _, j in pairs]
+            d = (v[vi] - b[bi]).mean(axis=0)  # per image, averaged over the seed pairs
+        else:  # no seed pairs: each side's mean over its runs, image by image
+            bi, vi = list(range(b.shape[0])), list(range(v.shape[0]))
+            d = v.mean(axis=0) - b.mean(axis=0)
+        if d.size < 2:
+            return {"method": None, "delta": float(d.mean()), "ci95": None, "p_value": None, "b": bi, "v": vi}
+        r = t_interval(d)
+        return {"method": METHOD_IMAGE_T, "delta": float(r["mean"]), "ci95": (float(r["lo"]), float(r["hi"])),
+                "p_value": float(r["p"]), "zero_spread": bool(r["se"] == 0), "b": bi, "v": vi}
+    bm, vm = b[:, 0], v[:, 0]
+    if len(pairs) >= 2:
+        bi, vi = [i for i, _ in pairs], [j for _, j in pairs]
+        r = t_interval(vm[vi] - bm[bi])
+        return {"method": METHOD_PAIRED_T, "delta": float(r["mean"]), "ci95": (float(r["lo"]), float(r["hi"])),
+                "p_value": float(r["p"]), "zero_spread": bool(r["se"] == 0), "b": bi, "v": vi}
+    bi, vi = list(range(bm.size)), list(range(vm.size))
+    if bm.size >= 2 and vm.size >= 2:
+        r = welch_interval(bm, vm)
+        return {"method": METHOD_WELCH_T, "delta": r["mean"], "ci95": (r["lo"], r["hi"]), "p_value": r["p"],
+                "zero_spread": r["se"] == 0.0, "b": bi, "v": vi}
+    return {"method": None, "delta": float(vm.mean() - bm.mean()), "ci95": None, "p_value": None, "b": bi, "v": vi}
+
+
 def compare_metric(name: str, base: Sequence[float | np.ndarray], var: Sequence[float | np.ndarray], *,
-                   higher_is_better: bool | None, seeds_paired: bool = True, n_boot: int = 2000,
-                   seed: int = 0) -> dict:
+                   higher_is_better: bool | None, base_seeds: Sequence | None = None,
+                   var_seeds: Sequence | None = None) -> dict:
     """Variant against baseline on one metric, judged against reseeding.
 
-    ``base[i]`` / ``var[i]`` is the metric of seed i: either a float (a per-run metric: ECE,
+    ``base[i]`` / ``var[i]`` is the metric of one run: either a float (a per-run metric: ECE,
     AUROC, AURC) or a (N,) array of per-image values whose mean is the metric (0/1 correctness for
     an accuracy; the same N images, in the same order, in every run). Both sides must be the same
-    kind. Seeds pair by index when ``seeds_paired`` and both sides have the same number of seeds;
-    otherwise the sides are treated as independent samples.
+    kind. ``base_seeds`` / ``var_seeds`` name each run's seed (default: 0, 1, ...); runs pair by
+    seed value (:func:`pair_by_seed`).
 
     Returns a dict:
-      name;
-      delta: mean over variant seeds of the metric - the same over baseline seeds;
-      base_mean, var_mean: those two means;
-      ci95: (lo, hi), the 2.5th and 97.5th percentiles of ``n_boot`` bootstrap replicates of
-        delta -- seed pairs resampled with replacement (each side's seeds independently when
-        unpaired) and, for per-image metrics, also the images (the same resampled indices for
-        every seed of both sides in a replicate). Deterministic for a given ``seed``. With few
-        seeds this percentile interval is too narrow (5 seeds: about 85% coverage instead of
-        95%, see the tests), which is one reason the verdict also asks for the noise floor;
-      noise_floor: mean absolute difference of the metric between two baseline seeds over all
-        pairs (what reseeding alone changes it by); None with one baseline seed;
-      verdict: VERDICT_CHANGED when the interval excludes 0 and |delta| > noise_floor,
-        VERDICT_NO_FLOOR with one baseline seed, VERDICT_NOT_DISTINGUISHABLE otherwise;
-      direction: from the sign of delta and ``higher_is_better``: "better", "worse", or None
-        (delta 0 or ``higher_is_better`` None). It reads the sign only; the verdict says whether
-        the change is real;
-      effect: |delta| / noise_floor, None when the floor is None or 0 (JSON has no infinity);
-      n_base, n_var: seeds per side; paired: whether seeds were paired; per_image: whether the
-        values were per-image arrays; n_boot.
+      name; delta: the compared difference (variant - baseline; over the seed pairs when there are
+        pairs, see the module docstring); base_mean, var_mean: each side's mean over the runs that
+        delta uses (delta == var_mean - base_mean); base_mean_all, var_mean_all: over all runs;
+      ci95: (lo, hi) 95% interval of delta, or None (one run per side of a per-run metric);
+      p_value: two-sided p-value the verdict uses (None without an interval): the interval's own
+        test, except for a per-image metric with a noise floor and >= 2 seed pairs, where it is the
+        larger of that and p_seeds (beyond test-image noise AND beyond reseeding);
+      p_interval: the p-value of the interval's own test; p_seeds: a per-image metric's paired
+        t-test over the seed pairs of the per-run means (None with fewer than 2 pairs);
+      method: how the interval was computed (METHOD_*), or None;
+      noise_floor: mean |difference| of the metric between two baseline seeds over all pairs of
+        its runs (all baseline runs, paired or not); None with fewer than 3 baseline seeds;
+      verdict, verdict_text: see the module docstring (before false-discovery control over a
+        table; :func:`control_fdr` may turn "changed" into "not distinguishable");
+      direction: "better", "worse" or None, from the sign of delta and ``higher_is_better``;
+      effect: |delta| / noise_floor, None without a floor or with a floor of 0;
+      n_base, n_var: runs per side; n_pairs; pairs: [(base seed, variant seed)];
+      unmatched_base, unmatched_var: seeds without a partner; paired: n_pairs >= 1 and the
+        interval uses them; per_image.
     """
-    if int(n_boot) != n_boot or n_boot < 1:
-        raise ValueError(f"n_boot must be a positive integer, got {n_boot!r}")
-    n_boot = int(n_boot)
     b, b_per_image = _as_runs(base, "base")
     v, v_per_image = _as_runs(var, "var")
     if b_per_image != v_per_image:
@@ -178,42 +311,122 @@ def compare_metric(name: str, base: Sequence[float | np.ndarray], var: Sequence[
     if b.shape[1] != v.shape[1]:
         raise ValueError(f"base and var per-image arrays must cover the same images, got N={b.shape[1]} "
                          f"and N={v.shape[1]}")
+    base_seeds = list(range(b.shape[0])) if base_seeds is None else list(base_seeds)
+    var_seeds = list(range(v.shape[0])) if var_seeds is None else list(var_seeds)
+    if len(base_seeds) != b.shape[0] or len(var_seeds) != v.shape[0]:
+        raise ValueError(f"base_seeds / var_seeds must name one seed per run: got {len(base_seeds)} for "
+                         f"{b.shape[0]} baseline runs and {len(var_seeds)} for {v.shape[0]} variant runs")
     per_image = b_per_image
-    paired = bool(seeds_paired) and b.shape[0] == v.shape[0]
+    match = pair_by_seed(base_seeds, var_seeds)
+    pairs = match["pairs"]
 
     b_metric, v_metric = b.mean(axis=1), v.mean(axis=1)
-    base_mean, var_mean = float(b_metric.mean()), float(v_metric.mean())
-    delta = var_mean - base_mean
-    reps = _bootstrap_deltas(b, v, per_image, paired, n_boot, seed)
-    lo, hi = (float(x) for x in np.percentile(reps, [2.5, 97.5]))
+    iv = _interval(b, v, per_image, pairs)
+    base_mean, var_mean = float(b_metric[iv["b"]].mean()), float(v_metric[iv["v"]].mean())
+    delta = iv["delta"]
     floor = _noise_floor(b_metric)
-
-    if floor is None:
-        verdict = VERDICT_NO_FLOOR
-    elif (lo > 0.0 or hi < 0.0) and abs(delta) > floor:
-        verdict = VERDICT_CHANGED
-    else:
-        verdict = VERDICT_NOT_DISTINGUISHABLE
-    effect = None if floor is None or floor == 0.0 else abs(delta) / floor
-    return {
+    # A per-image interval covers another draw of test images for these networks, not reseeding: a
+    # "changed" beyond reseeding also needs the paired t-test over the seed pairs of the per-run
+    # means (an intersection-union test: the row's p-value is the larger of the two).
+    p_seeds = None
+    if per_image and len(pairs) >= 2:
+        bi, vi = [i for i, _ in pairs], [j for _, j in pairs]
+        p_seeds = float(t_interval(v_metric[vi] - b_metric[bi])["p"])
+    over_seeds = per_image and p_seeds is not None and floor is not None and floor > 0.0 and iv["p_value"] is not None
+    out = {
         "name": name, "delta": delta, "base_mean": base_mean, "var_mean": var_mean,
-        "ci95": (lo, hi), "noise_floor": floor, "verdict": verdict,
-        "direction": _direction(delta, higher_is_better), "effect": effect,
-        "n_base": int(b.shape[0]), "n_var": int(v.shape[0]), "paired": paired,
-        "per_image": per_image, "n_boot": n_boot,
+        "base_mean_all": float(b_metric.mean()), "var_mean_all": float(v_metric.mean()),
+        "ci95": iv["ci95"], "p_value": max(iv["p_value"], p_seeds) if over_seeds else iv["p_value"],
+        "p_interval": iv["p_value"], "p_seeds": p_seeds, "method": iv["method"], "noise_floor": floor,
+        "direction": _direction(delta, higher_is_better),
+        "effect": None if floor is None or floor == 0.0 else abs(delta) / floor,
+        "n_base": int(b.shape[0]), "n_var": int(v.shape[0]), "n_pairs": len(pairs),
+        "pairs": [(base_seeds[i], var_seeds[j]) for i, j in pairs],
+        "unmatched_base": match["unmatched_base"], "unmatched_var": match["unmatched_var"],
+        "paired": bool(pairs) and iv["method"] in (METHOD_PAIRED_T, METHOD_IMAGE_T),
+        "per_image": per_image, "zero_spread": bool(iv.get("zero_spread", False)),
     }
+    _judge(out, significant=iv["p_value"] is not None and iv["p_value"] < ALPHA)
+    return out
+
+
+def _judge(r: dict, significant: bool) -> None:
+    """Set r's verdict and verdict_text from its kind, seeds, floor and whether its test rejects."""
+    n, floor = r["n_base"], r["noise_floor"]
+    if r["ci95"] is None:
+        r["verdict"] = VERDICT_TOO_FEW
+        r["verdict_text"] = f"too few seeds to judge (n = {n} baseline, {r['n_var']} variant; one run per side gives no interval)"
+        return
+    if not r["per_image"]:
+        if floor is None:
+            r["verdict"] = VERDICT_TOO_FEW
+            r["verdict_text"] = f"too few seeds to judge (n = {n}; this needs ≥ {MIN_FLOOR_SEEDS})"
+        elif floor > 0.0 and r["zero_spread"] and r["delta"] == 0.0:  # every pair identical
+            r["verdict"], r["verdict_text"] = VERDICT_NOT_DISTINGUISHABLE, VERDICT_NOT_DISTINGUISHABLE
+        elif floor == 0.0 or r["zero_spread"]:
+            r["verdict"] = VERDICT_NO_SPREAD
+            r["verdict_text"] = ("cannot estimate the spread (the baseline's seeds do not vary)" if floor == 0.0
+                                 else "cannot estimate the spread (the paired differences do not vary)")
+        elif significant and abs(r["delta"]) > floor:
+            r["verdict"], r["verdict_text"] = VERDICT_CHANGED, VERDICT_CHANGED
+        else:
+            r["verdict"], r["verdict_text"] = VERDICT_NOT_DISTINGUISHABLE, VERDICT_NOT_DISTINGUISHABLE
+        return
+    if floor is None or floor == 0.0 or r["p_seeds"] is None:
+        if floor is None:
+            why = f"reseeding noise not estimated: n = {n} baseline seeds, the noise floor needs ≥ {MIN_FLOOR_SEEDS}"
+        elif floor == 0.0:
+            why = "the baseline's seeds do not vary: cannot estimate the spread"
+        else:
+            why = f"reseeding noise not estimated: {r['n_pairs']} seed pair{'s' if r['n_pairs'] != 1 else ''}, this needs ≥ 2"
+        r["verdict"] = VERDICT_CHANGED_IMAGES if significant else VERDICT_SAME_IMAGES
+        r["verdict_text"] = f"{r['verdict']} ({why})"
+    elif significant and abs(r["delta"]) > floor:
+        r["verdict"], r["verdict_text"] = VERDICT_CHANGED, VERDICT_CHANGED
+    else:
+        r["verdict"], r["verdict_text"] = VERDICT_NOT_DISTINGUISHABLE, VERDICT_NOT_DISTINGUISHABLE
+        if r["p_interval"] < ALPHA <= r["p_seeds"]:  # beyond test-image noise, not beyond reseeding
+            r["verdict_text"] += (f" (the interval over test images excludes 0, the paired t-test over the "
+                                  f"{r['n_pairs']} seed pairs does not: p = {r['p_seeds']:.2g})")
+
+
+def control_fdr(results: list[dict], alpha: float = ALPHA) -> list[dict]:
+    """Benjamini-Hochberg over a table of ``compare_metric`` results, in place (and returned).
+
+    The family is every row that can be judged (a p-value and a verdict other than "too few
+    seeds" / "cannot estimate the spread"). Each such row gets ``fdr_rejected`` (bool) and is
+    judged again with "its test rejects" meaning "BH rejects it at ``alpha``"; other rows get
+    ``fdr_rejected`` None. With every variant identical to its baseline the chance that any row
+    reads "changed" is then at most ``alpha`` (for independent or positively dependent tests),
+    and among the "changed" rows at most ``alpha`` are expected to be false.
+    """
+    family = [r for r in results if r.get("p_value") is not None
+              and r["verdict"] not in (VERDICT_TOO_FEW, VERDICT_NO_SPREAD)]
+    for r in results:
+        r["fdr_rejected"] = None
+    if family:
+        rejected = bh_reject([r["p_value"] for r in family], alpha)
+        for r, rej in zip(family, rejected):
+            r["fdr_rejected"] = bool(rej)
+            _judge(r, significant=bool(rej))
+            alone = r["p_value"] < alpha and (r["noise_floor"] is None or abs(r["delta"]) > r["noise_floor"])
+            if not rej and alone:  # say why a row whose own test rejects is not called a change
+                r["verdict_text"] = (f"{r['verdict']} once the table's {len(family)} tests are controlled for "
+                                     f"false discoveries (5%)")
+    return results
 
 
 def rank_changes(results: list[dict]) -> list[dict]:
     """``compare_metric`` results sorted for the table "What the modification changed".
 
-    Verdict "changed" first, then the rest; within each group by effect (|delta| / noise floor)
-    descending, results without an effect (no floor, or a floor of 0) after those with one and
-    among themselves by |delta| descending. Ties keep their input order. Returns a new list.
+    Changed ones ("changed", "changed over test images") first, then the rest; within each group by
+    effect (|delta| / noise floor) descending, results without an effect (no floor, or a floor of
+    0) after those with one and among themselves by |delta| descending. Ties keep their input
+    order. Returns a new list.
     """
     def key(r: dict):
         effect = r.get("effect")
-        return (r.get("verdict") != VERDICT_CHANGED, effect is None,
+        return (r.get("verdict") not in CHANGED_VERDICTS, effect is None,
                 -(effect if effect is not None else abs(r.get("delta", 0.0))))
     return sorted(results, key=key)
 
@@ -428,9 +641,9 @@ def power_sentence(metric_label: str, n_seeds: int, sd_diff: float | None, targe
     would need 57 seeds." Differences are multiplied by ``scale`` for display (100: fractions as
     points); ``unit`` is a plural noun ("" for none) and its compound form drops a final "s"
     ("a 0.34-point change"). ``target`` None leaves the second half out. More than ``max_seeds``
-    seeds reads "more than 1000 seeds". An sd of 0 (the seeds do not vary) says any change is
-    detectable and the 2-seed minimum suffices; an sd of None, or fewer than 2 seeds, says the
-    spread is unknown.
+    seeds reads "more than 1000 seeds". An sd of 0 (the seeds do not vary) says the spread cannot
+    be estimated (a handful of identical values is no estimate of it); an sd of None, or fewer
+    than 2 seeds, says the spread is unknown.
     """
     plural = f" {unit}" if unit else ""
     singular = f"-{unit[:-1] if unit.endswith('s') else unit}" if unit else ""
@@ -442,11 +655,9 @@ def power_sentence(metric_label: str, n_seeds: int, sd_diff: float | None, targe
         return text
     sd = _check_sd(sd_diff)
     if sd == 0.0:
-        text = (f"with {_seeds(n_seeds)} {metric_label} does not vary between seeds (sd of the "
-                f"difference 0), so this sweep would detect a change of any size")
-        if target_txt:
-            text += f"; {target_txt} would need the minimum of 2 seeds"
-        return text + "."
+        # a spread of 0 from a handful of seeds is no estimate of the spread: say nothing about power
+        return (f"with {_seeds(n_seeds)} {metric_label} does not vary between seeds, so this sweep cannot "
+                "estimate the spread, nor the smallest change it detects.")
     det = detectable_difference(sd, n_seeds)
     text = f"with {_seeds(n_seeds)} this sweep detects {metric_label} changes of ≥ {_fmt(det * scale)}{plural}"
     if target_txt:

@@ -180,12 +180,13 @@ def overview(report: ReportData, calibration_of: Any) -> Figure | None:
     if comps:
         y = np.arange(len(comps))
         deltas = np.array([100 * cp.stats["accuracy_delta_mean"] for cp in comps])
-        lo = np.array([100 * cp.stats["ci95"][0] for cp in comps])
-        hi = np.array([100 * cp.stats["ci95"][1] for cp in comps])
+        # no interval (one run per side): a point without bars
+        lo = np.array([100 * (cp.stats["ci95"] or (cp.stats["accuracy_delta_mean"],) * 2)[0] for cp in comps])
+        hi = np.array([100 * (cp.stats["ci95"] or (cp.stats["accuracy_delta_mean"],) * 2)[1] for cp in comps])
         b.errorbar(deltas, y, xerr=[deltas - lo, hi - deltas], fmt="o", color="black", capsize=4)
         b.axvline(0, color="grey", lw=1)
         b.set_yticks(y, [cp.label for cp in comps])
-        b.set(title="delta vs baseline (95% bootstrap CI)", xlabel="variant − baseline (points)")
+        b.set(title="delta vs baseline (95% CI over test images)", xlabel="variant − baseline (points)")
         b.set_ylim(len(comps) - 0.4, -0.6)
         keys = (("corrected", "#2ca02c"), ("worsened", "#d62728"), ("both_wrong", "#7f7f7f"))
         left = np.zeros(len(comps))

@@ -13,6 +13,8 @@ from .base import Section
 def delta_text(comp) -> str:
     if comp is None:
         return "n/a"
+    if comp.stats["ci95"] is None:
+        return f"{points(comp.stats['accuracy_delta_mean'])} (no interval)"
     lo, hi = comp.stats["ci95"]
     return f"{points(comp.stats['accuracy_delta_mean'])} [{points(lo)}, {points(hi)}]"
 
@@ -32,8 +34,8 @@ class AccuracySection(Section):
                          pct(cell.acc_mean), pct(cell.acc_std), ci, delta,
                          ", ".join(pct(a) for a in cell.accuracies) or "-"])
         return (para("Accuracies are over the full test set; mean and std (ddof=1) over seeds, the 95% CI of the "
-                     "mean from Student's t. The delta is paired by sorted seed order (points, 95% paired "
-                     "bootstrap CI over seeds and test images).")
+                     "mean from Student's t. The delta pairs runs by seed value (points, with its 95% "
+                     "interval over test images; the same numbers as What the modification changed).")
                 + table(("variant", "n", "seeds", "mean", "std", "95% CI of mean", "delta vs baseline (points)",
                          "per run"), rows, numeric=(1, 3, 4, 5, 6)))
 

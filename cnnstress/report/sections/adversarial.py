@@ -40,7 +40,11 @@ class AdversarialSection(Section):
         for logits in by_norm.values():  # every curve starts at the clean accuracy on the sample
             logits.setdefault(0.0, run.logits[pos])
         curves = {norm: adversarial.accuracy_curve(by_norm[norm], labels) for norm in NORM_TEXT if norm in by_norm}
-        return {"curves": curves, "n": int(pos.size)} if curves else None
+        # which attacked images stay right, per norm and radius: every run attacks the same sample,
+        # so the comparison reads them image by image
+        right = {norm: {float(e): np.argmax(lg, axis=1) == labels for e, lg in by_norm[norm].items()}
+                 for norm in curves}
+        return {"curves": curves, "n": int(pos.size), "right": right} if curves else None
 
     def aggregate(self, cell, parts, ctx):
         """Per norm: the radii every seed has, accuracy (S, E), mean and 95% interval per radius."""
@@ -108,8 +112,10 @@ class AdversarialSection(Section):
                 + figure(figs, "adversarial"))
 
     def metrics(self, part):
+        right = part.get("right") or {}
         return [Metric(f"adversarial_{norm}_{e:g}", f"accuracy under {NORM_TEXT[norm]} PGD at ε = {eps_label(norm, e)}",
-                       float(a), True, headline=norm == "linf")
+                       right[norm][float(e)] if float(e) in right.get(norm, {}) else float(a), True,
+                       headline=norm == "linf")
                 for norm, c in part["curves"].items() for e, a in zip(c["eps"], c["accuracy"]) if e > 0]
 
 

@@ -78,11 +78,31 @@ class CalibrationSection(Section):
                          num(k.get("temperature"), 2), num(k.get("ece_after")), num(k.get("nll_after"))])
         if not any(c.n_runs for c in report.cells):
             return empty("No finished runs.")
+        note = transfer_text(report.parts.get(self.id))
         return (para("Means over seeds. The temperature is fitted on each run's validation logits (never on the "
                      "test set); 'after' is the test set scaled by it.")
+                + (para(note) if note else "")
                 + table(("variant", "n", "ECE", "NLL", "Brier", "temperature", "ECE after", "NLL after"), rows,
                         numeric=range(1, 8))
                 + figure(figs, "reliability"))
+
+    def finish(self, report, ctx):
+        """Whether the temperature fitted on validation can be trusted on the test set: the planted
+        shortcut of shapes puts validation (carved from the training images) and test in different
+        distributions, and a higher test ECE after scaling than before shows it did not transfer."""
+        spec = ctx.spec0
+        frac = float(spec.dataset.params.get("shortcut", 0.0)) if spec.dataset.name == "shapes" else 0.0
+        worse = [(c.label, k["ece"], k["ece_after"]) for c in report.cells
+                 if (k := scores(c)).get("ece") is not None and k.get("ece_after") is not None
+                 and k["ece_after"] > k["ece"]]
+        return {"shortcut": frac if frac > 0 else None, "worse_after": worse}
+
+    def summary_fields(self, report):
+        return {"calibration_transfer": transfer_text(report.parts.get(self.id))}
+
+    def summary_lines(self, report):
+        text = transfer_text(report.parts.get(self.id))
+        return [text] if text else []
 
     def metrics(self, part):
         sc = part["scores"]
@@ -91,6 +111,24 @@ class CalibrationSection(Section):
                Metric("ece_after", "ECE after temperature scaling", sc.get("ece_after"), False),
                Metric("nll_after", "NLL after temperature scaling", sc.get("nll_after"), False, points=False)]
         return [m for m in out if m.value is not None]
+
+
+def transfer_text(found) -> str | None:
+    """Why the temperature fitted on validation does not transfer to the test set (None: no sign)."""
+    if not found or (found["shortcut"] is None and not found["worse_after"]):
+        return None
+    why = []
+    if found["shortcut"] is not None:
+        why.append(f"validation and test differ in distribution: the validation images are carved from the training "
+                   f"split, where {100 * found['shortcut']:.0f}% of the images carry the planted background shortcut, "
+                   "while the test images carry none, so a network that uses the shortcut is more confident and "
+                   "more often right on validation than on test")
+    if found["worse_after"]:
+        listed = ", ".join(f"{label} {b:.3f} → {a:.3f}" for label, b, a in found["worse_after"][:4])
+        more = f" and {len(found['worse_after']) - 4} more" if len(found["worse_after"]) > 4 else ""
+        why.append(f"test ECE is higher after scaling than before ({listed}{more})")
+    return ("The temperature fitted on validation does not transfer to the test set: " + "; and ".join(why) + ". "
+            "Read 'after' as what validation-fitted scaling does under this shift, not as calibration achieved.")
 
 
 def scores(cell) -> dict:

@@ -31,6 +31,8 @@ def comparison_summary(comp: Comparison) -> dict:
     return {
         "variant": comp.variant, "baseline": comp.baseline, "group": comp.group,
         "n_pairs": s["n_pairs"], "accuracy_delta_mean": s["accuracy_delta_mean"], "ci95": s["ci95"],
+        "accuracy_method": s["accuracy_method"], "accuracy_verdict": s["accuracy"]["verdict"],
+        "unmatched_base_seeds": s["unmatched_base_seeds"], "unmatched_var_seeds": s["unmatched_var_seeds"],
         "corrected": s["corrected"], "worsened": s["worsened"], "both_wrong": s["both_wrong"],
         "both_right": s["both_right"],
         "pairs": [{"base_seed": p["base_seed"], "var_seed": p["var_seed"], "base_run_id": p["base_run_id"],
@@ -52,18 +54,24 @@ class ComparisonSection(Section):
     depends = ("changes",)
 
     def compare(self, group, ctx):
-        """compare_variant over sorted-seed pairs of every variant with finished runs (a list)."""
+        """compare_variant over the seed pairs (by seed value) of every variant with finished runs (a
+        list). Its accuracy change is the test-accuracy row of "What the modification changed" (the
+        same computation, so that the two tables, the Findings and the terminal agree)."""
         base_cell = group.cells[0]
+        rows = {c["variant"]: c for c in (group.parts.get("changes") or [])}
         out = []
         for var_cell in group.cells[1:]:
             if not base_cell.runs or not var_cell.runs:
                 continue
+            found = rows.get(var_cell.variant)
+            acc = next((r for r in found["metrics"] if r["name"] == "test_accuracy"), None) if found else None
             stats = compare.compare_variant(np.stack([r.correct for r in base_cell.runs]),
-                                            np.stack([r.correct for r in var_cell.runs]), n_boot=N_BOOT, seed=0)
+                                            np.stack([r.correct for r in var_cell.runs]),
+                                            base_seeds=base_cell.seeds, var_seeds=var_cell.seeds, accuracy=acc)
+            ids_b = dict(zip(base_cell.seeds, base_cell.run_ids))
+            ids_v = dict(zip(var_cell.seeds, var_cell.run_ids))
             for p in stats["pairs"]:
-                i = p["pair"]
-                p.update(base_seed=base_cell.seeds[i], var_seed=var_cell.seeds[i], base_run_id=base_cell.run_ids[i],
-                         var_run_id=var_cell.run_ids[i])
+                p.update(base_run_id=ids_b[p["base_seed"]], var_run_id=ids_v[p["var_seed"]])
             out.append(Comparison(variant=var_cell.variant, baseline=ctx.baseline, group=group.label,
                                   label=var_cell.label, stats=stats))
         return out
@@ -76,8 +84,14 @@ class ComparisonSection(Section):
             entry = comparison_summary(comp)
             found = changes.get((comp.group, comp.variant))
             if found is not None:
-                entry["metrics"] = [{k: r[k] for k in ("name", "label", "delta", "ci95", "noise_floor", "verdict",
-                                                       "effect", "direction", "section", "headline")} for r in found["metrics"]]
+                entry["metrics"] = [{k: r.get(k) for k in ("name", "label", "delta", "ci95", "noise_floor", "verdict",
+                                                           "effect", "direction", "section", "headline", "verdict_text",
+                                                           "p_value", "fdr_rejected", "method", "n_pairs", "at_chance",
+                                                           "base_mean", "var_mean", "base_mean_all", "var_mean_all")}
+                                    for r in found["metrics"]]
+                entry["metric_pairs"] = found.get("pairs", [])
+                # clean accuracy changed: robustness also as a share of clean accuracy, and the relative mCE
+                entry["relative_to_clean"] = found.get("confounded")
                 entry["seeds_needed"] = [{k: p[k] for k in ("metric", "n_seeds", "detectable", "target",
                                                             "seeds_needed")} for p in found["power"]]
                 # metrics some run lacks or has as NaN/infinity: listed, never silently dropped
@@ -101,16 +115,21 @@ class ComparisonSection(Section):
         if not report.comparisons:
             return empty("No comparison: it needs at least one finished baseline run and one finished variant run "
                          "in the same group.")
-        out = [para("On the full test set, per seed pair (paired by sorted seed order) and summed: corrected = "
-                    "variant right where the baseline is wrong, worsened = the reverse.")]
+        out = [para("On the full test set, per seed pair (runs paired by seed value) and summed: corrected = "
+                    "variant right where the baseline is wrong, worsened = the reverse. The accuracy change and its "
+                    "interval are those of What the modification changed.")]
         for comp in report.comparisons:
             s = comp.stats
-            lo, hi = s["ci95"]
             out.append(f"<h3>{esc(comp.label)} vs {esc(comp.baseline)}</h3>")  # labels name the group
-            out.append(_pairs_table(comp))
+            unmatched = compare.unmatched_text(s["unmatched_base_seeds"], s["unmatched_var_seeds"], comp.variant,
+                                               comp.baseline)
+            if unmatched:
+                out.append(para(f"{unmatched[0].upper()}{unmatched[1:]} Unmatched runs are left out of the pairs "
+                                "below and of the paired change; they count in each side's mean accuracy."))
+            out.append(_pairs_table(comp) if s["pairs"] else empty("No seed is shared by both sides: no pairs."))
             pf = s["persistent_failures"]
             out.append(table(("statistic", "value"), [
-                ["accuracy delta (points)", f"{points(s['accuracy_delta_mean'])} [{points(lo)}, {points(hi)}]"],
+                ["accuracy delta (points)", _delta_text(s)],
                 ["seed pairs", s["n_pairs"]],
                 ["baseline seed noise floor (share of images two baseline seeds disagree on)",
                  _floor_text(s["baseline_noise_floor"])],
@@ -124,8 +143,16 @@ class ComparisonSection(Section):
                  f'{s["variant_persistent_failures"]["persistent"]} / '
                  f'{s["variant_persistent_failures"]["seed_dependent"]}'],
             ], numeric=(1,)))
-            out.append(f'<p class="verdict">Verdict: {esc(s["verdict"])}.</p>')
+            out.append(f'<p class="verdict">Verdict: {esc(s["verdict"].rstrip("."))}.</p>')
         return "".join(out)
+
+
+def _delta_text(s: dict) -> str:
+    """"+1.50 [-0.40, +3.40] (t over test images)": the accuracy row's number, interval and method."""
+    if s["ci95"] is None:
+        return f"{points(s['accuracy_delta_mean'])} (no interval: one run per side)"
+    lo, hi = s["ci95"]
+    return f"{points(s['accuracy_delta_mean'])} [{points(lo)}, {points(hi)}] ({s['accuracy_method']})"
 
 
 def _floor_text(floor) -> str:

@@ -21,6 +21,9 @@ BREAKING_SHOWN = 3  # classes listed per corruption as breaking first
 @dataclass
 class RunStress:
     acc: dict[tuple[str, int], float] = field(default_factory=dict)
+    # (N,) bool: which test images are right under each corruption and severity (the comparison's
+    # per-image values: judged over test images even from 2 seeds)
+    right: dict[tuple[str, int], np.ndarray] = field(default_factory=dict)
     class_right: dict[tuple[str, int], np.ndarray] = field(default_factory=dict)  # (C,) right per class
     support: np.ndarray | None = None  # (C,) clean test images per class
     clean_right: np.ndarray | None = None  # (C,) clean right predictions per class
@@ -81,6 +84,7 @@ class RobustnessSection(Section):
             logits = res.read(f"stress/{corruption}/{severity}/logits")
             preds = metrics.predictions(logits)
             out.acc[key] = metrics.accuracy(labels, preds)
+            out.right[key] = preds == labels
             # float16 logits can overflow to inf on a saturated input: no calibration then, rather than a crash
             if np.isfinite(logits).all():
                 sc = calibration.scores_at_temperature(logits, labels, temperature)
@@ -307,9 +311,13 @@ class RobustnessSection(Section):
                 table(["corruption"] + [c.label for c, _ in with_ce], rows, numeric=range(1, len(with_ce) + 1))]
 
     def metrics(self, part):
-        out = [] if part.mca is None else [Metric("mean_corruption_accuracy", "mean corruption accuracy", part.mca,
+        # per image where the run has the arrays (0/1 right; their mean is the accuracy), else per run
+        right = part.right if part.right and set(part.right) == set(part.acc) else None
+        mca = part.mca if right is None or part.mca is None else np.mean([right[k] for k in sorted(right)], axis=0)
+        out = [] if part.mca is None else [Metric("mean_corruption_accuracy", "mean corruption accuracy", mca,
                                                   True, headline=True)]
-        out += [Metric(f"corruption_{c}_{s}", f"accuracy, {c} severity {s}", a, True)
+        out += [Metric(f"corruption_{c}_{s}", f"accuracy, {c} severity {s}", a if right is None else right[(c, s)],
+                       True)
                 for (c, s), a in sorted(part.acc.items())]
         for key, label in (("ece", "ECE under corruption"),
                            ("ece_after", "ECE under corruption (clean-validation temperature)"),

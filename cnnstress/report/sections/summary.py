@@ -19,7 +19,8 @@ class SummarySection(Section):
             return F.overview(report, scores)
 
         return [FigureSpec("overview", draw, "One-page comparison: test accuracy per run, accuracy delta vs the "
-                                             "baseline with its 95% bootstrap CI, disagreement counts and ECE.")]
+                                             "baseline with its 95% interval over test images, disagreement counts and "
+                                             "ECE.")]
 
     def html(self, report, figs):
         out = []
