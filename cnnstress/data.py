@@ -463,6 +463,30 @@ def _load_cifar(dataset: str, root: Path) -> tuple[Split, Split, tuple[str, ...]
     return train, test, class_names
 
 
+def cifar_missing(dataset: str, root: str | os.PathLike) -> str:
+    """What of a CIFAR dataset's files is missing, unreadable or empty under ``root``, with the
+    command that fetches them ("" when all are there). No file is unpickled: the launch checks
+    this before anything is submitted; the workers read and check the files in full."""
+    source, root = _CIFAR[dataset], Path(root)
+    folder = root / source.folder
+    if not folder.is_dir():
+        return f"{dataset} is not under {root} (no folder {source.folder}/); {_download_hint(dataset, root)}"
+    bad = []
+    for name in (source.meta_file, *source.train_files, source.test_file):
+        path = folder / name
+        try:
+            with open(path, "rb") as fh:
+                empty = not fh.read(1)
+        except OSError as exc:
+            bad.append(f"{name} ({'missing' if isinstance(exc, FileNotFoundError) else exc.strerror or 'unreadable'})")
+            continue
+        if empty:
+            bad.append(f"{name} (empty)")
+    if bad:
+        return f"{dataset} in {folder}: {', '.join(bad)}; {_download_hint(dataset, root)}"
+    return ""
+
+
 def load_cifar_test_file(dataset: str, root: str | os.PathLike) -> Split:
     """A CIFAR dataset's official test split read from its test file alone (no train files).
 

@@ -466,7 +466,7 @@ def _print_remeasured(todo: Sequence, sweep_dir: Path, console: Console, each: b
         return
     adopted = reuse.plan(todo, sweep_dir / RUNS_DIR)
     console.print(f"  {len(todo) - len(adopted)} to train, {len(adopted)} to re-measure from the final weights of "
-                  "finished runs with the same training settings (nothing trained)", markup=False)
+                  "finished runs with the same training settings (nothing trained)", markup=False, soft_wrap=True)
     if each:
         for run_id, source in adopted.items():
             console.print(f"  re-measure {run_id} <- weights of {source}", markup=False, highlight=False, soft_wrap=True)
@@ -637,13 +637,23 @@ def _image_size(spec: RunSpec, sizes: dict[str, int]) -> int:
 
 
 def missing_files(grid: Grid) -> str:
-    """Why a run of this grid could not read the files it needs on this machine ("" when it can): a
+    """Why runs of this grid could not read the files they need on this machine ("" when they can),
+    everything missing in one line, each with the command that fetches it: the clean CIFAR files, a
     named [stress].ood_sets set (your own: missing, empty, a corrupt image, an .npz of another
     shape), or the official CIFAR-C files of [stress].source = "official" (missing,
     or a header, shape, dtype or size that is not the published one: cifar_c.check_files).
     Checked at launch and by --dry-run, not when the grid is read: the sweep's run ids must not depend on which
     files happen to be there, and gather and --status need none of them. Your own images (imagefolder,
     arrays) are all opened here, so a corrupt file or an empty class is refused before any worker runs."""
+    problems: list[str] = []
+    cifar = {(r.dataset.name, r.paths.data_root) for r in grid.runs if r.dataset.name in ("cifar10", "cifar100")}
+    if cifar:
+        from .data import cifar_missing
+
+        for dataset, root in sorted(cifar):
+            problem = cifar_missing(dataset, root)
+            if problem:
+                problems.append(f"[base].dataset: {problem}")
     own = {(r.dataset.name, r.paths.data_root, json.dumps(r.dataset.params, sort_keys=True)) for r in grid.runs
            if r.dataset.name in ("imagefolder", "arrays")}
     if own:
@@ -653,7 +663,7 @@ def missing_files(grid: Grid) -> str:
             try:
                 own_data_check(dataset, root, json.loads(params))
             except DataError as e:
-                return f"[base].dataset_options: {e}"
+                problems.append(f"[base].dataset_options: {e}")
     sizes: dict[str, int] = {}
     own_sets = {(json.dumps(e, sort_keys=True), _image_size(r, sizes)) for r in grid.runs
                 for e in (r.stress.ood or {}).get("own", [])}
@@ -665,15 +675,15 @@ def missing_files(grid: Grid) -> str:
             try:
                 check_own_set(json.loads(entry), size)
             except DataError as e:
-                return f"[stress].ood_sets: {e}"
+                problems.append(f"[stress].ood_sets: {e}")
     named = {(r.dataset.name, r.paths.data_root, name) for r in grid.runs for name in (r.stress.ood or {}).get("sets", [])}
     if named:
         from . import oodsets
 
         for dataset, root, name in sorted(named):
             if name not in oodsets.available_sets(dataset, root):
-                return (f"[stress].ood_sets: {name!r} needs the {name} test files under {root}; fetch them with: "
-                        f"python launch.py --download {name} --data-root {_q(root)}")
+                problems.append(f"[stress].ood_sets: {name!r} needs the {name} test files under {root}; fetch them "
+                                f"with: python launch.py --download {name} --data-root {_q(root)}")
     official = {(r.dataset.name, r.paths.data_root, tuple(r.stress.corruptions)) for r in grid.runs
                 if r.stress.source == "official" and r.stress.corruptions}
     if official:
@@ -683,13 +693,14 @@ def missing_files(grid: Grid) -> str:
         for dataset, root, corruptions in sorted(official):
             missing = cifar_c.missing_files(dataset, root, list(corruptions))
             if missing:
-                return (f"[stress].source: \"official\" needs {missing[0]} ({len(missing)} of the files missing); "
-                        f"fetch them with: {cifar_c.download_command(dataset, root)}")
+                problems.append(f"[stress].source: \"official\" needs {missing[0]} ({len(missing)} of the files "
+                                f"missing); fetch them with: {cifar_c.download_command(dataset, root)}")
+                continue
             try:  # headers, shapes, dtypes and sizes (no image is read) and labels.npy against the test labels
                 cifar_c.check_files(dataset, root, corruptions)
             except DataError as e:  # a truncated or damaged file would otherwise fail every run after training
-                return f"[stress].source: \"official\": {e}"
-    return ""
+                problems.append(f"[stress].source: \"official\": {e}")
+    return "; and ".join(dict.fromkeys(problems))
 
 
 def power_notes(grid: Grid, sweep_dir: Path) -> list[str]:

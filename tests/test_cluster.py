@@ -328,6 +328,11 @@ def test_sbatch_dry_run_prints_the_command_lines_and_writes_nothing(tmp_path, fa
     manifest, _, sha = sbatch.launch_manifest(runs, sweep)
     setup, _ = sbatch.setup_file(sweep, load_grid(path, overrides=["epochs=1"], out_root=out).slurm.setup)
     assert array[-6:] == [str(manifest), sys.executable, "0", "4", str(setup), sha]
+    # each positional argument with its name, and where MaxArraySize came from
+    assert (f"  array.sbatch arguments: MANIFEST={shlex.quote(str(manifest))}  PYTHON={shlex.quote(sys.executable)}  "
+            f"OFFSET=0  MAX_REQUEUES=4  SETUP_FILE={shlex.quote(str(setup))}  MANIFEST_SHA256={sha}") in printed
+    assert "  gather.sbatch arguments: PYTHON=" in printed and "LAUNCH_ARGS...=--grid " in printed
+    assert "(MaxArraySize 1001, read from scontrol show config)" in " ".join(printed.split())
     assert "--array=0-3%2" in array and f"--output={sweep}/slurm-logs/%A_%a.out" in array
     assert "--dependency=afterany:<ARRAY_IDS>" in gather and gather[-2:] == ["--set", "epochs=1"]
     assert not out.exists()  # nothing written under the output root
@@ -1208,3 +1213,16 @@ def test_rerun_failed_with_nothing_to_submit_rebuilds_a_missing_or_stale_report(
     assert (out / "tiny" / "report" / "index.html").is_file() and fake_slurm.calls("sbatch") == []
     assert main(rerun) == 0  # now current: nothing to do
     assert "nothing to submit\n" in capsys.readouterr().out
+
+
+def test_slurm_dry_run_prints_the_array_and_the_gather_scripts(tmp_path, fake_slurm, capsys):
+    path = _grid(tmp_path, FULL_SLURM, seeds="[1, 2]")
+    out = tmp_path / "o"
+    fake_slurm.set(max_array=3)
+    assert main(["--grid", str(path), "--cluster", "slurm", "--dry-run", "--out", str(out), "--set", "epochs=1"]) == 0
+    printed = capsys.readouterr().out
+    assert "as 2 submitit job array(s) (MaxArraySize 3, read from scontrol show config)" in " ".join(printed.split())
+    gather_part = printed.split("the gather job's sbatch script", 1)[1]
+    assert "#SBATCH --dependency='afterany:<array 1 id>:<array 2 id>'" in gather_part
+    assert "#SBATCH --job-name=cnnstress-tiny-gather" in gather_part and "--gpus" not in gather_part
+    assert not out.exists()

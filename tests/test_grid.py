@@ -177,15 +177,22 @@ def test_grid_file_errors(tmp_path: Path):
         load_grid(bad)
 
 
-def test_every_shipped_grid_expands():
+def test_every_shipped_grid_expands(tmp_path):
     grids = sorted((REPO / "jobs").glob("*.toml"))
     assert len(grids) >= 6, "the demo and one grid per reference project A-E"
+    from fake_cifar import write_fake_cifar
+
     from cnnstress.launcher import main
 
+    root = tmp_path / "data"
+    for name in ("cifar10", "cifar100"):  # the files the launch checks for (small fakes in the official format)
+        write_fake_cifar(root, name, n_train=20, n_test=10)
     for path in grids:
         g = load_grid(path)
         assert g.runs and g.baseline in g.variants
-        assert main(["--grid", str(path), "--dry-run"]) == 0  # the CIFAR grids cannot run here
+        assert main(["--grid", str(path), "--dry-run", "--data-root", str(root), "--out", str(tmp_path)]) == 0
+        if g.runs[0].dataset.name.startswith("cifar"):  # without the files: refused, naming the download
+            assert main(["--grid", str(path), "--dry-run", "--data-root", str(tmp_path / "none")]) == 2
 
 
 def test_reference_grid_b_baseline_has_no_augmentation():

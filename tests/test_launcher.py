@@ -358,3 +358,32 @@ def test_a_dataset_too_big_for_slurm_mem_gb_is_refused_by_dry_run_and_launch(wei
     assert not (weird_dir / "out" / "big" / "runs").exists()
     # the same grid with the default 16 GB is not refused for its size
     assert launcher.memory_problem(load_grid(grid, overrides=["slurm.mem_gb=16"]), "slurm") == ""
+
+
+def test_missing_cifar_files_are_refused_before_any_run_starts_all_in_one_line(weird_dir, capsys):
+    """Without cifar-10-batches-py, --dry-run exited 0 and the launch started every worker, each
+    failing after ~26 s with the download hint (on Slurm: a whole job array failing)."""
+    from fake_cifar import write_fake_cifar
+
+    grid = weird_dir / "c.toml"
+    grid.write_text(tiny_grid_text(name="c", lean=False).replace('dataset = "shapes"', 'dataset = "cifar10"')
+                    .replace("dataset_options = { n_train = 400, n_test = 200, shortcut = 0.8 }", "")
+                    .replace("[stress]\n", '[stress]\nsource = "official"\n'))
+    root = weird_dir / "data root"
+    out = weird_dir / "out"
+    base = ["--grid", str(grid), "--out", str(out), "--data-root", str(root)]
+    for extra in (["--dry-run"], ["--cluster", "local"]):
+        assert main([*base, *extra]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1, err
+        # the clean files and the official corruption files, each with the command that fetches it
+        assert "[base].dataset: cifar10 is not under" in err and "--download cifar10 --data-root" in err
+        assert '[stress].source: "official" needs' in err and "--download cifar10-c" in err
+    assert not (out / "c" / "runs").exists() or not any((out / "c" / "runs").iterdir())
+    # present but a file gone and one empty: both named
+    folder = write_fake_cifar(root, "cifar10", n_train=50, n_test=20)
+    (folder / "data_batch_3").unlink()
+    (folder / "test_batch").write_bytes(b"")
+    assert main([*base, "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert "data_batch_3 (missing), test_batch (empty); download it with: python launch.py --download cifar10" in err

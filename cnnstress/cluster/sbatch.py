@@ -15,7 +15,7 @@ from ..layout import (SBATCH_DIR, SBATCH_GATHER_LOG, SBATCH_TASK_LOG, SLURM_LOGS
                       sbatch_setup_name)
 from .base import PACKAGE_ROOT, Handle, LaunchContext
 from .slurmctl import (JobRequest, Launch, SlurmError, SlurmLikeBackend, _now, _one_line, _slurm_cmd,
-                       array_ranges, check_controller, job_request, max_array_size, record_launch,
+                       array_ranges, check_controller, job_request, max_array_size, max_array_size_said, record_launch,
                        share_parallelism, shell_join, split_indices)
 
 def _slurm_filename(path: Path) -> str:
@@ -166,17 +166,41 @@ def _sbatch(argv: list[str]) -> str:
 
 
 
+#: the positional arguments of slurm/array.sbatch and slurm/gather.sbatch, as their usage lines name them
+ARRAY_ARGUMENTS = ("MANIFEST", "PYTHON", "OFFSET", "MAX_REQUEUES", "SETUP_FILE", "MANIFEST_SHA256")
+GATHER_ARGUMENTS = ("PYTHON", "SETUP_FILE", "LAUNCH_ARGS...")
+
+
+def named_arguments(argv: Sequence[str], script: str, names: Sequence[str]) -> str:
+    """The arguments after ``script`` in an sbatch command line, each with its name: a dry run's
+    second line (bare positional values such as 0, 3 and an empty string say nothing). The last
+    name takes the rest."""
+    at = next(i for i, a in enumerate(argv) if a.endswith("/" + script))
+    values = list(argv[at + 1:])
+    parts = []
+    for i, name in enumerate(names):
+        if i >= len(values):
+            break
+        value = values[i:] if name.endswith("...") else [values[i]]
+        shown = shell_join(value) if value != [""] else "'' (none)"
+        parts.append(f"{name}={shown}")
+    return f"  {script} arguments: " + "  ".join(parts)
+
+
 class SbatchBackend(SlurmLikeBackend):
     """``--cluster sbatch``: the static scripts in slurm/, no submitit."""
 
     name = "sbatch"
 
     def plan(self, runs: Sequence[RunSpec], ctx: LaunchContext) -> list[str]:
-        limit = max_array_size()
+        limit, said = max_array_size_said()
         arrays, gather = sbatch_plan(runs, ctx.slurm, ctx.sweep, ctx.sweep_dir, sys.executable, ctx.gather_args,
                                      limit, ctx.max_parallel)
-        return [f"would submit {len(runs)} runs as {len(arrays)} array(s) (MaxArraySize {limit}), then the "
-                "gather job:", *[shell_join(argv) for argv, _, _ in arrays], shell_join(gather)]
+        lines = [f"would submit {len(runs)} runs as {len(arrays)} array(s) (MaxArraySize {limit}, {said}), then the "
+                 "gather job:"]
+        for argv, _, _ in arrays:
+            lines += [shell_join(argv), named_arguments(argv, "array.sbatch", ARRAY_ARGUMENTS)]
+        return [*lines, shell_join(gather), named_arguments(gather, "gather.sbatch", GATHER_ARGUMENTS)]
 
     def submit(self, runs: Sequence[RunSpec], ctx: LaunchContext) -> Handle:
         launch = submit_sbatch(runs, ctx.slurm, ctx.sweep, ctx.sweep_dir, ctx.gather_args, ctx.max_parallel)

@@ -16,8 +16,9 @@ from rich.console import Console
 from ..config import RunSpec, SlurmConfig
 from ..layout import SUBMITIT_DIR, submitit_launch_name
 from .base import PACKAGE_ROOT, Handle, LaunchContext
-from .slurmctl import (JobRequest, Launch, SlurmError, SlurmLikeBackend, _now, _one_line, chunk_items,
-                       check_controller, job_request, max_array_size, record_launch, share_parallelism)
+from .slurmctl import (JobRequest, shell_join, Launch, SlurmError, SlurmLikeBackend, _now, _one_line, chunk_items,
+                       check_controller, job_request, max_array_size, max_array_size_said, record_launch,
+                       share_parallelism)
 
 class TrainTask(submitit.helpers.Checkpointable):
     """The submitted callable. Holds no training state: on preemption or timeout submitit calls
@@ -178,14 +179,18 @@ class SlurmBackend(SlurmLikeBackend):
     name = "slurm"
 
     def plan(self, runs: Sequence[RunSpec], ctx: LaunchContext) -> list[str]:
-        limit = max_array_size()
+        limit, said = max_array_size_said()
         params = submitit_parameters(ctx.slurm, ctx.sweep, ctx.max_parallel)
         chunks = chunk_items(len(runs), limit)
         folder = ctx.sweep_dir / SUBMITIT_DIR / submitit_launch_name(self.name, "<timestamp>", "<pid>")
         text = submitit_script_text(folder, params, ctx.slurm.max_num_timeout,
                                     len(chunks[0]) if len(chunks[0]) > 1 else None)
-        return [f"would submit {len(runs)} runs as {len(chunks)} submitit job array(s) (MaxArraySize {limit}), "
-                "then one gather job; the first array's sbatch script:", text]
+        dependency = "afterany:" + ":".join(f"<array {i + 1} id>" for i in range(len(chunks)))
+        gather = submitit_script_text(folder, gather_parameters(ctx.slurm, ctx.sweep, dependency), 0, None)
+        return [f"would submit {len(runs)} runs as {len(chunks)} submitit job array(s) (MaxArraySize {limit}, "
+                f"{said}), then one gather job; the first array's sbatch script:", text,
+                "the gather job's sbatch script (it builds the report of: " + shell_join(ctx.gather_args) + "):",
+                gather]
 
     def submit(self, runs: Sequence[RunSpec], ctx: LaunchContext) -> Handle:
         launch = submit_slurm(runs, ctx.slurm, ctx.sweep, ctx.sweep_dir, ctx.gather_args, ctx.console, ctx.max_parallel)

@@ -98,8 +98,17 @@ def check_controller() -> None:
 
 def max_array_size() -> int:
     """MaxArraySize from ``scontrol show config`` (Slurm's default 1001 when it cannot be read)."""
+    return max_array_size_said()[0]
+
+
+def max_array_size_said() -> tuple[int, str]:
+    """(MaxArraySize, where that number comes from, in words for a dry run)."""
     res = _slurm_cmd(["scontrol", "show", "config"])
-    return parse_max_array_size(res.stdout) if res.returncode == 0 else DEFAULT_MAX_ARRAY_SIZE
+    if res.returncode != 0:
+        return DEFAULT_MAX_ARRAY_SIZE, "Slurm's default: scontrol show config could not be read here"
+    if re.search(r"^\s*MaxArraySize\s*=\s*[1-9]", res.stdout, re.MULTILINE):
+        return parse_max_array_size(res.stdout), "read from scontrol show config"
+    return DEFAULT_MAX_ARRAY_SIZE, "Slurm's default: scontrol show config does not set it"
 
 
 def parse_max_array_size(config_text: str) -> int:
