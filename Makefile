@@ -32,7 +32,8 @@ test-fast: $(STAMP)
 bench: $(STAMP)
 	@for b in bench/[!_]*.py; do case $$b in bench/gpu_check.py|bench/chaos.py) continue;; esac; echo "== $$b"; $(PY) $$b || exit 1; done
 
-# on a machine with a CUDA GPU: the GPU acceptance checks (< 8 min); without one: one line, exit 0
+# on a machine with a CUDA GPU: the GPU acceptance checks (< 8 min); without one: one line, exit 0;
+# on a machine that shows a GPU (driver, nvidia-smi, CUDA_VISIBLE_DEVICES) that torch cannot use: exit 1
 gpu-check: $(STAMP)
 	$(PY) bench/gpu_check.py
 

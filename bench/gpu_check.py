@@ -792,7 +792,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.device is None:
         if not torch.cuda.is_available():
-            print("gpu-check: no CUDA GPU here (torch.cuda.is_available() is False); nothing checked")
+            # a GPU machine whose torch cannot use its GPU must fail here, not pass as a CPU machine:
+            # the same census --cluster local takes (driver files, nvidia-smi, CUDA_VISIBLE_DEVICES)
+            from cnnstress.cluster.local import local_gpu_census
+
+            census = local_gpu_census()
+            if census.warning:
+                print(f"gpu-check: error: {census.warning.removeprefix('WARNING: ')}; nothing checked", file=sys.stderr)
+                return 1
+            print("gpu-check: no CUDA GPU here (torch.cuda.is_available() is False, and no NVIDIA driver, device or "
+                  "CUDA_VISIBLE_DEVICES entry); nothing checked")
             return 0
         args.device = "cuda"
     if args.device == "cuda":

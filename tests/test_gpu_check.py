@@ -40,6 +40,18 @@ def test_without_a_gpu_it_says_so_in_one_line_and_checks_nothing(tmp_path):
     assert not out.exists()
 
 
+def test_a_machine_that_shows_a_gpu_torch_cannot_use_fails_saying_why(tmp_path):
+    """make gpu-check on a GPU node whose torch cannot use the GPU said "no CUDA GPU here" and
+    exited 0, as on a CPU machine. CUDA_VISIBLE_DEVICES=0 names a GPU (Slurm sets it so)."""
+    env = {**_env(), "CUDA_VISIBLE_DEVICES": "0"}
+    res = subprocess.run([sys.executable, SCRIPT, "--out", str(tmp_path / "x.json")], cwd=REPO, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 1, res.stdout + res.stderr
+    [line] = res.stderr.strip().splitlines()
+    assert line.startswith("gpu-check: error: CUDA_VISIBLE_DEVICES=0 names GPUs") and "torch sees no GPU" in line
+    assert not (tmp_path / "x.json").exists()
+
+
 def test_device_cuda_without_a_gpu_is_an_error():
     res = subprocess.run([sys.executable, SCRIPT, "--device", "cuda"], cwd=REPO, env=_env(), capture_output=True,
                          text=True, timeout=120)
