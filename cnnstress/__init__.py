@@ -1,6 +1,6 @@
 """cnnstress: an HPC batch toolkit for stress-testing CNN image classifiers.
 
-See DESIGN.md (shared) and README.md. Importing the package imports nothing heavy: torch is loaded
+See README.md and docs/design.md. Importing the package imports nothing heavy: torch is loaded
 only by the modules that train (engine, models, augment, corrupt, worker).
 """
 

@@ -59,7 +59,7 @@ from .report.sections import SECTIONS, compute_order, planner
 from .report.sections.base import GatherContext, PlannedRun, ReadOutcome, ReadRequest, RunContext, RunRecord
 
 
-# summary.json's `status` takes DESIGN.md's three values; `state` keeps what gather saw, finer:
+# summary.json's `status` takes docs/design.md's three values; `state` keeps what gather saw, finer:
 #   broken  -> failed:  DONE.json exists but results.h5 cannot be used (truncated, wrong schema, hash
 #                       mismatch): the run ended and left no usable result.
 #   partial -> missing: checkpoint.pt (or results.h5) without DONE.json or FAILED.json: the run may
@@ -215,7 +215,7 @@ class Entry:
 
     @property
     def status(self) -> str:
-        """DESIGN.md's status (done, failed or missing) of the state."""
+        """docs/design.md's status (done, failed or missing) of the state."""
         return states.summary_status(self.state)
 
 
@@ -421,7 +421,7 @@ def cell_key(cell: Cell, n_groups: int) -> str:
 
 
 def build_summary(grid: Grid, entries: list[Entry], report: ReportData) -> dict[str, Any]:
-    """summary.json: at least DESIGN.md's fields (sweep, runs, variants, comparisons), and each section's."""
+    """summary.json: at least docs/design.md's fields (sweep, runs, variants, comparisons), and each section's."""
     n_groups = len(report.groups)
     out = {
         "sweep": grid.name,

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class State:
     name: str
-    summary_status: str  # summary.json's `status`: DESIGN.md's done | failed | missing
+    summary_status: str  # summary.json's `status`: docs/design.md's done | failed | missing
     launch_starts: bool  # a plain relaunch trains it (resuming from its checkpoint if any)
     rerun_failed_starts: bool  # --rerun-failed trains it
     busy: bool  # someone is working on it: never started a second time

@@ -1,7 +1,7 @@
 """The on-disk layout of one run folder: results.h5, DONE.json, FAILED.json and atomic files.
 
 This is the only module of the project that imports h5py, and it imports no torch, so the gather
-job and the status command can read runs on a login node. Layout (see DESIGN.md, "A run on disk"):
+job and the status command can read runs on a login node. Layout (see docs/design.md, "What a run writes"):
 
     runs/<run_id>/spec.json       written by launch
     runs/<run_id>/checkpoint.pt   latest epoch checkpoint (atomic_write_bytes)

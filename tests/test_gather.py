@@ -279,7 +279,7 @@ def test_troubled_runs_named_with_status_and_reason(troubled) -> None:
     summary = json.loads((report / "summary.json").read_text())
     rows = by_id(summary)
     missing, failed, broken = s.run("flip", 3), s.run("flip", 2), s.run("baseline", 3)
-    # status within DESIGN.md's three values; the finer state beside it
+    # status within docs/design.md's three values; the finer state beside it
     assert (rows[missing.run_id]["status"], rows[missing.run_id]["state"]) == ("missing", "missing")
     assert (rows[failed.run_id]["status"], rows[failed.run_id]["state"]) == ("failed", "failed")
     assert rows[failed.run_id]["reason"] == EVIL

@@ -196,7 +196,7 @@ def test_every_shipped_grid_expands(tmp_path):
 
 
 def test_reference_grid_b_baseline_has_no_augmentation():
-    # REFERENCE_PROJECTS.md, B: the baseline reached 100% training accuracy with no augmentation; the
+    # docs/reference-projects.md, B: the baseline reached 100% training accuracy with no augmentation; the
     # modification adds crop, flip, rotation, colour jitter and random erasing
     g = load_grid(REPO / "jobs" / "ref_b_resnet18_strongaug.toml")
     aug = {r.variant: [a.name for a in r.train.augment] for r in g.runs}

@@ -6,7 +6,7 @@ A probe is a ``base.Probe`` subclass in its own module, which ends with ``PROBE 
 them. grid.py validates the keys of every registered probe, config.py leaves an off probe out of a
 run's identity, store.py composes its SCHEMA from the rows, the worker runs each enabled probe, and
 the report shows each probe's section. Adding a stress test is writing its module and adding its
-name to ``MODULES`` (a dotted name for a module outside this package); see the README's "Adding a
+name to ``MODULES`` (a dotted name for a module outside this package); see docs/extending.md, "Adding a
 stress test".
 
 Importing this package, or any probe module, loads no torch, h5py or matplotlib.

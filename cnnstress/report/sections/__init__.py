@@ -5,7 +5,7 @@ A section is a ``base.Section`` subclass in its own module, which ends with ``SE
 every finished run's open results.h5 to each section, and then aggregates, compares and finishes
 them, in ``compute_order()``: the page order, except that a section comes after every section it
 names in its ``depends``. Adding a section is writing its module and adding its name to ``MODULES``;
-see the README's "Adding a report section".
+see docs/extending.md, "Adding a report section".
 
 A section module that cannot be imported, an unknown id in ``depends`` or a cycle of them is an
 error when this package is imported (``SectionRegistryError``, an ImportError naming the module
