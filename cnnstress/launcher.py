@@ -62,6 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="local: runs at once (default: one per visible GPU, 1 on CPU; never more than the "
                          "visible GPUs, one GPU each; CUDA_VISIBLE_DEVICES='' trains on CPU); "
                          "slurm/sbatch: array tasks at once (default: [slurm].array_parallelism)")
+    ap.add_argument("--runs-per-gpu", type=int, default=1, metavar="K",
+                    help="local: K runs at once on each visible GPU (small CNNs leave most of a GPU idle), or K runs "
+                         "at once on the CPU with the cores split between them (default 1)")
     ap.add_argument("--rerun-failed", action="store_true",
                     help="run or submit only runs that failed, are broken or never started "
                          "(never ones that are queued, running or partly trained)")
@@ -126,6 +129,10 @@ def _main(argv: Sequence[str] | None) -> int:
     if args.max_parallel is not None and args.max_parallel < 1:
         err.print("[red]error:[/red] --max-parallel must be at least 1")
         return 2
+    if args.runs_per_gpu < 1 or (args.runs_per_gpu > 1 and args.cluster != "local"):
+        err.print(f"error: --runs-per-gpu {args.runs_per_gpu}: allowed: an integer >= 1, with --cluster local "
+                  "(on Slurm one run per array task)", markup=False)
+        return 2
     try:
         grid = load_grid(args.grid, overrides=args.overrides, out_root=out_root, data_root=data_root)
     except GridError as e:
@@ -150,7 +157,7 @@ def _main(argv: Sequence[str] | None) -> int:
         for line in power_notes(grid, sweep_dir):
             console.print(line, markup=False)
         _print_plan(args, grid, sweep_dir, out_root, data_root, console)
-        problem = _launch_problem(grid, args.cluster, args.max_parallel)
+        problem = _launch_problem(grid, args.cluster, args.max_parallel, args.runs_per_gpu)
         if problem:  # what the launch itself would refuse
             err.print(f"error: {grid.source}: {problem}", markup=False)
             return 2
@@ -159,7 +166,7 @@ def _main(argv: Sequence[str] | None) -> int:
         return _status(grid, sweep_dir, console, args)
     if args.gather:
         return _gather(grid, sweep_dir, console)
-    problem = _launch_problem(grid, args.cluster, args.max_parallel)
+    problem = _launch_problem(grid, args.cluster, args.max_parallel, args.runs_per_gpu)
     if problem:  # before anything is written or submitted (gather and --status never need the files)
         err.print(f"error: {grid.source}: {problem}", markup=False)
         return 2
@@ -339,7 +346,8 @@ def _context(args: argparse.Namespace, grid: Grid, sweep_dir: Path, out_root: Pa
              console: Console) -> LaunchContext:
     gather_args = gather_arguments(sweep_dir / GRID_COPY, Path(os.path.abspath(out_root)),
                                    Path(os.path.abspath(data_root)), args.overrides)
-    return LaunchContext(grid.name, sweep_dir, grid.slurm, console, gather_args, args.max_parallel)
+    return LaunchContext(grid.name, sweep_dir, grid.slurm, console, gather_args, args.max_parallel,
+                         getattr(args, "runs_per_gpu", 1))
 
 
 def _launch(args: argparse.Namespace, grid: Grid, sweep_dir: Path, out_root: Path, data_root: Path,
@@ -530,9 +538,10 @@ def print_status(grid: Grid, sweep_dir: Path, console: Console, verify_hash: boo
     return counts
 
 
-def _launch_problem(grid: Grid, cluster: str = "local", max_parallel: int | None = None) -> str:
+def _launch_problem(grid: Grid, cluster: str = "local", max_parallel: int | None = None, runs_per_gpu: int = 1) -> str:
     """Why this grid cannot be launched from here ("" when it can); --dry-run says the same."""
-    return (missing_files(grid) or memory_problem(grid, cluster, max_parallel) or model_problem(grid)
+    return (missing_files(grid) or memory_problem(grid, cluster, max_parallel, runs_per_gpu=runs_per_gpu)
+            or model_problem(grid)
             or tensorboard.missing_package(grid.runs))
 
 
@@ -550,7 +559,7 @@ def _gib(n: int) -> str:
 
 
 def memory_problem(grid: Grid, cluster: str, max_parallel: int | None = None, *,
-                   ram: int | None = None, gpu: int | None = None) -> str:
+                   ram: int | None = None, gpu: int | None = None, runs_per_gpu: int = 1) -> str:
     """Why the dataset cannot fit the memory its runs will have ("" when it can): its images
     (data.images_held: the official train and test splits, uint8) held HOST_COPIES times in host
     memory and once on the GPU, plus MEMORY_MARGIN, against [slurm].mem_gb on Slurm (GPU memory is
@@ -575,9 +584,10 @@ def memory_problem(grid: Grid, cluster: str, max_parallel: int | None = None, *,
         from .cluster.local import available_ram_bytes, gpu_memory_bytes, visible_gpus
 
         gpus = visible_gpus() if cluster == "local" and gpu is None else []
-        at_once = 1 if cluster == "debug" else min(len(grid.runs), max_parallel or max(1, len(gpus)))
+        slots = len(gpus) * runs_per_gpu if gpus else runs_per_gpu
+        at_once = 1 if cluster == "debug" else min(len(grid.runs), max_parallel or slots)
         if gpus:
-            at_once = min(at_once, len(gpus))
+            at_once = min(at_once, slots)
         free = ram if ram is not None else available_ram_bytes()
         if free is not None:
             limits.append((HOST_COPIES, host_need, free // at_once, f"this machine's free RAM ({_gib(free)}"
@@ -585,7 +595,10 @@ def memory_problem(grid: Grid, cluster: str, max_parallel: int | None = None, *,
                            "free memory" + (" or lower --max-parallel" if at_once > 1 else "")))
         gpu_bytes = gpu if gpu is not None else gpu_memory_bytes(gpus)
         if gpu_bytes is not None:
-            limits.append((1, size + MEMORY_MARGIN, gpu_bytes, "the smallest visible GPU's memory", "use a larger GPU"))
+            share = min(runs_per_gpu, at_once)  # the runs that share one GPU each hold their own copy
+            limits.append((1, share * (size + MEMORY_MARGIN), gpu_bytes, "the smallest visible GPU's memory"
+                           + (f", shared by {share} runs" if share > 1 else ""),
+                           "use a larger GPU" + (" or lower --runs-per-gpu" if share > 1 else "")))
     where = spec.dataset.params.get("root") or spec.dataset.params.get("path")
     name = f"{spec.dataset.name}" + (f" ({where})" if where else "")
     for copies, need, have, what, fix in limits:

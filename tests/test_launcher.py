@@ -387,3 +387,40 @@ def test_missing_cifar_files_are_refused_before_any_run_starts_all_in_one_line(w
     assert main([*base, "--dry-run"]) == 2
     err = capsys.readouterr().err
     assert "data_batch_3 (missing), test_batch (empty); download it with: python launch.py --download cifar10" in err
+
+
+@pytest.mark.slow
+def test_runs_per_gpu_on_the_cpu_runs_them_at_once_with_the_cores_split_and_bitwise_as_alone(weird_dir, monkeypatch):
+    """--runs-per-gpu 2 on the CPU: two runs at once, each with half the cores; what each stores is
+    bitwise what the same run stores trained alone with that many threads."""
+    import os
+
+    import numpy as np
+
+    from cnnstress.cluster.local import cpu_share
+
+    grid = weird_dir / "pack.toml"
+    grid.write_text(tiny_grid_text(name="pack", epochs=2))
+    data = ["--data-root", str(REPO / "scratch" / "test-data"), "--no-gather"]
+    packed, alone = weird_dir / "packed", weird_dir / "alone"
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert main(["--grid", str(grid), "--cluster", "local", "--out", str(packed), "--runs-per-gpu", "2", *data]) == 0
+    threads = cpu_share(2)
+    monkeypatch.setenv("OMP_NUM_THREADS", str(threads))  # the reference: one run at a time, as many threads
+    assert main(["--grid", str(grid), "--cluster", "local", "--out", str(alone), *data]) == 0
+    starts, ends = [], []
+    for spec in load_grid(grid, out_root=packed).runs:
+        rd = packed / "pack" / "runs" / spec.run_id
+        log = (rd / "log.txt").read_text()
+        assert f"{threads} threads)" in log, log  # the worker's own report of torch.get_num_threads()
+        stamps = [os.path.getmtime(rd / "spec.json"), os.path.getmtime(rd / "DONE.json")]
+        starts.append(stamps[0])
+        ends.append(stamps[1])
+        with store.open_results(rd / "results.h5") as a, \
+                store.open_results(alone / "pack" / "runs" / spec.run_id / "results.h5") as b:
+            assert a.keys() == b.keys()
+            for key in a.keys():
+                if key != "history/epoch_seconds":  # a timing
+                    np.testing.assert_array_equal(a.read(key), b.read(key), err_msg=key)
+    assert max(starts) < min(ends)  # the two ran at the same time
+    assert main(["--grid", str(grid), "--cluster", "slurm", "--runs-per-gpu", "2", "--dry-run"]) == 2

@@ -51,6 +51,7 @@ class LaunchContext:
     console: Console
     gather_args: list[str] = field(default_factory=list)  # launch.py arguments that rebuild this sweep
     max_parallel: int | None = None  # --max-parallel
+    runs_per_gpu: int = 1  # --runs-per-gpu (local): runs at once on each visible GPU, or on the CPU
 
 
 @dataclass(frozen=True)

@@ -46,9 +46,10 @@ class LocalTrainTask:
     parent survives the child, so it can record why the run ended (FAILED.json) instead of leaving
     a run that looks 'partial' with no reason."""
 
-    def __init__(self, worker_argv: Sequence[str] | None = None):
+    def __init__(self, worker_argv: Sequence[str] | None = None, threads: int | None = None):
         # the command that trains a spec file (tests put a stand-in here); it gets "--spec FILE"
         self.worker_argv = list(worker_argv) if worker_argv else None
+        self.threads = threads  # the worker's OMP_NUM_THREADS when runs share the CPU (None: inherited)
 
     def __call__(self, spec_json: str, run_dir: str, device: str = "") -> dict[str, Any]:
         """device: the CUDA_VISIBLE_DEVICES entry of the one GPU this run may use ("2", a
@@ -59,6 +60,8 @@ class LocalTrainTask:
 
         argv = self.worker_argv or [sys.executable, "-m", "cnnstress.worker"]
         env = {**os.environ, "CUDA_VISIBLE_DEVICES": device}
+        if getattr(self, "threads", None):  # (a task pickled before the field existed has none)
+            env["OMP_NUM_THREADS"] = str(self.threads)
         with tempfile.TemporaryDirectory(prefix="cnnstress-spec-") as tmp:
             spec_file = Path(tmp) / SPEC_FILE
             spec_file.write_text(spec_json)
@@ -279,29 +282,37 @@ def run_debug(runs: Sequence[RunSpec], console: Console) -> list[Outcome]:
 
 
 def run_local(runs: Sequence[RunSpec], sweep_dir: Path, console: Console, max_parallel: int | None = None,
-              poll_s: float = 0.5, task: LocalTrainTask | None = None) -> list[Outcome]:
+              poll_s: float = 0.5, task: LocalTrainTask | None = None, runs_per_gpu: int = 1) -> list[Outcome]:
     """One process per run via submitit's LocalExecutor, throttled to ``max_parallel``, which
-    is capped to the number of visible GPUs when there are any (each run gets one of its own)."""
+    is capped to ``runs_per_gpu`` runs per visible GPU when there are any (each run is pinned to
+    one GPU, which it shares with at most ``runs_per_gpu - 1`` others). On the CPU ``runs_per_gpu``
+    runs at once (or ``max_parallel``) split the cores between them: each gets its share as
+    OMP_NUM_THREADS, so that a run's numbers are those of a run alone with as many threads."""
     census = local_gpu_census()
     if census.warning:
         console.print(census.warning, style="bold red", markup=False)
     gpus = census.devices
+    slots = [g for g in gpus for _ in range(runs_per_gpu)]  # GPU i appears runs_per_gpu times
     if max_parallel is None:
-        max_parallel = max(1, len(gpus))
-    elif gpus and max_parallel > len(gpus):
+        max_parallel = len(slots) if gpus else runs_per_gpu
+    elif gpus and max_parallel > len(slots):
         # a run started without a free GPU would get none and train on the CPU, silently and slowly
-        console.print(f"note: --max-parallel {max_parallel} capped to {len(gpus)}: one run per visible GPU "
-                      f"({', '.join(gpus)}); to train on the CPU instead, set CUDA_VISIBLE_DEVICES=''",
-                      markup=False)
-        max_parallel = len(gpus)
+        console.print(f"note: --max-parallel {max_parallel} capped to {len(slots)}: {runs_per_gpu} run(s) per visible "
+                      f"GPU ({', '.join(gpus)}; --runs-per-gpu packs more); to train on the CPU instead, set "
+                      "CUDA_VISIBLE_DEVICES=''", markup=False)
+        max_parallel = len(slots)
+    threads = cpu_share(min(max_parallel, len(runs))) if not gpus and min(max_parallel, len(runs)) > 1 else None
+    if threads is not None:
+        console.print(f"{min(max_parallel, len(runs))} runs at once on the CPU, {threads} thread(s) each "
+                      "(OMP_NUM_THREADS)", markup=False)
     folder = sweep_dir / SUBMITIT_DIR / submitit_launch_name("local", time.strftime('%Y%m%d-%H%M%S'), os.getpid())
     executor = submitit.LocalExecutor(folder=folder)
     # the job process itself needs no GPU; LocalTrainTask pins its worker to `gpu`
     executor.update_parameters(timeout_min=LOCAL_TIMEOUT_MIN, gpus_per_node=0)
-    task = task or LocalTrainTask()
+    task = task or LocalTrainTask(threads=threads)
     queue = list(runs)
     active: dict[str, tuple[Any, RunSpec, str | None]] = {}
-    free = list(gpus)
+    free = list(slots)
     outcomes: list[Outcome] = []
     try:
         _follow(executor, task, queue, active, free, max_parallel, sweep_dir, folder, outcomes, console, poll_s)
@@ -351,6 +362,15 @@ def _follow(executor: Any, task: LocalTrainTask, queue: list[RunSpec], active: d
                 colour = {"done": "green", "failed": "red"}.get(oc.state, "yellow")
                 console.print(f"[{colour}]{oc.word:>7}[/{colour}] {rid} {oc.detail}")
             time.sleep(poll_s)
+
+
+def cpu_share(at_once: int) -> int:
+    """Threads for each of ``at_once`` runs sharing this process's CPUs (at least 1)."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cpus = os.cpu_count() or 1
+    return max(1, cpus // max(1, at_once))
 
 
 @contextmanager
@@ -455,7 +475,8 @@ class LocalBackend(Backend):
         return []
 
     def submit(self, runs: Sequence[RunSpec], ctx: LaunchContext) -> Handle:
-        return finished_handle(self, runs, ctx.sweep_dir, run_local(runs, ctx.sweep_dir, ctx.console, ctx.max_parallel))
+        return finished_handle(self, runs, ctx.sweep_dir, run_local(runs, ctx.sweep_dir, ctx.console, ctx.max_parallel,
+                                                                    runs_per_gpu=ctx.runs_per_gpu))
 
 
 def finished_handle(chosen: Backend, runs: Sequence[RunSpec], sweep_dir: Path, outcomes: Sequence[Outcome]) -> Handle:
