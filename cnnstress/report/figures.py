@@ -247,7 +247,15 @@ def overview(report: ReportData, calibration_of: Any) -> Figure | None:
     d.set_xticks(x, labels, rotation=20, ha="right")
     top = max([v for v in ece + after if v is not None] or [0.1])
     d.set(title="expected calibration error (mean over seeds)", ylabel="ECE", ylim=(0, 1.35 * top))
-    d.legend(loc="upper center", ncols=2)
+    # the bars carry the variants' colours; the legend says which bar is which in neutrals, so that
+    # the baseline's colour never stands for "ECE"
+    from matplotlib.patches import Patch
+
+    handles = [Patch(facecolor=CATEGORY_LIGHT, edgecolor=CATEGORY_DARK, label="ECE")]
+    if any(v is not None for v in after):
+        handles.append(Patch(facecolor=CATEGORY_WHITE, edgecolor=CATEGORY_DARK, hatch="//",
+                             label="after temperature scaling (lighter)"))
+    d.legend(handles=handles, loc="upper center", ncols=2)
     return fig
 
 
