@@ -373,3 +373,44 @@ def test_corruption_error_edge_cases():
     assert math.isnan(robustness.corruption_error({}, perfect)["mce"])
     with pytest.raises(ValueError, match="pairs"):
         robustness.corruption_error({"fog": 0.5}, perfect)
+
+
+# Student t 0.975 quantiles from printed tables (df 1 to 4): an interval computed here independently
+T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776}
+
+
+def _drop_interval(drops: list[float]) -> tuple[float, float]:
+    n = len(drops)
+    mean = sum(drops) / n
+    sd = math.sqrt(sum((d - mean) ** 2 for d in drops) / (n - 1))
+    half = T975[n - 1] * sd / math.sqrt(n)
+    return mean - half, mean + half
+
+
+def test_drop_beyond_seeds_both_ways():
+    """Class 0 drops by 10 to 12 points in every seed (beyond the spread); class 1 drops by +5, -5,
+    +2 points (a seed-to-seed wobble); class 2 is unchanged; class 3 has no image in seed 2."""
+    support = np.array([[50, 40, 30, 10], [50, 40, 30, 0], [50, 40, 30, 10]])
+    clean = np.array([[40, 30, 20, 8], [40, 30, 20, 0], [41, 30, 20, 8]])
+    low = np.array([[35, 28, 20, 2], [34, 32, 20, 0], [35, 29, 20, 2]])
+    got = robustness.drop_beyond_seeds(support, clean, low)
+    assert got["n_seeds"] == 3
+    drops = (clean - low) / np.where(support > 0, support, 1)
+    for c in range(3):
+        lo, hi = _drop_interval(list(drops[:, c]))
+        assert got["lo"][c] == pytest.approx(lo, abs=2e-4) and got["hi"][c] == pytest.approx(hi, abs=2e-4)
+        assert got["mean"][c] == pytest.approx(float(drops[:, c].mean()), abs=1e-12)
+    assert got["beyond"].tolist() == [True, False, False, False]
+    assert math.isnan(got["lo"][3]), "a class missing from a seed is not judged"
+
+
+def test_drop_beyond_seeds_needs_two_seeds_and_identical_drops_count():
+    one = robustness.drop_beyond_seeds(np.array([[10, 10]]), np.array([[9, 9]]), np.array([[1, 9]]))
+    assert one["n_seeds"] == 1 and not one["beyond"].any() and np.isnan(one["lo"]).all()
+    # the same drop of 2 of 10 images in both seeds: no spread, an interval of that drop, above 0
+    same = robustness.drop_beyond_seeds(np.array([[10, 10], [10, 10]]), np.array([[9, 9], [9, 9]]),
+                                        np.array([[7, 9], [7, 9]]))
+    assert same["beyond"].tolist() == [True, False]
+    assert same["lo"][0] == pytest.approx(0.2) and same["hi"][0] == pytest.approx(0.2)
+    with pytest.raises(ValueError, match="share one"):
+        robustness.drop_beyond_seeds(np.ones((2, 3)), np.ones((2, 3)), np.ones((2, 2)))

@@ -437,3 +437,252 @@ def test_overlay_resizes_a_map_of_another_size_to_the_image():
     out = F.overlay(image, cam)
     assert out.shape == (64, 64, 3)
     np.testing.assert_allclose(out, F.overlay(image, upsample_bilinear(cam[None], 64)[0]))
+
+
+# ---- figures: readable numbers, colours that mean variants only -------------------------------
+
+def _luminance(rgb) -> float:
+    """WCAG 2 relative luminance, written out here from the definition (sRGB, 0..1 floats)."""
+    def lin(c: float) -> float:
+        return c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4
+
+    r, g, b = (lin(float(c)) for c in rgb[:3])
+    return 0.2126 * r + 0.7152 * g + 0.0722 * b
+
+
+def _contrast(a, b) -> float:
+    la, lb = sorted((_luminance(a), _luminance(b)), reverse=True)
+    return (la + 0.05) / (lb + 0.05)
+
+
+def _cell(label: str = "baseline", colour: int = 0, runs: int = 3):
+    from cnnstress.report.model import Cell
+
+    return Cell(label=label, variant=label, group="", is_baseline=colour == 0, color=colour,
+                run_ids=[f"{label}-{i}" for i in range(runs)])
+
+
+@pytest.mark.parametrize("kind", ["near chance", "good", "one confusion"])
+def test_confusion_numbers_contrast_with_their_cells(kind: str) -> None:
+    """Every number printed in a confusion matrix has a WCAG contrast of at least 4.5 with its cell
+    (or, where neither black nor white reaches it, the better of the two), the cell's colour
+    computed here from the Blues colormap and the panel's range."""
+    import matplotlib
+    from matplotlib import colormaps, colors
+
+    from cnnstress.report import figures as F
+
+    rng = np.random.default_rng({"near chance": 1, "good": 2, "one confusion": 3}[kind])
+    c = 10
+    if kind == "near chance":  # row-normalised values around 0.1-0.3: the pale cells
+        cm = rng.integers(2, 12, size=(c, c)) + np.diag(rng.integers(5, 25, size=c))
+    elif kind == "good":
+        cm = rng.integers(0, 4, size=(c, c)) + np.diag(rng.integers(30, 60, size=c))
+    else:
+        cm = np.diag(np.full(c, 40))
+        cm[0, 1] = 35
+    with matplotlib.rc_context(F.STYLE):
+        fig = F.confusion(_cell(), cm, [f"class {i}" for i in range(c)])
+    counts_ax, norm_ax = fig.axes[0], fig.axes[2]
+    norm = cm / cm.sum(axis=1, keepdims=True)
+    blues = colormaps["Blues"]
+    checked = 0
+    for ax, mat, vmax in ((counts_ax, cm, cm.max()), (norm_ax, norm, 1.0)):
+        assert len(ax.texts) == int(np.count_nonzero(mat))
+        for t in ax.texts:
+            j, i = (int(round(v)) for v in t.get_position())
+            cell = blues(float(mat[i, j]) / vmax)
+            text = colors.to_rgb(t.get_color())
+            best = max(_contrast(cell, (0, 0, 0)), _contrast(cell, (1, 1, 1)))
+            got = _contrast(cell, text)
+            assert got >= min(4.5, best) - 1e-9, (kind, i, j, float(mat[i, j]), t.get_color(), got)
+            checked += 1
+    assert checked > c
+
+
+def _variant_palette() -> list[tuple[float, float, float]]:
+    from matplotlib import colormaps
+
+    return [tuple(colormaps["tab10"](i)[:3]) for i in range(10)]
+
+
+def _fills(fig) -> list[tuple[float, float, float]]:
+    """Face colours of every bar, patch and legend handle of a figure, less the figure's and the
+    axes' backgrounds and fully transparent patches."""
+    from matplotlib.patches import Patch
+
+    backgrounds = {id(fig.patch)} | {id(ax.patch) for ax in fig.axes}
+    return [tuple(p.get_facecolor()[:3]) for p in fig.findobj(Patch)
+            if id(p) not in backgrounds and p.get_facecolor()[3] > 0]
+
+
+def _assert_no_variant_hue(fig, what: str) -> None:
+    palette = _variant_palette()
+    used = {c for c in _fills(fig) if c != (1.0, 1.0, 1.0)}  # white: backgrounds, legend frames
+    assert used, f"{what}: nothing drawn"
+    for col in used:
+        dist = min(float(np.linalg.norm(np.subtract(col, p))) for p in palette)
+        assert dist > 0.25, f"{what}: category colour {col} is (close to) the variant colour at distance {dist:.2f}"
+
+
+def test_shortcut_figure_categories_are_not_variant_colours() -> None:
+    """The shortcut figure's bars are categories (right/wrong predictions, aligned/conflicting,
+    follows the background), one group per variant on the x axis: none of their colours may be a
+    variant's (tab10), so blue and orange keep meaning baseline and variant."""
+    import matplotlib
+
+    from cnnstress.report import figures as F
+
+    sc = {"energy_right": 0.4, "energy_wrong": 0.2, "acc_aligned": 0.8, "acc_conflicting": 0.5,
+          "follows_background": 0.3}
+    with matplotlib.rc_context(F.STYLE):
+        fig = F.shortcut([(_cell("baseline", 0), sc), (_cell("cropflip", 1), dict(sc, follows_background=0.1))])
+    _assert_no_variant_hue(fig, "shortcut")
+    # the three measures of the second panel stay told apart (colour or hatch)
+    bars = [p for p in fig.axes[1].patches]
+    styles = {(tuple(p.get_facecolor()), p.get_hatch()) for p in bars}
+    assert len(styles) == 3
+
+
+def test_category_figures_use_no_variant_colour() -> None:
+    """Waterfall (gain/loss) and confidence histograms (right/wrong) draw categories, not variants."""
+    import matplotlib
+
+    from cnnstress.report import figures as F
+    from cnnstress.report.model import Comparison
+
+    comp = Comparison(variant="cropflip", baseline="baseline", group="", label="cropflip", stats={})
+    delta = np.array([0.05, -0.03, 0.0, 0.1])
+    edges = np.linspace(0, 1, 11)
+    hist = {"edges": edges, "right_counts": np.arange(10), "wrong_counts": np.arange(10)[::-1]}
+    with matplotlib.rc_context(F.STYLE):
+        _assert_no_variant_hue(F.waterfall(comp, np.argsort(-delta), delta, list("abcd")), "waterfall")
+        _assert_no_variant_hue(F.confidence_hist([(_cell("baseline", 0), hist), (_cell("cropflip", 1), hist)]),
+                               "confidence histograms")
+
+
+# ---- sentences ------------------------------------------------------------------------------
+
+def _page_text(page: str) -> str:
+    body = re.sub(r'src="[^"]*"', "", page)
+    return html.unescape(re.sub(r"<[^>]+>", " ", body))
+
+
+def _double_stops(text: str) -> list[str]:
+    """Each ".." that is neither part of an ellipsis ("...") nor a range between two words ("min..max")."""
+    bad = []
+    for m in re.finditer(r"(?<!\.)\.\.(?!\.)", text):
+        before, after = text[m.start() - 1:m.start()], text[m.end():m.end() + 1]
+        if not (before.isalnum() and after.isalnum()):
+            bad.append(text[max(0, m.start() - 80):m.end() + 10])
+    return bad
+
+
+def test_no_generated_sentence_ends_in_two_full_stops(shapes_report) -> None:
+    """Neither the page nor summary.json's sentences close a sentence with ".."; ranges and
+    ellipses the report means are kept."""
+    _, index, page = shapes_report
+    text = _page_text(page)
+    assert _double_stops(text) == []
+    summary = json.loads((index.parent / "summary.json").read_text())
+    lines = summary["summary"] + summary.get("findings", []) + [c["verdict"] for c in summary["comparisons"]]
+    assert lines and _double_stops("\n".join(lines)) == []
+    # the check itself: it finds the defect, and leaves ranges and ellipses alone
+    assert _double_stops("its errors are different ones.. Next") and _double_stops("ones..")
+    assert not _double_stops("band = min..max over seeds; ... of which")
+
+
+def test_end_sentence_closes_with_one_full_stop() -> None:
+    from cnnstress.report.markup import end_sentence
+
+    assert end_sentence("its errors are different ones.") == "its errors are different ones."
+    assert end_sentence("its errors are different ones") == "its errors are different ones."
+    assert end_sentence("ones. ") == "ones."
+    assert end_sentence("to be continued...") == "to be continued..."
+
+
+# ---- the page in a browser at two window widths ------------------------------------------------
+
+_MEASURE = r"""<script>
+window.addEventListener('load', () => {
+  const doc = document.documentElement;
+  const box = e => { const b = e.getBoundingClientRect();
+                     return {left: b.left, right: b.right, top: b.top + scrollY, bottom: b.bottom + scrollY}; };
+  const out = {client: doc.clientWidth, scroll: doc.scrollWidth, h1: box(document.querySelector('h1')),
+    images: [...document.images].map(i => ({id: i.closest('figure').id, natural: i.naturalWidth, ...box(i)})),
+    tables: [...document.querySelectorAll('table')].map(t => ({holder: box(t.parentElement), ...box(t)}))};
+  const pre = document.createElement('pre');
+  pre.id = 'measured';
+  pre.textContent = JSON.stringify(out);
+  document.body.appendChild(pre);
+});
+</script>"""
+
+
+def _chromium(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=10000",
+                           *args], capture_output=True, text=True, timeout=120)
+
+
+def _measure(index: Path, folder: Path, width: int) -> dict:
+    """The laid-out page at ``width`` px: boxes of the h1, every figure image and every table (page
+    coordinates), measured by a script in a copy of the page (the report itself has none)."""
+    copy = folder / f"measured page {width}.html"
+    copy.write_text(index.read_text(encoding="utf-8").replace("</body>", _MEASURE + "</body>"), encoding="utf-8")
+    proc = _chromium(f"--window-size={width},1000", "--dump-dom", copy.as_uri())
+    found = re.search(r'<pre id="measured">(.*?)</pre>', proc.stdout, re.S)
+    assert found, proc.stderr[-2000:]
+    return json.loads(html.unescape(found.group(1)))
+
+
+@pytest.fixture(scope="module")
+def wide_report(tmp_path_factory):
+    """Six variants with long names: tables with a column per variant, wider than an 800-px window."""
+    root = tmp_path_factory.mktemp("wide") / "wide 'page'"
+    s = synth.make_sweep(root, name="wide", variants=("baseline", "crop_and_flip_long_name", "flip_only_variant",
+                                                      "crop_only_variant", "rotation_variant", "cutout_variant"),
+                         seeds=(1, 2), n_test=120, canonical=2, top_failures=4)
+    index = gather.gather(s.sweep_dir, console=Console(file=io.StringIO(), width=200))
+    return s, index, index.read_text(encoding="utf-8")
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="chromium is not installed (apt-get install chromium)")
+@pytest.mark.parametrize("width", [1400, 800])
+def test_page_fits_the_window_and_the_top_shows_heading_and_headline_figure(wide_report, tmp_path: Path,
+                                                                          width: int) -> None:
+    """At a 1400- and an 800-px wide window: the page never scrolls sideways, every figure scales
+    into the column (never beyond the window, never enlarged past its pixels), a table wider than
+    the window scrolls inside its own box; a screenshot of the top shows the heading and the
+    headline (overview) figure whole, its right border inside the picture."""
+    import matplotlib.image as mpimg
+
+    _, index, _ = wide_report
+    m = _measure(index, tmp_path, width)
+    client = m["client"]
+    assert client <= width
+    assert m["scroll"] <= client, f"the page scrolls sideways at {width} px ({m['scroll']} > {client})"
+    assert m["images"], "the page has figures"
+    for img in m["images"]:
+        assert img["left"] >= 0 and img["right"] <= client + 0.5, (width, img)
+        # + its 1-px border on each side
+        assert img["right"] - img["left"] <= img["natural"] + 2.5, f"{img['id']} is drawn larger than its pixels"
+    for t in m["tables"]:
+        assert t["holder"]["right"] <= client + 0.5, (width, t)
+    overview = next(i for i in m["images"] if i["id"] == "fig-overview")
+    height = int(overview["bottom"]) + 40
+    shot = tmp_path / f"top {width}.png"
+    proc = _chromium(f"--window-size={width},{height}", f"--screenshot={shot}", index.resolve().as_uri())
+    assert shot.is_file(), proc.stderr[-2000:]
+    img = mpimg.imread(shot)[..., :3]
+    assert img.shape[:2] == (height, width)
+    h1 = img[int(m["h1"]["top"]):int(m["h1"]["bottom"]), :client]
+    assert float(h1.min()) < 0.3, "the heading is drawn (dark text at the top)"
+    top, bottom = int(overview["top"]) + 2, int(overview["bottom"]) - 2
+    fig = img[top:bottom, int(overview["left"]) + 2:int(overview["right"]) - 2]
+    assert float(np.std(fig)) > 0.05, "the headline figure is drawn, not blank"
+    # the figure's 1-px border (#d9dee7) on its right edge: the image is not cut by the window
+    # (layout positions are fractional: the border's column is within a pixel of the measured edge)
+    border = np.array([0xd9, 0xde, 0xe7]) / 255
+    near = range(int(overview["right"]) - 2, min(width, int(overview["right"]) + 2))
+    assert any(np.allclose(np.median(img[top:bottom, x], axis=0), border, atol=0.03) for x in near), \
+        "the headline figure's right border is not in the screenshot"

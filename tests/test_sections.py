@@ -562,3 +562,47 @@ def test_ood_section_without_ood_arrays_says_none_were_stored(lacking_sweep) -> 
     body = _body(lacking_sweep[3], "ood")
     assert "Sets: ." not in body
     assert "No run stored out-of-distribution logits" in body
+
+
+# ---- corruption robustness: classes that break first only beyond the seed spread ----------------
+
+def _stress_runs(clean_right: list[list[int]], low_right: list[list[int]], support: int = 20):
+    """One RunStress per seed for 3 classes of ``support`` images each: clean right counts and the
+    right counts under "fog" at severities 1 (``low_right``) and 3 (none right)."""
+    from cnnstress.report.sections.robustness import RunStress
+
+    runs = []
+    for clean, low in zip(clean_right, low_right):
+        r = RunStress()
+        r.support, r.clean_right = np.full(3, support), np.array(clean)
+        r.class_right = {("fog", 1): np.array(low), ("fog", 3): np.zeros(3, dtype=int)}
+        runs.append(r)
+    return runs
+
+
+def test_breaking_first_lists_only_drops_beyond_the_seed_spread() -> None:
+    from cnnstress.report.sections.robustness import CellStress, breaking_first, breaking_text
+
+    names = ["ring", "square", "star"]
+    # ring: 0 of 20 lost in two seeds, 1 in the third (noise); square: 6, 7 and 6 lost in every seed;
+    # star: +2, -2, 0 (noise)
+    clean = [[18, 18, 18], [18, 18, 18], [18, 18, 18]]
+    low = [[18, 12, 16], [18, 11, 20], [17, 12, 18]]
+    got = breaking_first(_stress_runs(clean, low), "fog", [1, 3], names)
+    assert [g[0] for g in got] == ["square"]
+    drops = [(18 - 12) / 20, (18 - 11) / 20, (18 - 12) / 20]
+    assert got[0][1] == pytest.approx(sum(drops) / 3)  # pooled over the seeds
+    assert got[0][2][0] > 0
+    agg = CellStress(breaking={"fog": got}, breaking_seeds=3)
+    assert breaking_text(agg, "fog") == "square (-31.67)"
+
+    # every drop is noise: no class listed, and the table says why
+    noise = [[18, 18, 18], [18, 17, 20], [17, 18, 18]]
+    none = breaking_first(_stress_runs(clean, noise), "fog", [1, 3], names)
+    assert none == []
+    assert breaking_text(CellStress(breaking={"fog": none}, breaking_seeds=3), "fog") == \
+        "no class drops beyond the seed spread"
+    # one seed: no spread to judge a drop by, whatever the drop
+    one = breaking_first(_stress_runs(clean[:1], low[:1]), "fog", [1, 3], names)
+    assert one == []
+    assert "one seed" in breaking_text(CellStress(breaking={"fog": one}, breaking_seeds=1), "fog")

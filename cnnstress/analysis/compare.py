@@ -305,7 +305,7 @@ def _verdict(acc: dict, n_significant: int, n_pairs: int, match: dict, var_dis: 
         what = "95% CI over test images" if acc["method"] == "t over test images" else "95% CI"
         text = f"Test accuracy {moved}{size} ({_points(delta)} points, {what} {_points(ci[0])} to {_points(ci[1])})"
         words = {"changed": "beyond seed and test-set noise"}.get(acc["verdict"], acc["verdict_text"])
-        text += f": {words}."
+        text += f": {words.rstrip('.')}."  # a verdict text that ends in a full stop: still one
     if n_pairs:
         text += f" McNemar's test has p < 0.05 in {n_significant} of {n_pairs} seed pairs."
     unmatched = unmatched_text(match["unmatched_base"], match["unmatched_var"])

@@ -129,3 +129,38 @@ def classes_breaking_first(labels: np.ndarray, clean_preds: np.ndarray,
     by_sev = {int(s): class_counts(labels, p, num_classes)[1] for s, p in corrupted_preds_by_severity.items()}
     order, _, _ = breaking_from_counts(support, clean, by_sev)
     return [int(i) for i in order]
+
+
+def drop_beyond_seeds(support: np.ndarray, clean_right: np.ndarray, right_low: np.ndarray,
+                      alpha: float = 0.05) -> dict:
+    """Whether each class's accuracy drop under a corruption is beyond the spread over seeds.
+
+    ``support``, ``clean_right`` and ``right_low`` are (S, C) per-seed counts: test images, right
+    clean predictions and right predictions on the corrupted set (its lowest severity) per class.
+    Each seed's drop is clean accuracy - corrupted accuracy of the class; ``beyond`` is True where
+    the (1 - alpha) Student t-interval over the S seeds lies above 0 (a drop that reseeding does not
+    explain; with identical drops in every seed the interval is that drop). With fewer than 2
+    seeds, or a class some seed has no test image of, nothing is beyond (no spread to judge by).
+
+    Returns dict(mean, lo, hi (C,) float, NaN where not estimable; beyond (C,) bool; n_seeds).
+    """
+    from cnnstress.analysis.verdicts import t_interval
+
+    sup = np.atleast_2d(np.asarray(support, dtype=np.float64))
+    clean = np.atleast_2d(np.asarray(clean_right, dtype=np.float64))
+    low = np.atleast_2d(np.asarray(right_low, dtype=np.float64))
+    if not (sup.shape == clean.shape == low.shape) or sup.ndim != 2:
+        raise ValueError(f"support, clean_right and right_low must share one (seeds, classes) shape, got "
+                         f"{sup.shape}, {clean.shape}, {low.shape}")
+    s, c = sup.shape
+    nan = np.full(c, np.nan)
+    out = {"mean": nan.copy(), "lo": nan.copy(), "hi": nan.copy(), "beyond": np.zeros(c, dtype=bool), "n_seeds": s}
+    present = np.all(sup > 0, axis=0)
+    if s < 2 or not present.any():
+        return out
+    drop = (clean[:, present] - low[:, present]) / sup[:, present]  # (S, C present)
+    ti = t_interval(drop.T, alpha)
+    for key in ("mean", "lo", "hi"):
+        out[key][present] = ti[key]
+    out["beyond"][present] = ti["lo"] > 0
+    return out

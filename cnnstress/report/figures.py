@@ -20,6 +20,7 @@ matplotlib.use("Agg")  # headless: before anything that could pick an interactiv
 
 import numpy as np  # noqa: E402
 from matplotlib import colormaps  # noqa: E402
+from matplotlib.colors import to_rgb  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
@@ -45,6 +46,15 @@ STYLE = {
     "text.parse_math": False, "text.usetex": False,
 }
 _TAB10 = colormaps["tab10"]
+#: The colours that mean a variant (cell.color indexes them): tab10's ten, baseline first.
+VARIANT_COLORS: tuple[tuple[float, float, float, float], ...] = tuple(_TAB10(i) for i in range(10))
+# Everything else that a colour tells apart (right/wrong, gain/loss, corrected/worsened, the shortcut's
+# measures) is drawn in neutrals, told apart by lightness and hatching, so that a hue in any figure
+# of the report means a variant and nothing else.
+CATEGORY_DARK = "#262626"
+CATEGORY_LIGHT = "#c4c4c4"
+CATEGORY_WHITE = "#ffffff"  # always with HATCH and a CATEGORY_DARK edge
+HATCH = "////"
 _JET = colormaps["jet"]
 
 
@@ -61,6 +71,25 @@ def plain_text(fig: Figure) -> Figure:
 
 def color(cell: Cell) -> tuple[float, float, float, float]:
     return _TAB10(cell.color % 10)
+
+
+def relative_luminance(rgb) -> float:
+    """WCAG 2 relative luminance of an sRGB colour given as floats in [0, 1] (alpha ignored)."""
+    lin = [c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4 for c in (float(x) for x in rgb[:3])]
+    return 0.2126 * lin[0] + 0.7152 * lin[1] + 0.0722 * lin[2]
+
+
+def contrast_ratio(a, b) -> float:
+    """WCAG 2 contrast ratio of two colours, 1 (same) to 21 (black on white)."""
+    la, lb = relative_luminance(a), relative_luminance(b)
+    return (max(la, lb) + 0.05) / (min(la, lb) + 0.05)
+
+
+def text_color(background) -> str:
+    """Black or white, whichever contrasts more with ``background`` (WCAG ratio): the text colour
+    for a number printed on a coloured cell. A fixed threshold on the value would put white on
+    mid-pale cells of some colormaps."""
+    return "black" if contrast_ratio(background, (0, 0, 0)) >= contrast_ratio(background, (1, 1, 1)) else "white"
 
 
 # ------------------------------------------------------------------------------------------------
@@ -188,13 +217,16 @@ def overview(report: ReportData, calibration_of: Any) -> Figure | None:
         b.set_yticks(y, [cp.label for cp in comps])
         b.set(title="delta vs baseline (95% CI over test images)", xlabel="variant − baseline (points)")
         b.set_ylim(len(comps) - 0.4, -0.6)
-        keys = (("corrected", "#2ca02c"), ("worsened", "#d62728"), ("both_wrong", "#7f7f7f"))
+        keys = (("corrected", CATEGORY_DARK, None), ("worsened", CATEGORY_WHITE, HATCH),
+                ("both_wrong", CATEGORY_LIGHT, None))
         left = np.zeros(len(comps))
-        for key, col in keys:
+        for key, col, hatch in keys:
             vals = np.array([cp.stats[key] for cp in comps], dtype=float)
-            bars = c.barh(y, vals, left=left, color=col, label=key.replace("_", " "), height=0.55)
+            bars = c.barh(y, vals, left=left, color=col, label=key.replace("_", " "), height=0.55, hatch=hatch,
+                          edgecolor=CATEGORY_DARK, linewidth=0.6)
             c.bar_label(bars, labels=[f"{int(v)}" if v else "" for v in vals], label_type="center",
-                        color="white", fontsize=8)
+                        color=text_color(to_rgb(col)), fontsize=8,
+                        bbox=dict(boxstyle="square,pad=0.1", fc=CATEGORY_WHITE, ec="none") if hatch else None)
             left += vals
         c.set_yticks(y, [cp.label for cp in comps])
         c.set_ylim(len(comps) - 0.4, -1.0)  # inverted, with room above the bars for the legend
@@ -215,7 +247,15 @@ def overview(report: ReportData, calibration_of: Any) -> Figure | None:
     d.set_xticks(x, labels, rotation=20, ha="right")
     top = max([v for v in ece + after if v is not None] or [0.1])
     d.set(title="expected calibration error (mean over seeds)", ylabel="ECE", ylim=(0, 1.35 * top))
-    d.legend(loc="upper center", ncols=2)
+    # the bars carry the variants' colours; the legend says which bar is which in neutrals, so that
+    # the baseline's colour never stands for "ECE"
+    from matplotlib.patches import Patch
+
+    handles = [Patch(facecolor=CATEGORY_LIGHT, edgecolor=CATEGORY_DARK, label="ECE")]
+    if any(v is not None for v in after):
+        handles.append(Patch(facecolor=CATEGORY_WHITE, edgecolor=CATEGORY_DARK, hatch="//",
+                             label="after temperature scaling (lighter)"))
+    d.legend(handles=handles, loc="upper center", ncols=2)
     return fig
 
 
@@ -262,13 +302,13 @@ def confusion(cell: Cell, cm: np.ndarray | None, names: list[str]) -> Figure | N
         _class_ticks(ax, names)
         ax.set(title=f"{cell.label}: {title}", xlabel="predicted", ylabel="true")
         if c <= CELL_TEXT_MAX_CLASSES:
-            hi = float(mat.max()) or 1.0
             for i in range(c):
                 for j in range(c):
                     v = mat[i, j]
                     if v:
+                        # the text colour from the cell's own colour as drawn (colormap and norm)
                         ax.text(j, i, fmt.format(int(v) if fmt == "{:d}" else float(v)), ha="center", va="center",
-                                fontsize=6 if c > 10 else 7, color="white" if v > 0.6 * hi else "black")
+                                fontsize=6 if c > 10 else 7, color=text_color(im.cmap(im.norm(v))))
     fig.text(0.5, 1 - 0.08 / height, f"summed over {cell.n_runs} seed(s)", ha="center", va="top", fontsize=8)
     return fig
 
@@ -325,7 +365,9 @@ def waterfall(comp: Comparison, per_class_order: np.ndarray, per_class_delta: np
     fig = _figure(6.5, (0.13 if tall else 0.2) * len(shown) + 1.4)
     ax = fig.subplots()
     y = np.arange(len(shown)) + (np.arange(len(shown)) >= 20) * (1 if cut else 0)
-    ax.barh(y, vals, color=np.where(vals >= 0, "#2ca02c", "#d62728"), height=0.8)
+    # gains dark, losses light: the zero line says the sign, the shade repeats it without a variant's hue
+    ax.barh(y, vals, color=np.where(vals >= 0, CATEGORY_DARK, CATEGORY_LIGHT), edgecolor=CATEGORY_DARK,
+            linewidth=0.4, height=0.8)
     ax.set_yticks(y, [names[i] for i in shown], fontsize=6 if tall else 7)
     ax.grid(axis="y", visible=False)  # one grid line per class would hide the bars
     ax.margins(y=0.5 / len(shown))
@@ -378,12 +420,16 @@ def confidence_hist(items: list[tuple[Cell, dict[str, np.ndarray]]]) -> Figure |
     fig, axes = _panels(len(items))
     for ax, (c, hist) in zip(axes, items):
         e = hist["edges"]
-        for key, col, lab in (("right_counts", "#2ca02c", "right"), ("wrong_counts", "#d62728", "wrong")):
+        for key, lab, ls, hatch in (("right_counts", "right", "-", None), ("wrong_counts", "wrong", "--", HATCH)):
             counts = hist[key].astype(float)
             total = counts.sum()
             share = counts / total if total else counts
-            ax.stairs(share, e, color=col, label=f"{lab} (n={int(total)})", fill=True, alpha=0.35)
-            ax.stairs(share, e, color=col, lw=1.2)
+            if hatch:
+                ax.stairs(share, e, label=f"{lab} (n={int(total)})", fill=True, facecolor="none",
+                          edgecolor=CATEGORY_DARK, hatch=hatch, lw=0)
+            else:
+                ax.stairs(share, e, label=f"{lab} (n={int(total)})", fill=True, color=CATEGORY_LIGHT, alpha=0.6)
+            ax.stairs(share, e, color=CATEGORY_DARK, lw=1.2, ls=ls)
         ax.set(title=c.label, xlabel="confidence (top probability)", ylabel="share of group")
         ax.legend(loc="best", fontsize=7)
     return fig
@@ -647,6 +693,10 @@ def faithfulness(items: list[tuple[Cell, dict[str, Any]]]) -> Figure | None:
     return fig
 
 
+#: (face colour, hatch) of the shortcut figure's measures, in the order each panel lists them
+SHORTCUT_STYLES = ((CATEGORY_DARK, None), (CATEGORY_LIGHT, None), (CATEGORY_WHITE, HATCH))
+
+
 def shortcut(items: list[tuple[Cell, dict[str, Any]]]) -> Figure | None:
     """Grad-CAM energy inside the object and accuracy on background-conflicting images, per cell."""
     items = [(c, sc) for c, sc in items if sc]
@@ -662,8 +712,9 @@ def shortcut(items: list[tuple[Cell, dict[str, Any]]]) -> Figure | None:
         w = 0.8 / len(keys)
         for k, (key, lab) in enumerate(keys):
             vals = [sc.get(key) for _, sc in items]
+            col, hatch = SHORTCUT_STYLES[k % len(SHORTCUT_STYLES)]
             ax.bar(x - 0.4 + w * (k + 0.5), [v if v is not None else 0 for v in vals], w, label=lab,
-                   color=["#1f77b4", "#d62728", "#ff7f0e"][k % 3])
+                   color=col, hatch=hatch, edgecolor=CATEGORY_DARK, linewidth=0.6)
         ax.set_xticks(x, labels, rotation=15, ha="right")
         ax.set(title=title, ylabel=ylabel, ylim=(0, 1))
         # below the axes: bars reach 1.0, so a legend inside would hide some of them

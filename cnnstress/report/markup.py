@@ -27,12 +27,15 @@ h3 { font-size: 16px; margin: 24px 0 8px; }
 h3.group { font-size: 17px; color: var(--accent); border-bottom: 1px solid var(--line); padding-bottom: 2px; }
 h4 { font-size: 15px; margin: 16px 0 6px; }
 p.meta { color: var(--muted); margin: 0 0 16px; }
+p, li, figcaption { overflow-wrap: break-word; }
 nav.toc { background: var(--soft); border: 1px solid var(--line); border-radius: 6px; padding: 10px 16px; }
 nav.toc ol { columns: 3; margin: 6px 0; padding-left: 22px; }
 nav.toc a { color: var(--accent); text-decoration: none; }
 .note { background: var(--warn); border-left: 4px solid #e0a030; padding: 8px 12px; margin: 8px 0; }
 .empty { color: var(--muted); font-style: italic; }
 table { border-collapse: collapse; margin: 8px 0 16px; font-size: 13px; }
+div.scroll { max-width: 100%; overflow-x: auto; }
+div.scroll > table { margin-bottom: 8px; }
 th, td { border: 1px solid var(--line); padding: 4px 8px; text-align: left; vertical-align: top; }
 th { background: var(--soft); }
 td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
@@ -96,7 +99,8 @@ def table(headers: Iterable[str], rows: Iterable[Iterable[Any]], numeric: Iterab
             cells.append(f"<td{cls}>{v if isinstance(v, Raw) else esc(v)}</td>")
         tr = f'<tr class="{esc(classes[i])}">' if classes else "<tr>"
         body.append(tr + "".join(cells) + "</tr>")
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+    # in its own scrolling box: a table wider than a narrow window scrolls there, not the whole page
+    return f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table></div>'
 
 
 class Raw(str):
@@ -109,6 +113,14 @@ class Reason(str):
 
 def para(text: str, cls: str = "") -> str:
     return f'<p class="{cls}">{esc(text)}</p>' if cls else f"<p>{esc(text)}</p>"
+
+
+def end_sentence(text: str) -> str:
+    """``text`` closed by exactly one full stop. Generated sentences are closed here, because their
+    last part (a verdict, a reason, a list) is often built elsewhere and may end in one already:
+    "ones." + "." must read "ones.", never "ones..". A closing ellipsis ("...") is kept as it is."""
+    t = text.rstrip()
+    return t if t.endswith("...") else t.rstrip(".") + "."
 
 
 def empty(text: str) -> str:

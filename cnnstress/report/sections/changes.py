@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from ...analysis import compare, verdicts
-from ..markup import empty, esc, num, para, points, table
+from ..markup import empty, esc, num, para, points, end_sentence, table
 from .base import Metric, Section
 
 N_BOOT = 2000
@@ -102,12 +102,13 @@ class ChangesSection(Section):
             for comp in g.parts.get(self.id) or []:
                 changed = [r for r in comp["metrics"] if r["verdict"] in verdicts.CHANGED_VERDICTS]
                 names = ", ".join(f"{r['label']} ({_delta(r)})" for r in changed[:5])
-                lines.append(f"{comp['variant']} vs {comp['baseline']}: {len(changed)} of {len(comp['metrics'])} "
-                             f"metrics changed (false discovery rate 5%)" + (f": {names}." if names else "."))
+                lines.append(end_sentence(f"{comp['variant']} vs {comp['baseline']}: {len(changed)} of "
+                                      f"{len(comp['metrics'])} metrics changed (false discovery rate 5%)"
+                                      + (f": {names}" if names else "")))
                 lines += [p["sentence"] for p in comp["power"][:1]]
                 if comp.get("left_out"):
                     lines.append(f"{comp['variant']} vs {comp['baseline']}: left out of the comparison: "
-                                 + "; ".join(f"{m['label']} ({m['reason']})" for m in comp["left_out"]) + ".")
+                                 + end_sentence("; ".join(f"{m['label']} ({m['reason']})" for m in comp["left_out"])))
         return lines
 
     def html(self, report, figs):

@@ -7,7 +7,7 @@ import math
 import numpy as np
 
 from ...analysis import compare
-from ..markup import empty, esc, para, pct, points, table
+from ..markup import empty, esc, para, pct, points, end_sentence, table
 from ..model import Comparison
 from .base import Section
 
@@ -143,7 +143,7 @@ class ComparisonSection(Section):
                  f'{s["variant_persistent_failures"]["persistent"]} / '
                  f'{s["variant_persistent_failures"]["seed_dependent"]}'],
             ], numeric=(1,)))
-            out.append(f'<p class="verdict">Verdict: {esc(s["verdict"].rstrip("."))}.</p>')
+            out.append(f'<p class="verdict">Verdict: {esc(end_sentence(s["verdict"]))}</p>')
         return "".join(out)
 
 

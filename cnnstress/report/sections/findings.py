@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 
 from ...analysis import verdicts
-from ..markup import empty, esc
+from ..markup import empty, esc, end_sentence
 from .base import Section
 
 MIN_FINDINGS, MAX_FINDINGS = 3, 7
@@ -54,7 +54,7 @@ def confounding_sentence(comp: dict, r: dict, group: str = "") -> str | None:
         text += f"; whether the effect survives that normalisation cannot be said: {rel['verdict_text']}"
     if r["name"] == "mean_corruption_accuracy" and conf.get("relative_mce") is not None:
         text += f" (relative mCE against the baseline {conf['relative_mce']:.2f}; below 1: a smaller drop from clean)"
-    return text + "."
+    return end_sentence(text)
 
 
 def _sentence(comp: dict, r: dict, group: str = "") -> str:
@@ -93,7 +93,7 @@ def _sentence(comp: dict, r: dict, group: str = "") -> str:
             return head + (", not distinguishable once every metric of the table is tested together "
                            "(false discovery rate 5%).")
         return head + f", not distinguishable from reseeding (±{_number(r, floor)})."
-    return head + f", {r.get('verdict_text', v)}."
+    return end_sentence(head + f", {r.get('verdict_text', v)}")
 
 
 #: Verdicts that are never a Finding: a per-run metric from too few seeds or without a spread.

@@ -170,8 +170,11 @@ def _draw_hist(items):
             if s is None:
                 ax.set_axis_off()
                 continue
-            for counts, col, label in ((s["hist_in"], F.color(c), "test (in)"), (s["hist_out"], "0.35", f"{name} (out)")):
-                ax.bar(centers, counts / max(1, counts.sum()), width=width, color=col, alpha=0.55, label=label)
+            # in vs out are categories, drawn in neutrals: a hue in the report means a variant only
+            for counts, col, hatch, label in ((s["hist_in"], F.CATEGORY_LIGHT, None, "test (in)"),
+                                              (s["hist_out"], "none", F.HATCH, f"{name} (out)")):
+                ax.bar(centers, counts / max(1, counts.sum()), width=width, color=col, hatch=hatch,
+                       edgecolor=F.CATEGORY_DARK, linewidth=0.5, alpha=0.8, label=label)
             ax.set(title=f"{c.label}: {name}\nAUROC {s['metrics']['msp']['auroc']['mean']:.3f}", xlabel="MSP",
                    ylabel="share of images")
             ax.legend(fontsize=6, loc="upper left")

@@ -15,7 +15,7 @@ from .base import FigureSpec, Metric, Section, cell_parts
 from .calibration import mean_or_none, pool_bins, scores
 
 STRESS_CALIBRATION_KEYS = ("ece", "nll", "brier", "ece_after")
-BREAKING_SHOWN = 3  # classes listed per corruption as breaking first
+BREAKING_SHOWN = 3  # classes listed per corruption as breaking first (those beyond the seed spread)
 
 
 @dataclass
@@ -44,7 +44,10 @@ class CellStress:
     # ece, nll, brier, ece_after on the corrupted sets, mean over all and seeds
     corruption_calibration: dict[str, float | None] = field(default_factory=dict)
     stress_reliability: dict[str, np.ndarray] | None = None  # highest severities, pooled over corruptions, seeds
-    breaking: dict[str, list[tuple[str, float]]] = field(default_factory=dict)  # corruption -> (class, drop)
+    # corruption -> (class, pooled drop, 95% interval of the drop over seeds): only classes whose drop
+    # is beyond the seed spread, so an empty list says none is; breaking_seeds: the seeds judged by
+    breaking: dict[str, list[tuple[str, float, tuple[float, float]]]] = field(default_factory=dict)
+    breaking_seeds: int = 0
     # set by compare: CE per corruption and mCE, means over seeds; the baseline they are relative to
     corruption_error: dict[str, float | None] = field(default_factory=dict)
     mce: float | None = None
@@ -54,11 +57,19 @@ class CellStress:
     benchmark_mean: dict[str, list] | None = None
 
 
-def breaking_first(support: np.ndarray, clean_right: np.ndarray, right_by_severity: dict[int, np.ndarray],
-                   names: list[str]) -> list[tuple[str, float]]:
-    """The BREAKING_SHOWN classes whose accuracy drops most at the lowest severity (pooled counts)."""
-    order, drop_low, present = robustness.breaking_from_counts(support, clean_right, right_by_severity)
-    return [(names[i], float(drop_low[i])) for i in order[:BREAKING_SHOWN] if present[i]]
+def breaking_first(runs: list[RunStress], corruption: str, sevs: list[int],
+                   names: list[str]) -> list[tuple[str, float, tuple[float, float]]]:
+    """Up to BREAKING_SHOWN classes whose accuracy drops most at the lowest severity (ranked on counts
+    pooled over ``runs``, the seeds), keeping only those whose drop is beyond the seed spread: its
+    95% t-interval over the seeds' own drops lies above 0. A drop of a few images that one seed has
+    and another has not is noise, not a class that breaks."""
+    pooled = {s: np.sum([r.class_right[(corruption, s)] for r in runs], axis=0) for s in sevs}
+    support = np.stack([r.support for r in runs])
+    clean = np.stack([r.clean_right for r in runs])
+    order, drop_low, present = robustness.breaking_from_counts(support.sum(axis=0), clean.sum(axis=0), pooled)
+    spread = robustness.drop_beyond_seeds(support, clean, np.stack([r.class_right[(corruption, sevs[0])] for r in runs]))
+    keep = [int(i) for i in order if present[i] and spread["beyond"][i]][:BREAKING_SHOWN]
+    return [(names[i], float(drop_low[i]), (float(spread["lo"][i]), float(spread["hi"][i]))) for i in keep]
 
 
 class RobustnessSection(Section):
@@ -112,10 +123,8 @@ class RobustnessSection(Section):
                    for k in STRESS_CALIBRATION_KEYS}}
             complete = [r for r in parts if all((corruption, s) in r.class_right for s in sevs)]
             if complete:
-                pooled = {s: np.sum([r.class_right[(corruption, s)] for r in complete], axis=0) for s in sevs}
-                out.breaking[corruption] = breaking_first(np.sum([r.support for r in complete], axis=0),
-                                                          np.sum([r.clean_right for r in complete], axis=0),
-                                                          pooled, ctx.names)
+                out.breaking[corruption] = breaking_first(complete, corruption, sevs, ctx.names)
+                out.breaking_seeds = max(out.breaking_seeds, len(complete))
         out.mca = mean_or_none([r.mca for r in parts])
         if _official(ctx):
             out.benchmark_mean = benchmark_mean(out.stress)
@@ -173,8 +182,9 @@ class RobustnessSection(Section):
             "mce": agg.mce if agg else None,
             "corruption_accuracy": {c: dict(zip((str(s) for s in v["severities"]), v["accuracy"]))
                                     for c, v in stress.items()},
-            # per corruption, the classes whose accuracy drops most at the lowest severity (pooled over seeds)
-            "breaking_first": {c: [{"class": name, "accuracy_drop": drop} for name, drop in v]
+            # per corruption, the classes whose accuracy drops most at the lowest severity (pooled over
+            # seeds), only those whose drop is beyond the seed spread (95% interval over seeds above 0)
+            "breaking_first": {c: [{"class": name, "accuracy_drop": drop, "ci95": list(ci)} for name, drop, ci in v]
                                for c, v in (agg.breaking if agg else {}).items()},
             # per corruption and severity: ECE, NLL, Brier and the ECE after the temperature fitted on
             # clean validation logits; then each one's mean over every corrupted set
@@ -248,11 +258,12 @@ class RobustnessSection(Section):
                                sev_rows, numeric=range(2, 8)) + "</details>")
         corruptions = sorted({k for _, a in cells for k in a.breaking})
         if corruptions:
-            out.append(para("Classes that break first: the largest per-class accuracy drop at the lowest severity "
-                            "(pooled over seeds)."))
+            out.append(para(f"Classes that break first: the largest per-class accuracy drop at the lowest severity "
+                            f"(pooled over seeds; change in points), at most {BREAKING_SHOWN} per corruption, and only "
+                            "classes whose drop is beyond the seed spread (its 95% interval over the seeds' own "
+                            "drops lies above 0; that needs at least 2 seeds)."))
             heads = ["corruption"] + [c.label for c, _ in cells]
-            rows = [[name] + ["; ".join(f"{cls} ({points(-d)})" for cls, d in a.breaking.get(name, [])) or "-"
-                              for _, a in cells] for name in corruptions]
+            rows = [[name] + [breaking_text(a, name) for _, a in cells] for name in corruptions]
             out.append(table(heads, rows))
         return "".join(out)
 
@@ -327,6 +338,19 @@ class RobustnessSection(Section):
                 out.append(Metric(f"corruption_{key}", label, float(np.mean(vals)), False,
                                   points=key in ("ece", "ece_after")))
         return out
+
+
+def breaking_text(agg: CellStress, corruption: str) -> str:
+    """One cell of the table of classes that break first: the classes with their change in points,
+    or why there are none."""
+    if corruption not in agg.breaking:
+        return "-"
+    shown = agg.breaking[corruption]
+    if shown:
+        return "; ".join(f"{cls} ({points(-d)})" for cls, d, _ in shown)
+    if agg.breaking_seeds < 2:
+        return "one seed: no seed spread to judge a drop by"
+    return "no class drops beyond the seed spread"
 
 
 def scaled_corruptions_note(sizes: list[int]) -> str:
