@@ -480,3 +480,11 @@ def test_a_per_image_change_within_reseeding_is_not_a_change():
     r = V.compare_metric("acc", b, v, higher_is_better=True)
     assert r["p_interval"] < 0.05 <= r["p_seeds"] and r["verdict"] == V.VERDICT_NOT_DISTINGUISHABLE
     assert "the paired t-test over the 4 seed pairs does not" in r["verdict_text"]
+
+
+def test_a_spread_that_is_only_rounding_error_is_no_spread():
+    base = [0.1 + 0.2, 0.3, 0.3]  # equal up to the last bit
+    assert V.sd_of_paired_difference(base, None) == 0.0
+    assert V.sd_of_paired_difference(base, [0.5, 0.5, 0.5]) == 0.0
+    assert V.sd_of_paired_difference([0.3, 0.31, 0.3], None) > 0  # a real one stays
+    assert "cannot estimate the spread" in V.power_sentence("mean corruption accuracy", 3, 0.0, 0.01)

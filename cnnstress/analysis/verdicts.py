@@ -613,12 +613,20 @@ def sd_of_paired_difference(base: Sequence[float], var: Sequence[float] | None) 
             d = v - b
             if not np.all(np.isfinite(d)):
                 raise ValueError("base or var contains NaN or infinite values")
-            return float(d.std(ddof=1))
+            return _sd(d, np.concatenate([b, v]))
     if b.size < 2:
         return None
     if not np.all(np.isfinite(b)):
         raise ValueError("base contains NaN or infinite values")
-    return float(math.sqrt(2.0) * b.std(ddof=1))
+    return float(math.sqrt(2.0) * _sd(b, b))
+
+
+def _sd(x: np.ndarray, values: np.ndarray) -> float:
+    """sd (ddof=1) of ``x``, 0 where it is only rounding error of float arithmetic on ``values``
+    (a mean of equal accuracies computed in another order differs in the last bits): such a
+    spread is no spread, and a power sentence from it reads '>= 0.000000000000078 points'."""
+    sd = float(x.std(ddof=1))
+    return 0.0 if sd <= 1e-9 * max(1.0, float(np.max(np.abs(values)))) else sd
 
 
 def _fmt(x: float) -> str:
