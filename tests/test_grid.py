@@ -290,6 +290,8 @@ def test_ood_set_of_the_other_cifar_needs_its_file_at_launch_not_when_read(tmp_p
     assert "'cifar10' is not an out-of-distribution set for cifar10" in err(
         stress_raw("cifar10", ood=True, ood_sets=["cifar10"]), data_root=tmp_path)
     write_fake_cifar(tmp_path, "cifar100", n_train=10, n_test=20)
+    assert launcher.missing_files(g).startswith("[base].dataset: cifar10 is not under")  # the clean data, alone
+    write_fake_cifar(tmp_path, "cifar10", n_train=10, n_test=20)
     assert launcher.missing_files(g) == ""
 
 
@@ -462,7 +464,9 @@ def test_official_source_needs_cifar_and_its_files(c_root: Path, tmp_path: Path)
     assert str(empty / "CIFAR-10-C" / "labels.npy") in msg
     msg = launcher.missing_files(expand(official_raw("cifar100", corruptions=["fog"]), data_root=c_root))
     assert "CIFAR-100-C" in msg and "--download cifar100-c" in msg
-    assert launcher.missing_files(expand(official_raw(corruptions=["fog"]), data_root=c_root)) == ""
+    # the corruption files all there: only the clean batches (not in this folder) are named
+    msg = launcher.missing_files(expand(official_raw(corruptions=["fog"]), data_root=c_root))
+    assert msg.startswith("[base].dataset: cifar10 is not under") and "[stress]" not in msg
     assert expand(official_raw(corruptions=[]), data_root=empty).runs[0].stress.source == "official"  # nothing to read
 
 
