@@ -66,7 +66,7 @@ def main() -> None:
     held: dict[str, np.ndarray] = {}
 
     def generate() -> None:
-        held["x"], held["y"], _ = shiftsets.load_set("shapes_shifted", "shapes", "", n, seed=0)
+        held["x"], held["y"], _, _ = shiftsets.load_set("shapes_shifted", "shapes", "", n, seed=0)
 
     def score() -> None:
         pred.predict(torch.from_numpy(held["x"]), PREDICT_BATCH)

@@ -241,10 +241,22 @@ def _shapes_seed(seed: int) -> int:
     return int(np.random.SeedSequence([int(seed), zlib.crc32(b"shapes_shifted")]).generate_state(1, dtype=np.uint64)[0])
 
 
+def subset(count: int, n: int, key: str, seed: int) -> np.ndarray:
+    """Positions (sorted int64) of the images of a set of ``count`` that a run scores: all of them
+    when ``n >= count``, else ``n`` drawn without replacement from ``seed`` and the set's name (the
+    same in every run of a sweep). Never the first ``n``: CIFAR-10.1 and a folder of class folders
+    are sorted by class."""
+    if n >= count:
+        return np.arange(count, dtype=np.int64)
+    rng = np.random.default_rng(np.random.SeedSequence([int(seed), zlib.crc32(key.encode())]))
+    return np.sort(rng.choice(count, size=n, replace=False)).astype(np.int64)
+
+
 def load_set(name: str, dataset: str, root: str | os.PathLike, n: int, seed: int = 0,
-             size: int = data.IMAGE_SIZE) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
-    """Images uint8 ``(K, 3, size, size)``, labels int64 ``(K,)`` and attributes of built-in set
-    ``name``: the first ``n`` images of CIFAR-10.1, or ``n`` generated shifted shapes (from ``seed``)."""
+             size: int = data.IMAGE_SIZE) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+    """Images uint8 ``(K, 3, size, size)``, labels int64 ``(K,)``, their positions in the set and the
+    attributes of built-in set ``name``: ``n`` images of CIFAR-10.1 (all when it holds fewer;
+    :func:`subset`), or ``n`` generated shifted shapes (from ``seed``)."""
     if name not in SETS or SETS[name].dataset != dataset:
         raise DataError(f"unknown shift set {name!r} for {dataset}; allowed: {', '.join(sets_for(dataset)) or '(none)'}, "
                         "\"folder:<path>\" or \"npz:<path>\"")
@@ -252,16 +264,20 @@ def load_set(name: str, dataset: str, root: str | os.PathLike, n: int, seed: int
     if name == "cifar10.1":
         x, y = load_cifar101(root)
         total = int(x.shape[0])
-        x, y = x[:n], y[:n]
-        details: dict[str, Any] = {"source_count": total, "files": f"{CIFAR101_DATA}, {CIFAR101_LABELS}"}
+        index = subset(total, int(n), s.key, seed)
+        x, y = x[index], y[index]
+        details: dict[str, Any] = {"source_count": total, "seed": int(seed),
+                                   "files": f"{CIFAR101_DATA}, {CIFAR101_LABELS}"}
     else:
         x, y, _mask, _bg = data.generate_shapes(int(n), seed=_shapes_seed(seed), shortcut=0.0, **data.SHIFTED_SHAPES)
+        index = np.arange(int(n), dtype=np.int64)
         details = {"seed": int(seed), "generator_version": data.GENERATOR_VERSION}
     if x.shape[2:] != (size, size):
         raise DataError(f"shift set {name!r} has {x.shape[2]}x{x.shape[3]} images but {dataset}'s are {size}x{size}; "
                         "allowed: sets of the dataset's image size")
-    return np.ascontiguousarray(x), y, {"name": s.key, "kind": "builtin", "description": s.description,
-                                        "source": s.source, "dataset": dataset, "count": int(x.shape[0]), **details}
+    return np.ascontiguousarray(x), y, index, {"name": s.key, "kind": "builtin", "description": s.description,
+                                               "source": s.source, "dataset": dataset, "count": int(x.shape[0]),
+                                               **details}
 
 
 # ------------------------------------------------------------------------------------ your own sets
@@ -313,13 +329,18 @@ def check_own_set(entry: dict[str, Any], size: int, class_names: tuple[str, ...]
     _npz_labels(path, count, len(class_names) if class_names is not None else np.iinfo(np.int64).max)
 
 
-def load_own_set(entry: dict[str, Any], dataset: str, size: int, n: int,
-                 class_names: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
-    """uint8 ``(K, 3, size, size)`` images, int64 labels and attributes of your own shift set."""
-    x, attrs = oodsets.load_own_set(entry, dataset, size, n)
+def load_own_set(entry: dict[str, Any], dataset: str, size: int, n: int, class_names: tuple[str, ...],
+                 seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+    """uint8 ``(K, 3, size, size)`` images, int64 labels, their positions in the set (:func:`subset`
+    of at most ``n``) and the attributes of your own shift set."""
+    x, attrs = oodsets.load_own_set(entry, dataset, size, np.iinfo(np.int64).max)
     path = Path(entry["path"])
     if entry["kind"] == "folder":
-        y = _folder_labels(path, class_names)[: x.shape[0]]
+        y = _folder_labels(path, class_names)
     else:
-        y = _npz_labels(path, int(attrs["source_count"]), len(class_names))[: x.shape[0]]
-    return x, y, {**attrs, "kind": "own"}
+        y = _npz_labels(path, int(x.shape[0]), len(class_names))
+    index = subset(int(x.shape[0]), int(n), entry["set"], seed)
+    kind = "folder" if entry["kind"] == "folder" else ".npz"
+    return (np.ascontiguousarray(x[index]), y[index], index,
+            {**attrs, "kind": "own", "count": int(index.size), "seed": int(seed),
+             "description": f"your {kind} {path.name!r}, {index.size} of its {x.shape[0]} images"})

@@ -65,6 +65,20 @@ def test_damaged_cifar101_files_are_one_line_naming_the_file(root, which, value,
     assert "python launch.py --download cifar10.1" in msg
 
 
+def test_fewer_samples_than_cifar101_holds_draw_every_class_not_the_first_images(root):
+    x, y = _fake_cifar101(root, n=40)
+    order = np.argsort(y, kind="stable")  # the published file is sorted by class
+    np.save(root / "cifar10.1" / shiftsets.CIFAR101_DATA, x[order])
+    np.save(root / "cifar10.1" / shiftsets.CIFAR101_LABELS, y[order])
+    images, labels, index, attrs = shiftsets.load_set("cifar10.1", "cifar10", root, 20, seed=4)
+    again = shiftsets.load_set("cifar10.1", "cifar10", root, 20, seed=4)[2]
+    np.testing.assert_array_equal(index, again)  # the same images in every run of a sweep
+    np.testing.assert_array_equal(labels, y[order][index])
+    np.testing.assert_array_equal(images, x[order][index].transpose(0, 3, 1, 2))
+    assert len(np.unique(labels)) >= 6 and attrs["count"] == 20 and attrs["source_count"] == 40
+    assert shiftsets.load_set("cifar10.1", "cifar10", root, 2000)[2].tolist() == list(range(40))
+
+
 def test_missing_cifar101_names_the_download_command(root):
     msg = shiftsets.cifar101_missing(root)
     assert "cifar10.1_v6_data.npy (missing)" in msg and "cifar10.1_v6_labels.npy (missing)" in msg
@@ -155,15 +169,19 @@ def test_your_own_labelled_sets_read_and_identified_by_content(tmp_path):
         for i in range(3):
             Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(folder / cls / f"{i}.png")
     npz = tmp_path / "my set.npz"
-    np.savez(npz, x=rng.integers(0, 256, (5, 32, 32, 3), dtype=np.uint8), y=np.array([0, 1, 2, 3, 9]))
+    x_npz = rng.integers(0, 256, (5, 32, 32, 3), dtype=np.uint8)
+    np.savez(npz, x=x_npz, y=np.array([0, 1, 2, 3, 9]))
     grid = load_grid(_grid(tmp_path, "shapes", '["folder:my shifted set", "npz:my set.npz"]'))
     own = grid.runs[0].stress.shift["own"]
     assert [e["set"] for e in own] == ["folder_my_shifted_set", "npz_my_set"]
     assert all("path" not in e for e in grid.runs[0].identity()["stress"]["shift"]["own"])  # content, not place
-    x, y, attrs = shiftsets.load_own_set(own[0], "shapes", 32, 100, data.SHAPE_NAMES)
-    assert x.shape == (6, 3, 32, 32) and y.tolist() == [0, 0, 0, 5, 5, 5] and attrs["kind"] == "own"
-    x, y, _ = shiftsets.load_own_set(own[1], "shapes", 32, 4, data.SHAPE_NAMES)
-    assert x.shape == (4, 3, 32, 32) and y.tolist() == [0, 1, 2, 3]
+    x, y, index, attrs = shiftsets.load_own_set(own[0], "shapes", 32, 100, data.SHAPE_NAMES)
+    assert x.shape == (6, 3, 32, 32) and y.tolist() == [0, 0, 0, 5, 5, 5] and index.tolist() == list(range(6))
+    assert attrs["kind"] == "own" and attrs["count"] == 6
+    x, y, index, _ = shiftsets.load_own_set(own[1], "shapes", 32, 4, data.SHAPE_NAMES, seed=7)
+    assert x.shape == (4, 3, 32, 32) and len(set(index.tolist())) == 4 and index.tolist() == sorted(index.tolist())
+    np.testing.assert_array_equal(y, np.array([0, 1, 2, 3, 9])[index])  # each image keeps its own label
+    np.testing.assert_array_equal(x, x_npz[index].transpose(0, 3, 1, 2))
 
     from cnnstress import launcher
 
@@ -185,7 +203,7 @@ def test_the_shifted_shapes_split_keeps_the_dataset_and_moves_scale_and_hue():
     x1, y1, m1, _ = data.generate_shapes(64, seed=5, shortcut=0.0, **data.SHIFTED_SHAPES)
     np.testing.assert_array_equal(y0, y1)  # the same draws, other scales and hues
     assert m1.sum(axis=(1, 2)).mean() < 0.6 * m0.sum(axis=(1, 2)).mean()  # smaller objects
-    x, y, attrs = shiftsets.load_set("shapes_shifted", "shapes", "unused", 30, seed=3)
+    x, y, index, attrs = shiftsets.load_set("shapes_shifted", "shapes", "unused", 30, seed=3)
     assert x.shape == (30, 3, 32, 32) and np.bincount(y, minlength=10).tolist() == [3] * 10
     assert attrs["name"] == "shapes_shifted" and attrs["count"] == 30
 
@@ -232,7 +250,7 @@ def test_a_tiny_shapes_run_measures_the_shifted_split_and_the_report_shows_it(tm
         logits, labels = f["shift/shapes_shifted/logits"][:], f["shift/shapes_shifted/label"][:]
         clean = (f["test/logits"][:].argmax(1) == f["test/label"][:]).mean()
         described = json.loads(f.attrs["shift_sets"])
-    x, y, _ = shiftsets.load_set("shapes_shifted", "shapes", "", 60, spec.stress.corruption_seed)
+    x, y, _, _ = shiftsets.load_set("shapes_shifted", "shapes", "", 60, spec.stress.corruption_seed)
     np.testing.assert_array_equal(labels, y)  # the generator's labels, stored
     acc = float((logits.argmax(1) == labels).mean())
     assert described["shapes_shifted"]["count"] == 60

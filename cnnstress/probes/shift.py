@@ -23,7 +23,8 @@ class ShiftProbe(Probe):
         "shift_sets": Param([], doc="labelled test sets of the same classes from elsewhere: \"cifar10.1\" (cifar10), "
                                     "\"shapes_shifted\" (shapes), or your own \"folder:<path>\" (a sub-folder per class) "
                                     "/ \"npz:<path>\" (x, y), relative to the grid file's folder; [] = off"),
-        "shift_samples": Param(2000, 1, 100_000, doc="images per shift set (at most this many of a set on disk)"),
+        "shift_samples": Param(2000, 1, 100_000, doc="images per shift set: a set on disk with more gives this many, "
+                                                     "drawn from [stress].corruption_seed (the same in every run)"),
     }
     fields = {"shift": {}}  # sets, samples, own; {} = off
     rows = (
@@ -103,17 +104,18 @@ class ShiftProbe(Probe):
                   lambda name=name: shiftsets.load_set(name, spec.dataset.name, spec.paths.data_root, n,
                                                        spec.stress.corruption_seed, size=size))
                  for name in cfg["sets"]]
-        loads += [(e["set"], lambda e=e: shiftsets.load_own_set(e, spec.dataset.name, size, n, names))
+        loads += [(e["set"], lambda e=e: shiftsets.load_own_set(e, spec.dataset.name, size, n, names,
+                                                                 spec.stress.corruption_seed))
                   for e in cfg.get("own", [])]
         out: dict[str, np.ndarray] = {}
         described: dict[str, Any] = {}
         for key, load in loads:
-            x, y, attrs = load()
+            x, y, index, attrs = load()
             logits, _ = pred.predict(torch.from_numpy(x).to(pred.device), spec.train.eval_batch_size)
             logits = logits.float().cpu().numpy()
             out[shift_key(key, "logits")] = logits
             out[shift_key(key, "label")] = y.astype(np.int16)
-            out[shift_key(key, "index")] = np.arange(y.shape[0], dtype=np.int32)
+            out[shift_key(key, "index")] = index.astype(np.int32)
             described[key] = {k: v for k, v in attrs.items() if isinstance(v, (str, int, float, bool))}
             log(f"shift set {key}: {y.shape[0]} images, accuracy {float((logits.argmax(1) == y).mean()):.4f}")
         data.attrs["shift_sets"] = described
