@@ -67,9 +67,11 @@ class PublishedFile:
 
 
 # The blob ids are read from the repository's tree (modestyachts/CIFAR-10.1, datasets/). The labels
-# file's bytes were hashed here too (blob id, md5 and sha256 agree with the tree); its md5 equals the
-# one responsible-ai-toolbox hard-codes (rai_toolbox/datasets, CIFAR10P1._labels_md5), and the data
-# file's md5 is that loader's _data_md5 (its bytes could not be fetched here to hash them again).
+# file's bytes were hashed too (blob id, md5 and sha256 agree with the tree): it is exactly what
+# np.save writes for 200 int32 labels of each class in class order, which tests/test_shift.py rebuilds
+# and hashes. Its md5 equals the one responsible-ai-toolbox hard-codes (rai_toolbox/datasets,
+# CIFAR10P1._labels_md5); the data file's md5 is that loader's _data_md5 (the data file's bytes could
+# not be fetched where this was written to hash them again).
 CIFAR101_FILES: tuple[PublishedFile, ...] = (
     PublishedFile(CIFAR101_DATA, "24349cc5f3fb59648d75cd8015b5a184b1f5c250", "4fcae82cb1326aec9ed1dc1fc62345b8"),
     PublishedFile(CIFAR101_LABELS, "e713b09cecf2ecd933970001909fcdec7c907ab0", "09a97fb7c430502fcbd69d95093a3f85"),

@@ -112,11 +112,39 @@ def test_download_checks_every_file_against_its_published_checksums(root, tmp_pa
     assert sorted(p.name for p in (root / "cifar10.1").iterdir()) == [shiftsets.CIFAR101_DATA]
 
 
-def test_the_published_labels_checksums_agree_with_each_other():
-    """The labels file's git blob id, md5 and sha256 were all taken from its bytes: a fake file with
-    the sha256 would have the same blob id (the three describe one file)."""
+def test_launch_download_cifar101_fetches_checks_and_says_so(root, tmp_path, monkeypatch, capsys):
+    """python launch.py --download cifar10.1, with the URL pointing at a local copy (file://)."""
+    from cnnstress import launcher
+
+    source = tmp_path / "copy"
+    _fake_cifar101(source)
+    raw = {n: (source / "cifar10.1" / n).read_bytes() for n in (shiftsets.CIFAR101_DATA, shiftsets.CIFAR101_LABELS)}
+    monkeypatch.setattr(shiftsets, "CIFAR101_FILES", tuple(shiftsets.PublishedFile(n, _git_blob(b), hashlib.md5(b).hexdigest())
+                                                           for n, b in raw.items()))
+    monkeypatch.setattr(shiftsets, "CIFAR101_URL", (source / "cifar10.1").as_uri() + "/")
+    assert launcher.main(["--download", "cifar10.1", "--data-root", str(root)]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "20 images of 10 classes; both files match the published git blob ids and md5s" in out
+    assert f"cifar10.1 is in {root / 'cifar10.1'}" in out
+    monkeypatch.setattr(shiftsets, "CIFAR101_URL", (tmp_path / "nowhere").as_uri() + "/")
+    (root / "cifar10.1" / shiftsets.CIFAR101_DATA).unlink()
+    assert launcher.main(["--download", "cifar10.1", "--data-root", str(root)]) == 2
+    err = capsys.readouterr().err
+    assert "downloading cifar10.1 into" in err and err.count("\n") == 1, err
+
+
+def test_the_published_labels_checksums_are_those_of_the_published_labels(tmp_path):
+    """The published labels file is 200 labels of each class in class order, int32, as np.save
+    writes it: rebuilt here, its git blob id, md5 and sha256 are the recorded ones."""
+    path = tmp_path / shiftsets.CIFAR101_LABELS
+    np.save(path, np.repeat(np.arange(10, dtype="<i4"), 200))
+    raw = path.read_bytes()
     labels = next(f for f in shiftsets.CIFAR101_FILES if f.name == shiftsets.CIFAR101_LABELS)
-    assert len(labels.git_blob) == 40 and len(labels.md5) == 32 and len(shiftsets.CIFAR101_LABELS_SHA256) == 64
+    assert len(raw) == 8128
+    assert shiftsets.git_blob_sha1(path) == _git_blob(raw) == labels.git_blob
+    assert hashlib.md5(raw).hexdigest() == labels.md5
+    assert hashlib.sha256(raw).hexdigest() == shiftsets.CIFAR101_LABELS_SHA256
+    assert shiftsets._verified(path, labels) == ""
 
 
 def _grid(tmp: Path, dataset: str, sets: str, extra: str = "") -> Path:
