@@ -293,3 +293,14 @@ def test_a_tiny_shapes_run_measures_the_shifted_split_and_the_report_shows_it(tm
     assert row["accuracy"] == pytest.approx(acc) and row["clean_accuracy"] == pytest.approx(float(clean))
     assert row["drop"] == pytest.approx(float(clean) - acc)
     assert (index.parent / "figures" / "shift_scatter.png").is_file()
+    # the variant's drop and its interval over images: analysis.shift on the stored arrays
+    right = {}
+    for r in grid.runs:
+        if r.variant == "baseline":
+            with h5py.File(run_dir_for(r) / "results.h5", "r") as f:
+                right["clean"] = f["test/logits"][:].argmax(1) == f["test/label"][:]
+                right["shift"] = f["shift/shapes_shifted/logits"][:].argmax(1) == f["shift/shapes_shifted/label"][:]
+    direct = shift_stats.drop(right["clean"][None], right["shift"][None])
+    v = summary["variants"]["baseline"]["shift"]["shapes_shifted"]
+    assert v["drop_mean"] == pytest.approx(direct["drop"]) and v["drop_ci95"] == pytest.approx(list(direct["ci95"]))
+    assert v["drop_seeds_ci95"] is None  # one seed: no spread over seeds
