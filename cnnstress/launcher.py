@@ -712,9 +712,10 @@ def missing_files(grid: Grid) -> str:
 
 
 def _shift_problems(grid: Grid, sizes: dict[str, int]) -> list[str]:
-    """[stress].shift_sets: CIFAR-10.1's files (missing or empty, with the command that fetches them)
-    and your own sets (their images as an OOD set's, and their labels: a folder's class folders
-    against the dataset's classes where they are known without reading the dataset, an .npz's y)."""
+    """[stress].shift_sets: CIFAR-10.1's files (missing, empty or not in the published layout, with the
+    command that fetches them) and your own sets (their images as an OOD set's, and their labels: a
+    folder's class folders against the dataset's classes where they are known without reading the
+    dataset, an .npz's y)."""
     problems: list[str] = []
     if not any((r.stress.shift or {}) for r in grid.runs):
         return problems
@@ -723,6 +724,11 @@ def _shift_problems(grid: Grid, sizes: dict[str, int]) -> list[str]:
 
     for root in sorted({r.paths.data_root for r in grid.runs if "cifar10.1" in (r.stress.shift or {}).get("sets", [])}):
         problem = shiftsets.cifar101_missing(root)
+        if not problem:
+            try:  # 6 MB, read in full: a damaged file would otherwise fail every run after training
+                shiftsets.load_cifar101(root)
+            except DataError as e:
+                problem = str(e)
         if problem:
             problems.append(f"[stress].shift_sets: {problem}")
     seen: set[str] = set()

@@ -166,6 +166,9 @@ def test_launch_and_dry_run_refuse_a_missing_cifar101_with_the_command(root, tmp
     assert "fetch it with: python launch.py --download cifar10.1 --data-root" in msg
     _fake_cifar101(root)
     assert "shift_sets" not in launcher.missing_files(grid)  # (the clean CIFAR-10 files are still missing)
+    np.save(root / "cifar10.1" / shiftsets.CIFAR101_LABELS, np.arange(20) + 5)  # read in full at launch too
+    assert f"[stress].shift_sets: {root / 'cifar10.1' / shiftsets.CIFAR101_LABELS}: labels in [5, 24]" in \
+        launcher.missing_files(grid)
 
     import subprocess
     import sys
