@@ -647,7 +647,8 @@ def missing_files(grid: Grid) -> str:
     """Why runs of this grid could not read the files they need on this machine ("" when they can),
     everything missing in one line, each with the command that fetches it: the clean CIFAR files, a
     named [stress].ood_sets set (your own: missing, empty, a corrupt image, an .npz of another
-    shape), or the official CIFAR-C files of [stress].source = "official" (missing,
+    shape), a [stress].shift_sets set (CIFAR-10.1's files read in full, your own labelled sets), or
+    the official CIFAR-C files of [stress].source = "official" (missing,
     or a header, shape, dtype or size that is not the published one: cifar_c.check_files).
     Checked at launch and by --dry-run, not when the grid is read: the sweep's run ids must not depend on which
     files happen to be there, and gather and --status need none of them. Your own images (imagefolder,
