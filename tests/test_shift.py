@@ -76,6 +76,9 @@ def test_fewer_samples_than_cifar101_holds_draw_every_class_not_the_first_images
     np.testing.assert_array_equal(labels, y[order][index])
     np.testing.assert_array_equal(images, x[order][index].transpose(0, 3, 1, 2))
     assert len(np.unique(labels)) >= 6 and attrs["count"] == 20 and attrs["source_count"] == 40
+    # not the published bytes: the set's description (on the report's page) says so
+    assert attrs["checksum"].startswith("cifar10.1_v6_data.npy: git blob id ") and "NOT the published files" in \
+        attrs["description"]
     assert shiftsets.load_set("cifar10.1", "cifar10", root, 2000)[2].tolist() == list(range(40))
 
 
