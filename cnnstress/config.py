@@ -172,7 +172,7 @@ class SlurmConfig:
 _FILE_LOCATION = {"model_source": ("root", "file"), "weights": ("file",)}
 #: StressSpec fields holding a list of a user's files or folders: (the list's key, the keys of each
 #: entry that say where it lies and what it is called; its sha256 stays in the identity)
-_STRESS_FILE_LOCATION = {"ood": ("own", ("path", "set"))}
+_STRESS_FILE_LOCATION = {"ood": ("own", ("path", "set")), "shift": ("own", ("path", "set"))}
 
 
 #: RunSpec identity fields that do not change the trained weights (RunSpec.training_hash)

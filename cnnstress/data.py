@@ -616,18 +616,21 @@ def _hsv_to_rgb(h: np.ndarray, s: np.ndarray, v: np.ndarray) -> np.ndarray:
 
 
 def _shape_params(
-    n: int, rng: np.random.Generator, shortcut: float, num_shapes: int = NUM_SHAPES
+    n: int, rng: np.random.Generator, shortcut: float, num_shapes: int = NUM_SHAPES,
+    scale: tuple[float, float] = (7.0, 12.0), hue_offset: float = 0.0,
 ) -> dict[str, np.ndarray]:
     """Per-image random parameters, drawn in a fixed order (part of the output's definition).
 
     ``y`` indexes a table of ``num_shapes`` shapes (balanced); the background hue classes are
     always the ``NUM_SHAPES`` class hues, whatever the table (see :func:`generate_shapes`).
+    ``scale`` and ``hue_offset`` move the draws without changing how many numbers are drawn, so the
+    defaults give the dataset's images bit for bit (a shifted split, SHIFTED_SHAPES, changes them).
     """
     y = rng.permutation(np.arange(n) % num_shapes).astype(np.int64)  # balanced classes
     bg_class = rng.integers(0, NUM_SHAPES, size=n).astype(np.int64)  # independent of y ...
     planted = rng.permutation(n)[: int(round(shortcut * n))]
     bg_class[planted] = y[planted]  # ... except for the planted shortcut images
-    scale = rng.uniform(7.0, 12.0, n)  # pixels per shape unit
+    scale = rng.uniform(scale[0], scale[1], n)  # pixels per shape unit
     margin = 0.95 * scale
     p = dict(
         y=y,
@@ -637,7 +640,7 @@ def _shape_params(
         cx=margin + rng.random(n) * (IMAGE_SIZE - 2 * margin),
         cy=margin + rng.random(n) * (IMAGE_SIZE - 2 * margin),
         dark_bg=rng.random(n) < 0.5,
-        bg_hue=(bg_class / NUM_SHAPES + rng.uniform(-0.02, 0.02, n)) % 1.0,
+        bg_hue=(bg_class / NUM_SHAPES + hue_offset + rng.uniform(-0.02, 0.02, n)) % 1.0,
         bg_sat=rng.uniform(0.55, 0.95, n),
         stripe_freq=rng.uniform(0.08, 0.25, n),  # cycles per pixel
         stripe_angle=rng.uniform(0.0, math.pi, n),
@@ -696,7 +699,8 @@ def _background(p: dict[str, np.ndarray], sl: slice) -> np.ndarray:
 
 
 def generate_shapes(
-    n: int, *, seed: int, shortcut: float, shapes: ShapeTable = SHAPES
+    n: int, *, seed: int, shortcut: float, shapes: ShapeTable = SHAPES,
+    scale: tuple[float, float] = (7.0, 12.0), hue_offset: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """``n`` shape images from ``seed``: x uint8 (n,3,32,32), y int64, mask bool (n,32,32), bg_class int64.
 
@@ -709,6 +713,10 @@ def generate_shapes(
     background, noise) is drawn exactly as for the class shapes: the out-of-distribution set
     ``shapes_novel`` (:mod:`cnnstress.oodsets`) differs from the test images only in the shapes.
     The default table gives the dataset's images, unchanged.
+
+    ``scale`` (pixels per shape unit, drawn uniformly; the dataset's 7 to 12) and ``hue_offset``
+    (added to every background hue, a fraction of the colour circle) make a shifted split
+    (:data:`SHIFTED_SHAPES`); their defaults leave the images unchanged.
     """
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
         raise ValueError(f"n = {n!r} is invalid; allowed: an integer >= 1")
@@ -717,7 +725,9 @@ def generate_shapes(
     if not (1 <= len(shapes) <= NUM_SHAPES):
         raise ValueError(f"shapes has {len(shapes)} entries; allowed: 1 to {NUM_SHAPES}")
     rng = np.random.default_rng(seed)
-    p = _shape_params(int(n), rng, float(shortcut), len(shapes))
+    if not (0.5 <= float(scale[0]) <= float(scale[1]) <= 14.0):
+        raise ValueError(f"scale = {scale!r} is invalid; allowed: (lo, hi) with 0.5 <= lo <= hi <= 14")
+    p = _shape_params(int(n), rng, float(shortcut), len(shapes), (float(scale[0]), float(scale[1])), float(hue_offset))
     x = np.empty((n, 3, IMAGE_SIZE, IMAGE_SIZE), dtype=np.uint8)
     mask = np.empty((n, IMAGE_SIZE, IMAGE_SIZE), dtype=bool)
     for start in range(0, n, _CHUNK):
@@ -730,6 +740,12 @@ def generate_shapes(
         x[sl] = np.clip(np.rint(image), 0, 255).astype(np.uint8)
         mask[sl] = alpha[:, 0] >= 0.5
     return x, p["y"], mask, p["bg_class"]
+
+
+#: The shifted split of ``shapes`` ([stress].shift_sets = ["shapes_shifted"]): the same ten shapes,
+#: drawn smaller than any training image (4.5 to 6.5 pixels per shape unit; the dataset's are 7 to
+#: 12) on background hues half-way between the ten class hues (hues no image of the dataset has).
+SHIFTED_SHAPES: dict[str, Any] = {"scale": (4.5, 6.5), "hue_offset": 0.5 / NUM_SHAPES}
 
 
 def _test_seed(data_seed: int) -> int:

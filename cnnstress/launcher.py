@@ -76,10 +76,12 @@ def build_parser() -> argparse.ArgumentParser:
                     help="show every run's state (done, running, pending, failed, broken, partial, missing) and the "
                          "report's, of the sweep as it was last launched (or of the sweep folder given), and exit: "
                          f"0 when no run is failed or broken, {STATUS_FAILED} when some run is")
-    ap.add_argument("--download", choices=("cifar10", "cifar100", "cifar10-c", "cifar100-c"),
+    ap.add_argument("--download", choices=("cifar10", "cifar100", "cifar10-c", "cifar100-c", "cifar10.1"),
                     help="fetch a dataset with torchvision's downloader into --data-root and exit; cifar10-c and "
                          "cifar100-c are the published corruption files ([stress].source = \"official\"), "
-                         "checked against the test labels when the clean dataset is there too")
+                         "checked against the test labels when the clean dataset is there too; cifar10.1 is "
+                         "CIFAR-10.1 v6 ([stress].shift_sets = [\"cifar10.1\"]), checked against its published "
+                         "checksums")
     return ap
 
 
@@ -109,6 +111,11 @@ def _main(argv: Sequence[str] | None) -> int:
         try:
             if args.download in cifar_c.SETS:
                 path, checked = cifar_c.download(args.download, data_root)
+                console.print(checked, markup=False, soft_wrap=True)
+            elif args.download == "cifar10.1":
+                from . import shiftsets
+
+                path, checked = shiftsets.download(data_root)
                 console.print(checked, markup=False, soft_wrap=True)
             else:
                 path = data.download(args.download, data_root)
@@ -653,7 +660,8 @@ def missing_files(grid: Grid) -> str:
     """Why runs of this grid could not read the files they need on this machine ("" when they can),
     everything missing in one line, each with the command that fetches it: the clean CIFAR files, a
     named [stress].ood_sets set (your own: missing, empty, a corrupt image, an .npz of another
-    shape), or the official CIFAR-C files of [stress].source = "official" (missing,
+    shape), a [stress].shift_sets set (CIFAR-10.1's files read in full, your own labelled sets), or
+    the official CIFAR-C files of [stress].source = "official" (missing,
     or a header, shape, dtype or size that is not the published one: cifar_c.check_files).
     Checked at launch and by --dry-run, not when the grid is read: the sweep's run ids must not depend on which
     files happen to be there, and gather and --status need none of them. Your own images (imagefolder,
@@ -689,6 +697,7 @@ def missing_files(grid: Grid) -> str:
                 check_own_set(json.loads(entry), size)
             except DataError as e:
                 problems.append(f"[stress].ood_sets: {e}")
+    problems += _shift_problems(grid, sizes)
     named = {(r.dataset.name, r.paths.data_root, name) for r in grid.runs for name in (r.stress.ood or {}).get("sets", [])}
     if named:
         from . import oodsets
@@ -714,6 +723,57 @@ def missing_files(grid: Grid) -> str:
             except DataError as e:  # a truncated or damaged file would otherwise fail every run after training
                 problems.append(f"[stress].source: \"official\": {e}")
     return "; and ".join(dict.fromkeys(problems))
+
+
+def _shift_problems(grid: Grid, sizes: dict[str, int]) -> list[str]:
+    """[stress].shift_sets: CIFAR-10.1's files (missing, empty or not in the published layout, with the
+    command that fetches them) and your own sets (their images as an OOD set's, and their labels: a
+    folder's class folders against the dataset's classes where they are known without reading the
+    dataset, an .npz's y)."""
+    problems: list[str] = []
+    if not any((r.stress.shift or {}) for r in grid.runs):
+        return problems
+    from . import shiftsets
+    from .data import DataError
+
+    for root in sorted({r.paths.data_root for r in grid.runs if "cifar10.1" in (r.stress.shift or {}).get("sets", [])}):
+        problem = shiftsets.cifar101_missing(root)
+        if not problem:
+            try:  # 6 MB, read in full: a damaged file would otherwise fail every run after training
+                shiftsets.load_cifar101(root)
+            except DataError as e:
+                problem = str(e)
+        if problem:
+            problems.append(f"[stress].shift_sets: {problem}")
+    seen: set[str] = set()
+    for r in grid.runs:
+        for entry in (r.stress.shift or {}).get("own", []):
+            key = json.dumps([entry, r.dataset.name, r.dataset.params], sort_keys=True)
+            if key in seen:
+                continue
+            seen.add(key)
+            try:
+                shiftsets.check_own_set(entry, _image_size(r, sizes), _class_names(r))
+            except DataError as e:
+                problems.append(f"[stress].shift_sets: {e}")
+    return problems
+
+
+def _class_names(spec: RunSpec) -> tuple[str, ...] | None:
+    """The dataset's class names where they are known without reading its images (None: checked
+    when the run reads them)."""
+    from . import data
+
+    if spec.dataset.name == "shapes":
+        return data.SHAPE_NAMES
+    if spec.dataset.name == "cifar10":  # its batches.meta, which is unpickled only by the runs
+        return ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+    if spec.dataset.name in ("imagefolder", "arrays"):
+        try:
+            return data.own_classes(spec.dataset.name, spec.paths.data_root, spec.dataset.params)
+        except data.DataError:
+            return None  # reported by the dataset's own check
+    return None
 
 
 def power_notes(grid: Grid, sweep_dir: Path) -> list[str]:

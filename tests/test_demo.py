@@ -59,8 +59,9 @@ def test_demo_ends_with_a_report(demo):
         assert set(run["adversarial_accuracy"]["linf"]) == {"0", "1", "2", "4", "8"}
         assert set(run["ood"]) == {"shapes_novel", "uniform_noise", "smooth_noise"}
         assert run["aurc"] is not None and run["sanity_final_rank_correlation"] is not None
+        assert set(run["shift"]) == {"shapes_shifted"} and run["shift"]["shapes_shifted"]["images"] == 500
     page = index.read_text()
-    for sec in ("adversarial", "ood", "sanity"):
+    for sec in ("adversarial", "ood", "sanity", "shift"):
         assert f'<section id="{sec}">' in page and "not available" not in page.split(f'<section id="{sec}">')[1][:400]
     comp = summary["comparisons"][0]
     assert comp["corrected"] + comp["worsened"] + comp["both_wrong"] + comp["both_right"] == 3 * 200

@@ -27,6 +27,7 @@ MODULES: tuple[str, ...] = (
     "neighbours",
     "adversarial",
     "ood",
+    "shift",
     "sanity",
     "shortcut",
 )

@@ -40,6 +40,7 @@ MODULES: tuple[str, ...] = (
     "robustness",
     "adversarial",
     "ood",
+    "shift",
     "faithfulness",
     "sanity",
     "shortcut",
