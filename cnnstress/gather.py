@@ -698,6 +698,8 @@ def _put_in_place(staging: Path, sweep_dir: Path, done: int) -> int | None:
     report_dir, prev = sweep_dir / REPORT_DIR, sweep_dir / REPORT_PREV_DIR
     before = finished_in_report(report_dir)
     kept = before if before is not None and done < before else None
+    if _same_files(staging, report_dir):  # a gather with nothing new changes no file, not even a time
+        return None
     try:
         if report_dir.is_symlink() or report_dir.is_file():
             report_dir.unlink()
@@ -713,6 +715,31 @@ def _put_in_place(staging: Path, sweep_dir: Path, done: int) -> int | None:
     except OSError as exc:
         raise ReportWriteError(exc, report_dir) from exc
     return kept
+
+
+def _same_files(staging: Path, report_dir: Path) -> bool:
+    """Whether the report built in ``staging`` holds exactly the files of ``report_dir``, byte for
+    byte. Files that are equal also get the old file's times, so that a report that changed in
+    one figure leaves the others' modification times as they were."""
+    if report_dir.is_symlink() or not report_dir.is_dir():
+        return False
+    new = {p.relative_to(staging) for p in staging.rglob("*") if p.is_file()}
+    try:
+        old = {p.relative_to(report_dir) for p in report_dir.rglob("*") if p.is_file() and not p.is_symlink()}
+    except OSError:
+        return False
+    same = True
+    for rel in new:
+        a, b = staging / rel, report_dir / rel
+        try:
+            if rel in old and a.stat().st_size == b.stat().st_size and a.read_bytes() == b.read_bytes():
+                st = b.stat()
+                os.utime(a, ns=(st.st_atime_ns, st.st_mtime_ns))
+                continue
+        except OSError:
+            pass
+        same = False
+    return same and new == old
 
 
 def remove_dead_stagings(sweep_dir: Path) -> list[Path]:

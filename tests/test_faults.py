@@ -44,8 +44,8 @@ def test_hold_waits_until_its_file_exists(monkeypatch, tmp_path):
     gate = tmp_path / "go on"
     monkeypatch.setenv("CNNSTRESS_FAULT", f"hold:epoch:{gate}")
     opened = threading.Timer(0.3, gate.touch)
+    t0 = time.monotonic()  # before the timer starts: it touches the file 0.3 s after its own start
     opened.start()
-    t0 = time.monotonic()
     faults.maybe_fail("epoch")
     assert gate.exists() and time.monotonic() - t0 >= 0.3
     opened.join()

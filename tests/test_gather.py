@@ -665,3 +665,20 @@ def test_a_stopped_gather_leaves_report_alone_and_its_leftovers_go_at_the_next(s
     gather.gather(s.sweep_dir, console=said, figures=False)
     assert not left.exists() and live.exists()
     assert f"removed {left.name}/" in said.file.getvalue()
+
+
+def test_a_gather_with_nothing_new_changes_no_file_and_an_unchanged_figure_keeps_its_time(small_sweep) -> None:
+    _, s = small_sweep
+    report = s.sweep_dir / "report"
+    gather.gather(s.sweep_dir, console=quiet(), figures=False)
+    snap = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in report.rglob("*") if p.is_file()}
+    gather.gather(s.sweep_dir, console=quiet(), figures=False)
+    assert {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in report.rglob("*") if p.is_file()} == snap
+    # one run fewer: summary.json changes, runs.csv too; a file with the same bytes keeps its time
+    (s.runs[0].run_dir / "DONE.json").unlink()
+    gather.gather(s.sweep_dir, console=quiet(), figures=False)
+    after = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in report.rglob("*") if p.is_file()}
+    assert after[report / "summary.json"] != snap[report / "summary.json"]
+    for p, (t, data) in after.items():
+        if p in snap and snap[p][1] == data:
+            assert t == snap[p][0], p
