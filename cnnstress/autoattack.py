@@ -66,6 +66,10 @@ class Attacked(nn.Module):
         super().__init__()
         self.net = pred.model
         self.pred = pred
+        # torchattacks puts the model back into the mode it found this wrapper in after every call:
+        # a new Module is in train mode, which would leave BatchNorm on batch statistics (images of a
+        # batch would interact, and the next forward pass would move the running statistics)
+        self.eval()
 
     def forward(self, x01: Tensor) -> Tensor:
         with torch.autocast(x01.device.type, enabled=False):
@@ -160,4 +164,6 @@ def run(pred: Predictor, x_uint8: Tensor, labels: Tensor, *, norm: str, eps: flo
                 codes[idx[wrong]] = CODE_OF[name]
             if on_attack is not None:
                 on_attack(name, int(todo.numel()), time.time() - t0)
+            if pred.model.training:
+                raise RuntimeError(f"AutoAttack {name} left the model in train mode")
     return logits, codes, skipped
