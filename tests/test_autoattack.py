@@ -288,7 +288,7 @@ def test_a_run_with_autoattack_stores_checked_arrays_and_the_report_shows_them(t
     assert np.array_equal(right, codes == 0)
     assert right.mean() <= (test_logits[pos].argmax(1) == labels[pos]).mean()
     log = (run_dir_for(spec) / "log.txt").read_text()
-    assert "AutoAttack (standard, Linf eps 0.03137) on 6 test images" in log
+    assert "AutoAttack (standard, Linf eps 0.031373) on 6 test images" in log
 
     index = gather.gather(Path(spec.paths.out_root) / spec.sweep, grid=grid,
                           console=Console(file=io.StringIO(), width=200), figures=True)
