@@ -296,6 +296,22 @@ def test_a_run_with_autoattack_stores_checked_arrays_and_the_report_shows_them(t
     body = page.split('<section id="autoattack">', 1)[1].split("</section>", 1)[0]
     assert "Adversarial robustness (AutoAttack)" in body and "compare with published results" in body
     assert "8/255" in body
+    # compared image by image with the baseline in "What the modification changed" (flip vs baseline)
+    changes = page.split('<section id="changes">', 1)[1].split("</section>", 1)[0]
+    assert "accuracy under AutoAttack (L∞ ε = 8/255)" in changes
     summary = json.loads((index.parent / "summary.json").read_text())
     row = next(r for r in summary["runs"] if r["run_id"] == spec.run_id)
     assert row["autoattack_accuracy"] == pytest.approx(float(right.mean()))
+
+
+@pytest.mark.slow
+def test_the_benchmark_quick_mode_runs():
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    res = subprocess.run([sys.executable, "bench/autoattack.py", "--quick"], cwd=REPO, capture_output=True, text=True,
+                         timeout=300)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    assert res.stdout.strip().splitlines()[-1].startswith("ratio autoattack/pgd"), res.stdout[-500:]
