@@ -315,3 +315,48 @@ def test_the_benchmark_quick_mode_runs():
                          timeout=300)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
     assert res.stdout.strip().splitlines()[-1].startswith("ratio autoattack/pgd"), res.stdout[-500:]
+
+
+# ------------------------------------------------------------------------------------------------
+# 5. the report section on hand-made arrays
+# ------------------------------------------------------------------------------------------------
+
+
+class _Res:
+    def __init__(self, arrays):
+        self.arrays = arrays
+
+    def read(self, key):
+        return self.arrays[key]
+
+
+def _section_run(codes, logits, labels, where="run 'a'/results.h5"):
+    spec = SimpleNamespace(stress=SimpleNamespace(autoattack={"norm": "Linf", "eps": 8 / 255, "version": "standard",
+                                                              "samples": len(codes)}))
+    run = SimpleNamespace(where=where, labels=labels, logits=np.eye(3, dtype=np.float32)[labels], spec=spec)
+    res = _Res({"autoattack/positions": np.arange(len(codes), dtype=np.int32), "autoattack/logits": logits,
+                "autoattack/broken_by": np.asarray(codes, dtype=np.int8)})
+    return res, run
+
+
+def test_the_section_reads_codes_checks_them_and_gives_a_per_image_headline_metric():
+    from cnnstress.report.sections.autoattack import SECTION
+
+    labels = np.array([0, 1, 2, 0, 1, 2])
+    codes = [0, 2, 3, 0, 5, 4]  # images 0 and 3 stand; the others broken by four different attacks
+    adv = np.eye(3, dtype=np.float32)[labels]
+    adv[[1, 2, 4, 5]] = np.eye(3, dtype=np.float32)[(labels[[1, 2, 4, 5]] + 1) % 3]
+    parts = [SECTION.reduce(*_section_run(codes, adv, labels)) for _ in range(2)]
+    assert parts[0]["right"].tolist() == [True, False, False, True, False, False]
+    (metric,) = SECTION.metrics(parts[0])
+    assert metric.key == "autoattack" and metric.headline and metric.higher_is_better
+    assert np.array_equal(metric.value, parts[0]["right"].astype(float))
+    agg = SECTION.aggregate(None, parts, None)
+    assert agg["stats"]["mean"] == pytest.approx(2 / 6)
+    assert agg["share"].tolist() == pytest.approx([2 / 6, 0, 1 / 6, 1 / 6, 1 / 6, 1 / 6, 0])
+    assert SECTION.run_fields(None, parts[0]) == {"autoattack_accuracy": pytest.approx(2 / 6)}
+
+    with pytest.raises(ValueError, match=r"run 'a'/results.h5: autoattack/broken_by holds 0..9"):
+        SECTION.reduce(*_section_run([0, 2, 3, 0, 9, 4], adv, labels))
+    with pytest.raises(ValueError, match="the two disagree"):
+        SECTION.reduce(*_section_run([0, 0, 3, 0, 5, 4], adv, labels))

@@ -47,7 +47,7 @@ class AutoAttackProbe(Probe):
     }
     fields = {"autoattack": {}}  # norm, eps, version, samples; {} = off
     rows = (
-        Field("autoattack/positions", "int32", ("A",), check="positions",
+        Field("autoattack/positions", "int32", ("A",), check="positions", bundle="autoattack",
               doc="rows of /test attacked by AutoAttack (the same for every run of a sweep)"),
         Field("autoattack/logits", "float32", ("A", "C"), check="logits", chunked=True, bundle="autoattack",
               doc="logits of the adversarial image that broke each image, or its clean logits when none did"),
