@@ -360,3 +360,13 @@ def test_the_section_reads_codes_checks_them_and_gives_a_per_image_headline_metr
         SECTION.reduce(*_section_run([0, 2, 3, 0, 9, 4], adv, labels))
     with pytest.raises(ValueError, match="the two disagree"):
         SECTION.reduce(*_section_run([0, 0, 3, 0, 5, 4], adv, labels))
+
+
+def test_the_rand_version_runs_apgd_ce_then_apgd_dlr_and_stays_at_most_clean(trained):
+    pred, x, y = trained
+    clean, _ = pred.predict(x, 16)
+    logits, codes, skipped = autoattack.run(pred, x[:16], y[:16], norm="Linf", eps=8 / 255, version="rand", seed=2,
+                                            batch_size=16, steps=5)
+    assert skipped == [] and set(codes.tolist()) <= {0, 1, 2, 6}
+    assert torch.equal(codes == autoattack.NOT_BROKEN, logits.argmax(1) == y[:16])
+    assert int((codes == 0).sum()) <= int((clean[:16].argmax(1) == y[:16]).sum())
