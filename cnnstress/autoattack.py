@@ -34,7 +34,7 @@ from torch import Tensor, nn
 
 from . import attacks
 from .engine import Predictor
-from .probes.autoattack import DEFAULT_EPS, INSTALL, available, missing_package  # noqa: F401 - one definition
+from .probes.autoattack import CLEAN_WRONG, CODE_OF, CODES, NOT_BROKEN  # noqa: F401 - defined once, torch-free
 
 #: the attacks of each version, in the order they run
 VERSIONS: dict[str, tuple[str, ...]] = {
@@ -42,10 +42,6 @@ VERSIONS: dict[str, tuple[str, ...]] = {
     "rand": ("apgd-ce", "apgd-dlr"),
 }
 NORMS: tuple[str, ...] = ("Linf", "L2")
-#: /autoattack/broken_by: an int8 code per attacked image, its index here
-CODES: tuple[str, ...] = ("not broken", "wrong without attack", "APGD-CE", "APGD-T", "FAB-T", "Square", "APGD-DLR")
-NOT_BROKEN, CLEAN_WRONG = 0, 1
-CODE_OF: dict[str, int] = {"apgd-ce": 2, "apgd-t": 3, "fab-t": 4, "square": 5, "apgd-dlr": 6}
 #: the fewest classes an attack works with (DLR losses read the 3rd/4th largest logit)
 MIN_CLASSES: dict[str, int] = {"apgd-t": 4, "apgd-dlr": 3}
 

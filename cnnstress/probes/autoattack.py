@@ -15,6 +15,10 @@ from .base import Probe
 
 #: the radius when [stress].autoattack_eps is 0: RobustBench's CIFAR-10 threat models
 DEFAULT_EPS: dict[str, float] = {"Linf": 8 / 255, "L2": 0.5}
+#: /autoattack/broken_by: an int8 code per attacked image, its index here
+CODES: tuple[str, ...] = ("not broken", "wrong without attack", "APGD-CE", "APGD-T", "FAB-T", "Square", "APGD-DLR")
+NOT_BROKEN, CLEAN_WRONG = 0, 1
+CODE_OF: dict[str, int] = {"apgd-ce": 2, "apgd-t": 3, "fab-t": 4, "square": 5, "apgd-dlr": 6}
 EXTRA = "autoattack"
 INSTALL = f"pip install -e '.[{EXTRA}]'"
 

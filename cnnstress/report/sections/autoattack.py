@@ -8,12 +8,10 @@ from __future__ import annotations
 import numpy as np
 
 from ...analysis import compare
-from ...probes.autoattack import DEFAULT_EPS
+from ...probes.autoattack import CODES, DEFAULT_EPS
 from ..markup import empty, figure, para, pct, table
 from .base import FigureSpec, Metric, Section, cell_parts
 
-#: /autoattack/broken_by codes (cnnstress.autoattack.CODES; repeated here so the report needs no torch)
-CODES: tuple[str, ...] = ("not broken", "wrong without attack", "APGD-CE", "APGD-T", "FAB-T", "Square", "APGD-DLR")
 NORM_TEXT = {"Linf": "L∞", "L2": "L2"}
 
 
