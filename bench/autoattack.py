@@ -1,6 +1,7 @@
 """What AutoAttack adds to a run: seconds per attacked image, AutoAttack vs the PGD probe, same run.
 
-    .venv/bin/python bench/autoattack.py [--quick] [--device cpu|cuda] [--images 64] [--width 8] [--threads N]
+    .venv/bin/python bench/autoattack.py [--quick] [--device cpu|cuda] [--images 64] [--width 8] [--train-steps 40]
+                                         [--threads N]
 
 A simple_cnn (``--width``) trained briefly on shapes (engine.train_one_epoch, as bench/gradcam.py)
 is attacked on ``--images`` shapes test images at two L-inf radii: 8/255 (RobustBench's; a
@@ -38,12 +39,13 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--images", type=int, default=None)
     ap.add_argument("--width", type=int, default=8)
-    ap.add_argument("--train-steps", type=int, default=8)
+    ap.add_argument("--train-steps", type=int, default=40)
     ap.add_argument("--threads", type=int, default=None)
     args = ap.parse_args()
     set_threads(args.threads if args.threads is not None or not args.quick else 1)
     device = torch.device(args.device)
     n = args.images or (8 if args.quick else 64)
+    args.train_steps = min(args.train_steps, 8) if args.quick else args.train_steps
     steps, queries = (10, 200) if args.quick else (100, 5000)
 
     x_train, y_train, _, _ = generate_shapes(max(1, args.train_steps) * 64, seed=1, shortcut=0.8)
