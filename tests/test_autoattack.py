@@ -223,6 +223,23 @@ def test_a_missing_package_is_one_launch_line_naming_the_extra(monkeypatch):
     assert probe.missing_package([off]) is None
 
 
+def test_launch_refuses_a_grid_with_autoattack_on_when_the_package_is_missing(tmp_path, monkeypatch):
+    from conftest import REPO
+
+    from cnnstress import launcher
+    from cnnstress.grid import load_grid
+
+    def load(extra):
+        return load_grid(_grid(tmp_path, extra, lean=True), out_root=tmp_path / "out",
+                         data_root=REPO / "scratch" / "test-data")
+
+    on, off = load("autoattack = true\n"), load("")
+    assert not launcher._launch_problem(on)  # installed here
+    monkeypatch.setattr(probe.importlib.util, "find_spec", lambda name: None)
+    assert not launcher._launch_problem(off)
+    assert "pip install -e '.[autoattack]'" in launcher._launch_problem(on)
+
+
 def _grid(tmp: Path, extra: str, **kw) -> Path:
     from grids import tiny_grid_text
 
