@@ -1,6 +1,6 @@
 """What AutoAttack adds to a run: seconds per attacked image, AutoAttack vs the PGD probe, same run.
 
-    .venv/bin/python bench/autoattack.py [--quick] [--device cpu|cuda] [--images 64] [--width 8] [--train-steps 40]
+    .venv/bin/python bench/autoattack.py [--quick] [--device cpu|cuda] [--images 32] [--width 8] [--train-steps 40]
                                          [--threads N]
 
 A simple_cnn (``--width``) trained briefly on shapes (engine.train_one_epoch, as bench/gradcam.py)
@@ -44,7 +44,7 @@ def main() -> None:
     args = ap.parse_args()
     set_threads(args.threads if args.threads is not None or not args.quick else 1)
     device = torch.device(args.device)
-    n = args.images or (8 if args.quick else 64)
+    n = args.images or (8 if args.quick else 32)
     args.train_steps = min(args.train_steps, 8) if args.quick else args.train_steps
     steps, queries = (10, 200) if args.quick else (100, 5000)
 
