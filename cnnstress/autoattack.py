@@ -42,6 +42,8 @@ VERSIONS: dict[str, tuple[str, ...]] = {
     "rand": ("apgd-ce", "apgd-dlr"),
 }
 NORMS: tuple[str, ...] = ("Linf", "L2")
+#: target classes of APGD-T and FAB-T (the reference's n_target_classes)
+TARGET_CLASSES = 9
 #: the fewest classes an attack works with (DLR losses read the 3rd/4th largest logit)
 MIN_CLASSES: dict[str, int] = {"apgd-t": 4, "apgd-dlr": 3}
 
@@ -94,11 +96,16 @@ def build(name: str, net: nn.Module, *, norm: str, eps: float, classes: int, see
         return ta.APGD(net, norm=norm, eps=eps, steps=steps, n_restarts=1, seed=seed, loss="ce", eot_iter=eot_iter)
     if name == "apgd-dlr":
         return ta.APGD(net, norm=norm, eps=eps, steps=steps, n_restarts=1, seed=seed, loss="dlr", eot_iter=eot_iter)
-    if name == "apgd-t":
-        return ta.APGDT(net, norm=norm, eps=eps, steps=steps, n_restarts=1, seed=seed, n_classes=classes)
-    if name == "fab-t":
-        return ta.FAB(net, norm=norm, eps=eps, steps=steps, n_restarts=1, seed=seed, multi_targeted=True,
-                      n_classes=classes)
+    if name in ("apgd-t", "fab-t"):
+        if name == "apgd-t":
+            atk = ta.APGDT(net, norm=norm, eps=eps, steps=steps, n_restarts=1, seed=seed, n_classes=classes)
+        else:
+            atk = ta.FAB(net, norm=norm, eps=eps, steps=steps, n_restarts=1, seed=seed, multi_targeted=True,
+                         n_classes=classes)
+        # the reference targets the 9 classes with the highest logits after the true one (torchattacks
+        # targets all C - 1 others: 99 runs per image for CIFAR-100 where the reference makes 9)
+        atk.n_target_classes = min(TARGET_CLASSES, classes - 1)
+        return atk
     if name == "square":
         return ta.Square(net, norm=norm, eps=eps, n_queries=queries, n_restarts=1, seed=seed)
     raise ValueError(f"unknown AutoAttack attack {name!r}; valid: {', '.join(CODE_OF)}")

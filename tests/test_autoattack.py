@@ -387,3 +387,11 @@ def test_the_rand_version_runs_apgd_ce_then_apgd_dlr_and_stays_at_most_clean(tra
     assert skipped == [] and set(codes.tolist()) <= {0, 1, 2, 6}
     assert torch.equal(codes == autoattack.NOT_BROKEN, logits.argmax(1) == y[:16])
     assert int((codes == 0).sum()) <= int((clean[:16].argmax(1) == y[:16]).sum())
+
+
+def test_targeted_attacks_target_at_most_nine_classes_as_the_reference_does():
+    net = nn.Linear(3, 100)
+    for classes, targets in ((100, 9), (10, 9), (4, 3)):
+        for name in ("apgd-t", "fab-t"):
+            atk = autoattack.build(name, net, norm="Linf", eps=8 / 255, classes=classes, seed=0)
+            assert atk.n_target_classes == targets, (name, classes)
