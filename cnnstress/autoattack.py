@@ -4,11 +4,11 @@ worker's ``/autoattack`` arrays. The attacks are torchattacks' (the optional ``a
 ``pip install -e '.[autoattack]'``); this module runs them the way the reference implementation
 (fra31/auto-attack) does and records which one broke each image.
 
-* ``standard``: APGD-CE, APGD-T (9 target classes), FAB-T (9 target classes), Square (5000
-  queries), each on the images still classified correctly after the ones before it, 100
+* ``standard``: APGD-CE, APGD-T and FAB-T (each targeting the 9 classes with the highest logits
+  after the true one), Square (5000 queries), each on the images still classified correctly after the ones before it, 100
   iterations each, one restart: the reference's settings. (torchattacks' own ``AutoAttack``
-  class runs 10 iterations per attack and does not say which attack broke an image, so the
-  attacks are built and chained here.) ``rand`` (randomised defences): APGD-CE and APGD-DLR with
+  class runs 10 iterations per attack, targets every other class and does not say which attack
+  broke an image, so the attacks are built and chained here.) ``rand`` (randomised defences): APGD-CE and APGD-DLR with
   20 samples of expectation over transformation per step.
 * What is attacked is the classifier as the worker evaluates it, with the normalisation inside:
   the attacks see [0,1] images and the budget is in [0,1] pixel units, whatever the dataset's
@@ -128,7 +128,8 @@ def run(pred: Predictor, x_uint8: Tensor, labels: Tensor, *, norm: str, eps: flo
     if version not in VERSIONS:
         raise ValueError(f"autoattack version must be one of {', '.join(VERSIONS)}, got {version!r}")
     if not (0 < eps <= (1 if norm == "Linf" else 64)):
-        raise ValueError(f"autoattack eps must be in (0, 1] for Linf (in [0,1] pixel units), got {eps!r}")
+        raise ValueError(f"autoattack eps must be in (0, 1] for Linf and (0, 64] for L2 (in [0,1] pixel units), "
+                         f"got {eps!r}")
     if x_uint8.dtype != torch.uint8 or x_uint8.dim() != 4 or labels.shape != (x_uint8.shape[0],):
         raise ValueError(f"autoattack needs uint8 images (M,3,H,W) and (M,) labels, got {x_uint8.dtype} "
                          f"{tuple(x_uint8.shape)} and {tuple(labels.shape)}")
