@@ -13,9 +13,9 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	# torch/torchvision unpinned: pip takes the newest release it is offered
-	# the tensorboard and timm extras too, so that tests/test_tensorboard.py and the timm tests of
-	# tests/test_own_model.py run (they skip without the package)
-	$(PY) -m pip install --quiet -e '.[test,tensorboard,timm]'
+	# the tensorboard, timm and autoattack extras too, so that tests/test_tensorboard.py, the timm
+	# tests of tests/test_own_model.py and tests/test_autoattack.py run (they skip without the package)
+	$(PY) -m pip install --quiet -e '.[test,tensorboard,timm,autoattack]'
 	touch $(STAMP)
 
 demo: $(STAMP)

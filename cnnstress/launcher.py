@@ -25,6 +25,7 @@ from rich.table import Table
 from rich.text import Text
 
 from . import atomic, faults, reuse, states, store, tensorboard
+from .probes import autoattack as autoattack_probe
 from .cluster import BACKENDS, BackendError, Handle, LaunchContext, backend
 from .cluster.base import gather_arguments
 from .config import RunSpec
@@ -549,7 +550,7 @@ def _launch_problem(grid: Grid, cluster: str = "local", max_parallel: int | None
     """Why this grid cannot be launched from here ("" when it can); --dry-run says the same."""
     return (missing_files(grid) or memory_problem(grid, cluster, max_parallel, runs_per_gpu=runs_per_gpu)
             or model_problem(grid)
-            or tensorboard.missing_package(grid.runs))
+            or tensorboard.missing_package(grid.runs) or autoattack_probe.missing_package(grid.runs))
 
 
 #: What a run holds besides its images (torch's and CUDA's own memory, the model, its optimizer

@@ -26,6 +26,7 @@ MODULES: tuple[str, ...] = (
     "faithfulness",
     "neighbours",
     "adversarial",
+    "autoattack",
     "ood",
     "shift",
     "sanity",

@@ -39,6 +39,7 @@ MODULES: tuple[str, ...] = (
     "calibration",
     "robustness",
     "adversarial",
+    "autoattack",
     "ood",
     "shift",
     "faithfulness",

@@ -106,7 +106,9 @@ class AdversarialSection(Section):
                      "normalisation inside the attacked model, float32). Each number is an upper bound on the true "
                      "robust accuracy: a stronger attack can only lower it. At ε = 0 it is the clean accuracy on "
                      "the sample. Standard training is expected near 0% at 8/255 (RobustBench's Standard CIFAR-10 "
-                     "model: 94.78% clean, 0.00% under AutoAttack), so the small radii are what separate variants.")
+                     "model: 94.78% clean, 0.00% under AutoAttack), so the small radii are what separate variants. PGD "
+                     "overestimates robustness; the number to compare with published results is AutoAttack's "
+                     "([stress].autoattack, the next section): this curve shows the shape over radii.")
                 + table(("variant", "norm", "ε", "accuracy (mean)", "95% interval over seeds", "seeds"), rows,
                         numeric=(3, 5))
                 + figure(figs, "adversarial"))

@@ -20,7 +20,7 @@ from .base import Metric, Section
 
 N_BOOT = 2000
 #: The metrics the "how many seeds" sentences are about (when a run has them).
-HEADLINE = ("test_accuracy", "mean_corruption_accuracy", "ece", "adversarial_linf_8")
+HEADLINE = ("test_accuracy", "mean_corruption_accuracy", "ece", "adversarial_linf_8", "autoattack")
 
 
 def run_metrics(run, sections) -> dict[str, tuple[Metric, str]]:
