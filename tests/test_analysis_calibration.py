@@ -292,3 +292,27 @@ def test_smooth_ece_and_diagram_match_relplot(seed, n, tied):
     np.testing.assert_allclose(ours["accuracy"], diagram["mu"], atol=1e-6)
     np.testing.assert_allclose(ours["density"], diagram["density"], atol=1e-6)
     assert ours["smece"] == pytest.approx(ref, abs=1e-6)
+
+
+def test_scores_carry_the_new_eces_and_smooth_curves_pool():
+    logits, labels = _tied_case(8, n=250, c=6)
+    probs = metrics.softmax(logits)
+    want = {"ace": calibration.adaptive_ece(probs, labels), "classwise_ece": calibration.classwise_ece(probs, labels),
+            "smece": calibration.smooth_ece(probs, labels)[0]}
+    for got in (calibration.calibration_summary(logits, labels), calibration.scores_at_temperature(logits, labels, 2.0)):
+        for k, v in want.items():
+            assert got[k] == pytest.approx(v, abs=1e-12), k
+    one = calibration.smooth_reliability(probs, labels)
+    top = calibration.smooth_reliability_top(probs.max(axis=1), probs.argmax(axis=1) == labels)
+    np.testing.assert_allclose(top["accuracy"], one["accuracy"], atol=1e-15)
+    # pooling a curve with itself gives it back; pooling weights each run by its density
+    same = calibration.pool_smooth([one, one])
+    np.testing.assert_allclose(same["accuracy"], one["accuracy"], atol=1e-12)
+    other_logits, other_labels = _case(9, n=250, c=6)
+    other = calibration.smooth_reliability(metrics.softmax(other_logits), other_labels)
+    mixed = calibration.pool_smooth([one, other])
+    i = 120
+    w = one["density"][i] + other["density"][i]
+    assert mixed["accuracy"][i] == pytest.approx(
+        (one["density"][i] * one["accuracy"][i] + other["density"][i] * other["accuracy"][i]) / w, rel=1e-12)
+    assert calibration.pool_smooth([]) is None

@@ -150,7 +150,8 @@ def _scores_from_log_probs(lp: np.ndarray, y: np.ndarray) -> tuple[float, float,
 def scores_at_temperature(logits: np.ndarray, labels: np.ndarray, temperature: float | None = None) -> dict:
     """ECE, NLL and Brier of ``logits``, and with a temperature the same of ``logits / T``.
 
-    Returns dict(ece, nll, brier, ece_after, nll_after, brier_after, reliability); the ``*_after``
+    Returns dict(ece, nll, brier, ece_after, nll_after, brier_after, reliability, ace,
+    classwise_ece, smece) (the last three: ``extended_scores`` before scaling); the ``*_after``
     values are None without a temperature; ``reliability`` is the 15-bin reliability of the
     unscaled probabilities. For a temperature fitted elsewhere (on clean validation logits) and
     applied to other logits, e.g. a corrupted test set: refitting on those would flatter them.
@@ -161,9 +162,10 @@ def scores_at_temperature(logits: np.ndarray, labels: np.ndarray, temperature: f
         t = float(temperature)
         if not (math.isfinite(t) and t > 0.0):
             raise ValueError(f"temperature must be a positive finite number, got {temperature!r}")
-    ece_v, nll_v, brier_v, rel = _scores_from_log_probs(log_softmax(x), y)
+    lp = log_softmax(x)
+    ece_v, nll_v, brier_v, rel = _scores_from_log_probs(lp, y)
     out = {"ece": ece_v, "nll": nll_v, "brier": brier_v, "reliability": rel,
-           "ece_after": None, "nll_after": None, "brier_after": None}
+           "ece_after": None, "nll_after": None, "brier_after": None, **extended_scores(np.exp(lp), y)}
     if temperature is not None:
         ece_t, nll_t, brier_t, _ = _scores_from_log_probs(log_softmax(x / t), y)
         out.update(ece_after=ece_t, nll_after=nll_t, brier_after=brier_t)
@@ -175,7 +177,8 @@ def calibration_summary(logits: np.ndarray, labels: np.ndarray,
                         val_labels: np.ndarray | None = None) -> dict:
     """ECE, NLL and Brier on the test logits, plus temperature scaling fitted on validation.
 
-    Returns dict(ece, nll, brier, temperature, ece_after, nll_after). The last three are None
+    Returns dict(ece, nll, brier, temperature, ece_after, nll_after, ace, classwise_ece, smece)
+    (the last three: ``extended_scores``). temperature, ece_after and nll_after are None
     unless both ``val_logits`` and ``val_labels`` are given (fitting T on the test set itself would
     flatter the result).
     """
@@ -185,7 +188,7 @@ def calibration_summary(logits: np.ndarray, labels: np.ndarray,
     y = as_labels(labels, n=x.shape[0], num_classes=x.shape[1])
     probs = softmax(x)
     out = {"ece": ece(probs, y), "nll": nll(x, y), "brier": brier(probs, y),
-           "temperature": None, "ece_after": None, "nll_after": None}
+           "temperature": None, "ece_after": None, "nll_after": None, **extended_scores(probs, y)}
     if val_logits is not None:
         vx = as_logits(val_logits, name="val_logits")
         if vx.shape[1] != x.shape[1]:
@@ -295,10 +298,13 @@ def smooth_ece(probs: np.ndarray, labels: np.ndarray, sigma: float | None = None
     of 10 steps from 1) with sigma <= smECE(sigma), so no bin count or bandwidth is a free choice.
     Equals ``relplot.smECE(confidence, correct)`` (tests check 1e-6). (NaN, NaN) without samples.
     """
-    f, correct = _top_label(probs, labels)
-    if f.size == 0:
+    return _smooth_ece_top(*_top_label(probs, labels), sigma)
+
+
+def _smooth_ece_top(conf: np.ndarray, correct: np.ndarray, sigma: float | None = None) -> tuple[float, float]:
+    if conf.size == 0:
         return float("nan"), float("nan")
-    f = np.clip(f, 0.0, 1.0)
+    f = np.clip(conf, 0.0, 1.0)
     r = f - correct
     if sigma is not None:
         s = float(sigma)
@@ -327,18 +333,41 @@ def smooth_reliability(probs: np.ndarray, labels: np.ndarray, points: int = SMEC
     the smooth ECE's own bandwidth, and the density of the confidences.
 
     Returns dict(mesh (P,), accuracy (P,), density (P,) float64, smece, sigma); what relplot's
-    ``prepare_rel_diagram`` draws as its line (without the bootstrap band). NaN arrays without samples.
+    ``prepare_rel_diagram`` draws as its line (without the bootstrap band). NaN without samples.
     """
-    f, correct = _top_label(probs, labels)
+    return smooth_reliability_top(*_top_label(probs, labels), points=points)
+
+
+def smooth_reliability_top(conf: np.ndarray, correct: np.ndarray, points: int = SMECE_MESH) -> dict:
+    """``smooth_reliability`` from (N,) top probabilities and (N,) correctness (e.g. several test
+    sets pooled)."""
+    f = np.clip(np.asarray(conf, dtype=np.float64).ravel(), 0.0, 1.0)
+    y = np.asarray(correct, dtype=np.float64).ravel()
+    if f.shape != y.shape or not np.all(np.isfinite(f)):
+        raise ValueError(f"conf and correct must be finite (N,) arrays of one length, got {f.shape} and {y.shape}")
     mesh = np.linspace(0.0, 1.0, int(points))
     if f.size == 0:
         nan = np.full(mesh.shape, np.nan)
         return {"mesh": mesh, "accuracy": nan, "density": nan.copy(), "smece": float("nan"), "sigma": float("nan")}
-    value, sigma = smooth_ece(probs, labels)
-    f = np.clip(f, 0.0, 1.0)
+    value, sigma = _smooth_ece_top(f, y)
     dens = _kernel_apply(f, np.ones_like(f), mesh, sigma)
-    acc = _kernel_apply(f, correct, mesh, sigma) / (dens + _DENSITY_EPS)
+    acc = _kernel_apply(f, y, mesh, sigma) / (dens + _DENSITY_EPS)
     return {"mesh": mesh, "accuracy": acc, "density": dens / f.size, "smece": value, "sigma": sigma}
+
+
+def pool_smooth(curves: list[dict]) -> dict | None:
+    """Smooth reliability curves of several runs as one: the accuracy weighted by each run's
+    confidence density at every mesh point, the densities averaged, smece averaged (None: none)."""
+    curves = [c for c in curves if c is not None and np.all(np.isfinite(c["accuracy"]))]
+    if not curves:
+        return None
+    dens = np.array([c["density"] for c in curves])
+    acc = np.array([c["accuracy"] for c in curves])
+    total = dens.sum(axis=0)
+    pooled = np.divide((dens * acc).sum(axis=0), total, out=acc.mean(axis=0), where=total > 0)
+    return {"mesh": curves[0]["mesh"], "accuracy": pooled, "density": dens.mean(axis=0),
+            "smece": float(np.mean([c["smece"] for c in curves])),
+            "sigma": float(np.mean([c["sigma"] for c in curves]))}
 
 
 def extended_scores(probs: np.ndarray, labels: np.ndarray, n_bins: int = 15) -> dict:
