@@ -398,6 +398,17 @@ def _aurc(logits: np.ndarray, labels: np.ndarray) -> float:
     return float(np.mean([wrong[:k].mean() for k in range(1, wrong.size + 1)]))
 
 
+def _augrc_pairs(logits: np.ndarray, labels: np.ndarray) -> float:
+    """Traub et al.'s AUGRC = (1 - AUROC) acc (1 - acc) + (1 - acc)^2 / 2, AUROC of right against wrong
+    predictions by counting every pair."""
+    conf = _softmax64(logits).max(axis=1)
+    right = np.argmax(logits, axis=1) == labels
+    acc = right.mean()
+    if right.all() or not right.any():
+        return float((1 - acc) ** 2 / 2)
+    return float((1 - _auroc_pairs(conf[right], conf[~right])) * acc * (1 - acc) + (1 - acc) ** 2 / 2)
+
+
 def _ranks(v: np.ndarray) -> np.ndarray:
     """1-based ranks, ties sharing their mean rank, by counting."""
     return np.array([np.sum(v < x) + (np.sum(v == x) + 1) / 2.0 for x in v])
@@ -474,17 +485,21 @@ def test_ood_and_selective_numbers_against_pairwise_counts(new_sweep) -> None:
         assert row["ood"]["uniform_noise"]["msp"]["fpr95"] == 0.0
         assert 0.0 < row["ood"]["smooth_noise"]["msp"]["auroc"] < 1.0
         assert row["aurc"] == pytest.approx(_aurc(run.arrays["test/logits"], s.labels), abs=1e-12)
+        assert row["augrc"] == pytest.approx(_augrc_pairs(run.arrays["test/logits"], s.labels), abs=1e-12)
         sums.setdefault(run.spec.variant, {}).setdefault("aurc", []).append(row["aurc"])
+        sums.setdefault(run.spec.variant, {}).setdefault("augrc", []).append(row["augrc"])
     for variant, got in sums.items():
         v = summary["variants"][variant]
         assert v["aurc_mean"] == pytest.approx(np.mean(got["aurc"]), abs=1e-12)
+        assert v["augrc_mean"] == pytest.approx(np.mean(got["augrc"]), abs=1e-12)
         assert set(v["ood"]) == set(OOD_K)
-        for (name, score), values in ((k, x) for k, x in got.items() if k != "aurc"):
+        for (name, score), values in ((k, x) for k, x in got.items() if k not in ("aurc", "augrc")):
             assert v["ood"][name][score]["auroc"] == pytest.approx(np.mean(values), abs=1e-12)
         assert v["ood"]["uniform_noise"]["msp"]["auroc"] == 1.0
     body = _body(page, "ood")
     assert "uniform_noise (far-OOD, 30 images): planted uniform_noise" in body
     assert 'id="fig-ood_histograms"' in body and 'id="fig-risk_coverage"' in body
+    assert 'id="fig-generalized_risk_coverage"' in body and "AUGRC" in body
 
 
 def test_sanity_numbers_and_verdicts(new_sweep) -> None:
@@ -562,3 +577,29 @@ def test_ood_section_without_ood_arrays_says_none_were_stored(lacking_sweep) -> 
     body = _body(lacking_sweep[3], "ood")
     assert "Sets: ." not in body
     assert "No run stored out-of-distribution logits" in body
+
+
+def test_calibration_beyond_ece_clean_and_under_corruption(sweep) -> None:
+    from cnnstress.analysis import calibration
+
+    _, summary, page = _gather(sweep, figures=True)
+    runs = {r["run_id"]: r for r in summary["runs"]}
+    per_variant: dict[str, list] = {}
+    for run in sweep.runs:
+        row = runs[run.run_id]
+        logits = run.arrays["test/logits"].astype(np.float64)
+        probs = metrics.softmax(logits)
+        assert row["ace"] == pytest.approx(calibration.adaptive_ece(probs, sweep.labels), abs=1e-12)
+        assert row["classwise_ece"] == pytest.approx(calibration.classwise_ece(probs, sweep.labels), abs=1e-12)
+        assert row["smece"] == pytest.approx(calibration.smooth_ece(probs, sweep.labels)[0], abs=1e-12)
+        stressed = metrics.softmax(run.arrays["stress/contrast/1/logits"].astype(np.float64))
+        per_variant.setdefault(run.spec.variant, []).append(calibration.smooth_ece(stressed, sweep.labels)[0])
+    for variant, values in per_variant.items():
+        v = summary["variants"][variant]
+        assert v["corruption_smece"]["contrast"]["1"] == pytest.approx(np.mean(values), abs=1e-9)
+        assert v["mean_corruption_smece"] == pytest.approx(np.mean(values), abs=1e-9)
+        assert v["smece_mean"] == pytest.approx(np.mean([runs[r.run_id]["smece"] for r in sweep.runs
+                                                         if r.spec.variant == variant]), abs=1e-12)
+    cal, rob = _body(page, "calibration"), _body(page, "robustness")
+    assert 'id="fig-reliability_smooth"' in cal and "smooth ECE" in cal and "adaptive ECE" in cal
+    assert 'id="fig-reliability_smooth_corrupted"' in rob and "classwise ECE" in rob

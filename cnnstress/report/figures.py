@@ -423,6 +423,36 @@ def reliability(items: list[tuple[Cell, dict[str, np.ndarray] | None, dict[str, 
     return fig
 
 
+def smooth_reliability(items: list[tuple[Cell, dict[str, np.ndarray] | None, dict[str, Any]]],
+                       corrupted: bool = False) -> Figure | None:
+    """Smooth reliability diagrams, one panel per cell; ``items``: (cell, curve, scores) with the
+    curve from ``analysis.calibration.pool_smooth`` (mesh, accuracy, density, smece) and scores
+    holding "smece" (the mean over seeds; on the corrupted sets their mean when ``corrupted``)."""
+    items = [it for it in items if it[1] is not None]
+    if not items:
+        return None
+    fig, axes = _panels(len(items), w=3.1, h=3.1)
+    for ax, (c, r, k) in zip(axes, items):
+        t, dens = r["mesh"], r["density"]
+        ax.plot([0, 1], [0, 1], color="grey", ls="--", lw=1)
+        # the curve means little where no confidence falls: draw it thin there
+        solid = dens > 0.02 * dens.max() if dens.max() > 0 else np.ones_like(t, dtype=bool)
+        ax.plot(t, r["accuracy"], color=color(c), lw=0.8, alpha=0.5)
+        ax.plot(np.where(solid, t, np.nan), np.where(solid, r["accuracy"], np.nan), color=color(c), lw=2,
+                label="smoothed accuracy")
+        ax.fill_between(t, 0, 0.25 * dens / dens.max() if dens.max() > 0 else dens, color=color(c), alpha=0.25,
+                        label="confidence density")
+        value = k.get("smece") if k else None
+        head = f"{c.label}, highest severities" if corrupted else c.label
+        drawn = r.get("smece")
+        title = head + (f": smooth ECE {drawn:.3f}" if drawn is not None else "")
+        if corrupted and value is not None:
+            title += f"\nall corrupted sets: {value:.3f}"
+        ax.set(title=title, xlabel="confidence", ylabel="accuracy", xlim=(0, 1), ylim=(0, 1))
+        ax.legend(loc="upper left", fontsize=7)
+    return fig
+
+
 # ------------------------------------------------------------------------------------------------
 # image mosaics
 # ------------------------------------------------------------------------------------------------
