@@ -603,3 +603,43 @@ def test_calibration_beyond_ece_clean_and_under_corruption(sweep) -> None:
     cal, rob = _body(page, "calibration"), _body(page, "robustness")
     assert 'id="fig-reliability_smooth"' in cal and "smooth ECE" in cal and "adaptive ECE" in cal
     assert 'id="fig-reliability_smooth_corrupted"' in rob and "classwise ECE" in rob
+
+
+@pytest.fixture(scope="module")
+def road_sweep(tmp_path_factory):
+    s = synth.make_sweep(tmp_path_factory.mktemp("road") / "s w", n_test=120, seeds=(1, 2), corruptions=(),
+                         val=False, train_subset=False, road=True)
+    index, summary, page = _gather(s, figures=True)
+    return s, summary, page
+
+
+def test_faithfulness_with_road_beside_mean_fill_and_top_share_in_object(road_sweep) -> None:
+    from cnnstress.analysis import gradcam
+
+    s, summary, page = road_sweep
+    runs = {r["run_id"]: r for r in summary["runs"]}
+    for run in s.runs:
+        row = runs[run.run_id]
+        for kind in ("deletion_gradcam", "deletion_random", "insertion_gradcam", "insertion_random"):
+            for suffix in ("", "_road"):
+                arr = run.arrays[f"faithfulness/{kind}{suffix}"].astype(np.float64)
+                trapezoid = float(np.mean([np.trapezoid(r, np.linspace(0, 1, r.size)) for r in arr]))
+                assert row["faithfulness_auc"][kind + suffix] == pytest.approx(trapezoid, abs=1e-9)
+    body = _body(page, "faithfulness")
+    assert 'id="fig-faithfulness_road"' in body and "ROAD imputation" in body and "mean fill" in body
+    # the top 20% of each predicted-class map inside the object, right and wrong predictions apart
+    mask = s.mask
+    assert mask is not None
+    per_variant: dict[str, list] = {}
+    for run in s.runs:
+        maps = run.arrays["test/gradcam/pred"].astype(np.float64)
+        right = np.argmax(run.arrays["test/logits"], axis=1) == s.labels
+        share = gradcam.top_share_in_mask(maps, mask, 0.2)
+        per_variant.setdefault(run.spec.variant, []).append(
+            (np.nanmean(share[right]), np.nanmean(share[~right])))
+    for variant, values in per_variant.items():
+        sc = summary["variants"][variant]["shortcut"]
+        assert sc["top20_right"] == pytest.approx(np.mean([v[0] for v in values]), abs=1e-9)
+        assert sc["top20_wrong"] == pytest.approx(np.mean([v[1] for v in values]), abs=1e-9)
+        assert sc["top20_right"] > sc["top20_wrong"]  # planted: wrong predictions' maps drift off the object
+    assert "top 20% in object (right)" in _body(page, "shortcut")

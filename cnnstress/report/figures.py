@@ -654,9 +654,11 @@ def robustness(items: list[tuple[Cell, dict[str, dict[str, list]]]],
 _FAITH_STYLE = {"gradcam": "-", "random": ":"}
 
 
-def faithfulness(items: list[tuple[Cell, dict[str, Any]]]) -> Figure | None:
-    """Mean deletion and insertion curves, Grad-CAM (solid) vs random maps (dotted), AUC in the legend."""
-    items = [(c, f) for c, f in items if f and f["curves"]]
+def faithfulness(items: list[tuple[Cell, dict[str, Any]]], suffix: str = "") -> Figure | None:
+    """Mean deletion and insertion curves, Grad-CAM (solid) vs random maps (dotted), AUC in the legend;
+    ``suffix``: which removal's curves ("" mean fill, "_road" ROAD's imputation)."""
+    items = [(c, f) for c, f in items if f and any(f"{kind}_{maps}{suffix}" in f["curves"]
+                                                   for kind in ("deletion", "insertion") for maps in _FAITH_STYLE)]
     if not items:
         return None
     fig = _figure(10.0, 3.6)
@@ -664,14 +666,15 @@ def faithfulness(items: list[tuple[Cell, dict[str, Any]]]) -> Figure | None:
     for ax, kind, better in ((axes[0], "deletion", "lower"), (axes[1], "insertion", "higher")):
         for c, faith in items:
             for maps, ls in _FAITH_STYLE.items():
-                key = f"{kind}_{maps}"
+                key = f"{kind}_{maps}{suffix}"
                 if key not in faith["curves"]:
                     continue
                 y = faith["curves"][key]
                 x = np.linspace(0, 1, y.shape[0])
                 ax.plot(x, y, ls=ls, color=color(c), lw=1.6,
                         label=f"{c.label} {maps}: AUC {faith['auc'][key]:.3f}")
-        ax.set(title=f"{kind} ({better} AUC = more faithful)", xlabel="fraction of pixels " +
+        how = ", ROAD imputation" if suffix == "_road" else ""
+        ax.set(title=f"{kind}{how} ({better} AUC = more faithful)", xlabel="fraction of pixels " +
                ("removed" if kind == "deletion" else "inserted"), ylabel="probability of the predicted class")
         ax.legend(fontsize=7)
     return fig
