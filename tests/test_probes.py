@@ -221,3 +221,17 @@ def _attrs(path: Path) -> dict:
     with h5py.File(path, "r") as f:
         out = {k: f.attrs[k] for k in f.attrs if k != "schema_version"}
     return {k: (v.item() if isinstance(v, np.generic) else v) for k, v in out.items()}
+
+
+def test_road_removal_off_changes_no_run_id_and_on_is_a_measurement_setting(tmp_path) -> None:
+    before = _load(_grid(tmp_path / "plain"), tmp_path).runs
+    off = _load(_grid(tmp_path / "off", "faithfulness_road = false\n"), tmp_path).runs
+    on = _load(_grid(tmp_path / "on", "faithfulness_road = true\n"), tmp_path).runs
+    assert [r.run_id for r in off] == [r.run_id for r in before]
+    assert "faithfulness_road" not in before[0].identity()["stress"] and before[0].stress.faithfulness_road is False
+    assert on[0].stress.faithfulness_road is True and on[0].run_id != before[0].run_id
+    # what decides the weights is untouched: the same training, measured with one more removal
+    assert on[0].identity()["stress"]["faithfulness_road"] is True
+    assert on[0].training_hash() == before[0].training_hash()
+    with pytest.raises(GridError, match=r"\[stress\]\.faithfulness_road"):
+        _load(_grid(tmp_path / "bad", "faithfulness_road = 3\n"), tmp_path)
