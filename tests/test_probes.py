@@ -232,6 +232,6 @@ def test_road_removal_off_changes_no_run_id_and_on_is_a_measurement_setting(tmp_
     assert on[0].stress.faithfulness_road is True and on[0].run_id != before[0].run_id
     # what decides the weights is untouched: the same training, measured with one more removal
     assert on[0].identity()["stress"]["faithfulness_road"] is True
-    assert on[0].training_hash() == before[0].training_hash()
+    assert on[0].training_hash == before[0].training_hash
     with pytest.raises(GridError, match=r"\[stress\]\.faithfulness_road"):
         _load(_grid(tmp_path / "bad", "faithfulness_road = 3\n"), tmp_path)
