@@ -242,12 +242,21 @@ def test_a_run_with_road_stores_both_removals_and_mean_fill_is_unchanged_by_it(t
     leaves the mean-fill curves bitwise as they were (ROAD's noise has its own seeded stream)."""
     from cnnstress.worker import run, run_dir_for
 
-    plain = _load(_grid(tmp_path / "plain"), tmp_path).runs[0]
+    def lean(folder: str, extra: str = ""):
+        # clean accuracy and 6 faithfulness images only: the curves are what this test is about
+        text = tiny_grid_text(name="toy", epochs=1, lean=True, n_train=200, n_test=100)
+        path = tmp_path / folder / "toy grid.toml"
+        path.parent.mkdir(parents=True)
+        path.write_text(text.replace("faithfulness_samples = 0", "faithfulness_samples = 6\n" + extra))
+        return _load(path, tmp_path).runs[0]
+
+    plain = lean("plain")
     assert run(plain, echo=False)["status"] == "done"
     with h5py.File(run_dir_for(plain) / "results.h5", "r") as f:
         mean_fill = {k: f[f"faithfulness/{k}"][:] for k in ("deletion_gradcam", "insertion_random")}
         assert "faithfulness/deletion_gradcam_road" not in f
-    road = _load(_grid(tmp_path / "road", "faithfulness_road = true\n"), tmp_path).runs[0]
+    road = lean("road", "faithfulness_road = true\n")
+    assert road.stress.faithfulness_road and road.training_hash == plain.training_hash
     assert run(road, echo=False)["status"] == "done"
     path = run_dir_for(road) / "results.h5"
     store.validate_results(path)
@@ -256,7 +265,7 @@ def test_a_run_with_road_stores_both_removals_and_mean_fill_is_unchanged_by_it(t
             np.testing.assert_array_equal(f[f"faithfulness/{k}"][:], v)
         for kind in ("deletion_gradcam", "deletion_random", "insertion_gradcam", "insertion_random"):
             curve = f[f"faithfulness/{kind}_road"][:]
-            assert curve.shape == (16, 17) and curve.dtype == np.float32 and np.isfinite(curve).all()
+            assert curve.shape == (6, 17) and curve.dtype == np.float32 and np.isfinite(curve).all()
         # nothing removed yet: ROAD's first deletion point is the image itself, as mean fill's
         np.testing.assert_allclose(f["faithfulness/deletion_gradcam_road"][:, 0],
                                    f["faithfulness/deletion_gradcam"][:, 0], atol=1e-6)
