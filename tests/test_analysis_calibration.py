@@ -299,7 +299,8 @@ def test_scores_carry_the_new_eces_and_smooth_curves_pool():
     probs = metrics.softmax(logits)
     want = {"ace": calibration.adaptive_ece(probs, labels), "classwise_ece": calibration.classwise_ece(probs, labels),
             "smece": calibration.smooth_ece(probs, labels)[0]}
-    for got in (calibration.calibration_summary(logits, labels), calibration.scores_at_temperature(logits, labels, 2.0)):
+    for got in (calibration.calibration_summary(logits, labels),
+                calibration.scores_at_temperature(logits, labels, 2.0)):
         for k, v in want.items():
             assert got[k] == pytest.approx(v, abs=1e-12), k
     one = calibration.smooth_reliability(probs, labels)

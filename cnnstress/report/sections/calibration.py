@@ -76,7 +76,8 @@ class CalibrationSection(Section):
         def draw_smooth():
             from .. import figures as F
 
-            return F.smooth_reliability([(c, a.get("smooth"), a["scores"]) for c, a in cell_parts(report.cells, self.id)])
+            return F.smooth_reliability([(c, a.get("smooth"), a["scores"])
+                                         for c, a in cell_parts(report.cells, self.id)])
 
         return [FigureSpec("reliability", draw, "Reliability diagrams pooled over seeds; title: ECE before → after "
                                                 "temperature scaling (fitted on validation logits)."),

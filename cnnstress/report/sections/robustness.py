@@ -352,7 +352,8 @@ class RobustnessSection(Section):
         for key, label in (("ece", "ECE under corruption"),
                            ("ece_after", "ECE under corruption (clean-validation temperature)"),
                            ("nll", "NLL under corruption"), ("brier", "Brier score under corruption"),
-                           ("ace", "adaptive ECE under corruption"), ("classwise_ece", "classwise ECE under corruption"),
+                           ("ace", "adaptive ECE under corruption"),
+                           ("classwise_ece", "classwise ECE under corruption"),
                            ("smece", "smooth ECE under corruption")):
             vals = [v[key] for v in part.calibration.values() if v.get(key) is not None]
             if vals:

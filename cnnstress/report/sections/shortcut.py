@@ -109,7 +109,8 @@ class ShortcutSection(Section):
                          "arrays with mask_test).")
         out = [para(g.parts[self.id], "verdict") for g in report.groups if g.parts.get(self.id)]
         rows = [[c.label, num(s.get("energy_right")), num(s.get("energy_wrong")), pct(s.get("top20_right"), 1),
-                 pct(s.get("top20_wrong"), 1), pct(s.get("pointing_game"), 1), pct(s.get("acc_aligned"), 1), pct(s.get("acc_conflicting"), 1),
+                 pct(s.get("top20_wrong"), 1), pct(s.get("pointing_game"), 1), pct(s.get("acc_aligned"), 1),
+                 pct(s.get("acc_conflicting"), 1),
                  pct(s.get("follows_background"), 1), num(s.get("n_conflicting"), 0)] for c, s in items]
         out.append(para("Energy: fraction of the predicted class's Grad-CAM mass inside the object mask; top 20%: "
                         "the share of the map's 20% highest pixels that lie inside the object (pixels tied at the "
