@@ -500,6 +500,7 @@ def test_ood_and_selective_numbers_against_pairwise_counts(new_sweep) -> None:
     assert "uniform_noise (far-OOD, 30 images): planted uniform_noise" in body
     assert 'id="fig-ood_histograms"' in body and 'id="fig-risk_coverage"' in body
     assert 'id="fig-generalized_risk_coverage"' in body and "AUGRC" in body
+    assert "AUGRC (generalised selective risk)" in _body(page, "changes")
 
 
 def test_sanity_numbers_and_verdicts(new_sweep) -> None:
@@ -603,6 +604,8 @@ def test_calibration_beyond_ece_clean_and_under_corruption(sweep) -> None:
     cal, rob = _body(page, "calibration"), _body(page, "robustness")
     assert 'id="fig-reliability_smooth"' in cal and "smooth ECE" in cal and "adaptive ECE" in cal
     assert 'id="fig-reliability_smooth_corrupted"' in rob and "classwise ECE" in rob
+    changes = _body(page, "changes")  # each is a row of the paired comparison with the baseline
+    assert all(w in changes for w in ("adaptive ECE", "classwise ECE under corruption", "smooth ECE under corruption"))
 
 
 @pytest.fixture(scope="module")
@@ -643,3 +646,5 @@ def test_faithfulness_with_road_beside_mean_fill_and_top_share_in_object(road_sw
         assert sc["top20_wrong"] == pytest.approx(np.mean([v[1] for v in values]), abs=1e-9)
         assert sc["top20_right"] > sc["top20_wrong"]  # planted: wrong predictions' maps drift off the object
     assert "top 20% in object (right)" in _body(page, "shortcut")
+    changes = _body(page, "changes")
+    assert "deletion AUC of Grad-CAM, ROAD imputation" in changes and "top 20% of Grad-CAM inside the object" in changes
