@@ -440,25 +440,33 @@ class Predictor:
 
     @torch.inference_mode()
     def deletion_insertion(self, x_uint8: Tensor, saliency: Tensor, classes: Tensor, steps: int = 16,
-                           batch_size: int = 256) -> tuple[Tensor, Tensor]:
+                           batch_size: int = 256, removal: str = "mean",
+                           generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
         """Deletion and insertion curves (M, steps+1): probability of ``classes`` as the most salient
-        pixels (by ``saliency`` upsampled to the image) are removed from the image (deletion;
-        removed pixels take the dataset mean, i.e. 0 after normalisation) or revealed on a mean
-        image (insertion). A faithful map makes deletion fall fast and insertion rise fast.
+        pixels (by ``saliency`` upsampled to the image) are removed from the image (deletion) or
+        revealed on an image with every pixel removed (insertion). A faithful map makes deletion
+        fall fast and insertion rise fast.
+
+        ``removal``: "mean" (removed pixels take the dataset mean, i.e. 0 after normalisation) or
+        "road" (ROAD's noisy linear imputation, :func:`noisy_linear_impute`, so the removed region
+        looks like its surroundings instead of a flat patch; its noise is drawn from ``generator``).
 
         ``batch_size`` images at a time: the (up to 10 000) sampled images never sit on the device
         as one batch of masked copies. Probabilities come from a float32 head (:func:`float32_head`)."""
+        if removal not in REMOVAL_MODES:
+            raise ValueError(f"removal must be one of {REMOVAL_MODES}, got {removal!r}")
         self.model.eval()
         dele, ins = [], []
         for start in range(0, x_uint8.shape[0], batch_size):
             sl = slice(start, start + batch_size)
-            d, i = self._deletion_insertion_batch(x_uint8[sl], saliency[sl], classes[sl], steps)
+            d, i = self._deletion_insertion_batch(x_uint8[sl], saliency[sl], classes[sl], steps, removal, generator)
             dele.append(d)
             ins.append(i)
         return torch.cat(dele), torch.cat(ins)
 
     def _deletion_insertion_batch(self, x_uint8: Tensor, saliency: Tensor, classes: Tensor,
-                                  steps: int) -> tuple[Tensor, Tensor]:
+                                  steps: int, removal: str = "mean",
+                                  generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
         m, _, h, w = x_uint8.shape
         sal = F.interpolate(saliency.float().unsqueeze(1), size=(h, w), mode="bilinear", align_corners=False).view(m, -1)
         # rank of each pixel in the saliency order (0 = most salient); ties broken by position
@@ -470,12 +478,105 @@ class Predictor:
         for s in range(steps + 1):
             k = round(s * h * w / steps)
             keep_top = (rank < k).view(m, 1, h, w)  # the k most salient pixels
-            for curve, img in ((dele, torch.where(keep_top, torch.zeros_like(x), x)),
-                               (ins, torch.where(keep_top, x, torch.zeros_like(x)))):
+            if removal == "road":
+                filled = (noisy_linear_impute(x, keep_top, generator=generator),
+                          noisy_linear_impute(x, ~keep_top, generator=generator))
+            else:
+                filled = (torch.where(keep_top, torch.zeros_like(x), x), torch.where(keep_top, x, torch.zeros_like(x)))
+            for curve, img in zip((dele, ins), filled):
                 inp = img.contiguous(memory_format=torch.channels_last) if self.channels_last else img
                 logits, _ = float32_head(self.model, inp, self.precision)
                 curve.append(torch.softmax(logits, 1).gather(1, classes.view(-1, 1)).squeeze(1))
         return torch.stack(dele, 1), torch.stack(ins, 1)
+
+
+# ------------------------------------------------------------------------------------------------
+# ROAD's noisy linear imputation (Rong et al., "A consistent and efficient evaluation strategy for
+# attribution methods", ICML 2022)
+# ------------------------------------------------------------------------------------------------
+
+REMOVAL_MODES = ("mean", "road")
+ROAD_NOISE = 0.01  # standard deviation of the noise added to imputed values (the paper's), input units
+# conjugate gradients stop when every image's root-mean-square residual is below this (input units): far
+# below the noise, so the solve's error is not what the curves show
+ROAD_TOL = 1e-5
+# the 8 neighbours' weights: 1/6 for the four sharing an edge, 1/12 for the four diagonal ones
+_ROAD_EDGE, _ROAD_DIAGONAL = 1 / 6, 1 / 12
+
+
+def _coarse_fill(x: Tensor, known: Tensor) -> Tensor:
+    """Removed pixels filled coarse to fine with the mean of the kept pixels in 2x2, 4x4, ...
+    blocks around them (0 where no block holds a kept pixel): a starting guess for the solve."""
+    levels = [(x * known, known)]
+    while min(levels[-1][0].shape[-2:]) >= 2:
+        v, k = levels[-1]
+        levels.append((F.avg_pool2d(v, 2, ceil_mode=True), F.avg_pool2d(k, 2, ceil_mode=True)))
+    guess = torch.zeros_like(levels[-1][0])
+    for v, k in reversed(levels):
+        up = F.interpolate(guess, size=v.shape[-2:], mode="nearest")
+        own = v / k.clamp_min(1e-12)
+        guess = torch.where(k > 0, own, up)
+    return guess
+
+
+def _neighbour_sum(u: Tensor) -> Tensor:
+    """sum over the in-image neighbours n of pixel p of weight(n - p) * u[n], for (B, 1, H, W) ``u``
+    (shifted slices of a zero-padded copy: a 3x3 convolution without conv2d's per-call cost on a CPU)."""
+    h, w = u.shape[-2:]
+    q = F.pad(u, (1, 1, 1, 1))
+    edge = q[..., :h, 1:w + 1] + q[..., 2:, 1:w + 1] + q[..., 1:h + 1, :w] + q[..., 1:h + 1, 2:]
+    diagonal = q[..., :h, :w] + q[..., :h, 2:] + q[..., 2:, :w] + q[..., 2:, 2:]
+    return _ROAD_EDGE * edge + _ROAD_DIAGONAL * diagonal
+
+
+def noisy_linear_impute(x: Tensor, removed: Tensor, noise: float = ROAD_NOISE,
+                        generator: torch.Generator | None = None, max_iter: int | None = None,
+                        tol: float = ROAD_TOL) -> Tensor:
+    """ROAD's noisy linear imputation of the ``removed`` pixels of (M, 3, H, W) images ``x``.
+
+    Every removed pixel becomes the weighted mean of its (up to 8, inside the image) neighbours,
+    removed or not, with weights 1/6 (edge) and 1/12 (diagonal); the kept pixels stay as they are.
+    That is one sparse linear system per image and channel; it is symmetric positive definite on
+    every removed region that touches a kept pixel, and is solved here by Jacobi-preconditioned
+    conjugate gradients, batched on the device (no scipy). A removed region with no kept pixel
+    in reach (e.g. every pixel removed) has nothing to interpolate from and keeps 0, i.e. the
+    dataset mean after normalisation. Then Gaussian noise of standard deviation ``noise`` is added to
+    the imputed values only (drawn from ``generator``), so a model cannot read the removal
+    pattern off perfectly smooth patches. ``removed``: (M, 1, H, W) or (M, H, W) bool; ``tol``: the
+    root-mean-square residual the solve stops at; ``max_iter``: at most this many iterations.
+    """
+    m, c, h, w = x.shape
+    mask = removed.view(m, 1, h, w).to(x.dtype).expand(m, c, h, w).reshape(m * c, 1, h, w)
+    xs = x.float().reshape(m * c, 1, h, w)
+    known = 1.0 - mask
+    diag = _neighbour_sum(torch.ones_like(xs[:1]))  # sum of the weights of the in-image neighbours
+
+    def apply(u: Tensor) -> Tensor:  # the system's matrix on the removed pixels (u is 0 elsewhere)
+        return mask * (diag * u - _neighbour_sum(u))
+
+    b = mask * _neighbour_sum(xs * known)
+    u = mask * _coarse_fill(xs, known)  # a starting point right at low frequencies, where CG is slowest
+    r = b - apply(u)
+    z = r / diag
+    p = z.clone()
+    rz = (r * z).sum(dim=(1, 2, 3))
+    steps = max_iter if max_iter is not None else 4 * (h + w) + 50
+    for _ in range(steps):
+        if float((r * r).mean(dim=(1, 2, 3)).max()) < tol ** 2:
+            break
+        ap = apply(p)
+        denom = (p * ap).sum(dim=(1, 2, 3))
+        alpha = torch.where(denom > 0, rz / denom.clamp_min(1e-30), torch.zeros_like(rz)).view(-1, 1, 1, 1)
+        u = u + alpha * p
+        r = r - alpha * ap
+        z = r / diag
+        rz_new = (r * z).sum(dim=(1, 2, 3))
+        beta = torch.where(rz > 0, rz_new / rz.clamp_min(1e-30), torch.zeros_like(rz)).view(-1, 1, 1, 1)
+        p = z + beta * p
+        rz = rz_new
+    if noise > 0:
+        u = u + mask * noise * torch.randn(u.shape, generator=generator, device=u.device, dtype=u.dtype)
+    return torch.where(mask.bool(), u, xs).view(m, c, h, w).to(x.dtype)
 
 
 # The same measurements as functions of their parts (tests and bench/ call them this way).
@@ -505,10 +606,11 @@ def gradcam(model: nn.Module, layer: nn.Module, x_uint8: Tensor, targets: list[T
 
 def deletion_insertion(model: nn.Module, x_uint8: Tensor, saliency: Tensor, classes: Tensor, mean: Tensor,
                        std: Tensor, precision: Precision, steps: int = 16,
-                       channels_last: bool = True, batch_size: int = 256) -> tuple[Tensor, Tensor]:
+                       channels_last: bool = True, batch_size: int = 256, removal: str = "mean",
+                       generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
     """:meth:`Predictor.deletion_insertion`."""
     return Predictor(model, mean, std, precision, channels_last).deletion_insertion(
-        x_uint8, saliency, classes, steps, batch_size)
+        x_uint8, saliency, classes, steps, batch_size, removal, generator)
 
 
 def fixed_positions(n: int, count: int, seed: int) -> np.ndarray:

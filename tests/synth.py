@@ -52,6 +52,7 @@ class Synth:
     runs: list[SynthRun]
     labels: np.ndarray  # (N,) int64, the test labels every run shares
     bg_class: np.ndarray | None  # (N,) int64 for shapes
+    mask: np.ndarray | None = None  # (N, 32, 32) bool object pixels for shapes
 
     def run(self, variant: str, seed: int) -> SynthRun:
         for r in self.runs:
@@ -110,6 +111,7 @@ def make_sweep(
     val: bool = True,
     train_subset: bool = True,
     faithfulness: bool = True,
+    road: bool = False,
     threshold: float = 0.7,
     top_failures: int = 8,
     canonical: int = 4,
@@ -171,7 +173,7 @@ def make_sweep(
         arrays = _run_arrays(run_rng, spec, acc, labels, difficulty, centroids, bg_class, mask,
                              shortcut=(vi == 0), corruptions=corruptions, severities=severities, val=val,
                              train_subset=train_subset, train_index=train_index, train_label=train_label,
-                             faithfulness=faithfulness)
+                             faithfulness=faithfulness, road=road)
         attrs = {"run_id": spec.run_id, "spec": spec.to_dict(), "variant": spec.variant, "seed": spec.seed,
                  "versions": {"synthetic": True}, "device": "none", "git_sha": "synthetic", "timings": {}}
         sha = store.publish_results(run_dir, arrays, attrs)
@@ -185,7 +187,7 @@ def make_sweep(
             path.write_bytes(b"\x00garbage" * (size // 8 + 1))
             status = "broken"
         runs.append(SynthRun(spec, run_dir, status, arrays=stored))
-    return Synth(sweep_dir=sweep_dir, grid=grid, runs=runs, labels=labels, bg_class=bg_class)
+    return Synth(sweep_dir=sweep_dir, grid=grid, runs=runs, labels=labels, bg_class=bg_class, mask=mask)
 
 
 def _logits_for(rng: np.random.Generator, labels: np.ndarray, preds: np.ndarray, num_classes: int) -> np.ndarray:
@@ -213,7 +215,8 @@ def _predictions(rng: np.random.Generator, labels: np.ndarray, correct: np.ndarr
 def _run_arrays(rng: np.random.Generator, spec: RunSpec, acc: float, labels: np.ndarray, difficulty: np.ndarray,
                 centroids: np.ndarray, bg_class: np.ndarray | None, mask: np.ndarray | None, *, shortcut: bool,
                 corruptions: tuple[str, ...], severities: tuple[int, ...], val: bool, train_subset: bool,
-                train_index: np.ndarray, train_label: np.ndarray, faithfulness: bool) -> dict[str, Any]:
+                train_index: np.ndarray, train_label: np.ndarray, faithfulness: bool,
+                road: bool = False) -> dict[str, Any]:
     n, c, e = labels.shape[0], spec.num_classes, spec.train.epochs
     k = int(round(acc * n))
     score = difficulty + 0.6 * rng.random(n)
@@ -274,4 +277,9 @@ def _run_arrays(rng: np.random.Generator, spec: RunSpec, acc: float, labels: np.
         out["faithfulness/insertion_gradcam"] = (start * (1 - np.exp(-4 * x))).astype(np.float32)
         out["faithfulness/insertion_random"] = (start * (1 - np.exp(-1.5 * x))).astype(np.float32)
         out["faithfulness/positions"] = pos.astype(np.float32)
+        if road:  # ROAD's imputation: slower falls and rises than mean fill's
+            out["faithfulness/deletion_gradcam_road"] = (start * np.exp(-2.5 * x)).astype(np.float32)
+            out["faithfulness/deletion_random_road"] = (start * np.exp(-1.2 * x)).astype(np.float32)
+            out["faithfulness/insertion_gradcam_road"] = (start * (1 - np.exp(-2.5 * x))).astype(np.float32)
+            out["faithfulness/insertion_random_road"] = (start * (1 - np.exp(-1.2 * x))).astype(np.float32)
     return out

@@ -414,3 +414,42 @@ def test_drop_beyond_seeds_needs_two_seeds_and_identical_drops_count():
     assert same["lo"][0] == pytest.approx(0.2) and same["hi"][0] == pytest.approx(0.2)
     with pytest.raises(ValueError, match="share one"):
         robustness.drop_beyond_seeds(np.ones((2, 3)), np.ones((2, 3)), np.ones((2, 2)))
+
+
+def _top_share_over_orders(up: np.ndarray, mask: np.ndarray, share: float) -> float:
+    """Mean over every order of the pixels of: sort by value (stable), take the first k, count inside."""
+    import itertools
+
+    vals, ins = up.ravel().tolist(), mask.ravel().tolist()
+    k = math.ceil(share * len(vals) - 1e-9)
+    total, count = 0.0, 0
+    for perm in itertools.permutations(range(len(vals))):
+        order = sorted(perm, key=lambda i: -vals[i])  # stable: ties in the permutation's order
+        total += sum(ins[i] for i in order[:k]) / k
+        count += 1
+    return total / count
+
+
+def test_top_share_in_mask_is_the_mean_over_tie_orders():
+    rng = np.random.default_rng(0)
+    for trial in range(6):
+        # maps at the mask resolution (upsampling is the identity), few distinct values: many ties
+        maps = rng.integers(0, 3, size=(1, 2, 3)).astype(np.float64)
+        maps[0, 0, 0] = 2.0  # some positive mass
+        masks = rng.random((1, 2, 3)) < 0.5
+        for share in (0.2, 0.5, 1.0):
+            got = gradcam.top_share_in_mask(maps, masks, share)[0]
+            assert got == pytest.approx(_top_share_over_orders(maps[0], masks[0], share), abs=1e-12), (trial, share)
+
+
+def test_top_share_in_mask_without_ties_and_edge_cases():
+    rng = np.random.default_rng(1)
+    maps = rng.random((3, 8, 8))
+    masks = rng.random((3, 32, 32)) < 0.3
+    up = gradcam.upsample_bilinear(maps, size=(32, 32)).astype(np.float64).reshape(3, -1)
+    k = math.ceil(0.2 * 32 * 32)
+    want = [masks[i].ravel()[np.argsort(-up[i])[:k]].mean() for i in range(3)]
+    np.testing.assert_allclose(gradcam.top_share_in_mask(maps, masks), want, atol=1e-12)
+    assert np.isnan(gradcam.top_share_in_mask(np.zeros((1, 4, 4)), np.ones((1, 4, 4), bool))[0])
+    with pytest.raises(ValueError, match="share"):
+        gradcam.top_share_in_mask(maps, masks, 0.0)

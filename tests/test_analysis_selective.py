@@ -207,7 +207,8 @@ def test_selective_summary_matches_the_functions():
     x, y = tied_logits(rng, 333, c=5, hi=4)
     for score in ood.SCORES:
         s = selective.selective_summary(x, y, score)
-        assert set(s) == {"accuracy", "acc_at_90", "acc_at_80", "aurc", "optimal_aurc", "e_aurc", "n"}
+        assert set(s) == {"accuracy", "acc_at_90", "acc_at_80", "aurc", "optimal_aurc", "e_aurc", "augrc", "n"}
+        assert s["augrc"] == pytest.approx(selective.augrc(x, y, score), abs=1e-14)
         assert s["n"] == 333
         assert s["accuracy"] == pytest.approx(np.mean(np.argmax(x, 1) == y), abs=1e-14)
         assert s["acc_at_90"] == pytest.approx(selective.accuracy_at_coverage(x, y, 0.9, score), abs=1e-14)
@@ -225,7 +226,9 @@ def test_empty_and_invalid_inputs():
     assert math.isnan(selective.accuracy_at_coverage(x0, y0, 0.5))
     assert selective.risk_coverage(x0, y0)["coverage"].shape == (0,)
     s = selective.selective_summary(x0, y0)
-    assert s["n"] == 0 and math.isnan(s["aurc"]) and math.isnan(s["accuracy"])
+    assert s["n"] == 0 and math.isnan(s["aurc"]) and math.isnan(s["accuracy"]) and math.isnan(s["augrc"])
+    assert math.isnan(selective.augrc(x0, y0))
+    assert selective.generalized_risk_coverage(x0, y0)["coverage"].shape == (0,)
     x, y = np.zeros((3, 2)), np.array([0, 1, 0])
     for bad in (0.0, -0.5, 1.01):
         with pytest.raises(ValueError, match="coverage"):
@@ -238,3 +241,80 @@ def test_empty_and_invalid_inputs():
         selective.aurc(x, np.array([0, 2, 0]))      # class 2 of 2
     with pytest.raises(ValueError, match="logits"):
         selective.selective_summary(np.zeros(3), y)
+
+
+# ----------------------------------------------------------------------------- AUGRC
+
+
+def plain_augrc_in_order(conf, wrong):
+    """AUGRC for one order: trapezoids over coverage k / N of (errors among the first k) / N, from 0."""
+    n = len(conf)
+    idx = sorted(range(n), key=lambda i: -conf[i])
+    area, prev, errs = 0.0, 0.0, 0
+    for i in idx:
+        errs += wrong[i]
+        area += (prev + errs / n) / 2 / n
+        prev = errs / n
+    return area
+
+
+def augrc_closed_form(conf, wrong):
+    """Traub et al.'s (1 - AUROC) acc (1 - acc) + (1 - acc)^2 / 2, AUROC by counting pairs (ties 1/2)."""
+    right = [c for c, w in zip(conf, wrong) if not w]
+    bad = [c for c, w in zip(conf, wrong) if w]
+    n = len(conf)
+    acc = len(right) / n
+    if not right or not bad:
+        return (1 - acc) ** 2 / 2
+    wins = sum(1.0 if r > b else 0.5 if r == b else 0.0 for r in right for b in bad)
+    auroc = wins / (len(right) * len(bad))
+    return (1 - auroc) * acc * (1 - acc) + (1 - acc) ** 2 / 2
+
+
+def test_augrc_with_ties_is_the_mean_over_every_tie_order():
+    rng = np.random.default_rng(11)
+    for trial in range(12):
+        n = int(rng.integers(1, 7))
+        x, y = tied_logits(rng, n, c=2, hi=2)
+        conf, wrong = ood.ood_score(x, "msp").tolist(), wrong_of(x, y)
+        want = mean_over_tie_orders(plain_augrc_in_order, conf, wrong)
+        assert selective.augrc(x, y) == pytest.approx(want, abs=1e-12), trial
+
+
+@pytest.mark.parametrize("score", ood.SCORES)
+def test_augrc_equals_the_auroc_closed_form_with_many_ties(score):
+    rng = np.random.default_rng(12)
+    x, y = tied_logits(rng, 200, c=4, hi=3)
+    conf = ood.ood_score(x, score).tolist()
+    assert len(set(conf)) < 50
+    assert selective.augrc(x, y, score) == pytest.approx(augrc_closed_form(conf, wrong_of(x, y)), abs=1e-12)
+
+
+def test_generalized_risk_coverage_matches_threshold_loop():
+    rng = np.random.default_rng(13)
+    x, y = tied_logits(rng, 80, c=3, hi=3)
+    conf, wrong = ood.ood_score(x, "msp").tolist(), wrong_of(x, y)
+    g = selective.generalized_risk_coverage(x, y)
+    cov, thr, grisk = [], [], []
+    for t in sorted(set(conf), reverse=True):
+        taken = [w for c, w in zip(conf, wrong) if c >= t]
+        cov.append(len(taken) / len(conf))
+        grisk.append(sum(taken) / len(conf))
+        thr.append(t)
+    np.testing.assert_allclose(g["coverage"], cov, atol=1e-15)
+    np.testing.assert_allclose(g["generalized_risk"], grisk, atol=1e-15)
+    np.testing.assert_allclose(g["threshold"], thr, atol=1e-15)
+    # the generalised risk is the selective risk times the coverage
+    rc = selective.risk_coverage(x, y)
+    np.testing.assert_allclose(g["generalized_risk"], rc["risk"] * rc["coverage"], atol=1e-15)
+
+
+def test_augrc_of_a_perfect_ranking_and_of_constant_confidence():
+    # right predictions all more confident than wrong ones: AUROC 1, AUGRC = (1 - acc)^2 / 2
+    x = np.array([[5.0, 0.0], [4.0, 0.0], [3.0, 0.0], [2.0, 0.0], [1.0, 0.0]])
+    y = np.array([0, 0, 0, 1, 1])
+    assert selective.augrc(x, y) == pytest.approx(0.4 ** 2 / 2, abs=1e-15)
+    # constant confidence: AUROC 1/2
+    xc = np.zeros((4, 2))
+    yc = np.array([0, 1, 1, 0])
+    assert selective.augrc(xc, yc) == pytest.approx(0.5 * 0.25 + 0.125, abs=1e-15)

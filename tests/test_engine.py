@@ -275,3 +275,82 @@ def test_predict_on_an_index_equals_predict_on_the_gathered_images():
     a = predict(model, x[idx], mean, std, p, 3, False, with_embedding=True)
     b = predict(model, x, mean, std, p, 3, False, with_embedding=True, index=idx)
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+
+
+# --- ROAD's noisy linear imputation ----------------------------------------------------------------
+
+
+def _road_by_dense_system(img: np.ndarray, removed: np.ndarray) -> np.ndarray:
+    """The ROAD paper's system written out pixel by pixel: each removed pixel equals the weighted mean
+    of its in-image 8 neighbours (1/6 sharing an edge, 1/12 diagonal), kept pixels fixed; solved densely."""
+    c, h, w = img.shape
+    out = img.astype(np.float64).copy()
+    unknown = {p: i for i, p in enumerate(zip(*np.nonzero(removed)))}
+    for ch in range(c):
+        a = np.zeros((len(unknown), len(unknown)))
+        b = np.zeros(len(unknown))
+        for (i, j), k in unknown.items():
+            for di in (-1, 0, 1):
+                for dj in (-1, 0, 1):
+                    ii, jj = i + di, j + dj
+                    if (di, dj) == (0, 0) or not (0 <= ii < h and 0 <= jj < w):
+                        continue
+                    wt = 1 / 6 if di == 0 or dj == 0 else 1 / 12
+                    a[k, k] += wt
+                    if (ii, jj) in unknown:
+                        a[k, unknown[(ii, jj)]] -= wt
+                    else:
+                        b[k] += wt * img[ch, ii, jj]
+        for (i, j), k in unknown.items():
+            out[ch, i, j] = np.linalg.solve(a, b)[k]
+    return out
+
+
+@pytest.mark.parametrize("seed, share", [(0, 0.3), (1, 0.7), (2, 0.95)])
+def test_road_imputation_solves_the_papers_linear_system(seed, share):
+    rng = np.random.default_rng(seed)
+    img = rng.normal(size=(2, 3, 7, 9))
+    removed = rng.random((2, 7, 9)) < share
+    removed[:, 0, 0] = False  # at least one kept pixel: the system has one solution
+    got = engine.noisy_linear_impute(torch.tensor(img, dtype=torch.float32), torch.tensor(removed), noise=0.0,
+                                     tol=1e-9, max_iter=2000).numpy()
+    for n in range(2):
+        np.testing.assert_allclose(got[n], _road_by_dense_system(img[n], removed[n]), atol=2e-5)
+        assert np.array_equal(got[n][:, ~removed[n]], img[n][:, ~removed[n]].astype(np.float32))
+
+
+def test_road_noise_touches_only_removed_pixels_and_follows_its_generator():
+    rng = np.random.default_rng(3)
+    x = torch.tensor(rng.normal(size=(4, 3, 16, 16)), dtype=torch.float32)
+    removed = torch.tensor(rng.random((4, 1, 16, 16)) < 0.5)
+    clean = engine.noisy_linear_impute(x, removed, noise=0.0)
+    noisy = engine.noisy_linear_impute(x, removed, generator=torch.Generator().manual_seed(7))
+    again = engine.noisy_linear_impute(x, removed, generator=torch.Generator().manual_seed(7))
+    assert torch.equal(noisy, again)
+    m = removed.expand(-1, 3, -1, -1)
+    diff = (noisy - clean)[m]
+    assert torch.equal(noisy[~m], x[~m]) and torch.equal(clean[~m], x[~m])
+    assert abs(float(diff.std()) - engine.ROAD_NOISE) < 0.1 * engine.ROAD_NOISE
+    # nothing kept: nothing to interpolate from, the mean (0) plus noise
+    everything = engine.noisy_linear_impute(x, torch.ones_like(removed), noise=0.0)
+    assert torch.equal(everything, torch.zeros_like(x))
+
+
+def test_road_removal_in_the_curves_ends_where_mean_fill_ends():
+    torch.manual_seed(0)
+    model = build_model("simple_cnn", 10, width=4).eval()
+    x = torch.randint(0, 256, (5, 3, 32, 32), dtype=torch.uint8)
+    sal = torch.rand(5, 8, 8, generator=torch.Generator().manual_seed(1))
+    cls = torch.arange(5)
+    mean, std = torch.tensor(MEAN), torch.tensor(STD)
+    p = Precision("cpu", torch.float32, False)
+    d_mean, i_mean = deletion_insertion(model, x, sal, cls, mean, std, p, 4, False)
+    d_road, i_road = deletion_insertion(model, x, sal, cls, mean, std, p, 4, False, removal="road",
+                                        generator=torch.Generator().manual_seed(2))
+    # nothing removed yet: the image itself; everything removed: the mean image (plus ROAD's 0.01 noise)
+    torch.testing.assert_close(d_road[:, 0], d_mean[:, 0])
+    torch.testing.assert_close(i_road[:, -1], i_mean[:, -1])
+    torch.testing.assert_close(d_road[:, -1], d_mean[:, -1], atol=0.02, rtol=0)
+    assert not torch.allclose(d_road[:, 1:-1], d_mean[:, 1:-1])  # in between, the removal differs
+    with pytest.raises(ValueError, match="removal"):
+        deletion_insertion(model, x, sal, cls, mean, std, p, 4, False, removal="blur")

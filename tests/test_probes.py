@@ -221,3 +221,51 @@ def _attrs(path: Path) -> dict:
     with h5py.File(path, "r") as f:
         out = {k: f.attrs[k] for k in f.attrs if k != "schema_version"}
     return {k: (v.item() if isinstance(v, np.generic) else v) for k, v in out.items()}
+
+
+def test_road_removal_off_changes_no_run_id_and_on_is_a_measurement_setting(tmp_path) -> None:
+    before = _load(_grid(tmp_path / "plain"), tmp_path).runs
+    off = _load(_grid(tmp_path / "off", "faithfulness_road = false\n"), tmp_path).runs
+    on = _load(_grid(tmp_path / "on", "faithfulness_road = true\n"), tmp_path).runs
+    assert [r.run_id for r in off] == [r.run_id for r in before]
+    assert "faithfulness_road" not in before[0].identity()["stress"] and before[0].stress.faithfulness_road is False
+    assert on[0].stress.faithfulness_road is True and on[0].run_id != before[0].run_id
+    # what decides the weights is untouched: the same training, measured with one more removal
+    assert on[0].identity()["stress"]["faithfulness_road"] is True
+    assert on[0].training_hash == before[0].training_hash
+    with pytest.raises(GridError, match=r"\[stress\]\.faithfulness_road"):
+        _load(_grid(tmp_path / "bad", "faithfulness_road = 3\n"), tmp_path)
+
+
+def test_a_run_with_road_stores_both_removals_and_mean_fill_is_unchanged_by_it(tmp_path) -> None:
+    """The worker measures ROAD's curves beside mean fill's on the same images; turning ROAD on
+    leaves the mean-fill curves bitwise as they were (ROAD's noise has its own seeded stream)."""
+    from cnnstress.worker import run, run_dir_for
+
+    def lean(folder: str, extra: str = ""):
+        # clean accuracy and 6 faithfulness images only: the curves are what this test is about
+        text = tiny_grid_text(name="toy", epochs=1, lean=True, n_train=200, n_test=100)
+        path = tmp_path / folder / "toy grid.toml"
+        path.parent.mkdir(parents=True)
+        path.write_text(text.replace("faithfulness_samples = 0", "faithfulness_samples = 6\n" + extra))
+        return _load(path, tmp_path).runs[0]
+
+    plain = lean("plain")
+    assert run(plain, echo=False)["status"] == "done"
+    with h5py.File(run_dir_for(plain) / "results.h5", "r") as f:
+        mean_fill = {k: f[f"faithfulness/{k}"][:] for k in ("deletion_gradcam", "insertion_random")}
+        assert "faithfulness/deletion_gradcam_road" not in f
+    road = lean("road", "faithfulness_road = true\n")
+    assert road.stress.faithfulness_road and road.training_hash == plain.training_hash
+    assert run(road, echo=False)["status"] == "done"
+    path = run_dir_for(road) / "results.h5"
+    store.validate_results(path)
+    with h5py.File(path, "r") as f:
+        for k, v in mean_fill.items():
+            np.testing.assert_array_equal(f[f"faithfulness/{k}"][:], v)
+        for kind in ("deletion_gradcam", "deletion_random", "insertion_gradcam", "insertion_random"):
+            curve = f[f"faithfulness/{kind}_road"][:]
+            assert curve.shape == (6, 17) and curve.dtype == np.float32 and np.isfinite(curve).all()
+        # nothing removed yet: ROAD's first deletion point is the image itself, as mean fill's
+        np.testing.assert_allclose(f["faithfulness/deletion_gradcam_road"][:, 0],
+                                   f["faithfulness/deletion_gradcam"][:, 0], atol=1e-6)

@@ -398,6 +398,17 @@ def _aurc(logits: np.ndarray, labels: np.ndarray) -> float:
     return float(np.mean([wrong[:k].mean() for k in range(1, wrong.size + 1)]))
 
 
+def _augrc_pairs(logits: np.ndarray, labels: np.ndarray) -> float:
+    """Traub et al.'s AUGRC = (1 - AUROC) acc (1 - acc) + (1 - acc)^2 / 2, AUROC of right against wrong
+    predictions by counting every pair."""
+    conf = _softmax64(logits).max(axis=1)
+    right = np.argmax(logits, axis=1) == labels
+    acc = right.mean()
+    if right.all() or not right.any():
+        return float((1 - acc) ** 2 / 2)
+    return float((1 - _auroc_pairs(conf[right], conf[~right])) * acc * (1 - acc) + (1 - acc) ** 2 / 2)
+
+
 def _ranks(v: np.ndarray) -> np.ndarray:
     """1-based ranks, ties sharing their mean rank, by counting."""
     return np.array([np.sum(v < x) + (np.sum(v == x) + 1) / 2.0 for x in v])
@@ -474,17 +485,22 @@ def test_ood_and_selective_numbers_against_pairwise_counts(new_sweep) -> None:
         assert row["ood"]["uniform_noise"]["msp"]["fpr95"] == 0.0
         assert 0.0 < row["ood"]["smooth_noise"]["msp"]["auroc"] < 1.0
         assert row["aurc"] == pytest.approx(_aurc(run.arrays["test/logits"], s.labels), abs=1e-12)
+        assert row["augrc"] == pytest.approx(_augrc_pairs(run.arrays["test/logits"], s.labels), abs=1e-12)
         sums.setdefault(run.spec.variant, {}).setdefault("aurc", []).append(row["aurc"])
+        sums.setdefault(run.spec.variant, {}).setdefault("augrc", []).append(row["augrc"])
     for variant, got in sums.items():
         v = summary["variants"][variant]
         assert v["aurc_mean"] == pytest.approx(np.mean(got["aurc"]), abs=1e-12)
+        assert v["augrc_mean"] == pytest.approx(np.mean(got["augrc"]), abs=1e-12)
         assert set(v["ood"]) == set(OOD_K)
-        for (name, score), values in ((k, x) for k, x in got.items() if k != "aurc"):
+        for (name, score), values in ((k, x) for k, x in got.items() if k not in ("aurc", "augrc")):
             assert v["ood"][name][score]["auroc"] == pytest.approx(np.mean(values), abs=1e-12)
         assert v["ood"]["uniform_noise"]["msp"]["auroc"] == 1.0
     body = _body(page, "ood")
     assert "uniform_noise (far-OOD, 30 images): planted uniform_noise" in body
     assert 'id="fig-ood_histograms"' in body and 'id="fig-risk_coverage"' in body
+    assert 'id="fig-generalized_risk_coverage"' in body and "AUGRC" in body
+    assert "AUGRC (generalised selective risk)" in _body(page, "changes")
 
 
 def test_sanity_numbers_and_verdicts(new_sweep) -> None:
@@ -606,3 +622,73 @@ def test_breaking_first_lists_only_drops_beyond_the_seed_spread() -> None:
     one = breaking_first(_stress_runs(clean[:1], low[:1]), "fog", [1, 3], names)
     assert one == []
     assert "one seed" in breaking_text(CellStress(breaking={"fog": one}, breaking_seeds=1), "fog")
+
+
+def test_calibration_beyond_ece_clean_and_under_corruption(sweep) -> None:
+    from cnnstress.analysis import calibration
+
+    _, summary, page = _gather(sweep, figures=True)
+    runs = {r["run_id"]: r for r in summary["runs"]}
+    per_variant: dict[str, list] = {}
+    for run in sweep.runs:
+        row = runs[run.run_id]
+        logits = run.arrays["test/logits"].astype(np.float64)
+        probs = metrics.softmax(logits)
+        assert row["ace"] == pytest.approx(calibration.adaptive_ece(probs, sweep.labels), abs=1e-12)
+        assert row["classwise_ece"] == pytest.approx(calibration.classwise_ece(probs, sweep.labels), abs=1e-12)
+        assert row["smece"] == pytest.approx(calibration.smooth_ece(probs, sweep.labels)[0], abs=1e-12)
+        stressed = metrics.softmax(run.arrays["stress/contrast/1/logits"].astype(np.float64))
+        per_variant.setdefault(run.spec.variant, []).append(calibration.smooth_ece(stressed, sweep.labels)[0])
+    for variant, values in per_variant.items():
+        v = summary["variants"][variant]
+        assert v["corruption_smece"]["contrast"]["1"] == pytest.approx(np.mean(values), abs=1e-9)
+        assert v["mean_corruption_smece"] == pytest.approx(np.mean(values), abs=1e-9)
+        assert v["smece_mean"] == pytest.approx(np.mean([runs[r.run_id]["smece"] for r in sweep.runs
+                                                         if r.spec.variant == variant]), abs=1e-12)
+    cal, rob = _body(page, "calibration"), _body(page, "robustness")
+    assert 'id="fig-reliability_smooth"' in cal and "smooth ECE" in cal and "adaptive ECE" in cal
+    assert 'id="fig-reliability_smooth_corrupted"' in rob and "classwise ECE" in rob
+    changes = _body(page, "changes")  # each is a row of the paired comparison with the baseline
+    assert all(w in changes for w in ("adaptive ECE", "classwise ECE under corruption", "smooth ECE under corruption"))
+
+
+@pytest.fixture(scope="module")
+def road_sweep(tmp_path_factory):
+    s = synth.make_sweep(tmp_path_factory.mktemp("road") / "s w", n_test=120, seeds=(1, 2), corruptions=(),
+                         val=False, train_subset=False, road=True)
+    index, summary, page = _gather(s, figures=True)
+    return s, summary, page
+
+
+def test_faithfulness_with_road_beside_mean_fill_and_top_share_in_object(road_sweep) -> None:
+    from cnnstress.analysis import gradcam
+
+    s, summary, page = road_sweep
+    runs = {r["run_id"]: r for r in summary["runs"]}
+    for run in s.runs:
+        row = runs[run.run_id]
+        for kind in ("deletion_gradcam", "deletion_random", "insertion_gradcam", "insertion_random"):
+            for suffix in ("", "_road"):
+                arr = run.arrays[f"faithfulness/{kind}{suffix}"].astype(np.float64)
+                trapezoid = float(np.mean([np.trapezoid(r, np.linspace(0, 1, r.size)) for r in arr]))
+                assert row["faithfulness_auc"][kind + suffix] == pytest.approx(trapezoid, abs=1e-9)
+    body = _body(page, "faithfulness")
+    assert 'id="fig-faithfulness_road"' in body and "ROAD imputation" in body and "mean fill" in body
+    # the top 20% of each predicted-class map inside the object, right and wrong predictions apart
+    mask = s.mask
+    assert mask is not None
+    per_variant: dict[str, list] = {}
+    for run in s.runs:
+        maps = run.arrays["test/gradcam/pred"].astype(np.float64)
+        right = np.argmax(run.arrays["test/logits"], axis=1) == s.labels
+        share = gradcam.top_share_in_mask(maps, mask, 0.2)
+        per_variant.setdefault(run.spec.variant, []).append(
+            (np.nanmean(share[right]), np.nanmean(share[~right])))
+    for variant, values in per_variant.items():
+        sc = summary["variants"][variant]["shortcut"]
+        assert sc["top20_right"] == pytest.approx(np.mean([v[0] for v in values]), abs=1e-9)
+        assert sc["top20_wrong"] == pytest.approx(np.mean([v[1] for v in values]), abs=1e-9)
+        assert sc["top20_right"] > sc["top20_wrong"]  # planted: wrong predictions' maps drift off the object
+    assert "top 20% in object (right)" in _body(page, "shortcut")
+    changes = _body(page, "changes")
+    assert "deletion AUC of Grad-CAM, ROAD imputation" in changes and "top 20% of Grad-CAM inside the object" in changes

@@ -6,6 +6,8 @@ images are S x S (32x32 for the built-in datasets, 16..128 for your own).
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 
@@ -111,3 +113,28 @@ def pointing_game(maps: np.ndarray, masks: np.ndarray) -> np.ndarray:
     top = (up >= peak) & (peak > 0)
     hit = (top & mk.astype(bool)).any(axis=(1, 2)).astype(np.float64)
     return np.where(peak[:, 0, 0] > 0, hit, np.nan)
+
+
+def top_share_in_mask(maps: np.ndarray, masks: np.ndarray, share: float = 0.2) -> np.ndarray:
+    """Of each map's top ``share`` of pixels (the k = ceil(share * H * W) highest values at the
+    mask resolution), the fraction inside its mask -> (N,) float64 in [0, 1].
+
+    Maps are upsampled bilinearly to the (N, H, W) bool ``masks`` first. Pixels tied at the k-th
+    value share the slots left: each counts (slots left) / (tied pixels), i.e. the expectation over
+    a random order of the tied pixels, so the value does not depend on pixel order (a ReLU map
+    whose positive area is smaller than k fills its slots with tied zeros this way). NaN for a map
+    with no positive mass.
+    """
+    s = float(share)
+    if not 0.0 < s <= 1.0:
+        raise ValueError(f"share must be in (0, 1], got {share!r}")
+    m, mk = _maps_and_masks(maps, masks)
+    up = upsample_bilinear(m, size=(mk.shape[1], mk.shape[2])).astype(np.float64).reshape(m.shape[0], -1)
+    inside = mk.reshape(mk.shape[0], -1).astype(bool)
+    k = max(1, math.ceil(s * up.shape[1] - 1e-9))
+    kth = -np.partition(-up, k - 1, axis=1)[:, k - 1:k]          # the k-th largest value of each map
+    above, tied = up > kth, up == kth
+    n_above = above.sum(axis=1)
+    slots = (k - n_above) / tied.sum(axis=1)                     # the share of each tied pixel taken
+    got = (above & inside).sum(axis=1) + slots * (tied & inside).sum(axis=1)
+    return np.where(up.max(axis=1) > 0, got / k, np.nan)

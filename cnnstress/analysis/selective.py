@@ -97,6 +97,45 @@ def aurc(logits: np.ndarray, labels: np.ndarray, score: str = "msp") -> float:
     return float(np.mean(_expected_errors(wrong_sorted, ends) / k))
 
 
+def generalized_risk_coverage(logits: np.ndarray, labels: np.ndarray, score: str = "msp") -> dict:
+    """Generalised risk-coverage curve (Traub et al., "Overcoming common flaws in the evaluation of
+    selective classification systems", NeurIPS 2024): at each reachable threshold, the share of
+    *all* test images that are answered and wrong, instead of the error rate among the answered.
+
+    Returns dict(coverage (G,), generalized_risk (G,), threshold (G,)) at the ends of tied groups,
+    like ``risk_coverage``. Empty arrays when N == 0.
+    """
+    conf_sorted, wrong_sorted, ends = _sorted_groups(logits, labels, score)
+    n = conf_sorted.size
+    if n == 0:
+        empty = np.zeros(0, dtype=np.float64)
+        return {"coverage": empty, "generalized_risk": empty.copy(), "threshold": empty.copy()}
+    errors = np.cumsum(wrong_sorted)[ends - 1]
+    return {"coverage": ends / n, "generalized_risk": errors / n, "threshold": conf_sorted[ends - 1]}
+
+
+def augrc(logits: np.ndarray, labels: np.ndarray, score: str = "msp") -> float:
+    """Area under the generalised risk-coverage curve (AUGRC, Traub et al. 2024); lower is better.
+
+    The trapezoid area from (coverage 0, risk 0) through the expected generalised risk at every
+    coverage k / N (ties in a random order, module note). It equals the closed form
+    (1 - AUROC) * acc * (1 - acc) + (1 - acc)^2 / 2, with AUROC the chance that a right prediction
+    is more confident than a wrong one (ties count one half) and acc the accuracy: the average risk
+    of silently failing over all coverages. Unlike AURC it does not let the few most confident
+    images dominate. NaN when N == 0.
+    """
+    _, wrong_sorted, ends = _sorted_groups(logits, labels, score)
+    n = wrong_sorted.size
+    if n == 0:
+        return float("nan")
+    return _augrc_from_errors(_expected_errors(wrong_sorted, ends), n)
+
+
+def _augrc_from_errors(errors: np.ndarray, n: int) -> float:
+    # trapezoids of width 1 / N over the generalised risk E_k / N, E_0 = 0
+    return float((np.sum(errors) - errors[-1] / 2.0) / (n * n))
+
+
 def optimal_aurc(correct: np.ndarray) -> float:
     """AURC of an oracle that answers every correct prediction first (the floor for this model).
 
@@ -133,7 +172,8 @@ def accuracy_at_coverage(logits: np.ndarray, labels: np.ndarray, coverage: float
 def selective_summary(logits: np.ndarray, labels: np.ndarray, score: str = "msp") -> dict:
     """The numbers a report row needs about abstaining on low confidence.
 
-    Returns dict(accuracy (full coverage), acc_at_90, acc_at_80, aurc, optimal_aurc, e_aurc, n).
+    Returns dict(accuracy (full coverage), acc_at_90, acc_at_80, aurc, optimal_aurc, e_aurc,
+    augrc, n).
     ``e_aurc = aurc - optimal_aurc`` (Geifman et al. 2019) removes the part of AURC that only
     reflects the model's error rate, so models of different accuracy compare on how well their
     confidence orders their errors. Floats are NaN when N == 0.
@@ -143,7 +183,7 @@ def selective_summary(logits: np.ndarray, labels: np.ndarray, score: str = "msp"
     if n == 0:
         nan = float("nan")
         return {"accuracy": nan, "acc_at_90": nan, "acc_at_80": nan, "aurc": nan,
-                "optimal_aurc": nan, "e_aurc": nan, "n": 0}
+                "optimal_aurc": nan, "e_aurc": nan, "augrc": nan, "n": 0}
     # One sort for every number: the same expected-error curve aurc and accuracy_at_coverage use.
     errors = _expected_errors(wrong_sorted, ends)
     k = np.arange(1, n + 1, dtype=np.float64)
@@ -155,4 +195,4 @@ def selective_summary(logits: np.ndarray, labels: np.ndarray, score: str = "msp"
         return float((m - errors[m - 1]) / m)
 
     return {"accuracy": acc_at(1.0), "acc_at_90": acc_at(0.9), "acc_at_80": acc_at(0.8),
-            "aurc": a, "optimal_aurc": opt, "e_aurc": a - opt, "n": n}
+            "aurc": a, "optimal_aurc": opt, "e_aurc": a - opt, "augrc": _augrc_from_errors(errors, n), "n": n}

@@ -469,6 +469,36 @@ def reliability(items: list[tuple[Cell, dict[str, np.ndarray] | None, dict[str, 
     return fig
 
 
+def smooth_reliability(items: list[tuple[Cell, dict[str, np.ndarray] | None, dict[str, Any]]],
+                       corrupted: bool = False) -> Figure | None:
+    """Smooth reliability diagrams, one panel per cell; ``items``: (cell, curve, scores) with the
+    curve from ``analysis.calibration.pool_smooth`` (mesh, accuracy, density, smece) and scores
+    holding "smece" (the mean over seeds; on the corrupted sets their mean when ``corrupted``)."""
+    items = [it for it in items if it[1] is not None]
+    if not items:
+        return None
+    fig, axes = _panels(len(items), w=3.1, h=3.1)
+    for ax, (c, r, k) in zip(axes, items):
+        t, dens = r["mesh"], r["density"]
+        ax.plot([0, 1], [0, 1], color="grey", ls="--", lw=1)
+        # the curve means little where no confidence falls: draw it thin there
+        solid = dens > 0.02 * dens.max() if dens.max() > 0 else np.ones_like(t, dtype=bool)
+        ax.plot(t, r["accuracy"], color=color(c), lw=0.8, alpha=0.5)
+        ax.plot(np.where(solid, t, np.nan), np.where(solid, r["accuracy"], np.nan), color=color(c), lw=2,
+                label="smoothed accuracy")
+        ax.fill_between(t, 0, 0.25 * dens / dens.max() if dens.max() > 0 else dens, color=color(c), alpha=0.25,
+                        label="confidence density")
+        value = k.get("smece") if k else None
+        head = f"{c.label}, highest severities" if corrupted else c.label
+        drawn = r.get("smece")
+        title = head + (f": smooth ECE {drawn:.3f}" if drawn is not None else "")
+        if corrupted and value is not None:
+            title += f"\nall corrupted sets: {value:.3f}"
+        ax.set(title=title, xlabel="confidence", ylabel="accuracy", xlim=(0, 1), ylim=(0, 1))
+        ax.legend(loc="upper left", fontsize=7)
+    return fig
+
+
 # ------------------------------------------------------------------------------------------------
 # image mosaics
 # ------------------------------------------------------------------------------------------------
@@ -670,9 +700,11 @@ def robustness(items: list[tuple[Cell, dict[str, dict[str, list]]]],
 _FAITH_STYLE = {"gradcam": "-", "random": ":"}
 
 
-def faithfulness(items: list[tuple[Cell, dict[str, Any]]]) -> Figure | None:
-    """Mean deletion and insertion curves, Grad-CAM (solid) vs random maps (dotted), AUC in the legend."""
-    items = [(c, f) for c, f in items if f and f["curves"]]
+def faithfulness(items: list[tuple[Cell, dict[str, Any]]], suffix: str = "") -> Figure | None:
+    """Mean deletion and insertion curves, Grad-CAM (solid) vs random maps (dotted), AUC in the legend;
+    ``suffix``: which removal's curves ("" mean fill, "_road" ROAD's imputation)."""
+    items = [(c, f) for c, f in items if f and any(f"{kind}_{maps}{suffix}" in f["curves"]
+                                                   for kind in ("deletion", "insertion") for maps in _FAITH_STYLE)]
     if not items:
         return None
     fig = _figure(10.0, 3.6)
@@ -680,14 +712,15 @@ def faithfulness(items: list[tuple[Cell, dict[str, Any]]]) -> Figure | None:
     for ax, kind, better in ((axes[0], "deletion", "lower"), (axes[1], "insertion", "higher")):
         for c, faith in items:
             for maps, ls in _FAITH_STYLE.items():
-                key = f"{kind}_{maps}"
+                key = f"{kind}_{maps}{suffix}"
                 if key not in faith["curves"]:
                     continue
                 y = faith["curves"][key]
                 x = np.linspace(0, 1, y.shape[0])
                 ax.plot(x, y, ls=ls, color=color(c), lw=1.6,
                         label=f"{c.label} {maps}: AUC {faith['auc'][key]:.3f}")
-        ax.set(title=f"{kind} ({better} AUC = more faithful)", xlabel="fraction of pixels " +
+        how = ", ROAD imputation" if suffix == "_road" else ""
+        ax.set(title=f"{kind}{how} ({better} AUC = more faithful)", xlabel="fraction of pixels " +
                ("removed" if kind == "deletion" else "inserted"), ylabel="probability of the predicted class")
         ax.legend(fontsize=7)
     return fig

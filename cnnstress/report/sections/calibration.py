@@ -1,4 +1,5 @@
-"""Calibration: ECE, NLL, Brier, temperature scaling fitted on the validation logits, reliability diagrams."""
+"""Calibration: ECE (binned, adaptive, classwise, smooth), NLL, Brier, temperature scaling fitted on the
+validation logits, binned and smooth reliability diagrams."""
 
 from __future__ import annotations
 
@@ -11,7 +12,9 @@ from ..markup import empty, figure, num, para, table
 from .base import FigureSpec, Metric, Section, cell_parts
 
 RELIABILITY_BINS = 15
-KEYS = ("ece", "nll", "brier", "temperature", "ece_after", "nll_after")
+KEYS = ("ece", "nll", "brier", "temperature", "ece_after", "nll_after", "ace", "classwise_ece", "smece")
+# the calibration errors beside 15-bin ECE: (key, words on the page); analysis.calibration defines them
+EXTRA_ECES = (("ace", "adaptive ECE"), ("classwise_ece", "classwise ECE"), ("smece", "smooth ECE"))
 
 
 def mean_or_none(values: list) -> float | None:
@@ -35,7 +38,7 @@ def pool_bins(rels: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
 class CalibrationSection(Section):
     id = "calibration"
     title = "Calibration"
-    run_keys = ("ece", "nll", "brier", "temperature", "ece_after")
+    run_keys = ("ece", "nll", "brier", "temperature", "ece_after", "ace", "classwise_ece", "smece")
     csv_columns = run_keys
     headline_columns = ("ECE",)
 
@@ -44,12 +47,15 @@ class CalibrationSection(Section):
         if res.has("val/logits"):
             val_logits, val_labels = res.read("val/logits"), res.read("val/label").astype(np.int64)
         return {"scores": calibration.calibration_summary(run.logits, run.labels, val_logits, val_labels),
-                "reliability": calibration.reliability(metrics.softmax(run.logits), run.labels, RELIABILITY_BINS)}
+                "reliability": calibration.reliability(metrics.softmax(run.logits), run.labels, RELIABILITY_BINS),
+                "smooth": calibration.smooth_reliability_top(run.conf, run.correct)}
 
     def aggregate(self, cell, parts, ctx):
-        """Means over seeds (``scores``) and the reliability bins pooled over seeds."""
+        """Means over seeds (``scores``), the reliability bins pooled over seeds and the smooth
+        reliability curves pooled over seeds (weighted by each run's confidence density)."""
         return {"scores": {k: mean_or_none([p["scores"].get(k) for p in parts]) for k in KEYS},
-                "reliability": pool_bins([p["reliability"] for p in parts])}
+                "reliability": pool_bins([p["reliability"] for p in parts]),
+                "smooth": calibration.pool_smooth([p.get("smooth") for p in parts])}
 
     def run_fields(self, run, part):
         return {k: part["scores"][k] for k in self.run_keys}
@@ -67,24 +73,39 @@ class CalibrationSection(Section):
 
             return F.reliability([(c, a["reliability"], a["scores"]) for c, a in cell_parts(report.cells, self.id)])
 
+        def draw_smooth():
+            from .. import figures as F
+
+            return F.smooth_reliability([(c, a.get("smooth"), a["scores"])
+                                         for c, a in cell_parts(report.cells, self.id)])
+
         return [FigureSpec("reliability", draw, "Reliability diagrams pooled over seeds; title: ECE before → after "
-                                                "temperature scaling (fitted on validation logits).")]
+                                                "temperature scaling (fitted on validation logits)."),
+                FigureSpec("reliability_smooth", draw_smooth,
+                           "Smooth reliability diagrams (Błasiok & Nakkiran 2024): accuracy as a Gaussian-kernel "
+                           "smoothed function of confidence at the smooth ECE's own bandwidth, with the density of "
+                           "the confidences below; no bin count to choose. Curves of the seeds pooled, weighted by "
+                           "their densities; title: smooth ECE (mean over seeds).")]
 
     def html(self, report, figs):
         rows = []
         for c in report.cells:
             k = scores(c)
             rows.append([c.label, c.n_runs, num(k.get("ece")), num(k.get("nll")), num(k.get("brier")),
-                         num(k.get("temperature"), 2), num(k.get("ece_after")), num(k.get("nll_after"))])
+                         num(k.get("temperature"), 2), num(k.get("ece_after")), num(k.get("nll_after")),
+                         num(k.get("ace")), num(k.get("classwise_ece")), num(k.get("smece"))])
         if not any(c.n_runs for c in report.cells):
             return empty("No finished runs.")
         note = transfer_text(report.parts.get(self.id))
         return (para("Means over seeds. The temperature is fitted on each run's validation logits (never on the "
-                     "test set); 'after' is the test set scaled by it.")
+                     "test set); 'after' is the test set scaled by it. ECE uses 15 equal-width bins of the top "
+                     "probability; adaptive ECE 15 bins of equal counts; classwise ECE is the binned ECE of every "
+                     "class's probability, averaged over classes; smooth ECE smooths instead of binning, so it has "
+                     "no bin count to choose (docs/calibration-and-selective.md).")
                 + (para(note) if note else "")
-                + table(("variant", "n", "ECE", "NLL", "Brier", "temperature", "ECE after", "NLL after"), rows,
-                        numeric=range(1, 8))
-                + figure(figs, "reliability"))
+                + table(("variant", "n", "ECE", "NLL", "Brier", "temperature", "ECE after", "NLL after",
+                         "adaptive ECE", "classwise ECE", "smooth ECE"), rows, numeric=range(1, 11))
+                + figure(figs, "reliability") + figure(figs, "reliability_smooth"))
 
     def finish(self, report, ctx):
         """Whether the temperature fitted on validation can be trusted on the test set: the planted
@@ -110,6 +131,7 @@ class CalibrationSection(Section):
                Metric("brier", "Brier score", sc.get("brier"), False, points=False),
                Metric("ece_after", "ECE after temperature scaling", sc.get("ece_after"), False),
                Metric("nll_after", "NLL after temperature scaling", sc.get("nll_after"), False, points=False)]
+        out += [Metric(k, label, sc.get(k), False) for k, label in EXTRA_ECES]
         return [m for m in out if m.value is not None]
 
 

@@ -21,7 +21,7 @@ COVERAGE = np.linspace(0.01, 1.0, 100)  # where risk-coverage curves are sampled
 class OodSection(Section):
     id = "ood"
     title = "Out-of-distribution detection and selective prediction"
-    run_keys = ("ood", "aurc", "selective_accuracy_at_80", "selective_accuracy_at_90")
+    run_keys = ("ood", "aurc", "augrc", "selective_accuracy_at_80", "selective_accuracy_at_90")
 
     def reduce(self, res, run):
         """Per OOD set: the metrics of every score and MSP histograms; the risk-coverage summary."""
@@ -45,10 +45,11 @@ class OodSection(Section):
         if not sets:  # [stress].ood off (selective prediction comes with it)
             return None
         rc = selective.risk_coverage(run.logits, run.labels)
+        grc = selective.generalized_risk_coverage(run.logits, run.labels)
         summary = selective.selective_summary(run.logits, run.labels)
         # risk at fixed coverages (the curve is a step function of the distinct confidences)
         idx = np.searchsorted(rc["coverage"], COVERAGE - 1e-12, side="left").clip(0, len(rc["coverage"]) - 1)
-        return {"sets": sets, "selective": summary, "risk": rc["risk"][idx]}
+        return {"sets": sets, "selective": summary, "risk": rc["risk"][idx], "grisk": grc["generalized_risk"][idx]}
 
     def aggregate(self, cell, parts, ctx):
         parts = [p for p in parts if p]
@@ -63,22 +64,24 @@ class OodSection(Section):
                           "count": first["count"], "hist_in": sum(p["sets"][name]["hist_in"] for p in parts),
                           "hist_out": sum(p["sets"][name]["hist_out"] for p in parts)}
         sel = {k: compare.mean_std_ci(np.array([p["selective"][k] for p in parts]))
-               for k in ("aurc", "e_aurc", "acc_at_80", "acc_at_90", "accuracy")}
-        return {"sets": sets, "selective": sel, "risk": np.array([p["risk"] for p in parts]), "seeds": len(parts)}
+               for k in ("aurc", "e_aurc", "augrc", "acc_at_80", "acc_at_90", "accuracy")}
+        return {"sets": sets, "selective": sel, "risk": np.array([p["risk"] for p in parts]),
+                "grisk": np.array([p["grisk"] for p in parts]), "seeds": len(parts)}
 
     def run_fields(self, run, part):
         if not part:
             return {k: None for k in self.run_keys}
         return {"ood": {name: s["metrics"] for name, s in part["sets"].items()},
-                "aurc": part["selective"]["aurc"], "selective_accuracy_at_80": part["selective"]["acc_at_80"],
+                "aurc": part["selective"]["aurc"], "augrc": part["selective"]["augrc"],
+                "selective_accuracy_at_80": part["selective"]["acc_at_80"],
                 "selective_accuracy_at_90": part["selective"]["acc_at_90"]}
 
     def variant_fields(self, cell, agg):
         if not agg:
-            return {"ood": None, "aurc_mean": None}
+            return {"ood": None, "aurc_mean": None, "augrc_mean": None}
         return {"ood": {name: {score: {m: s["metrics"][score][m]["mean"] for m in METRICS} for score in ood.SCORES}
                         for name, s in agg["sets"].items()},
-                "aurc_mean": agg["selective"]["aurc"]["mean"],
+                "aurc_mean": agg["selective"]["aurc"]["mean"], "augrc_mean": agg["selective"]["augrc"]["mean"],
                 "selective_accuracy_at_90_mean": agg["selective"]["acc_at_90"]["mean"]}
 
     def summary_lines(self, report):
@@ -100,7 +103,11 @@ class OodSection(Section):
                            "(out), pooled over seeds: the less they overlap, the easier the set is to flag."),
                 FigureSpec("risk_coverage", lambda: _draw_risk(items),
                            "Risk (error rate) among the most confident test images against coverage; mean over "
-                           "seeds (line), min..max (band). Lower is better; the area under it is the AURC.")]
+                           "seeds (line), min..max (band). Lower is better; the area under it is the AURC."),
+                FigureSpec("generalized_risk_coverage", lambda: _draw_risk(items, generalized=True),
+                           "Generalised risk (answered and wrong, as a share of all test images) against coverage "
+                           "(Traub et al. 2024); mean over seeds (line), min..max (band). The area under it is the "
+                           "AUGRC: the average risk of a silent failure, lower is better.")]
 
     def html(self, report, figs):
         items = cell_parts(report.cells, self.id)
@@ -117,7 +124,8 @@ class OodSection(Section):
         sets_text = "; ".join(f"{name} ({_kind(s['kind'])}, {s['count']} images): {s['description']}"
                               for name, s in described.items())
         sel_rows = [[c.label, num(a["selective"]["aurc"]["mean"]), _ci(a["selective"]["aurc"]),
-                     num(a["selective"]["e_aurc"]["mean"]), pct(a["selective"]["accuracy"]["mean"]),
+                     num(a["selective"]["e_aurc"]["mean"]), num(a["selective"]["augrc"]["mean"]),
+                     _ci(a["selective"]["augrc"]), pct(a["selective"]["accuracy"]["mean"]),
                      pct(a["selective"]["acc_at_90"]["mean"]), pct(a["selective"]["acc_at_80"]["mean"])]
                     for c, a in items]
         return (para("Scores from the logits (higher = more in-distribution): maximum softmax probability (MSP), "
@@ -129,17 +137,22 @@ class OodSection(Section):
                 + figure(figs, "ood_histograms")
                 + para("Selective prediction: the model answers only on the test images it is most confident about "
                        "(MSP). AURC is the mean error rate over all coverages (lower is better); E-AURC subtracts what "
-                       "a perfect ranking of its own errors would reach.")
-                + table(("variant", "AURC", "95% interval", "E-AURC", "accuracy (all)", "accuracy at 90% coverage",
-                         "accuracy at 80% coverage"), sel_rows, numeric=range(1, 7))
-                + figure(figs, "risk_coverage"))
+                       "a perfect ranking of its own errors would reach. AUGRC (Traub et al. 2024) is the area under "
+                       "the generalised risk, the wrong answers as a share of all test images: the average risk of "
+                       "a silent failure over all coverages. AURC weighs the few most confident images heavily and "
+                       "can rank methods differently; AUGRC is the one to compare when both are given.")
+                + table(("variant", "AURC", "95% interval", "E-AURC", "AUGRC", "95% interval", "accuracy (all)",
+                         "accuracy at 90% coverage", "accuracy at 80% coverage"), sel_rows, numeric=range(1, 9))
+                + figure(figs, "risk_coverage") + figure(figs, "generalized_risk_coverage"))
 
     def metrics(self, part):
         out = [Metric(f"ood_auroc_{name}_{score}", f"OOD AUROC, {name} ({score})", s["metrics"][score]["auroc"], True,
                       points=False, headline=score == "msp")
                for name, s in part["sets"].items() for score in ood.SCORES]
         return out + [Metric("aurc", "AURC (selective risk)", part["selective"]["aurc"], False, points=False,
-                             headline=True)]
+                             headline=True),
+                      Metric("augrc", "AUGRC (generalised selective risk)", part["selective"]["augrc"], False,
+                             points=False, headline=True)]
 
 
 def _kind(kind: str) -> str:
@@ -183,18 +196,20 @@ def _draw_hist(items):
     return fig
 
 
-def _draw_risk(items):
-    items = [(c, a) for c, a in items if a]
+def _draw_risk(items, generalized: bool = False):
+    items = [(c, a) for c, a in items if a and (not generalized or "grisk" in a)]
     if not items:
         return None
     from .. import figures as F
 
     fig = F._figure(5.6, 3.8)
     ax = fig.subplots()
+    key, area = ("grisk", "augrc") if generalized else ("risk", "aurc")
     for c, a in items:
-        F._band(ax, COVERAGE, a["risk"], F.color(c), f"{c.label} (AURC {a['selective']['aurc']['mean']:.3f})")
-    ax.set(xlabel="coverage (share of test images answered)", ylabel="risk (error rate among them)", xlim=(0, 1),
-           ylim=(0, None))
+        F._band(ax, COVERAGE, a[key], F.color(c), f"{c.label} ({area.upper()} {a['selective'][area]['mean']:.3f})")
+    ylabel = ("generalised risk (wrong answers / all test images)" if generalized
+              else "risk (error rate among them)")
+    ax.set(xlabel="coverage (share of test images answered)", ylabel=ylabel, xlim=(0, 1), ylim=(0, None))
     ax.legend(fontsize=7, loc="upper left")
     return fig
 

@@ -14,7 +14,7 @@ from ..markup import empty, figure, num, para, pct, points, table
 from .base import FigureSpec, Metric, Section, cell_parts
 from .calibration import mean_or_none, pool_bins, scores
 
-STRESS_CALIBRATION_KEYS = ("ece", "nll", "brier", "ece_after")
+STRESS_CALIBRATION_KEYS = ("ece", "nll", "brier", "ece_after", "ace", "classwise_ece", "smece")
 BREAKING_SHOWN = 3  # classes listed per corruption as breaking first (those beyond the seed spread)
 
 
@@ -30,6 +30,8 @@ class RunStress:
     # ece, nll, brier, ece_after (the clean validation temperature applied)
     calibration: dict[tuple[str, int], dict[str, float | None]] = field(default_factory=dict)
     reliability: dict[tuple[str, int], dict[str, np.ndarray]] = field(default_factory=dict)
+    # smooth reliability curve of every corruption's highest severity, pooled (analysis.calibration)
+    smooth: dict[str, np.ndarray] | None = None
     mca: float | None = None
     # set by compare (they need the group's baseline): CE per corruption and their mean, against the
     # baseline variant's error averaged over its seeds
@@ -44,6 +46,7 @@ class CellStress:
     # ece, nll, brier, ece_after on the corrupted sets, mean over all and seeds
     corruption_calibration: dict[str, float | None] = field(default_factory=dict)
     stress_reliability: dict[str, np.ndarray] | None = None  # highest severities, pooled over corruptions, seeds
+    stress_smooth: dict[str, np.ndarray] | None = None  # the same as a smooth reliability curve
     # corruption -> (class, pooled drop, 95% interval of the drop over seeds): only classes whose drop
     # is beyond the seed spread, so an empty list says none is; breaking_seeds: the seeds judged by
     breaking: dict[str, list[tuple[str, float, tuple[float, float]]]] = field(default_factory=dict)
@@ -90,7 +93,10 @@ class RobustnessSection(Section):
         cal = run.parts.get("calibration")
         temperature = cal["scores"].get("temperature") if cal else None
         labels, c = run.labels, run.num_classes
-        for corruption, severity in res.stress_keys():
+        keys = list(res.stress_keys())
+        highest = {name: max(s for n, s in keys if n == name) for name, _ in keys}
+        top_conf, top_right = [], []
+        for corruption, severity in keys:
             key = (corruption, severity)
             logits = res.read(f"stress/{corruption}/{severity}/logits")
             preds = metrics.predictions(logits)
@@ -101,9 +107,15 @@ class RobustnessSection(Section):
                 sc = calibration.scores_at_temperature(logits, labels, temperature)
                 out.calibration[key] = {k: sc[k] for k in STRESS_CALIBRATION_KEYS}
                 out.reliability[key] = sc["reliability"]
+                if highest[corruption] == severity:
+                    probs = metrics.softmax(logits)
+                    top_conf.append(probs.max(axis=1))
+                    top_right.append(out.right[key])
             else:
                 out.calibration[key] = dict.fromkeys(STRESS_CALIBRATION_KEYS)
             out.class_right[key] = robustness.class_counts(labels, preds, c)[1]
+        if top_conf:
+            out.smooth = calibration.smooth_reliability_top(np.concatenate(top_conf), np.concatenate(top_right))
         if out.acc:
             out.support, out.clean_right = robustness.class_counts(labels, run.preds, c)
             accuracy = metrics.accuracy(labels, run.preds)
@@ -136,6 +148,7 @@ class RobustnessSection(Section):
                  if (c, v["severities"][-1]) in r.reliability]
         if worst:
             out.stress_reliability = pool_bins(worst)
+        out.stress_smooth = calibration.pool_smooth([r.smooth for r in parts])
         return out
 
     def compare(self, group, ctx):
@@ -213,6 +226,12 @@ class RobustnessSection(Section):
             return F.reliability([(c, a.stress_reliability, a.corruption_calibration)
                                   for c, a in cell_parts(report.cells, self.id)], corrupted=True)
 
+        def smooth():
+            from .. import figures as F
+
+            return F.smooth_reliability([(c, a.stress_smooth, a.corruption_calibration)
+                                         for c, a in cell_parts(report.cells, self.id)], corrupted=True)
+
         caption = "Accuracy under each corruption by severity (mean over seeds)."
         if reference:
             caption += (f" First panel: the mean over the benchmark corruptions beside {reference['label']}, "
@@ -221,7 +240,11 @@ class RobustnessSection(Section):
                 FigureSpec("reliability_corrupted", reliability,
                            "Reliability diagrams under corruption: every corruption at its highest severity, pooled "
                            "over corruptions and seeds, with the ECE of those bins; second line: mean ECE over all "
-                           "corrupted sets before → after the temperature fitted on clean validation logits.")]
+                           "corrupted sets before → after the temperature fitted on clean validation logits."),
+                FigureSpec("reliability_smooth_corrupted", smooth,
+                           "Smooth reliability diagrams under corruption: the same images (every corruption at its "
+                           "highest severity, pooled), accuracy kernel-smoothed over confidence at the smooth ECE's "
+                           "bandwidth; second line: mean smooth ECE over all corrupted sets.")]
 
     def html(self, report, figs):
         cells = [(c, a) for c, a in cell_parts(report.cells, self.id) if a.stress]
@@ -234,28 +257,35 @@ class RobustnessSection(Section):
                          pct(a.mca / c.acc_mean) if a.mca is not None and c.acc_mean else "n/a",
                          num(clean.get("ece")), num(k.get("ece")), num(k.get("ece_after")),
                          num(clean.get("nll")), num(k.get("nll")), num(clean.get("brier")),
-                         num(k.get("brier"))])
+                         num(k.get("brier")), num(clean.get("ace")), num(k.get("ace")),
+                         num(clean.get("classwise_ece")), num(k.get("classwise_ece")),
+                         num(clean.get("smece")), num(k.get("smece"))])
         out = [para("Mean corruption accuracy (mCA) and calibration under corruption are means over every corruption "
                     "and severity (and over seeds). 'after T' applies the temperature fitted on each run's clean "
                     "validation logits, unchanged, to the corrupted test sets: does the clean fix survive the shift?"),
                table(("variant", "clean accuracy", "mCA", "mCA / clean", "ECE clean", "ECE corrupted",
-                      "ECE corrupted after T", "NLL clean", "NLL corrupted", "Brier clean", "Brier corrupted"), rows,
-                     numeric=range(1, 11)),
-               figure(figs, "robustness"), figure(figs, "reliability_corrupted")]
+                      "ECE corrupted after T", "NLL clean", "NLL corrupted", "Brier clean", "Brier corrupted",
+                      "adaptive ECE clean", "adaptive ECE corrupted", "classwise ECE clean",
+                      "classwise ECE corrupted", "smooth ECE clean", "smooth ECE corrupted"), rows,
+                     numeric=range(1, 17)),
+               figure(figs, "robustness"), figure(figs, "reliability_corrupted"),
+               figure(figs, "reliability_smooth_corrupted")]
         out += self._scaled_html(report, cells) + self._reference_html(report, cells) + self._ce_html(cells)
         sev_rows = []
         for c, a in cells:
             for name, v in sorted(a.stress.items()):
                 for i, sev in enumerate(v["severities"]):
                     sev_rows.append([c.label, name, sev, pct(v["accuracy"][i]), num(v["ece"][i]),
-                                     num(v["ece_after"][i]), num(v["nll"][i]), num(v["brier"][i])])
+                                     num(v["ece_after"][i]), num(v["nll"][i]), num(v["brier"][i]),
+                                     num(v["ace"][i]), num(v["classwise_ece"][i]), num(v["smece"][i])])
         if sev_rows:
-            out.append(para("Calibration under corruption per corruption and severity (ECE on 15 bins), mean over "
-                            "seeds."))
+            out.append(para("Calibration under corruption per corruption and severity (ECE on 15 equal-width bins, "
+                            "adaptive ECE on 15 equal-count bins, classwise ECE, smooth ECE), mean over seeds."))
             opened = " open" if len(sev_rows) <= 24 else ""
             out.append(f"<details{opened}><summary>{len(sev_rows)} corrupted test sets</summary>"
-                       + table(("variant", "corruption", "severity", "accuracy", "ECE", "ECE after T", "NLL", "Brier"),
-                               sev_rows, numeric=range(2, 8)) + "</details>")
+                       + table(("variant", "corruption", "severity", "accuracy", "ECE", "ECE after T", "NLL", "Brier",
+                                "adaptive ECE", "classwise ECE", "smooth ECE"),
+                               sev_rows, numeric=range(2, 11)) + "</details>")
         corruptions = sorted({k for _, a in cells for k in a.breaking})
         if corruptions:
             out.append(para(f"Classes that break first: the largest per-class accuracy drop at the lowest severity "
@@ -332,11 +362,14 @@ class RobustnessSection(Section):
                 for (c, s), a in sorted(part.acc.items())]
         for key, label in (("ece", "ECE under corruption"),
                            ("ece_after", "ECE under corruption (clean-validation temperature)"),
-                           ("nll", "NLL under corruption"), ("brier", "Brier score under corruption")):
+                           ("nll", "NLL under corruption"), ("brier", "Brier score under corruption"),
+                           ("ace", "adaptive ECE under corruption"),
+                           ("classwise_ece", "classwise ECE under corruption"),
+                           ("smece", "smooth ECE under corruption")):
             vals = [v[key] for v in part.calibration.values() if v.get(key) is not None]
             if vals:
                 out.append(Metric(f"corruption_{key}", label, float(np.mean(vals)), False,
-                                  points=key in ("ece", "ece_after")))
+                                  points=key not in ("nll", "brier")))
         return out
 
 
