@@ -297,8 +297,9 @@ def run_local(runs: Sequence[RunSpec], sweep_dir: Path, console: Console, max_pa
         max_parallel = len(slots) if gpus else runs_per_gpu
     elif gpus and max_parallel > len(slots):
         # a run started without a free GPU would get none and train on the CPU, silently and slowly
-        console.print(f"note: --max-parallel {max_parallel} capped to {len(slots)}: {runs_per_gpu} run(s) per visible "
-                      f"GPU ({', '.join(gpus)}; --runs-per-gpu packs more); to train on the CPU instead, set "
+        per = "one run" if runs_per_gpu == 1 else f"{runs_per_gpu} runs"
+        console.print(f"note: --max-parallel {max_parallel} capped to {len(slots)}: {per} per visible GPU "
+                      f"({', '.join(gpus)}); --runs-per-gpu K packs K runs on each; to train on the CPU instead, set "
                       "CUDA_VISIBLE_DEVICES=''", markup=False)
         max_parallel = len(slots)
     threads = cpu_share(min(max_parallel, len(runs))) if not gpus and min(max_parallel, len(runs)) > 1 else None
