@@ -29,7 +29,7 @@ import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -463,6 +463,22 @@ def _load_cifar(dataset: str, root: Path) -> tuple[Split, Split, tuple[str, ...]
     return train, test, class_names
 
 
+def absent_or_empty(folder: Path, names: Sequence[str]) -> list[str]:
+    """``name (why)`` for each of ``names`` in ``folder`` that is missing, unreadable or empty: what
+    a launch can check of a dataset's files without reading them."""
+    bad = []
+    for name in names:
+        try:
+            with open(folder / name, "rb") as fh:
+                empty = not fh.read(1)
+        except OSError as exc:
+            bad.append(f"{name} ({'missing' if isinstance(exc, FileNotFoundError) else exc.strerror or 'unreadable'})")
+            continue
+        if empty:
+            bad.append(f"{name} (empty)")
+    return bad
+
+
 def cifar_missing(dataset: str, root: str | os.PathLike) -> str:
     """What of a CIFAR dataset's files is missing, unreadable or empty under ``root``, with the
     command that fetches them ("" when all are there). No file is unpickled: the launch checks
@@ -471,17 +487,7 @@ def cifar_missing(dataset: str, root: str | os.PathLike) -> str:
     folder = root / source.folder
     if not folder.is_dir():
         return f"{dataset} is not under {root} (no folder {source.folder}/); {_download_hint(dataset, root)}"
-    bad = []
-    for name in (source.meta_file, *source.train_files, source.test_file):
-        path = folder / name
-        try:
-            with open(path, "rb") as fh:
-                empty = not fh.read(1)
-        except OSError as exc:
-            bad.append(f"{name} ({'missing' if isinstance(exc, FileNotFoundError) else exc.strerror or 'unreadable'})")
-            continue
-        if empty:
-            bad.append(f"{name} (empty)")
+    bad = absent_or_empty(folder, (source.meta_file, *source.train_files, source.test_file))
     if bad:
         return f"{dataset} in {folder}: {', '.join(bad)}; {_download_hint(dataset, root)}"
     return ""

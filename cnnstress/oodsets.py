@@ -284,6 +284,32 @@ def own_kind(entry: str) -> str | None:
     return kind if sep and kind in OWN_KINDS else None
 
 
+def resolve_own_sets(v: Any, entries: list[str], key: str) -> list[dict[str, Any]]:
+    """Your own sets of a [stress] list (``key``: "ood_sets", "shift_sets"), in grid order: each
+    path read against the grid file's folder (``v.grid_dir``), named for results.h5 and the report,
+    and identified by its content's sha256 (hashed here, once per grid read; where it lies is not
+    the identity, config._STRESS_FILE_LOCATION). The images themselves are checked at launch
+    (launcher.missing_files). Refusals are ``v.fail`` naming ``[stress].<key>``."""
+    from .data import DataError
+
+    where = f"[stress].{key}"
+    own: list[dict[str, Any]] = []
+    taken: set[str] = set()
+    for entry in entries:
+        kind, _, given = entry.partition(":")
+        full = os.path.normpath(os.path.join(v.grid_dir, os.path.expanduser(given.strip())))
+        if any(e["path"] == full and e["kind"] == kind for e in own):
+            raise v.fail(where, f"{entry!r} names {full} a second time")
+        try:
+            digest = own_set_digest(kind, full)
+        except DataError as e:
+            raise v.fail(where, f"{entry!r}: {e}") from None
+        name = own_set_name(kind, full, taken)
+        taken.add(name)
+        own.append({"set": name, "kind": kind, "path": full, "sha256": digest})
+    return own
+
+
 def own_set_name(kind: str, path: str, taken: set[str]) -> str:
     """The set's name in results.h5 and the report: ``folder_<folder name>`` or ``npz_<file stem>``
     in lower-case letters, digits and '_' (a second set of that name gets _2, ...)."""

@@ -91,16 +91,7 @@ def download_command(root: str | os.PathLike | None = None) -> str:
 def cifar101_missing(root: str | os.PathLike) -> str:
     """What of CIFAR-10.1's two files is missing or empty under ``root``, with the command that
     fetches them ("" when both are there; their content is checked when a run reads them)."""
-    bad = []
-    for f in CIFAR101_FILES:
-        path = cifar101_folder(root) / f.name
-        try:
-            empty = path.stat().st_size == 0
-        except OSError:
-            bad.append(f"{f.name} (missing)")
-            continue
-        if empty:
-            bad.append(f"{f.name} (empty)")
+    bad = data.absent_or_empty(cifar101_folder(root), [f.name for f in CIFAR101_FILES])
     if bad:
         return f"cifar10.1 in {cifar101_folder(root)}: {', '.join(bad)}; fetch it with: {download_command(root)}"
     return ""

@@ -54,35 +54,10 @@ class OodProbe(Probe):
         # ood_sets attribute): resolving it here would change run ids when a file is downloaded later.
         # A named set whose files are missing fails the run with the --download command (oodsets).
         resolved = {"sets": [n for n in offered if n in sets], "samples": stress["ood_samples"]}
-        own = self._own_sets(v, [s for s in sets if oodsets.own_kind(s)])
+        own = oodsets.resolve_own_sets(v, [s for s in sets if oodsets.own_kind(s)], "ood_sets")
         if own:  # absent otherwise, so the run ids of grids without them stay what they were
             resolved["own"] = own
         return {"ood": resolved}
-
-    @staticmethod
-    def _own_sets(v: Any, entries: list[str]) -> list[dict[str, Any]]:
-        """Your own sets, in grid order: each path read against the grid file's folder, named for
-        results.h5 and the report, and identified by its content's sha256 (hashed here, once per grid
-        read; the images themselves are checked at launch, launcher.missing_files)."""
-        import os
-
-        from .. import oodsets
-        from ..data import DataError
-
-        own, taken = [], set()
-        for entry in entries:
-            kind, _, given = entry.partition(":")
-            full = os.path.normpath(os.path.join(v.grid_dir, os.path.expanduser(given.strip())))
-            if any(e["path"] == full and e["kind"] == kind for e in own):
-                raise v.fail("[stress].ood_sets", f"{entry!r} names {full} a second time")
-            try:
-                digest = oodsets.own_set_digest(kind, full)
-            except DataError as e:
-                raise v.fail("[stress].ood_sets", f"{entry!r}: {e}") from None
-            name = oodsets.own_set_name(kind, full, taken)
-            taken.add(name)
-            own.append({"set": name, "kind": kind, "path": full, "sha256": digest})
-        return own
 
     def measure(self, pred, data, spec, log):
         """Logits on every out-of-distribution set of the grid; what each set is goes in the root

@@ -58,35 +58,10 @@ class ShiftProbe(Probe):
                 raise v.fail("[stress].shift_sets", f"{name!r} is not a shift set for {dataset}"
                                                     f"{suggest(name, list(shiftsets.SETS))}; allowed: {allowed}"[:400])
         resolved: dict[str, Any] = {"sets": [n for n in sets if n in offered], "samples": stress["shift_samples"]}
-        own = self._own_sets(v, [s for s in sets if oodsets.own_kind(s)])
+        own = oodsets.resolve_own_sets(v, [s for s in sets if oodsets.own_kind(s)], "shift_sets")
         if own:
             resolved["own"] = own
         return {"shift": resolved}
-
-    @staticmethod
-    def _own_sets(v: Any, entries: list[str]) -> list[dict[str, Any]]:
-        """Your own sets, as [stress].ood_sets reads them (oodsets): the path against the grid file's
-        folder, a name for results.h5 (``folder_<name>`` / ``npz_<stem>``), the content's sha256 (the
-        identity; where it lies is not, config._STRESS_FILE_LOCATION)."""
-        import os
-
-        from .. import oodsets
-        from ..data import DataError
-
-        own, taken = [], set()
-        for entry in entries:
-            kind, _, given = entry.partition(":")
-            full = os.path.normpath(os.path.join(v.grid_dir, os.path.expanduser(given.strip())))
-            if any(e["path"] == full and e["kind"] == kind for e in own):
-                raise v.fail("[stress].shift_sets", f"{entry!r} names {full} a second time")
-            try:
-                digest = oodsets.own_set_digest(kind, full)
-            except DataError as e:
-                raise v.fail("[stress].shift_sets", f"{entry!r}: {e}") from None
-            name = oodsets.own_set_name(kind, full, taken)
-            taken.add(name)
-            own.append({"set": name, "kind": kind, "path": full, "sha256": digest})
-        return own
 
     def measure(self, pred, data, spec, log):
         """Logits, labels and positions on every shift set of the grid; what each set is goes in the
