@@ -103,15 +103,10 @@ def generalized_risk_coverage(logits: np.ndarray, labels: np.ndarray, score: str
     *all* test images that are answered and wrong, instead of the error rate among the answered.
 
     Returns dict(coverage (G,), generalized_risk (G,), threshold (G,)) at the ends of tied groups,
-    like ``risk_coverage``. Empty arrays when N == 0.
+    like ``risk_coverage``, whose risk times coverage it is. Empty arrays when N == 0.
     """
-    conf_sorted, wrong_sorted, ends = _sorted_groups(logits, labels, score)
-    n = conf_sorted.size
-    if n == 0:
-        empty = np.zeros(0, dtype=np.float64)
-        return {"coverage": empty, "generalized_risk": empty.copy(), "threshold": empty.copy()}
-    errors = np.cumsum(wrong_sorted)[ends - 1]
-    return {"coverage": ends / n, "generalized_risk": errors / n, "threshold": conf_sorted[ends - 1]}
+    rc = risk_coverage(logits, labels, score)
+    return {"coverage": rc["coverage"], "generalized_risk": rc["risk"] * rc["coverage"], "threshold": rc["threshold"]}
 
 
 def augrc(logits: np.ndarray, labels: np.ndarray, score: str = "msp") -> float:
