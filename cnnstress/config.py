@@ -13,9 +13,11 @@ import hashlib
 import json
 import re
 from dataclasses import FrozenInstanceError, dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
-from . import probes
+from . import atomic, probes
+from .layout import RUNS_DIR
 
 SPEC_VERSION = 1
 
@@ -157,6 +159,8 @@ class SlurmConfig:
     gather_time_min: int = 60
     gather_cpus: int = 2
     gather_mem_gb: float = 8.0
+    runs_per_task: int = 1  # runs trained at once in one array task (cnnstress/pack.py)
+    mps: bool = False  # those runs share the task's GPU through a CUDA MPS daemon of the task's own
     setup: tuple[str, ...] = ()
     additional: tuple[tuple[str, Any], ...] = ()  # extra sbatch options, (name, value), in grid order
 
@@ -354,3 +358,16 @@ def _plain(obj: Any) -> Any:
     if isinstance(obj, dict):
         return {_plain(k): _plain(v) for k, v in obj.items()}
     return obj
+
+
+def run_dir_for(spec: RunSpec) -> Path:
+    """<out>/<sweep>/runs/<run_id>. The output root and the sweep folder may be links (a user's
+    choice of disk); runs/ and the run folder, which cnnstress creates, may not: a link there sends
+    the run's files into another run's folder or out of the sweep (LinkRefused)."""
+    root = Path(spec.paths.out_root).resolve()
+    sweep_dir = root / spec.sweep
+    path = (sweep_dir / RUNS_DIR / spec.run_id).resolve()
+    if root not in path.parents:  # sweep and run ids are validated; this is the last line of defence
+        raise ValueError(f"run folder {path} escapes the output root {root}")
+    atomic.refuse_links(sweep_dir, sweep_dir / RUNS_DIR / spec.run_id)  # (one inside the root too)
+    return path

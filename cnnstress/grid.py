@@ -135,6 +135,8 @@ SLURM_KEYS: dict[str, Param] = {
     "gather_time_min": Param(60, 1, 60 * 24 * 7),
     "gather_cpus": Param(2, 1, 256),
     "gather_mem_gb": Param(8.0, 0.1, 8192.0),
+    "runs_per_task": Param(1, 1, 64, doc="runs trained at once in one array task, on its one GPU or its CPUs"),
+    "mps": Param(False, doc="share the task's GPU through a CUDA MPS daemon of its own (runs_per_task > 1)"),
     "setup": Param([], doc="shell lines run before each task"),
     "additional": Param({}, doc="extra sbatch options, name -> value"),
 }
@@ -343,6 +345,12 @@ def expand(
                         f"{slurm['gpus_per_task']}: a run trains on one GPU, so the others would sit idle; allowed: "
                         "0 (CPU nodes) or 1. Slurm already packs one-GPU array tasks onto a node's GPUs; raise "
                         "[slurm].array_parallelism for more at once")
+    if slurm["mps"] and slurm["runs_per_task"] == 1:
+        raise GridError(source, "[slurm].mps", "true needs [slurm].runs_per_task of 2 or more: MPS lets several "
+                                               "processes share a GPU, and one run per task has none to share it with")
+    if slurm["mps"] and slurm["gpus_per_task"] == 0:
+        raise GridError(source, "[slurm].mps", "true needs [slurm].gpus_per_task = 1: MPS shares a GPU, and these "
+                                               "tasks ask for none")
 
     out_abs = os.path.abspath(out_root)
     data_abs = os.path.abspath(data_root) if data_root is not None else os.path.join(out_abs, "data")

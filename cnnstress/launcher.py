@@ -526,6 +526,10 @@ def print_status(grid: Grid, sweep_dir: Path, console: Console, verify_hash: boo
         table.add_column(col, overflow="fold")
     counts: dict[str, int] = {}
     rows: list[tuple[str, ...]] = []
+    sharing: dict[str, list[str]] = {}  # job id -> its runs ([slurm].runs_per_task: several)
+    for st in statuses:
+        if st.job_id:
+            sharing.setdefault(st.job_id, []).append(st.run_id)
     for st in statuses:
         r = by_id[st.run_id]
         counts[st.status] = counts.get(st.status, 0) + 1
@@ -534,16 +538,28 @@ def print_status(grid: Grid, sweep_dir: Path, console: Console, verify_hash: boo
         detail = "; ".join(x for x in (st.detail, f"restarts: {restarts}" if restarts else "") if x)
         short = detail if len(detail) <= 60 or st.status not in ("failed", "broken") else detail[:57] + "..."
         rows.append((st.run_id, r.variant, str(r.seed), *[str(r.grid_values[k]) for k in grid.grid_keys if k != "seed"],
-                     f"[{colour}]{st.status}[/{colour}]", f"{st.epoch}/{st.epochs}", st.job_id or "-", _escape(short)))
+                     f"[{colour}]{st.status}[/{colour}]", f"{st.epoch}/{st.epochs}", _job_cell(st.job_id, sharing),
+                     _escape(short)))
         table.add_row(*rows[-1])
     print_table(console, table, rows)
     console.print("  ".join(f"{k}: {counts[k]}" for k in RUN_STATUSES if k in counts))
+    for job_id, together in sharing.items():
+        if len(together) > 1:
+            console.print(f"task {job_id} trains {len(together)} runs at once: {', '.join(together)}", markup=False)
     for st in statuses:  # whole reasons, unfolded, where a table cell would cut them
         if st.status in ("failed", "broken"):
             console.print(f"{st.status} {st.run_id}: {st.detail}", markup=False, soft_wrap=True)
     for note in notes:
         console.print(f"note: {note}", markup=False)
     return counts
+
+
+def _job_cell(job_id: str, sharing: dict[str, list[str]]) -> str:
+    """A run's job in the --status table, with how many runs its task trains when it packs several."""
+    if not job_id:
+        return "-"
+    n = len(sharing.get(job_id, []))
+    return f"{job_id} ({n} runs)" if n > 1 else job_id
 
 
 def _launch_problem(grid: Grid, cluster: str = "local", max_parallel: int | None = None, runs_per_gpu: int = 1) -> str:
@@ -586,8 +602,10 @@ def memory_problem(grid: Grid, cluster: str, max_parallel: int | None = None, *,
     limits: list[tuple[int, int, int, str, str]] = []  # (copies, bytes needed, bytes there, what gives them, what to do)
     host_need = HOST_COPIES * size + MEMORY_MARGIN
     if backend(cluster).batch:
-        limits.append((HOST_COPIES, host_need, int(grid.slurm.mem_gb * GIB), f"[slurm].mem_gb = {grid.slurm.mem_gb:g}",
-                       "raise [slurm].mem_gb"))
+        k = min(grid.slurm.runs_per_task, len(grid.runs))  # [slurm].mem_gb is the whole task's
+        limits.append((HOST_COPIES, k * host_need, int(grid.slurm.mem_gb * GIB), f"[slurm].mem_gb = {grid.slurm.mem_gb:g}"
+                       + (f" (shared by the {k} runs of a task)" if k > 1 else ""),
+                       "raise [slurm].mem_gb" + (" or lower [slurm].runs_per_task" if k > 1 else "")))
     else:
         from .cluster.local import available_ram_bytes, gpu_memory_bytes, visible_gpus
 

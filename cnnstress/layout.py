@@ -19,6 +19,10 @@ from typing import Any, NamedTuple
 
 # -- a run folder ------------------------------------------------------------------------------
 SPEC_FILE = "spec.json"
+#: DONE.json's summary key saying how many runs trained at once on the run's device (itself
+#: included), and the environment variable through which whoever started them tells the worker
+RUNS_AT_ONCE = "runs_at_once"
+RUNS_AT_ONCE_ENV = "CNNSTRESS_RUNS_AT_ONCE"
 LOG_FILE = "log.txt"
 PROGRESS_FILE = "progress.json"  # epoch, epochs, val_acc, updated, checkpoint_epoch, stage, stage_started (for --status)
 CLAIM_FILE = "claim.lock"  # flock held by the process training the run

@@ -31,11 +31,11 @@ from . import data, faults, probes, reuse, store
 from . import weights as own_weights
 from . import tensorboard as tboard
 from .layout import (BEST_FILE, DONE_NAME, EXIT_BUSY, EXIT_DONE, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, HISTORY,
-                     HISTORY_KEYS, IMAGE_SIZE_ATTR, LOG_FILE, RUNS_DIR, SPEC_FILE)
+                     HISTORY_KEYS, IMAGE_SIZE_ATTR, LOG_FILE, RUNS_AT_ONCE, RUNS_AT_ONCE_ENV, SPEC_FILE)
 from .atomic import LinkRefused, open_in_place, refuse_links
 from .claims import RunBusy, claim
 from .augment import BatchAugment
-from .config import RunSpec
+from .config import RunSpec, run_dir_for  # noqa: F401 (run_dir_for: also this module's)
 from .engine import (DeviceData, Precision, Predictor, build_optimizer, build_scheduler,
                      restore_rng_state, rng_state, select_device, set_determinism, train_one_epoch, train_steps,
                      use_channels_last)
@@ -43,19 +43,6 @@ from .models import INPUT_SIZE_ATTR, build, default_gradcam_layer, resolve_layer
 
 CHECKPOINT_KEYS = {"format", "spec_hash", "epoch", "model", "optimizer", "scheduler", "scaler", "rng", "history"}
 CHECKPOINT_FORMAT = 1
-
-
-def run_dir_for(spec: RunSpec) -> Path:
-    """<out>/<sweep>/runs/<run_id>. The output root and the sweep folder may be links (a user's
-    choice of disk); runs/ and the run folder, which cnnstress creates, may not: a link there sends
-    the run's files into another run's folder or out of the sweep (LinkRefused)."""
-    root = Path(spec.paths.out_root).resolve()
-    sweep_dir = root / spec.sweep
-    path = (sweep_dir / RUNS_DIR / spec.run_id).resolve()
-    if root not in path.parents:  # sweep and run ids are validated; this is the last line of defence
-        raise ValueError(f"run folder {path} escapes the output root {root}")
-    refuse_links(sweep_dir, sweep_dir / RUNS_DIR / spec.run_id)  # (one inside the root too)
-    return path
 
 
 # ------------------------------------------------------------------------------------------------
@@ -255,13 +242,18 @@ def stop_signals(keeper: CheckpointKeeper) -> Iterator[None]:
         yield
         return
     previous = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
+    stopping = False
 
     def handler(signum: int, frame: Any) -> None:
-        keeper.flush(f"{signal.Signals(signum).name} received")
+        nonlocal stopping
+        if stopping:  # said twice (the cluster signals every process of a task, and a pack forwards it)
+            return
         before = previous[signum]
+        stopping = not callable(before) and before != signal.SIG_IGN
+        keeper.flush(f"{signal.Signals(signum).name} received")
         if callable(before):
             before(signum, frame)
-        elif before != signal.SIG_IGN:
+        elif stopping:
             raise StopRequested(signum)
 
     for sig in STOP_SIGNALS:
@@ -729,6 +721,7 @@ def publish(run: RunSetup, fitted: Fitted, measured: Measured, t_start: float, l
     summary = {
         "test_accuracy": test_acc, "val_accuracy": history["val_acc"][-1] if history["val_acc"] else None,
         "epochs": spec.train.epochs, "device": attrs["device"], "restarts": restarts(), **timings,
+        RUNS_AT_ONCE: runs_at_once(),
     }
     if fitted.weights_from:
         summary[reuse.ATTR] = fitted.weights_from
@@ -758,6 +751,13 @@ def _root_attrs(run: RunSetup, timings: dict[str, float]) -> dict[str, Any]:
         # written before other sizes were allowed)
         **({IMAGE_SIZE_ATTR: image_size(run.data)} if image_size(run.data) != data.IMAGE_SIZE else {}),
     }
+
+
+def runs_at_once() -> int:
+    """How many runs trained at once on this run's device, itself included, as whoever started the
+    worker said (a packed task, --runs-per-gpu); 1 when nobody did. Only timings depend on it."""
+    said = os.environ.get(RUNS_AT_ONCE_ENV, "")
+    return int(said) if said.isdigit() and int(said) > 0 else 1
 
 
 def restarts() -> int:

@@ -257,7 +257,7 @@ def test_sbatch_command_lines_match_golden_file(tmp_path):
                                     ["epochs=3", "optimizer.lr=0.01"])
     arrays, gather = sbatch.sbatch_plan(todo, grid.slurm, grid.name, sweep, sys.executable, args, 2)
     # the launch's own manifest holds just these 3 runs; MaxArraySize 2: lines 0-1 | 2
-    assert [(off, [r.run_id for r in runs]) for _, runs, off in arrays] == [(0, [ids[0], ids[2]]), (2, [ids[3]])]
+    assert [(off, [r.run_id for task in tasks for r in task]) for _, tasks, off in arrays] == [(0, [ids[0], ids[2]]), (2, [ids[3]])]
     text = "".join(slurmctl.shell_join(argv) + "\n" for argv, _, _ in arrays) + slurmctl.shell_join(gather) + "\n"
     assert_golden("sbatch_argv.txt", _normalise(text, tmp_path))
     # the command lines are argv lists: each quoted path is one argument
@@ -720,23 +720,6 @@ def test_sbatch_relaunch_with_a_changed_grid_leaves_queued_tasks_on_their_runs(t
     res = subprocess.run(["bash", str(REPO / "slurm" / "array.sbatch"), *argv1[-6:]],
                          env={**env, "SLURM_ARRAY_TASK_ID": "0"}, capture_output=True, text=True)
     assert res.returncode == 2 and "changed after submission" in res.stderr
-
-
-def test_a_local_end_without_result_is_recorded_as_failed_in_the_workers_format(tmp_path):
-    rd = tmp_path / "run"
-    rd.mkdir()
-    assert local.record_unreported_end(rd, -9) == ("killed by signal 9 (SIGKILL: out of memory, or killed by hand); "
-                                                     "no checkpoint yet, relaunch starts it over")
-    assert store.run_state(rd).status == "failed"
-    # the worker's own FAILED.json (its reason is better) and DONE.json are never overwritten
-    store.write_failed(rd, "MemoryError: x")
-    assert local.record_unreported_end(rd, -9) is None and store.run_state(rd).reason == "MemoryError: x"
-    store.clear_failed(rd)
-    (rd / "checkpoint.pt").write_bytes(b"x")
-    store.atomic_write_json(rd / "progress.json", {"epoch": 3})
-    assert local.record_unreported_end(rd, 1) == ("its process exited with status 1 without a result; "
-                                                    "checkpoint after epoch 3 kept, relaunch resumes")
-    assert json.loads((rd / "FAILED.json").read_text())["reason"].startswith("its process exited with status 1")
 
 
 def test_rerun_failed_resubmits_a_run_whose_job_left_squeue_without_a_result(tmp_path, fake_slurm, capsys):

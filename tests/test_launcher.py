@@ -397,7 +397,7 @@ def test_runs_per_gpu_on_the_cpu_runs_them_at_once_with_the_cores_split_and_bitw
 
     import numpy as np
 
-    from cnnstress.cluster.local import cpu_share
+    from cnnstress.pack import threads_per_run
 
     grid = weird_dir / "pack.toml"
     grid.write_text(tiny_grid_text(name="pack", epochs=2))
@@ -405,7 +405,7 @@ def test_runs_per_gpu_on_the_cpu_runs_them_at_once_with_the_cores_split_and_bitw
     packed, alone = weird_dir / "packed", weird_dir / "alone"
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     assert main(["--grid", str(grid), "--cluster", "local", "--out", str(packed), "--runs-per-gpu", "2", *data]) == 0
-    threads = cpu_share(2)
+    threads = threads_per_run(2)
     monkeypatch.setenv("OMP_NUM_THREADS", str(threads))  # the reference: one run at a time, as many threads
     assert main(["--grid", str(grid), "--cluster", "local", "--out", str(alone), *data]) == 0
     starts, ends = [], []

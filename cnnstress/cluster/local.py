@@ -24,7 +24,8 @@ from rich.console import Console
 from .. import atomic, faults, store
 from ..claims import claim_holder, describe_holder
 from ..config import RunSpec
-from ..layout import EXIT_BUSY, EXIT_INTERRUPTED, RUNS_DIR, SPEC_FILE, SUBMITIT_DIR, submitit_launch_name
+from ..layout import EXIT_BUSY, EXIT_INTERRUPTED, RUNS_AT_ONCE_ENV, RUNS_DIR, SPEC_FILE, SUBMITIT_DIR, submitit_launch_name
+from ..pack import record_unreported_end, threads_per_run
 from ..store import progress_epochs
 from .base import PACKAGE_ROOT, Backend, Handle, LaunchContext, Outcome, progress_bar
 
@@ -46,10 +47,11 @@ class LocalTrainTask:
     parent survives the child, so it can record why the run ended (FAILED.json) instead of leaving
     a run that looks 'partial' with no reason."""
 
-    def __init__(self, worker_argv: Sequence[str] | None = None, threads: int | None = None):
+    def __init__(self, worker_argv: Sequence[str] | None = None, threads: int | None = None, at_once: int = 1):
         # the command that trains a spec file (tests put a stand-in here); it gets "--spec FILE"
         self.worker_argv = list(worker_argv) if worker_argv else None
         self.threads = threads  # the worker's OMP_NUM_THREADS when runs share the CPU (None: inherited)
+        self.at_once = at_once  # runs sharing a device with this one, itself included (DONE.json says it)
 
     def __call__(self, spec_json: str, run_dir: str, device: str = "") -> dict[str, Any]:
         """device: the CUDA_VISIBLE_DEVICES entry of the one GPU this run may use ("2", a
@@ -62,6 +64,7 @@ class LocalTrainTask:
         env = {**os.environ, "CUDA_VISIBLE_DEVICES": device}
         if getattr(self, "threads", None):  # (a task pickled before the field existed has none)
             env["OMP_NUM_THREADS"] = str(self.threads)
+        env[RUNS_AT_ONCE_ENV] = str(getattr(self, "at_once", 1))
         with tempfile.TemporaryDirectory(prefix="cnnstress-spec-") as tmp:
             spec_file = Path(tmp) / SPEC_FILE
             spec_file.write_text(spec_json)
@@ -302,7 +305,7 @@ def run_local(runs: Sequence[RunSpec], sweep_dir: Path, console: Console, max_pa
                       f"({', '.join(gpus)}); --runs-per-gpu K packs K runs on each; to train on the CPU instead, set "
                       "CUDA_VISIBLE_DEVICES=''", markup=False)
         max_parallel = len(slots)
-    threads = cpu_share(min(max_parallel, len(runs))) if not gpus and min(max_parallel, len(runs)) > 1 else None
+    threads = threads_per_run(min(max_parallel, len(runs))) if not gpus and min(max_parallel, len(runs)) > 1 else None
     if threads is not None:
         console.print(f"{min(max_parallel, len(runs))} runs at once on the CPU, {threads} thread(s) each "
                       "(OMP_NUM_THREADS)", markup=False)
@@ -310,7 +313,8 @@ def run_local(runs: Sequence[RunSpec], sweep_dir: Path, console: Console, max_pa
     executor = submitit.LocalExecutor(folder=folder)
     # the job process itself needs no GPU; LocalTrainTask pins its worker to `gpu`
     executor.update_parameters(timeout_min=LOCAL_TIMEOUT_MIN, gpus_per_node=0)
-    task = task or LocalTrainTask(threads=threads)
+    at_once = runs_per_gpu if gpus else min(max_parallel, len(runs))
+    task = task or LocalTrainTask(threads=threads, at_once=max(1, at_once))
     queue = list(runs)
     active: dict[str, tuple[Any, RunSpec, str | None]] = {}
     free = list(slots)
@@ -365,15 +369,6 @@ def _follow(executor: Any, task: LocalTrainTask, queue: list[RunSpec], active: d
             time.sleep(poll_s)
 
 
-def cpu_share(at_once: int) -> int:
-    """Threads for each of ``at_once`` runs sharing this process's CPUs (at least 1)."""
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        cpus = os.cpu_count() or 1
-    return max(1, cpus // max(1, at_once))
-
-
 @contextmanager
 def _sigint_ignored() -> Iterator[None]:
     """Start a job with SIGINT ignored (inherited through exec): submitit's controller process then
@@ -413,45 +408,6 @@ def _outcome(job: Any, spec: RunSpec, folder: Path) -> Outcome:
         if busy and said:
             detail = said[-1]
         return Outcome(spec.run_id, "running" if busy else "failed", f"{detail} (logs: {folder})")
-
-
-SIGNAL_CAUSES = {"SIGKILL": "out of memory, or killed by hand", "SIGTERM": "stopped by the system or by hand",
-                 "SIGSEGV": "crashed in native code", "SIGBUS": "crashed in native code",
-                 "SIGABRT": "aborted in native code"}
-
-
-def record_unreported_end(run_dir: Path, exit_status: int | None) -> str | None:
-    """A local job that ended with neither DONE.json nor FAILED.json died where the worker could
-    not write its reason (the kernel's OOM killer sends SIGKILL, which nothing can catch). Write
-    FAILED.json for it, in the worker's own format, so --status, --rerun-failed and the report see
-    a failed run with a reason instead of a 'partial' one. Returns the reason written, else None."""
-    state = store.run_state(run_dir, verify_hash=False)
-    if state.status in ("done", "failed") or not run_dir.is_dir() or run_dir.is_symlink() or run_dir.parent.is_symlink():
-        return None  # (a linked run folder: nothing is written into it)
-    if exit_status is not None and exit_status < 0:
-        try:
-            name = signal.Signals(-exit_status).name
-        except ValueError:
-            name = f"signal {-exit_status}"
-        cause = SIGNAL_CAUSES.get(name)
-        how = f"killed by signal {-exit_status} ({name}{': ' + cause if cause else ''})"
-    elif exit_status is not None:
-        how = f"its process exited with status {exit_status} without a result"
-    else:
-        how = "its process ended without a result"
-    if any((run_dir / name).exists() for name in store.CHECKPOINT_NAMES):
-        after = f" after epoch {progress_epochs(run_dir)}" if progress_epochs(run_dir) else ""
-        rest = f"checkpoint{after} kept, relaunch resumes"
-    else:
-        rest = "no checkpoint yet, relaunch starts it over"
-    reason = faults.naming(f"{how}; {rest}")  # the worker inherited this process's environment
-    try:
-        store.write_failed(run_dir, reason, "written by the launcher: the worker process could not report",
-                           injected_faults=faults.injected())
-    except OSError:
-        return None
-    return reason
-
 
 
 

@@ -15,8 +15,8 @@ from ..layout import (SBATCH_DIR, SBATCH_GATHER_LOG, SBATCH_TASK_LOG, SLURM_LOGS
                       sbatch_setup_name)
 from .base import PACKAGE_ROOT, Handle, LaunchContext
 from .slurmctl import (JobRequest, Launch, SlurmError, SlurmLikeBackend, _now, _one_line, _slurm_cmd,
-                       array_ranges, check_controller, job_request, max_array_size, max_array_size_said, record_launch,
-                       share_parallelism, shell_join, split_indices)
+                       array_ranges, check_controller, job_request, max_array_size, max_array_size_said, packing_lines,
+                       packs, record_launch, share_parallelism, shell_join, split_indices)
 
 def _slurm_filename(path: Path) -> str:
     # '%' starts a Slurm filename pattern; a literal one is written '%%'
@@ -48,16 +48,20 @@ def sbatch_array_argv(slurm: SlurmConfig, sweep: str, sweep_dir: Path, manifest:
                       manifest_sha256: str = "") -> list[str]:
     """The sbatch command line of one training array of the sbatch fallback. Every grid value
     travels as an argument; slurm/array.sbatch itself is a static file. With manifest_sha256 the
-    script refuses to start when the manifest is no longer the file that was submitted."""
+    script refuses to start when the manifest is no longer the file that was submitted. Task t
+    trains manifest lines (offset + t) * runs_per_task onwards, runs_per_task of them at once."""
     req = job_request(slurm, sweep, "array", array_parallelism)
     parallel = min(int(req.array_parallelism or 1), len(task_ids))
     argv = ["sbatch", "--parsable", f"--array={array_ranges(task_ids)}%{parallel}", *_options(req),
             f"--chdir={PACKAGE_ROOT}", f"--output={_slurm_filename(sweep_dir / SLURM_LOGS_DIR)}/{SBATCH_TASK_LOG}",
             str(PACKAGE_ROOT / "slurm" / "array.sbatch"), str(manifest), python, str(offset), str(slurm.max_num_timeout)]
-    if setup_file is not None or manifest_sha256:
+    packed = slurm.runs_per_task > 1
+    if setup_file is not None or manifest_sha256 or packed:
         argv.append(str(setup_file or ""))
-    if manifest_sha256:
+    if manifest_sha256 or packed:
         argv.append(manifest_sha256)
+    if packed:
+        argv += [str(slurm.runs_per_task), "1" if slurm.mps else "0"]
     return argv
 
 
@@ -111,20 +115,22 @@ def launch_manifest(runs: Sequence[RunSpec], sweep_dir: Path) -> tuple[Path, byt
 def sbatch_plan(runs: Sequence[RunSpec], slurm: SlurmConfig, sweep: str, sweep_dir: Path, python: str,
                 gather_args: list[str], max_size: int,
                 array_parallelism: int | None = None) -> tuple[list[tuple[list[str], list[RunSpec], int]], list[str]]:
-    """The sbatch command lines of a fallback launch: [(array argv, its runs, offset)], gather argv
-    (its dependency is 'afterany:<ARRAY_IDS>' until the arrays are submitted). Line i of the
-    launch's manifest (launch_manifest) is runs[i]; task t of an array trains line offset + t."""
+    """The sbatch command lines of a fallback launch: [(array argv, its tasks' runs, offset)], gather
+    argv (its dependency is 'afterany:<ARRAY_IDS>' until the arrays are submitted). Line i of the
+    launch's manifest (launch_manifest) is runs[i]; task t of an array trains the lines of pack
+    offset + t ([slurm].runs_per_task consecutive lines; one when it is 1)."""
     runs = list(runs)
     manifest, _, sha = launch_manifest(runs, sweep_dir)
     made = setup_file(sweep_dir, slurm.setup)
     setup = made[0] if made else None
     arrays = []
-    split = split_indices(range(len(runs)), max_size)
+    tasks_runs = packs(runs, slurm.runs_per_task)
+    split = split_indices(range(len(tasks_runs)), max_size)
     shares = share_parallelism(int(array_parallelism or slurm.array_parallelism), max(1, len(split)))
     for (offset, tasks), share in zip(split, shares):
         argv = sbatch_array_argv(slurm, sweep, sweep_dir, manifest, python, offset, tasks, setup, share,
                                  manifest_sha256=sha)
-        arrays.append((argv, [runs[offset + t] for t in tasks], offset))
+        arrays.append((argv, [tasks_runs[offset + t] for t in tasks], offset))
     gather = sbatch_gather_argv(slurm, sweep, sweep_dir, python, "afterany:<ARRAY_IDS>", gather_args, setup)
     return arrays, gather
 
@@ -146,7 +152,7 @@ def submit_sbatch(runs: Sequence[RunSpec], slurm: SlurmConfig, sweep: str, sweep
         for argv, part, offset in arrays:
             job = _sbatch(argv)
             launch.arrays.append(job)
-            launch.runs.update({r.run_id: f"{job}_{t}" for t, r in enumerate(part)})
+            launch.runs.update({r.run_id: f"{job}_{t}" for t, task in enumerate(part) for r in task})
         gather = [a.replace("afterany:<ARRAY_IDS>", "afterany:" + ":".join(launch.arrays)) for a in gather]
         launch.gather = _sbatch(gather)
     finally:
@@ -167,7 +173,8 @@ def _sbatch(argv: list[str]) -> str:
 
 
 #: the positional arguments of slurm/array.sbatch and slurm/gather.sbatch, as their usage lines name them
-ARRAY_ARGUMENTS = ("MANIFEST", "PYTHON", "OFFSET", "MAX_REQUEUES", "SETUP_FILE", "MANIFEST_SHA256")
+ARRAY_ARGUMENTS = ("MANIFEST", "PYTHON", "OFFSET", "MAX_REQUEUES", "SETUP_FILE", "MANIFEST_SHA256", "RUNS_PER_TASK",
+                   "MPS")
 GATHER_ARGUMENTS = ("PYTHON", "SETUP_FILE", "LAUNCH_ARGS...")
 
 
@@ -196,7 +203,8 @@ class SbatchBackend(SlurmLikeBackend):
         limit, said = max_array_size_said()
         arrays, gather = sbatch_plan(runs, ctx.slurm, ctx.sweep, ctx.sweep_dir, sys.executable, ctx.gather_args,
                                      limit, ctx.max_parallel)
-        lines = [f"would submit {len(runs)} runs as {len(arrays)} array(s) (MaxArraySize {limit}, {said}), then the "
+        lines = [*packing_lines(runs, ctx.slurm, ctx.sweep_dir),
+                 f"would submit {len(runs)} runs as {len(arrays)} array(s) (MaxArraySize {limit}, {said}), then the "
                  "gather job:"]
         for argv, _, _ in arrays:
             lines += [shell_join(argv), named_arguments(argv, "array.sbatch", ARRAY_ARGUMENTS)]

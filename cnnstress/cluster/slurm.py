@@ -17,8 +17,8 @@ from ..config import RunSpec, SlurmConfig
 from ..layout import SUBMITIT_DIR, submitit_launch_name
 from .base import PACKAGE_ROOT, Handle, LaunchContext
 from .slurmctl import (JobRequest, shell_join, Launch, SlurmError, SlurmLikeBackend, _now, _one_line, chunk_items,
-                       check_controller, job_request, max_array_size, max_array_size_said, record_launch,
-                       share_parallelism)
+                       check_controller, job_request, max_array_size, max_array_size_said, packing_lines, packs,
+                       record_launch, share_parallelism)
 
 class TrainTask(submitit.helpers.Checkpointable):
     """The submitted callable. Holds no training state: on preemption or timeout submitit calls
@@ -31,6 +31,25 @@ class TrainTask(submitit.helpers.Checkpointable):
 
         return worker.run(spec_json)
 
+
+
+class PackTask(submitit.helpers.Checkpointable):
+    """The submitted callable of a packed array ([slurm].runs_per_task > 1): trains its runs at
+    once, one worker process each (pack.py). Requeued after a stop signal as the same task, whose
+    finished runs are then skipped and the others resumed from their checkpoints."""
+
+    def __init__(self, mps: bool = False):
+        self.mps = mps
+
+    def __call__(self, spec_jsons: list[str]) -> dict[str, str]:
+        from .. import pack
+
+        ends = pack.run_pack(spec_jsons, mps=self.mps)
+        failed = [e for e in ends if e.status == "failed"]
+        if failed:  # each has its FAILED.json; the task's state says that not all went well
+            raise RuntimeError(f"{len(failed)} of {len(ends)} packed runs failed: "
+                               + "; ".join(f"{e.run_id}: {e.detail}" for e in failed))
+        return {e.run_id: e.status for e in ends}
 
 
 class GatherTask:
@@ -147,17 +166,20 @@ def submit_slurm(runs: Sequence[RunSpec], slurm: SlurmConfig, sweep: str, sweep_
     folder = new_launch_folder(sweep_dir / SUBMITIT_DIR, SlurmBackend.name)
     launch = Launch(SlurmBackend.name, str(folder), time=_now())
     limit = max_array_size()
-    specs = list(runs)
+    tasks = packs(runs, slurm.runs_per_task)
     params = submitit_parameters(slurm, sweep, array_parallelism)
-    chunks = chunk_items(len(specs), limit)
+    chunks = chunk_items(len(tasks), limit)
     try:
         executor = make_slurm_executor(folder, params, slurm.max_num_timeout)
         for chunk, share in zip(chunks, share_parallelism(params["array_parallelism"], max(1, len(chunks)))):
             executor.update_parameters(array_parallelism=share)
-            part = [specs[i] for i in chunk]
-            jobs = executor.map_array(TrainTask(), [s.to_json() for s in part])
+            part = [tasks[i] for i in chunk]
+            if slurm.runs_per_task == 1:
+                jobs = executor.map_array(TrainTask(), [p[0].to_json() for p in part])
+            else:
+                jobs = executor.map_array(PackTask(slurm.mps), [[s.to_json() for s in p] for p in part])
             launch.arrays.append(str(jobs[0].job_id).split("_")[0])
-            launch.runs.update({s.run_id: str(j.job_id) for s, j in zip(part, jobs)})
+            launch.runs.update({s.run_id: str(j.job_id) for p, j in zip(part, jobs) for s in p})
         dependency = "afterany:" + ":".join(launch.arrays)
         gatherer = make_slurm_executor(folder, gather_parameters(slurm, sweep, dependency), 0)
         launch.gather = str(gatherer.submit(GatherTask(), gather_args).job_id)
@@ -181,13 +203,14 @@ class SlurmBackend(SlurmLikeBackend):
     def plan(self, runs: Sequence[RunSpec], ctx: LaunchContext) -> list[str]:
         limit, said = max_array_size_said()
         params = submitit_parameters(ctx.slurm, ctx.sweep, ctx.max_parallel)
-        chunks = chunk_items(len(runs), limit)
+        chunks = chunk_items(len(packs(runs, ctx.slurm.runs_per_task)), limit)
         folder = ctx.sweep_dir / SUBMITIT_DIR / submitit_launch_name(self.name, "<timestamp>", "<pid>")
         text = submitit_script_text(folder, params, ctx.slurm.max_num_timeout,
                                     len(chunks[0]) if len(chunks[0]) > 1 else None)
         dependency = "afterany:" + ":".join(f"<array {i + 1} id>" for i in range(len(chunks)))
         gather = submitit_script_text(folder, gather_parameters(ctx.slurm, ctx.sweep, dependency), 0, None)
-        return [f"would submit {len(runs)} runs as {len(chunks)} submitit job array(s) (MaxArraySize {limit}, "
+        return [*packing_lines(runs, ctx.slurm, ctx.sweep_dir),
+                f"would submit {len(runs)} runs as {len(chunks)} submitit job array(s) (MaxArraySize {limit}, "
                 f"{said}), then one gather job; the first array's sbatch script:", text,
                 "the gather job's sbatch script (it builds the report of: " + shell_join(ctx.gather_args) + "):",
                 gather]

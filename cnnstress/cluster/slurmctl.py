@@ -21,7 +21,7 @@ from rich.console import Console
 
 from .. import atomic
 from ..config import SlurmConfig
-from ..layout import DONE_NAME, LAUNCHES_FILE, LAUNCHES_LOCK, RUNS_DIR
+from ..layout import DONE_NAME, LAUNCHES_FILE, LAUNCHES_LOCK, RUNS_AT_ONCE, RUNS_DIR, SPEC_FILE
 from .base import Backend, BackendError, Handle, progress_bar
 
 DEFAULT_MAX_ARRAY_SIZE = 1001  # Slurm's default MaxArraySize
@@ -202,6 +202,98 @@ def chunk_items(n: int, max_array_size: int) -> list[range]:
     if max_array_size < 1:
         raise ValueError(f"max_array_size must be at least 1, got {max_array_size}")
     return [range(i, min(i + max_array_size, n)) for i in range(0, n, max_array_size)]
+
+
+def packs(runs: Sequence[Any], runs_per_task: int) -> list[list[Any]]:
+    """The runs each array task trains ([slurm].runs_per_task at once): consecutive runs of the
+    launch, which in grid order are mostly seeds of one variant and so take about as long."""
+    if runs_per_task < 1:
+        raise ValueError(f"runs_per_task must be at least 1, got {runs_per_task}")
+    runs = list(runs)
+    return [runs[i:i + runs_per_task] for i in range(0, len(runs), runs_per_task)]
+
+
+def finished_timings(sweep_dir: Path) -> list[tuple[str, int, float]]:
+    """(model, runs at once, seconds) of every finished run of a sweep, from DONE.json's summary
+    and spec.json (runs whose files do not say are left out)."""
+    from .. import store
+
+    out = []
+    runs_dir = sweep_dir / RUNS_DIR
+    for run_dir in sorted(runs_dir.iterdir()) if runs_dir.is_dir() else []:
+        if run_dir.is_symlink() or not run_dir.is_dir():
+            continue
+        state = store.run_state(run_dir, verify_hash=False)
+        seconds = (state.summary or {}).get("total_s")
+        if state.status != "done" or not isinstance(seconds, (int, float)) or not seconds > 0:
+            continue
+        try:
+            model = str(json.loads((run_dir / SPEC_FILE).read_text())["model"]["name"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        at_once = (state.summary or {}).get(RUNS_AT_ONCE, 1)
+        out.append((model, at_once if isinstance(at_once, int) and at_once > 0 else 1, float(seconds)))
+    return out
+
+
+def _median(values: Sequence[float]) -> float:
+    v = sorted(values)
+    return (v[(len(v) - 1) // 2] + v[len(v) // 2]) / 2
+
+
+def expected_hours(runs: Sequence[Any], runs_per_task: int, timings: Sequence[tuple[str, int, float]],
+                   ) -> tuple[float, float, str] | None:
+    """(low, high, how) task-hours of training ``runs`` at ``runs_per_task`` per task, from finished
+    runs' timings (``finished_timings``), each run timed by the median of finished runs of its model
+    (of any model where none has finished). Measured at this packing, a task of k runs takes about
+    as long as one of them: low = high. Measured only at another packing, what sharing costs is not
+    known: low assumes it costs nothing (each task as long as one run alone), high that it gains
+    nothing (as long as its runs one after another). None when no run has finished."""
+    if not timings:
+        return None
+    at_k = [t for t in timings if t[1] == runs_per_task]
+    pool = at_k or timings
+    by_model: dict[str, list[float]] = {}
+    for model, _, seconds in pool:
+        by_model.setdefault(model, []).append(seconds)
+    every = _median([t[2] for t in pool])
+    per_run = [_median(by_model.get(r.model.name, [])) if r.model.name in by_model else every for r in runs]
+    tasks = packs(per_run, runs_per_task)
+    longest = sum(max(task) for task in tasks) / 3600  # a task lasts as long as its slowest run
+    if at_k:
+        return longest, longest, f"the median time of {len(pool)} finished run(s) trained {runs_per_task} at once"
+    packed = sorted({t[1] for t in timings})
+    if runs_per_task == 1:
+        return longest, longest, (f"the median time of {len(pool)} finished run(s) trained {', '.join(map(str, packed))} "
+                                  "at once: sharing slows a run, so this is an upper bound")
+    how = (f"the median time of {len(pool)} finished run(s) trained {', '.join(map(str, packed))} at once; none "
+           f"trained {runs_per_task} at once yet, so the cost of sharing is a range")
+    return longest, sum(per_run) / 3600, how
+
+
+def packing_lines(runs: Sequence[Any], slurm: Any, sweep_dir: Path) -> list[str]:
+    """A Slurm dry run's lines on packing ([slurm].runs_per_task, mps) and the expected GPU-hours."""
+    k = slurm.runs_per_task
+    n_tasks = len(packs(runs, k))
+    lines = []
+    if k > 1:
+        from ..pack import threads_per_run
+
+        lines.append(f"{k} runs at once in each array task: {n_tasks} task(s) for {len(runs)} runs, each task's "
+                     f"{slurm.cpus_per_task} CPUs split into {threads_per_run(k, slurm.cpus_per_task)} thread(s) a run, "
+                     f"mem_gb {slurm.mem_gb:g} for the whole task; "
+                     + ("MPS: on where the node has nvidia-cuda-mps-control" if slurm.mps else
+                        "the runs share the GPU by time-slicing ([slurm].mps = true for CUDA MPS)"))
+    unit = "GPU-hours" if slurm.gpus_per_task else f"task-hours ({slurm.cpus_per_task} CPUs each, no GPU)"
+    est = expected_hours(runs, k, finished_timings(sweep_dir))
+    if est is None:
+        lines.append(f"expected {unit}: not known until a run of this sweep has finished (they are timed from "
+                     "finished runs)")
+    else:
+        low, high, how = est
+        said = f"{low:.2f}" if abs(high - low) < 0.005 else f"{low:.2f} to {high:.2f}"
+        lines.append(f"expected {unit} at runs_per_task = {k}: {said} ({n_tasks} task(s); from {how})")
+    return lines
 
 
 def share_parallelism(total: int, n_arrays: int) -> list[int]:
