@@ -2,6 +2,7 @@
 relaunches with --rerun-failed, and a check that nothing was lost, duplicated or changed.
 
     .venv/bin/python bench/chaos.py [--quick] [--runs N] [--faults K] [--rounds R] [--seed S] [--out DIR]
+                                    [--runs-per-task K]
     make chaos          # the full soak;  make chaos CHAOS_ARGS=--quick  for the short one
 
 It needs the single-node cluster of ``slurm/dev-cluster.sh`` (root; it refuses any other Slurm: it
@@ -14,7 +15,9 @@ What it does:
    N/2 seeds, no stress sections, checkpoint every epoch) three times: ``chaos-slurm`` (launched with
    ``--cluster slurm``), ``chaos-sbatch`` (``--cluster sbatch``) and the undisturbed reference, trained
    once with ``--cluster local`` into ``<out>/reference`` (kept: a later soak with the same grid reuses
-   it). The three expand to the same run ids (checked).
+   it). The three expand to the same run ids (checked). With ``--runs-per-task K`` the grid sets
+   ``[slurm].runs_per_task = K``: each array task of both sweeps trains K runs at once, one worker
+   process each (a task fault then fires in every run of its task).
 2. Submits both Slurm sweeps at once (round 1), the jobs inheriting ``CNNSTRESS_FAULT=slow:epoch:S``
    so that epochs last long enough for faults to land mid-training (results unchanged).
 3. Injects K faults drawn from ``--seed`` (``draw_schedule``): each fires when that fraction of the
@@ -116,6 +119,12 @@ class Config:
     out: Path = REPO / "scratch" / "chaos"
     round_timeout_s: float = 900.0
     backends: tuple[str, ...] = BACKENDS
+    runs_per_task: int = 1  # [slurm].runs_per_task: runs trained at once in one array task
+
+    @property
+    def tasks(self) -> int:
+        """Array tasks of a whole sweep's launch (task faults go to these)."""
+        return -(-self.runs // self.runs_per_task)
 
     @property
     def seeds(self) -> list[int]:
@@ -140,7 +149,9 @@ def fault_hook(fault_dir: Path) -> str:
 def grid_text(name: str, cfg: Config, setup: Sequence[str] = ()) -> str:
     """The soak's grid: tiny shapes runs, 2 variants x cfg.runs/2 seeds, no stress sections, on the
     dev cluster (the tests' grid writer, tests/grids.py, with the soak's sizes)."""
-    return tiny_grid_text(name, cfg.epochs, dev_slurm_text(time_min=20, setup=setup), seeds=cfg.seeds,
+    slurm = dev_slurm_text(time_min=20, setup=setup) + (f"runs_per_task = {cfg.runs_per_task}\n"
+                                                         if cfg.runs_per_task > 1 else "")
+    return tiny_grid_text(name, cfg.epochs, slurm, seeds=cfg.seeds,
                           n_train=200, n_test=100, width=8, batch_size=50, lean=True,
                           header=f"{GRID_MARKER}\ndescription = \"bench/chaos.py: tiny runs for the chaos soak\"")
 
@@ -185,14 +196,14 @@ def fault_caps(n_faults: int, backends: Sequence[str]) -> dict[str, int]:
     return {"slurmctld": max(1, n_faults // 12), "slurmd": max(1, n_faults // 12), "gather": len(backends)}
 
 
-def draw_schedule(seed: int, n_faults: int, runs: int, epochs: int,
+def draw_schedule(seed: int, n_faults: int, tasks: int, epochs: int,
                   backends: Sequence[str] = BACKENDS) -> list[Fault]:
     """K faults from a seed. With K at least the number of kinds every kind comes once, the rest
     by weight; fewer: distinct kinds, by weight. Task faults (ENOSPC, out of memory, a SIGKILL in
     the middle of a write) go to distinct array tasks, at most half the tasks of a sweep; a task
     fault that finds no free task becomes an external SIGKILL (or is dropped)."""
-    if n_faults < 0 or runs < 2:
-        raise ValueError(f"need faults >= 0 and runs >= 2, got {n_faults}, {runs}")
+    if n_faults < 0 or tasks < 2:
+        raise ValueError(f"need faults >= 0 and tasks >= 2, got {n_faults}, {tasks}")
     rng = random.Random(seed)
     names = list(KINDS)
     weights = [KINDS[k].weight for k in names]
@@ -211,8 +222,8 @@ def draw_schedule(seed: int, n_faults: int, runs: int, epochs: int,
         if kinds.count(k) < caps.get(k, n_faults):
             kinds.append(k)
     rng.shuffle(kinds)
-    free = {b: list(range(runs)) for b in backends}
-    budget = {b: max(1, runs // 2) for b in backends}
+    free = {b: list(range(tasks)) for b in backends}
+    budget = {b: max(1, tasks // 2) for b in backends}
     faults: list[Fault] = []
     for kind in kinds:
         f = Fault(len(faults), kind, at=round(rng.uniform(0.03, 0.85), 3), pick=rng.random())
@@ -730,7 +741,7 @@ class Soak:
                 raise ChaosError(f"the {b} sweep expands to other run ids than the reference")
         spec = grid.runs[0]
         data.load_test("shapes", self.data, spec.dataset.params)  # the shapes cache, made once, not by 3 jobs at once
-        self.faults = draw_schedule(cfg.seed, cfg.faults, len(self.run_ids), cfg.epochs, cfg.backends)
+        self.faults = draw_schedule(cfg.seed, cfg.faults, max(2, cfg.tasks), cfg.epochs, cfg.backends)
         for f in self.faults:
             if f.task_fault:
                 (self.out / "faults" / f.backend / f"task-{f.task}").write_text(f.param + "\n")
@@ -1063,6 +1074,8 @@ def config_from_args(argv: Sequence[str] | None = None) -> Config:
     ap.add_argument("--out", type=Path, default=None,
                     help="output root (default scratch/chaos, --quick scratch/chaos-quick); its sweeps must not exist yet")
     ap.add_argument("--round-timeout", type=float, default=None, help="seconds a round may take (default 900)")
+    ap.add_argument("--runs-per-task", type=int, default=1,
+                    help="[slurm].runs_per_task: runs trained at once in each array task (default 1)")
     args = ap.parse_args(argv)
     base = dict(QUICK) if args.quick else {}
     chosen = {"runs": args.runs, "faults": args.faults, "rounds": args.rounds, "epochs": args.epochs,
@@ -1072,9 +1085,11 @@ def config_from_args(argv: Sequence[str] | None = None) -> Config:
     if not backends or any(b not in BACKENDS for b in backends):
         ap.error(f"--backends: a comma-separated subset of {','.join(BACKENDS)}")
     out = args.out or REPO / "scratch" / ("chaos-quick" if args.quick else "chaos")
-    cfg = Config(seed=args.seed, out=out, backends=backends, **base)
+    cfg = Config(seed=args.seed, out=out, backends=backends, runs_per_task=args.runs_per_task, **base)
     if cfg.runs < 2 or cfg.runs % 2:
         ap.error("--runs must be an even number >= 2 (2 variants x runs/2 seeds)")
+    if cfg.runs_per_task < 1:
+        ap.error("--runs-per-task must be >= 1")
     if cfg.rounds < 1 or cfg.faults < 0 or cfg.epochs < 1:
         ap.error("--rounds and --epochs must be >= 1, --faults >= 0")
     return cfg

@@ -370,3 +370,62 @@ def test_requeued_and_timed_out_runs_resume_and_match_an_uninterrupted_run(inter
     text = "".join((Path(launches["tl"].folder) / f"{job}_0_log.{ext}").read_text() for ext in ("out", "err"))
     assert "Caught signal SIGUSR2" in text and "this job is timed-out" in text and "Requeued job" in text
     print(f"interrupted runs finished {time.time() - interrupted['t0']:.0f} s after submission; {thread.events}")
+
+
+# ------------------------------------------------------------------------------------------------
+# several runs in one task ([slurm].runs_per_task)
+# ------------------------------------------------------------------------------------------------
+
+
+def test_packed_tasks_on_both_backends_train_bitwise_as_alone_and_a_requeued_one_resumes(tmp_path, capsys):
+    """Four runs, two at once per submitit task and three at once per sbatch task (cpus_per_task 2:
+    one thread a run, like the in-process reference). The sbatch fallback's first task is requeued
+    with scontrol while its three runs train: each saves, the requeued task resumes them."""
+    import torch
+
+    grid = tmp_path / "packed grid.toml"
+    text = tiny_grid_text(name="packed", epochs=3, seeds=(1, 2), lean=True, n_train=200, n_test=100,
+                          extra=dev_slurm_text().replace("cpus_per_task = 1", "cpus_per_task = 2")
+                          .replace("mem_gb = 1\n", "mem_gb = 2\n")
+                          + "runs_per_task = 2\n")
+    grid.write_text(text)
+    outs = {"slurm": tmp_path / "submitit out", "sbatch": tmp_path / "sbatch out"}
+    assert main(_launch_args(grid, outs["slurm"], "slurm")) == 0
+    os.environ["CNNSTRESS_FAULT"] = "slow:epoch:0.5"  # time for the requeue to find them mid-training
+    try:
+        assert main([*_launch_args(grid, outs["sbatch"], "sbatch"), "--set", "slurm.runs_per_task=3"]) == 0
+    finally:
+        del os.environ["CNNSTRESS_FAULT"]
+    specs = _specs(grid, outs["slurm"])
+    sb = {k: slurmctl.read_launches(outs[k] / "packed")[0] for k in outs}
+    assert len({sb["slurm"].runs[s.run_id] for s in specs}) == 2 and len({sb["sbatch"].runs[s.run_id] for s in specs}) == 2
+    first = [s for s in specs if sb["sbatch"].runs[s.run_id].endswith("_0")]
+    assert len(first) == 3
+    dirs = [outs["sbatch"] / "packed" / "runs" / s.run_id for s in first]
+    deadline = time.time() + 300
+    while not all(store.progress_epochs(d) >= 1 for d in dirs):
+        assert time.time() < deadline, "the packed sbatch task did not start training"
+        time.sleep(0.2)
+    subprocess.run(["scontrol", "requeue", sb["sbatch"].runs[first[0].run_id]], check=True, capture_output=True)
+    # the reference meanwhile: each run alone in this process, one thread
+    ref = tmp_path / "alone"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert main([*_launch_args(grid, ref, "debug"), "--no-gather"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    wait_for_jobs([j for k in outs for j in sb[k].job_ids()], timeout=600)
+    for k in outs:
+        for spec in specs:
+            run_dir = outs[k] / "packed" / "runs" / spec.run_id
+            state = store.run_state(run_dir)
+            assert state.status == "done", (k, spec.run_id, state)
+            np.testing.assert_array_equal(_logits(run_dir), _logits(ref / "packed" / "runs" / spec.run_id), err_msg=k)
+    for d in dirs:
+        log = (d / "log.txt").read_text()
+        assert re.search(r"resumed from checkpoint after epoch [1-9] \(Slurm restart 1\)", log), log
+    assert main(["--grid", str(grid), "--status", "--out", str(outs["sbatch"]), "--data-root", str(DATA), *LEAN,
+                 "--set", "slurm.runs_per_task=3"]) == 0
+    status = capsys.readouterr().out
+    assert f"task {sb['sbatch'].runs[first[0].run_id]} trains 3 runs at once: " in status, status
