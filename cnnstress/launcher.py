@@ -139,7 +139,8 @@ def _main(argv: Sequence[str] | None) -> int:
         return 2
     if args.runs_per_gpu < 1 or (args.runs_per_gpu > 1 and args.cluster != "local"):
         err.print(f"error: --runs-per-gpu {args.runs_per_gpu}: allowed: an integer >= 1, with --cluster local "
-                  "(on Slurm one run per array task)", markup=False)
+                  "(on Slurm, [slurm].runs_per_task = K, or --set slurm.runs_per_task=K, packs K runs into each array "
+                  "task)", markup=False)
         return 2
     try:
         grid = load_grid(args.grid, overrides=args.overrides, out_root=out_root, data_root=data_root)

@@ -1209,3 +1209,63 @@ def test_slurm_dry_run_prints_the_array_and_the_gather_scripts(tmp_path, fake_sl
     assert "#SBATCH --dependency='afterany:<array 1 id>:<array 2 id>'" in gather_part
     assert "#SBATCH --job-name=cnnstress-tiny-gather" in gather_part and "--gpus" not in gather_part
     assert not out.exists()
+
+
+# ------------------------------------------------------------------------------------------------
+# several runs in one task ([slurm].runs_per_task): packing, the dry run's GPU-hours
+# ------------------------------------------------------------------------------------------------
+
+
+def _fake_runs(models: list[str]) -> list:
+    from types import SimpleNamespace
+
+    return [SimpleNamespace(model=SimpleNamespace(name=m)) for m in models]
+
+
+def test_expected_hours_from_finished_runs_against_a_hand_count():
+    runs = _fake_runs(["simple_cnn", "simple_cnn", "resnet18", "simple_cnn"])
+    alone = [("simple_cnn", 1, 100.0), ("simple_cnn", 1, 300.0), ("resnet18", 1, 1000.0)]
+    # trained alone only: medians 200 s (simple_cnn) and 1000 s; packs [200, 200] and [1000, 200]
+    low, high, how = slurmctl.expected_hours(runs, 2, alone)
+    assert (low, high) == pytest.approx(((200 + 1000) / 3600, (200 + 200 + 1000 + 200) / 3600))
+    assert "none trained 2 at once yet" in how
+    assert slurmctl.expected_hours(runs, 1, alone)[:2] == pytest.approx((1600 / 3600, 1600 / 3600))
+    # timed at this packing: a task lasts as long as its slowest run; a model not timed takes the median of all
+    packed = [*alone, ("simple_cnn", 2, 250.0), ("simple_cnn", 2, 350.0)]
+    low, high, how = slurmctl.expected_hours(runs, 2, packed)
+    assert low == high == pytest.approx((300 + 300) / 3600) and "2 finished run(s) trained 2 at once" in how
+    assert slurmctl.expected_hours(runs, 2, []) is None
+    assert [len(p) for p in slurmctl.packs(list(range(7)), 3)] == [3, 3, 1]
+
+
+def test_finished_timings_read_done_runs_only(tmp_path):
+    from synth import make_sweep
+
+    sweep = make_sweep(tmp_path, seeds=(1, 2), failed={("baseline", 2): "MemoryError: x"}, corrupt={("cropflip", 2)})
+    done = [r for r in sweep.runs if r.status == "done"]
+    for i, r in enumerate(done):
+        sha = store.read_done(r.run_dir)["results_sha256"]
+        store.write_done(r.run_dir, {"total_s": 60.0 * (i + 1), "runs_at_once": 2}, sha)
+    assert slurmctl.finished_timings(sweep.sweep_dir) == [("simple_cnn", 2, 60.0 * (i + 1)) for i in range(len(done))]
+    lines = slurmctl.packing_lines(sweep.grid.runs, sweep.grid.slurm, sweep.sweep_dir)
+    assert lines == [f"expected GPU-hours at runs_per_task = 1: {4 * 90 / 3600:.2f} (4 task(s); from the median time "
+                     f"of 2 finished run(s) trained 2 at once: sharing slows a run, so this is an upper bound)"]
+
+
+def test_a_dry_run_says_how_runs_are_packed_and_what_they_will_cost(tmp_path, capsys):
+    path = _grid(tmp_path, seeds="[1, 2]")
+    args = ["--grid", str(path), "--out", str(tmp_path / "o"), "--data-root", str(REPO / "scratch" / "test-data"),
+            "--dry-run", "--set", "slurm.mem_gb=4", "--set", "slurm.runs_per_task=3"]
+    assert main([*args, "--cluster", "sbatch"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert ("3 runs at once in each array task: 2 task(s) for 4 runs, each task's 1 CPUs split into 1 thread(s) a run, "
+            "mem_gb 4 for the whole task; the runs share the GPU by time-slicing") in out
+    assert "expected task-hours (1 CPUs each, no GPU): not known until a run of this sweep has finished" in out
+    assert "RUNS_PER_TASK=3 MPS=0" in out
+    assert main([*args, "--cluster", "slurm"]) == 0
+    assert "3 runs at once in each array task" in capsys.readouterr().out
+    # MPS without packing, or without a GPU, is refused with the key named
+    assert main([*args[:-2], "--cluster", "sbatch", "--set", "slurm.mps=true"]) == 2
+    assert "[slurm].mps: true needs [slurm].runs_per_task of 2 or more" in capsys.readouterr().err
+    assert main([*args, "--cluster", "sbatch", "--set", "slurm.mps=true"]) == 2
+    assert "[slurm].mps: true needs [slurm].gpus_per_task = 1" in capsys.readouterr().err
