@@ -4,7 +4,7 @@
     .venv/bin/python bench/gpu_check.py [--out scratch/gpu-check/gpu_check.json] [--keep]
     .venv/bin/python bench/gpu_check.py --models resnet18 --dtypes bfloat16    # a subset, to rerun one
 
-On a machine with a CUDA GPU (under 8 minutes on one H100/H200 class GPU), named checks:
+On a machine with a CUDA GPU (under 8 minutes on one H100/H200 class GPU, plus runs_per_hour's), named checks:
 
 pipeline/<model>/<dtype>       for simple_cnn, flexible_cnn, resnet18 x bfloat16, float16, float32:
                                a short deterministic training (torch.use_deterministic_algorithms on,
@@ -32,6 +32,11 @@ resnet18_throughput            ResNet-18 training images/s, bfloat16 autocast, c
                                both from bench/train_input.py (imported), on 32x32x3 uint8 images.
                                Passes when ours is not slower (the target for resnet18); the
                                20 000 images/s H100 target is reported beside it.
+runs_per_hour                  simple_cnn, flexible_cnn and resnet18: 8 runs of 4 000 shapes images
+                               (one epoch, clean accuracy) trained K = 1, 2, 4, 8 at a time on the GPU
+                               through the packed task ([slurm].runs_per_task), from bench/pack.py
+                               (imported): runs per hour at each K, and over K = 1. Reported, not
+                               judged; about 5 minutes.
 
 It prints a rich table and writes every number to a JSON (default scratch/gpu-check/gpu_check.json).
 Exit status: 0 when every check passed, 1 when one failed (each check runs on its own: one failure
@@ -719,6 +724,27 @@ def check_throughput(ctx: Context) -> tuple[bool, dict, str]:
     return ours >= usual, numbers, note
 
 
+#: runs_per_hour on a GPU: each model's runs trained K at a time on the one GPU (bench/pack.py)
+PACK_PLAN = dict(models=("simple_cnn", "flexible_cnn", "resnet18"), ks=(1, 2, 4, 8), runs=8, n_train=4000, repeats=1)
+
+
+def check_runs_per_hour(ctx: Context) -> tuple[bool, dict, str]:
+    """Runs per hour at K = 1, 2, 4, 8 runs on the GPU at once, through the packed task itself.
+    Reported, not judged (what packing gains depends on the model and the GPU)."""
+    if ctx.args.quick:
+        raise Skip("--quick: bench/pack.py --quick measures packing on the CPU in the test suite; GPU run only")
+    import pack as bench_pack
+
+    plan = bench_pack.Plan(**PACK_PLAN)
+    rows = bench_pack.rows(plan, bench_pack.measure(plan))
+    numbers = {f"{r['model']}/k{r['k']}": {"runs_per_hour": r["runs_per_hour"], "seconds": r["seconds"],
+                                           "vs_k1": r["vs_first_k"]} for r in rows}
+    best = {m: max((r for r in rows if r["model"] == m), key=lambda r: r["runs_per_hour"]) for m in plan.models}
+    note = "; ".join(f"{m}: best K={b['k']} at {b['runs_per_hour']:.0f} runs/h ({b['vs_first_k']:.2f}x K=1)"
+                     for m, b in best.items())
+    return True, numbers, note
+
+
 # ------------------------------------------------------------------------------------------------
 # driver
 # ------------------------------------------------------------------------------------------------
@@ -736,6 +762,7 @@ def checks(ctx: Context) -> list[tuple[str, Callable[[], tuple[bool, dict, str]]
     out.append(("kill_resume", lambda: check_kill_resume(ctx)))
     out.append(("host_syncs_per_step", lambda: check_host_syncs(ctx)))
     out.append(("resnet18_throughput", lambda: check_throughput(ctx)))
+    out.append(("runs_per_hour", lambda: check_runs_per_hour(ctx)))
     return out
 
 

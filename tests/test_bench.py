@@ -13,7 +13,8 @@ from conftest import REPO
 pytestmark = pytest.mark.slow
 
 
-@pytest.mark.parametrize("script", ["train_input", "gradcam", "gather", "launch", "decode", "shift", "faithfulness"])
+@pytest.mark.parametrize("script", ["train_input", "gradcam", "gather", "launch", "decode", "shift", "faithfulness",
+                                    "pack"])
 def test_benchmark_quick_mode_runs(script):
     res = subprocess.run([sys.executable, f"bench/{script}.py", "--quick"], cwd=REPO, capture_output=True, text=True,
                          timeout=300)

@@ -18,9 +18,11 @@ MODELS = ("simple_cnn", "flexible_cnn", "resnet18")
 DTYPES = ("bfloat16", "float16", "float32")
 EXPECTED = ([f"pipeline/{m}/{d}" for m in MODELS for d in DTYPES]
             + [f"fresh_process_bitwise/{m}/{d}" for m in MODELS for d in DTYPES]
-            + ["kill_resume", "host_syncs_per_step", "resnet18_throughput"])
+            + ["kill_resume", "host_syncs_per_step", "resnet18_throughput", "runs_per_hour"])
 # --quick leaves ResNet-18's pipeline to the GPU run (30 s to minutes a process on a CPU)
 QUICK_SKIPPED = {f"{kind}/resnet18/{d}" for kind in ("pipeline", "fresh_process_bitwise") for d in DTYPES}
+# and the packing measurement (bench/pack.py --quick runs in tests/test_bench.py)
+QUICK_SKIPPED.add("runs_per_hour")
 
 
 def _env() -> dict[str, str]:
