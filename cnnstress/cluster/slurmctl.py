@@ -50,8 +50,9 @@ RESERVED_SBATCH = {
     "gres": "use [slurm].gpus_per_task", "requeue": "tasks are always requeueable",
     # submitit lets additional parameters replace its own lines, and sbatch takes the last of two
     "chdir": "jobs run in the cnnstress package folder, where the worker and submitit's pickles import it",
-    "nodes": "each run is one task on one node", "ntasks": "each run is one task on one node",
-    "ntasks_per_node": "each run is one task on one node (more would train the run several times at once)",
+    "nodes": "an array task is one task on one node ([slurm].runs_per_task packs several runs into it)",
+    "ntasks": "an array task is one task on one node ([slurm].runs_per_task packs several runs into it)",
+    "ntasks_per_node": "an array task is one task on one node (more would train its runs several times at once)",
     "mem_per_cpu": "use [slurm].mem_gb (sbatch refuses it next to --mem)",
     "mem_per_gpu": "use [slurm].mem_gb (sbatch refuses it next to --mem)",
     "gpus": "use [slurm].gpus_per_task", "gpus_per_task": "use [slurm].gpus_per_task",
