@@ -149,8 +149,9 @@ def fault_hook(fault_dir: Path) -> str:
 def grid_text(name: str, cfg: Config, setup: Sequence[str] = ()) -> str:
     """The soak's grid: tiny shapes runs, 2 variants x cfg.runs/2 seeds, no stress sections, on the
     dev cluster (the tests' grid writer, tests/grids.py, with the soak's sizes)."""
-    slurm = dev_slurm_text(time_min=20, setup=setup) + (f"runs_per_task = {cfg.runs_per_task}\n"
-                                                         if cfg.runs_per_task > 1 else "")
+    slurm = dev_slurm_text(time_min=20, setup=setup)
+    if cfg.runs_per_task > 1:  # a task's memory is its runs': 1 GB each, as unpacked
+        slurm = slurm.replace("\nmem_gb = 1\n", f"\nmem_gb = {cfg.runs_per_task}\n") + f"runs_per_task = {cfg.runs_per_task}\n"
     return tiny_grid_text(name, cfg.epochs, slurm, seeds=cfg.seeds,
                           n_train=200, n_test=100, width=8, batch_size=50, lean=True,
                           header=f"{GRID_MARKER}\ndescription = \"bench/chaos.py: tiny runs for the chaos soak\"")
