@@ -37,6 +37,7 @@ pytestmark = pytest.mark.slurm
 DATA = REPO / "scratch" / "test-data"
 # Small and quick: the slurm tests test submission, not training.
 INTERRUPTED_TEST = "test_requeued_and_timed_out_runs_resume_and_match_an_uninterrupted_run"
+PACKED_TIMELIMIT_TEST = "test_a_packed_task_at_its_time_limit_saves_every_run_and_is_requeued_by_submitit"
 
 
 def _grid_file(folder: Path, name: str, epochs: int = 1, time_min: int = 10, one_run: bool = False,
@@ -252,12 +253,71 @@ def interrupted(request, tmp_path_factory):
     _scancel_active([info["rq"], info["tl"]])
 
 
+class HoldAfterFirstEpoch(threading.Thread):
+    """For a packed task under a 1-minute time limit, whose runs wait at each epoch while
+    ``release`` is missing (CNNSTRESS_FAULT=hold:epoch:<release>): lets every run finish its
+    first epoch, then holds them (removes ``release``) until the time limit's USR2 has stopped
+    them all (their claims are free), then lets the requeued task go on (puts ``release`` back)."""
+
+    def __init__(self, run_dirs: list[Path], release: Path):
+        super().__init__(daemon=True)
+        self.run_dirs, self.release = run_dirs, release
+        self.events: list[str] = []
+        self.error = ""
+
+    def run(self) -> None:
+        from cnnstress.claims import claim_holder
+
+        try:
+            t0 = time.time()
+            while not all(_epoch(d) >= 1 for d in self.run_dirs):
+                if time.time() - t0 > 300:
+                    raise TimeoutError("the packed runs never finished an epoch")
+                time.sleep(0.05)
+            self.release.unlink()
+            self.events.append(f"held at epochs {[_epoch(d) for d in self.run_dirs]} after {time.time() - t0:.0f} s")
+            while any(claim_holder(d) for d in self.run_dirs):
+                if time.time() - t0 > 300:
+                    raise TimeoutError("the packed runs were never stopped")
+                time.sleep(0.2)
+            self.release.touch()
+            self.events.append(f"stopped and released after {time.time() - t0:.0f} s")
+        except Exception as e:  # noqa: BLE001 - reported by the test
+            self.release.touch()
+            self.error = f"{type(e).__name__}: {e}"
+
+
+@pytest.fixture(scope="module")
+def packed_timelimit(tmp_path_factory):
+    """Started at module start: two runs packed in one submitit task with a 1-minute time limit."""
+    root = tmp_path_factory.mktemp("packed time limit")
+    grid = root / "packed timelimit grid.toml"
+    grid.write_text(tiny_grid_text(name="packedtl", epochs=4, lean=True, n_train=200, n_test=100,
+                                   extra=dev_slurm_text(time_min=1).replace("cpus_per_task = 1", "cpus_per_task = 2")
+                                   .replace("\nmem_gb = 1\n", "\nmem_gb = 2\n") + "runs_per_task = 2\n"))
+    out, release = root / "out", root / "release"
+    release.touch()
+    os.environ["CNNSTRESS_FAULT"] = f"hold:epoch:{release}"
+    try:
+        assert main(_launch_args(grid, out, "slurm")) == 0
+    finally:
+        del os.environ["CNNSTRESS_FAULT"]
+    specs = _specs(grid, out)
+    thread = HoldAfterFirstEpoch([out / "packedtl" / "runs" / s.run_id for s in specs], release)
+    thread.start()
+    info = {"grid": grid, "out": out, "sweep": out / "packedtl", "specs": specs, "thread": thread}
+    yield info
+    _scancel_active([info["sweep"]])
+
+
 @pytest.fixture(scope="module", autouse=True)
 def _start_interrupted_runs_first(request, live_cluster):
     """The interrupted runs need minutes of (mostly idle) waiting: start them before anything else
     when their test is selected."""
     if any(item.name == INTERRUPTED_TEST for item in request.session.items):
         request.getfixturevalue("interrupted")
+    if any(item.name == PACKED_TIMELIMIT_TEST for item in request.session.items):
+        request.getfixturevalue("packed_timelimit")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -429,3 +489,33 @@ def test_packed_tasks_on_both_backends_train_bitwise_as_alone_and_a_requeued_one
                  "--set", "slurm.runs_per_task=3"]) == 0
     status = capsys.readouterr().out
     assert f"task {sb['sbatch'].runs[first[0].run_id]} trains 3 runs at once: " in status, status
+
+
+def test_a_packed_task_at_its_time_limit_saves_every_run_and_is_requeued_by_submitit(packed_timelimit, tmp_path):
+    """The time limit's USR2 reaches a packed submitit task: its runs save and stop, then submitit's
+    own handler checkpoints the task and requeues it, and the requeued task resumes both runs to
+    results bitwise equal to each run trained alone."""
+    import torch
+
+    info = packed_timelimit
+    thread: HoldAfterFirstEpoch = info["thread"]
+    thread.join(timeout=400)
+    assert not thread.error, f"{thread.error}; events: {thread.events}"
+    launch = slurmctl.read_launches(info["sweep"])[0]
+    [job] = {launch.runs[s.run_id] for s in info["specs"]}
+    wait_for_jobs([job], timeout=300)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert main([*_launch_args(info["grid"], tmp_path / "alone", "debug"), "--no-gather"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    for spec in info["specs"]:
+        run_dir = info["sweep"] / "runs" / spec.run_id
+        state, log = store.run_state(run_dir), (run_dir / "log.txt").read_text()
+        assert state.status == "done", (spec.run_id, state, log, thread.events)
+        assert re.search(r"resumed from checkpoint after epoch [1-9] \(Slurm restart 1\)", log), log
+        np.testing.assert_array_equal(_logits(run_dir), _logits(tmp_path / "alone" / "packedtl" / "runs" / spec.run_id))
+    text = "".join((Path(launch.folder) / f"{job}_0_log.{ext}").read_text() for ext in ("out", "err"))
+    assert "SIGUSR2 received: passed on to every run still training" in text, text[-3000:]
+    assert "Caught signal SIGUSR2" in text and "this job is timed-out" in text and "Requeued job" in text, text[-3000:]
