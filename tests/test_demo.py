@@ -35,8 +35,10 @@ SHRINK = ["--set", "epochs=2", "--set", "dataset_options.n_train=500", "--set", 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo out's \"root\"")
+    # two runs at once (one thread each): at this size a run is mostly its worker's start-up, which
+    # then overlaps on two cores
     cmd = [sys.executable, "launch.py", "--grid", "jobs/demo.toml", "--cluster", "local", "--out", str(out),
-           "--data-root", str(REPO / "scratch" / "test-data"), *SHRINK]
+           "--data-root", str(REPO / "scratch" / "test-data"), "--max-parallel", "2", *SHRINK]
     res = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     return cmd, out / "demo", res

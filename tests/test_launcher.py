@@ -36,10 +36,12 @@ def test_bad_grid_exits_2_with_one_line(tiny_grid, tmp_path):
 @pytest.mark.slow
 def test_two_run_grid_through_local_cluster(tiny_grid, tmp_path):
     out = tmp_path / "out 'x'"
-    args = ["--grid", str(tiny_grid), "--cluster", "local", "--out", str(out), "--no-gather",
-            "--data-root", str(REPO / "scratch" / "test-data"), "--set", "epochs=1"]
+    # clean accuracy only (the submission is under test), both runs at once
+    sets = ["epochs=1", *(f"stress.{key}={value}" for key, value in LEAN_STRESS.items())]
+    args = ["--grid", str(tiny_grid), "--cluster", "local", "--out", str(out), "--no-gather", "--max-parallel", "2",
+            "--data-root", str(REPO / "scratch" / "test-data"), *(a for kv in sets for a in ("--set", kv))]
     assert main(args) == 0
-    runs = load_grid(tiny_grid, overrides=["epochs=1"], out_root=out, data_root=REPO / "scratch" / "test-data").runs
+    runs = load_grid(tiny_grid, overrides=sets, out_root=out, data_root=REPO / "scratch" / "test-data").runs
     for spec in runs:
         assert store.run_state(out / "tiny" / "runs" / spec.run_id).status == "done"
     assert (out / "tiny" / "manifest.jsonl").read_text().splitlines() == [r.to_json() for r in runs]

@@ -53,15 +53,30 @@ def _launch(grid: Path, *args: str) -> subprocess.CompletedProcess:
                           cwd=grid.parent, capture_output=True, text=True, timeout=600)
 
 
-@pytest.mark.parametrize("ref, file", [("mynet:build", "mynet.py"), ("./my net.py:build", "my net.py")])
-def test_reference_model_trains_and_is_measured_by_every_stress_test(weird_dir, ref, file):
-    (weird_dir / file).write_text(NET)
-    grid = _grid(weird_dir, ref)
-    out = weird_dir / "out"
-    done = _launch(grid, "--cluster", "local", "--out", str(out), "--data-root", str(DATA))
+@pytest.fixture(scope="module")
+def reference_sweep(tmp_path_factory):
+    """One launch of both reference forms, each a variant of its own (a package module found next
+    to the grid, and a file path with a space), trained two at a time and gathered into one report."""
+    folder = tmp_path_factory.mktemp("own") / "my run's \"out\" dir"
+    folder.mkdir()
+    for file in ("mynet.py", "my net.py"):
+        (folder / file).write_text(NET)
+    grid = _grid(folder, "mynet:build")
+    grid.write_text(grid.read_text().replace("[variants.baseline]\n",
+                                             '[variants.baseline]\n[variants.path]\nmodel = "./my net.py:build"\n'))
+    out = folder / "out"
+    done = _launch(grid, "--cluster", "local", "--max-parallel", "2", "--out", str(out), "--data-root", str(DATA))
     assert done.returncode == 0, done.stderr[-2000:]
-    (spec,) = load_grid(grid, out_root=out, data_root=DATA).runs
-    assert spec.model_source["sha256"] and Path(spec.model_source["file"]) == (weird_dir / file).resolve()
+    return folder, grid, out
+
+
+@pytest.mark.parametrize("ref, file", [("mynet:build", "mynet.py"), ("./my net.py:build", "my net.py")])
+def test_reference_model_trains_and_is_measured_by_every_stress_test(reference_sweep, ref, file):
+    folder, grid, out = reference_sweep
+    runs = load_grid(grid, out_root=out, data_root=DATA).runs
+    assert sorted(r.model.name for r in runs) == sorted(["mynet:build", "./my net.py:build"])
+    (spec,) = [r for r in runs if r.model.name == ref]
+    assert spec.model_source["sha256"] and Path(spec.model_source["file"]) == (folder / file).resolve()
     run = out / "own" / "runs" / spec.run_id
     assert store.run_state(run).status == "done"
     with h5py.File(run / "results.h5", "r") as r:
@@ -72,7 +87,8 @@ def test_reference_model_trains_and_is_measured_by_every_stress_test(weird_dir, 
         assert any(k.startswith(group) for k in keys), (group, sorted(keys)[:40])
     assert "Grad-CAM at 5 (the default) (16, 16)" in (run / "log.txt").read_text()
     assert (out / "own" / "report" / "index.html").is_file()
-    assert json.loads((out / "own" / "report" / "summary.json").read_text())["runs"][0]["status"] == "done"
+    rows = json.loads((out / "own" / "report" / "summary.json").read_text())["runs"]
+    assert [r["status"] for r in rows if r["run_id"] == spec.run_id] == ["done"]
 
 
 def test_editing_the_model_file_makes_a_new_run(weird_dir):

@@ -28,10 +28,10 @@ DATA = REPO / "scratch" / "test-data"
 ARRAYS = ("test/logits", "test/embedding", "test/gradcam/pred", "test/gradcam/true", "val/logits")
 
 
-def _runs(tmp: Path, epochs: int = 2, name: str = "tiny"):
+def _runs(tmp: Path, epochs: int = 2, name: str = "tiny", lean: bool = False):
     tmp.mkdir(parents=True, exist_ok=True)
     grid = tmp / "g.toml"
-    grid.write_text(tiny_grid_text(name=name, epochs=epochs))
+    grid.write_text(tiny_grid_text(name=name, epochs=epochs, lean=lean))
     return grid, load_grid(grid, out_root=tmp / "out", data_root=DATA).runs
 
 
@@ -167,7 +167,8 @@ def test_failed_rng_restore_is_an_error_not_skipped(tmp_path):
 
 @pytest.mark.slow
 def test_two_launches_at_once_train_each_run_once(tmp_path):
-    grid, runs = _runs(tmp_path, epochs=8)
+    # the first launch is held at its first epoch until the second has ended, so two epochs suffice
+    grid, runs = _runs(tmp_path, epochs=2, lean=True)
     out = tmp_path / "out"
     cmd = [sys.executable, "launch.py", "--grid", str(grid), "--cluster", "debug", "--out", str(out),
            "--data-root", str(DATA), "--no-gather"]
@@ -217,10 +218,10 @@ def test_a_run_that_runs_out_of_disk_or_memory_fails_alone(fault, reason, tmp_pa
 def test_a_local_run_killed_like_the_oom_killer_ends_failed_with_its_reason_and_relaunch_resumes(tmp_path):
     # The kernel's OOM killer sends SIGKILL: the worker cannot write FAILED.json, so the launcher
     # must, or the run would stay 'partial' with no reason in summary.json or the report.
-    grid, _ = _runs(tmp_path, epochs=2)
-    runs = load_grid(grid, overrides=["stress.corruptions=[]"], out_root=tmp_path / "out", data_root=DATA).runs
+    grid, runs = _runs(tmp_path, epochs=2, lean=True)
+    # both runs at once (one thread each): the two workers' start-up overlaps on two cores
     args = [sys.executable, "launch.py", "--grid", str(grid), "--cluster", "local", "--out", str(tmp_path / "out"),
-            "--data-root", str(DATA), "--set", "stress.corruptions=[]"]
+            "--data-root", str(DATA), "--max-parallel", "2"]
     out = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=600,
                          env={**os.environ, "CNNSTRESS_FAULT": "kill:epoch:2"})
     assert out.returncode == 1, out.stderr
