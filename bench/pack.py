@@ -101,7 +101,8 @@ def measure(plan: Plan, cpus: int | None = None) -> dict[str, dict[int, list[flo
     with tempfile.TemporaryDirectory(prefix="cnnstress-bench-pack-") as tmp:
         work = Path(tmp)
         for model in plan.models:
-            time_packed(model, 1, Plan(plan.models, (1,), 1, plan.n_train, 1), work, cpus)  # warm-up: data cache
+            if plan.repeats > 1:  # warm-up (the data cache); one repeat is a smoke run, where it only costs time
+                time_packed(model, 1, Plan(plan.models, (1,), 1, plan.n_train, 1), work, cpus)
             for rep in range(plan.repeats):
                 for k in (plan.ks if rep % 2 == 0 else tuple(reversed(plan.ks))):
                     out[model][k].append(time_packed(model, k, plan, work, cpus))

@@ -11,7 +11,9 @@ logs=$(mktemp -d)
 trap 'rm -rf "$logs"' EXIT
 "$py" -m pytest -q -ra -p no:cacheprovider -m slurm "$@" >"$logs/slurm.log" 2>&1 &
 slurm_pid=$!
-"$py" -m pytest -q -ra --durations=15 -m "not slurm" "$@" >"$logs/rest.log" 2>&1
+# the rest on two pytest-xdist workers, a test file each at a time (module fixtures stay in one
+# worker): much of their time is worker processes starting, which two at a time overlap
+"$py" -m pytest -q -ra --durations=15 -n 2 --dist loadfile -m "not slurm" "$@" >"$logs/rest.log" 2>&1
 rest=$?
 wait "$slurm_pid"
 slurm=$?

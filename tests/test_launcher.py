@@ -192,8 +192,10 @@ def test_ctrl_c_prints_one_line_and_a_relaunch_resumes(weird_dir, cluster):
            "--data-root", str(REPO / "scratch" / "test-data")]
     runs = load_grid(grid, out_root=out).runs
     rd = out / "slow" / "runs" / runs[0].run_id
+    # its own process group, as a terminal's job; SIGINT as a terminal gives it, whatever this
+    # process inherited (a shell's background job, or a pytest-xdist worker, starts with it ignored)
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)  # its own process group, as a terminal's job
+                            start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 180
     while store.progress_epochs(rd) < 2 and time.time() < deadline and proc.poll() is None:
         time.sleep(0.1)
