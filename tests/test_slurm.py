@@ -303,6 +303,8 @@ def packed_timelimit(tmp_path_factory):
     finally:
         del os.environ["CNNSTRESS_FAULT"]
     specs = _specs(grid, out)
+    # no report is looked at here: the gather job (still waiting on the array) would only cost time
+    subprocess.run(["scancel", slurmctl.read_launches(out / "packedtl")[0].gather], check=True, capture_output=True)
     thread = HoldAfterFirstEpoch([out / "packedtl" / "runs" / s.run_id for s in specs], release)
     thread.start()
     info = {"grid": grid, "out": out, "sweep": out / "packedtl", "specs": specs, "thread": thread}
@@ -458,6 +460,8 @@ def test_packed_tasks_on_both_backends_train_bitwise_as_alone_and_a_requeued_one
         del os.environ["CNNSTRESS_FAULT"]
     specs = _specs(grid, outs["slurm"])
     sb = {k: slurmctl.read_launches(outs[k] / "packed")[0] for k in outs}
+    # no report is looked at here: the gather jobs (still waiting on the arrays) would only cost time
+    subprocess.run(["scancel", *(sb[k].gather for k in outs)], check=True, capture_output=True)
     assert len({sb["slurm"].runs[s.run_id] for s in specs}) == 2 and len({sb["sbatch"].runs[s.run_id] for s in specs}) == 2
     first = [s for s in specs if sb["sbatch"].runs[s.run_id].endswith("_0")]
     assert len(first) == 3
