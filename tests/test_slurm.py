@@ -254,10 +254,11 @@ def interrupted(request, tmp_path_factory):
 
 
 class HoldAfterFirstEpoch(threading.Thread):
-    """For a packed task under a 1-minute time limit, whose runs wait at each epoch while
-    ``release`` is missing (CNNSTRESS_FAULT=hold:epoch:<release>): lets every run finish its
-    first epoch, then holds them (removes ``release``) until the time limit's USR2 has stopped
-    them all (their claims are free), then lets the requeued task go on (puts ``release`` back)."""
+    """For a packed task under a 1-minute time limit, whose runs sleep 5 s at the start of each
+    epoch and then wait while ``release`` is missing (CNNSTRESS_FAULT=slow:epoch:5,hold:epoch:<release>):
+    lets every run finish its first epoch, then holds them (removes ``release``, within the next
+    epoch's 5 s) until the time limit's USR2 has stopped them all (their claims are free), then lets
+    the requeued task go on (puts ``release`` back)."""
 
     def __init__(self, run_dirs: list[Path], release: Path):
         super().__init__(daemon=True)
@@ -297,7 +298,9 @@ def packed_timelimit(tmp_path_factory):
                                    .replace("\nmem_gb = 1\n", "\nmem_gb = 2\n") + "runs_per_task = 2\n"))
     out, release = root / "out", root / "release"
     release.touch()
-    os.environ["CNNSTRESS_FAULT"] = f"hold:epoch:{release}"
+    # 5 s at the start of every epoch, then the hold: the thread has those seconds, after both runs'
+    # first epochs, to take the release away before either goes further
+    os.environ["CNNSTRESS_FAULT"] = f"slow:epoch:5,hold:epoch:{release}"
     try:
         assert main(_launch_args(grid, out, "slurm")) == 0
     finally:
@@ -453,7 +456,7 @@ def test_packed_tasks_on_both_backends_train_bitwise_as_alone_and_a_requeued_one
     grid.write_text(text)
     outs = {"slurm": tmp_path / "submitit out", "sbatch": tmp_path / "sbatch out"}
     assert main(_launch_args(grid, outs["slurm"], "slurm")) == 0
-    os.environ["CNNSTRESS_FAULT"] = "slow:epoch:0.5"  # time for the requeue to find them mid-training
+    os.environ["CNNSTRESS_FAULT"] = "slow:epoch:2"  # time for the requeue to find them mid-training
     try:
         assert main([*_launch_args(grid, outs["sbatch"], "sbatch"), "--set", "slurm.runs_per_task=3"]) == 0
     finally:
