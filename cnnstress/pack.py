@@ -10,7 +10,7 @@ and skips the finished ones.
 A stop signal (the time limit's USR2, preemption, ``scontrol requeue``'s TERM) is forwarded to
 every worker still running, since a site may signal only the task's first process; each writes
 its newest finished epoch and exits, and the task waits for them before it goes the way the
-signal says (submitit: checkpoint and requeue; alone: ``StopRequested``).
+signal says (submitit: checkpoint and requeue; alone: ``PackStopped``).
 
 With ``mps`` the task's workers share the GPU through a CUDA MPS control daemon of the task's own
 (``nvidia-cuda-mps-control -d`` with private pipe and log folders), stopped when they have ended;
@@ -36,12 +36,13 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 from . import faults, store
+from .cluster.base import PACKAGE_ROOT  # workers start there, where `python -m cnnstress.worker` imports it
 from .config import RunSpec
 from .layout import EXIT_BUSY, EXIT_INTERRUPTED, RUNS_AT_ONCE_ENV, RUNS_DIR, SPEC_FILE
 
-#: the package's parent folder: workers start there, where ``python -m cnnstress.worker`` imports it
-PACKAGE_ROOT = Path(__file__).resolve().parents[1]
-#: what a task is told before it is stopped (as the worker's own STOP_SIGNALS)
+#: What a job is told before it is stopped: SIGTERM (scontrol requeue, preemption, scancel, the
+#: sbatch fallback's USR2 trap, which requeues) and SIGUSR2 (submitit's --signal=USR2@delay before the
+#: time limit, and preemption). The worker saves on either; a packed task passes either on.
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR2)
 #: the CUDA MPS control program (in the CUDA toolkit and the driver packages)
 MPS_CONTROL = "nvidia-cuda-mps-control"

@@ -35,7 +35,8 @@ from .layout import (BEST_FILE, DONE_NAME, EXIT_BUSY, EXIT_DONE, EXIT_FAILED, EX
 from .atomic import LinkRefused, open_in_place, refuse_links
 from .claims import RunBusy, claim
 from .augment import BatchAugment
-from .config import RunSpec, run_dir_for  # noqa: F401 (run_dir_for: also this module's)
+from .config import RunSpec, run_dir_for
+from .pack import STOP_SIGNALS
 from .engine import (DeviceData, Precision, Predictor, build_optimizer, build_scheduler,
                      restore_rng_state, rng_state, select_device, set_determinism, train_one_epoch, train_steps,
                      use_channels_last)
@@ -225,10 +226,6 @@ class StopRequested(BaseException):
         super().__init__(f"stopped by {signal.Signals(signum).name}")
 
 
-#: What a job is told before it is stopped: SIGTERM (scontrol requeue, preemption, scancel, the
-#: sbatch fallback's USR2 trap, which requeues) and SIGUSR2 (submitit's --signal=USR2@delay before the
-#: time limit, and preemption).
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR2)
 
 
 @contextmanager

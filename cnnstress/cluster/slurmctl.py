@@ -11,6 +11,7 @@ import json
 import os
 import re
 import shlex
+import statistics
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -225,21 +226,17 @@ def finished_timings(sweep_dir: Path) -> list[tuple[str, int, float]]:
         if run_dir.is_symlink() or not run_dir.is_dir():
             continue
         state = store.run_state(run_dir, verify_hash=False)
-        seconds = (state.summary or {}).get("total_s")
+        summary = state.summary or {}
+        seconds = summary.get("total_s")
         if state.status != "done" or not isinstance(seconds, (int, float)) or not seconds > 0:
             continue
         try:
             model = str(json.loads((run_dir / SPEC_FILE).read_text())["model"]["name"])
         except (OSError, ValueError, KeyError, TypeError):
             continue
-        at_once = (state.summary or {}).get(RUNS_AT_ONCE, 1)
+        at_once = summary.get(RUNS_AT_ONCE, 1)
         out.append((model, at_once if isinstance(at_once, int) and at_once > 0 else 1, float(seconds)))
     return out
-
-
-def _median(values: Sequence[float]) -> float:
-    v = sorted(values)
-    return (v[(len(v) - 1) // 2] + v[len(v) // 2]) / 2
 
 
 def expected_hours(runs: Sequence[Any], runs_per_task: int, timings: Sequence[tuple[str, int, float]],
@@ -257,8 +254,8 @@ def expected_hours(runs: Sequence[Any], runs_per_task: int, timings: Sequence[tu
     by_model: dict[str, list[float]] = {}
     for model, _, seconds in pool:
         by_model.setdefault(model, []).append(seconds)
-    every = _median([t[2] for t in pool])
-    per_run = [_median(by_model.get(r.model.name, [])) if r.model.name in by_model else every for r in runs]
+    every = statistics.median(t[2] for t in pool)
+    per_run = [statistics.median(by_model[r.model.name]) if r.model.name in by_model else every for r in runs]
     tasks = packs(per_run, runs_per_task)
     longest = sum(max(task) for task in tasks) / 3600  # a task lasts as long as its slowest run
     if at_k:
